@@ -1,0 +1,194 @@
+"""The ``autoseg`` command line.
+
+Each subcommand names its handler as ``"module:function"``; the module is imported only
+when that subcommand runs, so ``autoseg --help`` never imports torch. A handler takes
+the parsed ``argparse.Namespace`` and returns an exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+CONFIG_CHOICES = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
+
+
+def _root(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", default=None,
+                   help="workspace folder (default: $AUTOSEG_ROOT, else ./autoseg_data)")
+
+
+def _dataset(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("-d", "--dataset", required=required,
+                   help="dataset id (4), folder name (Dataset004_Hippocampus) or name (Hippocampus)")
+
+
+def _np(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-np", "--num-processes", type=int, default=None,
+                   help="worker processes (default: number of CPU cores)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autoseg", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def add(name: str, handler: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = add("convert_msd", "autoseg.convert_msd:cli_convert_msd",
+            "convert a Medical Segmentation Decathlon task folder into the raw layout")
+    p.add_argument("-i", "--input", required=True, help="TaskXX_Name folder (Decathlon layout)")
+    p.add_argument("-d", "--dataset-id", type=int, default=None,
+                   help="dataset id for the new folder (default: the task number)")
+    _root(p)
+    _np(p)
+
+    p = add("fingerprint", "autoseg.fingerprint:cli_fingerprint",
+            "check a raw dataset and write its fingerprint.json")
+    _dataset(p)
+    _root(p)
+    _np(p)
+    p.add_argument("--clean", action="store_true", help="recompute even if up to date")
+
+    p = add("plan", "autoseg.planners.experiment:cli_plan",
+            "plan preprocessing and networks from the fingerprint (writes plans.json)")
+    _dataset(p)
+    _root(p)
+    _plan_args(p)
+
+    p = add("preprocess", "autoseg.preprocess.run:cli_preprocess",
+            "preprocess the raw dataset for the planned configurations")
+    _dataset(p)
+    _root(p)
+    _np(p)
+    p.add_argument("-c", "--configurations", nargs="+", default=None, choices=CONFIG_CHOICES,
+                   help="configurations to preprocess (default: all planned)")
+    p.add_argument("--clean", action="store_true", help="redo every case, even up-to-date ones")
+
+    p = add("plan_and_preprocess", "autoseg.plan_and_preprocess:cli_plan_and_preprocess",
+            "check the dataset, fingerprint it, plan, and preprocess")
+    _dataset(p)
+    _root(p)
+    _np(p)
+    _plan_args(p)
+    p.add_argument("-c", "--configurations", nargs="+", default=None, choices=CONFIG_CHOICES,
+                   help="configurations to preprocess (default: all planned)")
+    p.add_argument("--clean", action="store_true", help="redo every stage and case")
+
+    p = add("train", "autoseg.training.run:cli_train", "train one fold of one configuration")
+    p.add_argument("configuration", choices=CONFIG_CHOICES)
+    p.add_argument("fold", help="0-4, or 'all' to train on every case")
+    _dataset(p)
+    _root(p)
+    p.add_argument("--variant", default=None, help="named TrainConfig variant (default: 'default')")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a TrainConfig field, e.g. --set num_epochs=50 (repeatable)")
+    p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--continue", dest="resume", action="store_true",
+                   help="resume from checkpoint_latest (or extend a finished run)")
+    p.add_argument("--val", dest="validate_only", action="store_true",
+                   help="only (re)run the final validation of a finished model")
+    p.add_argument("--time-budget", default=None,
+                   help="wall-clock budget such as 30m or 2h; fits the schedule to it")
+    p.add_argument("-np", "--num-workers", type=int, default=None,
+                   help="augmentation worker processes (default: chosen from the CPU count)")
+
+    p = add("predict", "autoseg.inference.predict:cli_predict", "segment new images")
+    p.add_argument("-i", "--input", required=True, help="folder of {case}_{XXXX}.ext images")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    _dataset(p)
+    _root(p)
+    p.add_argument("-c", "--configurations", nargs="+", default=None, choices=CONFIG_CHOICES,
+                   help="configuration(s) to use (default: what find_best_config selected)")
+    p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to average (default: all trained)")
+    p.add_argument("--chk", default="checkpoint_final", help="checkpoint name")
+    p.add_argument("--variant", default=None, help="training variant (default: 'default')")
+    p.add_argument("--step_size", type=float, default=0.5, help="sliding-window step, fraction of the patch")
+    p.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation")
+    p.add_argument("--save_probabilities", action="store_true", help="also write softmax as .npz")
+    p.add_argument("--continue", dest="resume", action="store_true", help="skip cases already written")
+    p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--no-postprocessing", action="store_true", help="skip the learned postprocessing")
+
+    p = add("find_best_config", "autoseg.postprocess.selection:cli_find_best_config",
+            "choose the best configuration or ensemble and its postprocessing from cross-validation")
+    _dataset(p)
+    _root(p)
+    p.add_argument("-c", "--configurations", nargs="+", default=None, choices=CONFIG_CHOICES,
+                   help="configurations to consider (default: every one with 5 trained folds)")
+    p.add_argument("--variant", default=None, help="training variant (default: 'default')")
+    p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to use (default: 0 1 2 3 4)")
+
+    p = add("ensemble", "autoseg.inference.ensemble:cli_ensemble",
+            "average saved probabilities of several prediction folders")
+    p.add_argument("-i", "--input", nargs="+", required=True, help="folders written with --save_probabilities")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--save_probabilities", action="store_true")
+
+    p = add("apply_postprocessing", "autoseg.postprocess.components:cli_apply_postprocessing",
+            "apply the learned postprocessing to a folder of segmentations")
+    p.add_argument("-i", "--input", required=True)
+    p.add_argument("-o", "--output", required=True)
+    _dataset(p)
+    _root(p)
+    p.add_argument("--selection", default=None, help="selection.json (default: the dataset's)")
+
+    p = add("evaluate", "autoseg.postprocess.evaluate:cli_evaluate",
+            "compare predicted segmentations with references")
+    p.add_argument("-ref", "--reference", required=True, help="folder of reference label images")
+    p.add_argument("-pred", "--prediction", required=True, help="folder of predicted label images")
+    _dataset(p, required=False)
+    _root(p)
+    p.add_argument("-o", "--output", default=None, help="summary JSON (default: PRED/summary.json)")
+    p.add_argument("--labels", nargs="+", type=int, default=None, help="classes to evaluate")
+
+    p = add("export_model", "autoseg.model_archive:cli_export_model",
+            "pack a dataset's trained models, plans and selection into a zip")
+    _dataset(p)
+    _root(p)
+    p.add_argument("-o", "--output", required=True)
+    p = add("import_model", "autoseg.model_archive:cli_import_model", "unpack a model zip into the workspace")
+    p.add_argument("archive")
+    _root(p)
+
+    p = add("demo", "autoseg.demo:cli_demo",
+            "run the whole pipeline on the bundled Hippocampus subset and print the Dice")
+    _root(p)
+    p.add_argument("--time-budget", default="3m", help="training budget for the demo (default 3m)")
+    return parser
+
+
+def _plan_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device-profile", default=None,
+                   help="hardware to plan for: cpu, gpu-8gb (default), gpu-24gb, ...")
+    p.add_argument("--force-lowres", action="store_true",
+                   help="also plan 3d_lowres and the cascade even where the automatic trigger does not fire")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s" if args.verbose else "%(message)s",
+    )
+    module_name, func_name = args.handler.split(":")
+    handler = getattr(importlib.import_module(module_name), func_name)
+    from autoseg.errors import user_errors
+
+    try:
+        return int(handler(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except user_errors() as exc:
+        print(f"autoseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""A raw dataset in nnU-Net v2 layout, described by ``DatasetSpec``.
+
+Layout (read unchanged from nnU-Net v2)::
+
+    DatasetXXX_Name/
+      dataset.json            channel_names, labels (name -> int), numTraining, file_ending
+      imagesTr/{case}_{XXXX}{file_ending}   one file per channel XXXX = 0000, 0001, ...
+      labelsTr/{case}{file_ending}
+      imagesTs/               optional, same naming as imagesTr
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoseg.imageio import SUPPORTED_ENDINGS
+
+
+class DatasetError(ValueError):
+    """A dataset failed validation; ``problems`` lists every finding."""
+
+    def __init__(self, folder: str | Path, problems: list[str]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(
+            f"dataset {folder} has {len(self.problems)} problem(s):\n{lines}\n"
+            "Nothing was written. Fix the files listed above and run the command again."
+        )
+
+
+@dataclass(frozen=True)
+class Case:
+    case_id: str
+    images: tuple[Path, ...]  # one per channel, in channel order
+    label: Path | None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    folder: Path
+    name: str
+    channel_names: tuple[str, ...]  # in channel order
+    labels: dict[str, int]  # name -> value, background 0
+    file_ending: str
+    num_training: int
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channel_names)
+
+    @property
+    def foreground_labels(self) -> tuple[int, ...]:
+        return tuple(sorted(v for v in self.labels.values() if v != 0))
+
+    @property
+    def label_names(self) -> dict[int, str]:
+        return {v: k for k, v in self.labels.items()}
+
+    def training_cases(self) -> list[Case]:
+        """Cases found in labelsTr, with their channel files (existence not checked)."""
+        return self._cases("imagesTr", with_labels=True)
+
+    def test_cases(self) -> list[Case]:
+        return self._cases("imagesTs", with_labels=False)
+
+    def _cases(self, images_dir: str, with_labels: bool) -> list[Case]:
+        """Cases with the channel files found for them, sorted by channel index.
+
+        A case normally has one file per channel (``_0000``, ``_0001``...); a 2D RGB
+        image is one file holding three channels. ``autoseg.integrity`` checks counts.
+        """
+        groups = group_channel_files(self.folder / images_dir, self.file_ending)
+        if with_labels:
+            ids = sorted(
+                p.name[: -len(self.file_ending)]
+                for p in (self.folder / "labelsTr").glob(f"*{self.file_ending}")
+                if not p.name.startswith(".")
+            )
+        else:
+            ids = sorted(groups)
+        return [
+            Case(
+                case_id=cid,
+                images=tuple(groups.get(cid, {})[k] for k in sorted(groups.get(cid, {}))),
+                label=(self.folder / "labelsTr" / f"{cid}{self.file_ending}") if with_labels else None,
+            )
+            for cid in ids
+        ]
+
+
+_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
+
+
+def group_channel_files(folder: Path, file_ending: str) -> dict[str, dict[int, Path]]:
+    """Map ``case_id -> {channel index -> path}`` for ``{case}_{XXXX}{ending}`` files."""
+    groups: dict[str, dict[int, Path]] = {}
+    if not folder.is_dir():
+        return groups
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or not p.name.endswith(file_ending):
+            continue
+        m = _CHANNEL_RE.match(p.name[: -len(file_ending)])
+        if m:
+            groups.setdefault(m.group("case"), {})[int(m.group("ch"))] = p
+    return groups
+
+
+def parse_dataset_json(folder: str | Path) -> tuple[DatasetSpec | None, list[str]]:
+    """Parse ``folder/dataset.json``; return the spec (or None) and every problem found."""
+    folder = Path(folder)
+    path = folder / "dataset.json"
+    if not path.is_file():
+        return None, [f"{path} is missing; nnU-Net v2 layout needs a dataset.json"]
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return None, [f"{path} is not valid JSON: {exc}"]
+    if not isinstance(raw, dict):
+        return None, [f"{path} must hold a JSON object, found {type(raw).__name__}"]
+    problems: list[str] = []
+    for key in ("channel_names", "labels", "numTraining", "file_ending"):
+        if key not in raw:
+            hint = " (Decathlon 'modality'? convert with 'autoseg convert_msd')" if key == "channel_names" and "modality" in raw else ""
+            problems.append(f"dataset.json: missing key '{key}'{hint}")
+    channels = raw.get("channel_names", raw.get("modality"))
+    channel_names: tuple[str, ...] = ()
+    if isinstance(channels, dict) and channels:
+        try:
+            order = sorted(channels, key=int)
+            if [int(k) for k in order] != list(range(len(order))):
+                problems.append(f"dataset.json: channel_names keys must be 0..{len(order) - 1}, found {order}")
+            channel_names = tuple(str(channels[k]) for k in order)
+        except ValueError:
+            problems.append(f"dataset.json: channel_names keys must be integers as strings, found {list(channels)}")
+    elif "channel_names" in raw:
+        problems.append(f"dataset.json: channel_names must be a non-empty object like {{\"0\": \"CT\"}}, found {channels!r}")
+    labels_raw = raw.get("labels")
+    labels: dict[str, int] = {}
+    if isinstance(labels_raw, dict) and labels_raw:
+        for name, value in labels_raw.items():
+            if isinstance(value, bool) or not isinstance(value, int):
+                problems.append(
+                    f"dataset.json: label '{name}' must map to an integer, found {value!r} "
+                    "(region-based labels are not supported)"
+                )
+            else:
+                labels[str(name)] = value
+        if labels and 0 not in labels.values():
+            problems.append("dataset.json: labels must include background with value 0")
+        if len(set(labels.values())) != len(labels):
+            problems.append(f"dataset.json: label values must be unique, found {sorted(labels.values())}")
+    elif "labels" in raw:
+        problems.append(f"dataset.json: labels must be a non-empty object name -> int, found {labels_raw!r}")
+    ending = raw.get("file_ending")
+    if "file_ending" in raw and (not isinstance(ending, str) or ending not in SUPPORTED_ENDINGS):
+        problems.append(f"dataset.json: file_ending must be one of {', '.join(SUPPORTED_ENDINGS)}, found {ending!r}")
+    num = raw.get("numTraining")
+    if "numTraining" in raw and (isinstance(num, bool) or not isinstance(num, int) or num < 0):
+        problems.append(f"dataset.json: numTraining must be a non-negative integer, found {num!r}")
+    for key in ("dataset", "file_paths"):  # optional explicit file lists must stay inside
+        entries = raw.get(key)
+        if isinstance(entries, dict):
+            for value in _iter_strings(entries):
+                target = (folder / value).resolve()
+                if folder.resolve() not in target.parents and target != folder.resolve():
+                    problems.append(f"dataset.json: path '{value}' in '{key}' escapes the dataset folder")
+    if problems:
+        return None, problems
+    spec = DatasetSpec(
+        folder=folder,
+        name=str(raw.get("name", folder.name)),
+        channel_names=channel_names,
+        labels=labels,
+        file_ending=ending,
+        num_training=num,
+    )
+    return spec, []
+
+
+def _iter_strings(obj):
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _iter_strings(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _iter_strings(v)
+
+
+def load_dataset(folder: str | Path) -> DatasetSpec:
+    """Parse dataset.json and raise ``DatasetError`` listing every problem."""
+    spec, problems = parse_dataset_json(folder)
+    if problems:
+        raise DatasetError(folder, problems)
+    return spec

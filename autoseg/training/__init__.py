@@ -1,0 +1,1 @@
+"""Training: network, loss, data loading, trainer."""
