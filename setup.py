@@ -10,7 +10,7 @@ setup(
     python_requires=">=3.10",
     packages=["autoseg", "autoseg.training"] + [f"autoseg.{s}" for s in STAGES],
     package_dir={"autoseg": "autoseg", **{f"autoseg.{s}": s for s in STAGES}},
-    include_package_data=False,
+    package_data={"autoseg": ["demo_data/Task04_Hippocampus/*.*", "demo_data/Task04_Hippocampus/*/*.nii.gz"]},
     install_requires=[
         "torch>=2.1",
         "SimpleITK>=2.2",
