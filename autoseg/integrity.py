@@ -1,0 +1,148 @@
+"""The integrity check that runs before anything is written.
+
+Every problem is collected first, then reported together in one ``DatasetError``, so the
+user fixes a broken dataset in one round instead of one error at a time.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from autoseg.dataset import Case, DatasetError, DatasetSpec, group_channel_files, parse_dataset_json
+from autoseg.imageio import ImageReadError, _read_one
+
+
+def verify_dataset_folder(folder: str | Path, num_processes: int | None = None) -> DatasetSpec:
+    """Parse ``folder/dataset.json`` and check every file; return the spec or raise."""
+    spec, problems = parse_dataset_json(folder)
+    if problems:
+        raise DatasetError(folder, problems)
+    verify_dataset(spec, num_processes)
+    return spec
+
+
+def verify_dataset(spec: DatasetSpec, num_processes: int | None = None) -> None:
+    """Check the files of ``spec``; raise ``DatasetError`` listing every problem."""
+    problems = _check_layout(spec)
+    cases = [c for c in spec.training_cases() if c.images and c.label.is_file()]
+    if cases:
+        n = max(1, min(num_processes or os.cpu_count() or 1, len(cases)))
+        jobs = [(c, spec.num_channels, set(spec.labels.values())) for c in cases]
+        if n == 1:
+            results = [_check_case(*j) for j in jobs]
+        else:
+            with get_context("fork").Pool(n) as pool:
+                results = pool.starmap(_check_case, jobs, chunksize=max(1, len(jobs) // (4 * n)))
+        for found in results:
+            problems.extend(found)
+    if problems:
+        raise DatasetError(spec.folder, problems)
+
+
+def _check_layout(spec: DatasetSpec) -> list[str]:
+    """File-name level checks: missing, extra and duplicate files, counts."""
+    problems: list[str] = []
+    ending = spec.file_ending
+    images_dir, labels_dir = spec.folder / "imagesTr", spec.folder / "labelsTr"
+    for d in (images_dir, labels_dir):
+        if not d.is_dir():
+            problems.append(f"folder {d} is missing; expected imagesTr/ and labelsTr/ in {spec.folder}")
+    if problems:
+        return problems
+    label_files = [p for p in sorted(labels_dir.iterdir()) if not p.name.startswith(".")]
+    label_ids = []
+    for p in label_files:
+        if p.name.endswith(ending):
+            label_ids.append(p.name[: -len(ending)])
+        else:
+            problems.append(f"labelsTr/{p.name}: unexpected file; labels must be named {{case}}{ending}")
+    groups = group_channel_files(images_dir, ending)
+    grouped = {p for chans in groups.values() for p in chans.values()}
+    for p in sorted(images_dir.iterdir()):
+        if not p.name.startswith(".") and p not in grouped:
+            problems.append(
+                f"imagesTr/{p.name}: unexpected file; images must be named {{case}}_{{XXXX}}{ending} "
+                "(XXXX = channel index, e.g. _0000)"
+            )
+    if not label_ids:
+        problems.append(f"the dataset is empty: no {{case}}{ending} files in {labels_dir}")
+    lowered = Counter(cid.lower() for cid in label_ids)
+    for cid, count in lowered.items():
+        if count > 1:
+            same = [c for c in label_ids if c.lower() == cid]
+            problems.append(f"duplicate case id {cid!r}: {same} differ only in upper/lower case")
+    for cid in label_ids:
+        chans = groups.get(cid, {})
+        if not chans:
+            problems.append(f"case {cid}: label exists but no image; expected imagesTr/{cid}_0000{ending}")
+        elif sorted(chans) != list(range(len(chans))):
+            missing = sorted(set(range(max(chans) + 1)) - set(chans))
+            problems.append(
+                f"case {cid}: channel file(s) {', '.join(f'{cid}_{m:04d}{ending}' for m in missing)} missing "
+                f"(found channels {sorted(chans)}; expected 0..{spec.num_channels - 1})"
+            )
+    for cid in sorted(set(groups) - set(label_ids)):
+        problems.append(f"case {cid}: images in imagesTr but no label labelsTr/{cid}{ending}")
+    if spec.num_training != len(label_ids):
+        problems.append(
+            f"dataset.json: numTraining is {spec.num_training} but {len(label_ids)} labelled cases "
+            f"were found in labelsTr; set numTraining to {len(label_ids)}"
+        )
+    return problems
+
+
+def _check_case(case: Case, num_channels: int, allowed: set[int]) -> list[str]:
+    """Read one case and report every problem found in it."""
+    problems: list[str] = []
+    geoms = []
+    total_channels = 0
+    for path in case.images:
+        try:
+            arr, geom = _read_one(path)
+        except ImageReadError as exc:
+            problems.append(f"case {case.case_id}: {exc} (the file is unreadable or corrupt; re-export it)")
+            continue
+        total_channels += arr.shape[0]
+        geoms.append((path, geom))
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            bad = int((~np.isfinite(arr)).sum())
+            problems.append(f"case {case.case_id}: {path.name} holds {bad} NaN/inf voxel(s); replace them with finite values")
+    if geoms and total_channels != num_channels and len(geoms) == len(case.images):
+        problems.append(
+            f"case {case.case_id}: {total_channels} channel(s) found but dataset.json declares "
+            f"{num_channels} in channel_names; add the missing channel files or fix channel_names"
+        )
+    try:
+        lab, lgeom = _read_one(case.label)
+    except ImageReadError as exc:
+        problems.append(f"case {case.case_id}: {exc} (the label file is unreadable or corrupt)")
+        return problems
+    if lab.shape[0] != 1:
+        problems.append(
+            f"case {case.case_id}: label {case.label.name} has {lab.shape[0]} channels (an RGB-coloured "
+            "label image?); expected one channel holding class indices 0..N"
+        )
+        return problems
+    if not np.issubdtype(lab.dtype, np.integer):
+        if not np.isfinite(lab).all() or not np.array_equal(lab, np.round(lab)):
+            problems.append(f"case {case.case_id}: label {case.label.name} holds non-integer values; labels must be class indices")
+            return problems
+    values = set(np.unique(lab).astype(int).tolist())
+    undeclared = sorted(values - allowed)
+    if undeclared:
+        problems.append(
+            f"case {case.case_id}: label {case.label.name} holds value(s) {undeclared} not declared in "
+            f"dataset.json labels (declared: {sorted(allowed)}); declare them or fix the label"
+        )
+    for path, geom in geoms:
+        diffs = geom.matches(lgeom)
+        if diffs:
+            problems.append(
+                f"case {case.case_id}: image {path.name} and label {case.label.name} disagree in "
+                f"{'; '.join(diffs)}; they must share shape, spacing, origin and direction"
+            )
+    return problems
