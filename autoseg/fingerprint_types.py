@@ -51,6 +51,7 @@ class Fingerprint:
     intensity: tuple[IntensityProperties, ...]  # per channel, over foreground voxels
     classes: tuple[ClassFingerprint, ...]
     crop_reduction_median: float  # median over cases of cropped volume / original volume
+    source_signature: str = ""  # hash of the raw files it was computed from (up-to-date check)
 
 
 def save_fingerprint(fp: Fingerprint, path: str | Path) -> None:

@@ -1,0 +1,219 @@
+"""From a fingerprint to plans (``autoseg plan``): pure functions plus one CLI handler.
+
+``plan_experiment(fingerprint, profile)`` decides, for each configuration, the target
+spacing, patch and batch size, network topology and normalisation. See docs/planning.md.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from autoseg.fingerprint_types import Fingerprint
+from autoseg.plans import PLANS_SCHEMA_VERSION, ConfigurationPlan, NetworkPlan, Plans
+from autoseg.registry import Registry
+from autoseg.planners.topology import estimate_memory_bytes, fit_topology
+
+log = logging.getLogger(__name__)
+
+ANISOTROPY_RATIO = 3.0
+MAX_DATASET_FRACTION_PER_BATCH = 0.05
+LOWRES_TRIGGER = 0.25  # plan 3d_lowres when the fullres patch covers less than this of the median image
+LOWRES_TARGET = 0.5  # coarsen the lowres spacing until the patch covers this much
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """What the plans are sized for: a memory budget and the network width."""
+
+    name: str
+    memory_gb: float
+    base_features: int = 32
+    max_features_3d: int = 320
+    max_features_2d: int = 512
+    max_stages_3d: int = 6
+    max_stages_2d: int = 7
+    max_patch_voxels_3d: int = 256 ** 3
+
+
+PROFILES: Registry[DeviceProfile] = Registry("device profile")
+PROFILES.add("gpu-8gb", DeviceProfile("gpu-8gb", 8.0))
+PROFILES.add("gpu-24gb", DeviceProfile("gpu-24gb", 24.0))
+PROFILES.add("gpu-40gb", DeviceProfile("gpu-40gb", 40.0))
+# A first CPU profile: half width and a small budget, so each iteration costs ~1/10 of the GPU
+# plan's compute. Measurement-driven CPU planning will replace this fixed budget.
+PROFILES.add("cpu", DeviceProfile("cpu", 0.38, base_features=16, max_features_3d=160, max_features_2d=256))
+
+
+def target_spacing(spacings: np.ndarray) -> tuple[float, ...]:
+    """Median spacing per axis; for strongly anisotropic data the coarse axis uses the
+    10th percentile of its spacings (so a few very thick-sliced cases don't coarsen all).
+
+    ``spacings``: (n_cases, n_axes) in mm.
+    """
+    target = np.median(spacings, 0)
+    coarse = int(np.argmax(target))
+    others = [a for a in range(len(target)) if a != coarse]
+    if others and target[coarse] / max(target[others].max(), 1e-8) > ANISOTROPY_RATIO:
+        target[coarse] = max(np.percentile(spacings[:, coarse], 10), target[others].max())
+    return tuple(float(s) for s in target)
+
+
+def _median_shape(fp: Fingerprint, spacing: tuple[float, ...], axes: slice = slice(None)) -> tuple[int, ...]:
+    shapes = np.array([c.shape_after_crop for c in fp.cases], float)
+    sp = np.array([c.spacing for c in fp.cases], float)
+    new = shapes * sp / np.array(spacing)
+    return tuple(int(round(v)) for v in np.median(new, 0)[axes])
+
+
+def _dataset_voxels(fp: Fingerprint, spacing: tuple[float, ...], axes: slice = slice(None)) -> float:
+    total = 0.0
+    for c in fp.cases:
+        shape = np.array(c.shape_after_crop, float) * np.array(c.spacing) / np.array(spacing)
+        total += float(np.prod(shape))
+    return total
+
+
+def plan_patch_and_network(median_shape: tuple[int, ...], spacing: tuple[float, ...], profile: DeviceProfile,
+                           dataset_voxels: float) -> tuple[tuple[int, ...], NetworkPlan, int]:
+    """Largest patch (up to the median shape) whose batch of 2 fits the budget; then the batch.
+
+    ``spacing`` and ``median_shape`` cover the network's axes only (2 for 2D, 3 for 3D).
+    """
+    dim = len(median_shape)
+    max_feat = profile.max_features_3d if dim == 3 else profile.max_features_2d
+    max_stages = profile.max_stages_3d if dim == 3 else profile.max_stages_2d
+    budget = profile.memory_gb * 1e9
+    aspect = 1.0 / np.array(spacing)
+    cap_voxels = profile.max_patch_voxels_3d if dim == 3 else 2048 ** 2
+    patch = aspect * (cap_voxels / np.prod(aspect)) ** (1.0 / dim)
+    patch = np.minimum(patch, median_shape).round().astype(int)
+    patch = np.maximum(patch, 4)
+    while True:
+        rounded, net = fit_topology(tuple(int(p) for p in patch), spacing, profile.base_features, max_feat, max_stages)
+        if estimate_memory_bytes(rounded, net, 2) <= budget or np.prod(patch) <= 4 ** dim:
+            break
+        # shrink the axis that is largest relative to the median image, by one pooling step
+        ratio = np.array(rounded) / np.array(median_shape)
+        axis = int(np.argmax(ratio))
+        step = max(1, net.total_stride[axis])
+        patch[axis] = max(4, min(patch[axis], rounded[axis] - step))
+    per_sample = estimate_memory_bytes(rounded, net, 1) - estimate_memory_bytes(rounded, net, 0)
+    fixed = estimate_memory_bytes(rounded, net, 0)
+    batch = int((budget - fixed) // max(per_sample, 1.0))
+    cap = int(MAX_DATASET_FRACTION_PER_BATCH * dataset_voxels / np.prod(rounded))
+    batch = max(2, min(batch, cap))
+    return rounded, net, batch
+
+
+def _normalization(fp: Fingerprint) -> tuple[tuple[str, ...], tuple[bool, ...]]:
+    schemes, masks = [], []
+    for name in fp.channel_names:
+        low = name.lower()
+        if low == "ct":
+            scheme = "ct"
+        elif low == "nonorm":
+            scheme = "noNorm"
+        elif low == "rescale_to_0_1":
+            scheme = "rescale_to_0_1"
+        else:
+            scheme = "zscore"
+        schemes.append(scheme)
+        masks.append(scheme == "zscore" and fp.crop_reduction_median < 0.75)
+    return tuple(schemes), tuple(masks)
+
+
+def _configuration(name: str, fp: Fingerprint, spacing: tuple[float, ...], profile: DeviceProfile,
+                   dim: int, **extra) -> ConfigurationPlan:
+    axes = slice(1, None) if dim == 2 else slice(None)
+    median = _median_shape(fp, spacing)
+    patch, net, batch = plan_patch_and_network(median[axes], spacing[axes], profile,
+                                               _dataset_voxels(fp, spacing))
+    schemes, masks = _normalization(fp)
+    return ConfigurationPlan(
+        name=name, spacing=spacing, patch_size=patch, batch_size=batch, median_shape=median,
+        network=net, normalization=schemes, use_mask_for_norm=masks, batch_dice=dim == 3,
+        preprocessed_name=extra.pop("preprocessed_name", name), **extra,
+    )
+
+
+def _coarser(spacing: tuple[float, ...], factor: float) -> tuple[float, ...]:
+    """Scale spacing by ``factor``, anisotropy-aware: fine axes coarsen first, none past the coarsest."""
+    sp = np.array(spacing)
+    if sp.max() / sp.min() < 2:
+        return tuple(float(s) for s in sp * factor)
+    coarse = sp.max()
+    return tuple(float(min(s * factor, max(coarse, s))) if s < coarse else float(s) for s in sp)
+
+
+def plan_experiment(fingerprint: Fingerprint, profile: str = "gpu-8gb", force_lowres: bool = False) -> Plans:
+    """Plans for every configuration that makes sense for ``fingerprint``."""
+    prof = PROFILES.get(profile)
+    spacings = np.array([c.spacing for c in fingerprint.cases], float)
+    spacing = target_spacing(spacings)
+    configs: dict[str, ConfigurationPlan] = {}
+    # 2d: the slice axis keeps the case spacing (never resampled across slices)
+    configs["2d"] = _configuration("2d", fingerprint, spacing, prof, dim=2)
+    if not fingerprint.is_2d:
+        full = _configuration("3d_fullres", fingerprint, spacing, prof, dim=3)
+        configs["3d_fullres"] = full
+        coverage = math.prod(full.patch_size) / math.prod(full.median_shape)
+        if coverage < LOWRES_TRIGGER or force_lowres:
+            low = _plan_lowres(fingerprint, spacing, prof, force=coverage >= LOWRES_TRIGGER)
+            configs["3d_lowres"] = dataclasses.replace(low, next_stage="3d_cascade_fullres")
+            configs["3d_cascade_fullres"] = dataclasses.replace(
+                full, name="3d_cascade_fullres", previous_stage="3d_lowres", preprocessed_name="3d_fullres")
+    return Plans(
+        schema_version=PLANS_SCHEMA_VERSION,
+        dataset_name=fingerprint.dataset_name,
+        channel_names=fingerprint.channel_names,
+        labels=dict(fingerprint.labels),
+        file_ending=fingerprint.file_ending,
+        original_median_spacing=tuple(float(v) for v in np.median(spacings, 0)),
+        original_median_shape=tuple(int(v) for v in np.median([c.shape for c in fingerprint.cases], 0)),
+        intensity_properties=fingerprint.intensity,
+        configurations=configs,
+        device_profile=prof.name,
+        budget_gb=prof.memory_gb,
+    )
+
+
+def _plan_lowres(fp: Fingerprint, spacing: tuple[float, ...], prof: DeviceProfile, force: bool) -> ConfigurationPlan:
+    """Coarsen the spacing in 3% steps until the patch covers ``LOWRES_TARGET`` of the median image.
+
+    When forced on data whose fullres patch already covers the image, halve the resolution.
+    """
+    if force:
+        return _configuration("3d_lowres", fp, _coarser(spacing, 2.0), prof, dim=3)
+    factor = 1.0
+    while True:
+        factor *= 1.03
+        low = _configuration("3d_lowres", fp, _coarser(spacing, factor), prof, dim=3)
+        if math.prod(low.patch_size) >= LOWRES_TARGET * math.prod(low.median_shape) or factor > 8:
+            return low
+
+
+def cli_plan(args: argparse.Namespace) -> int:
+    from autoseg.fingerprint_types import load_fingerprint
+    from autoseg.paths import Workspace
+    from autoseg.plans import save_plans
+
+    ws = Workspace.resolve(args.root)
+    folder = ws.preprocessed_dataset(args.dataset)
+    fp_path = folder / "fingerprint.json"
+    if not fp_path.is_file():
+        from autoseg.errors import UserFacingError
+
+        raise UserFacingError(f"{fp_path} not found; run 'autoseg fingerprint -d {args.dataset}' first")
+    plans = plan_experiment(load_fingerprint(fp_path), args.device_profile or "gpu-8gb", args.force_lowres)
+    save_plans(plans, folder / "plans.json")
+    for cfg in plans.configurations.values():
+        log.info("%-18s spacing %s patch %s batch %d features %s", cfg.name,
+                 tuple(round(s, 3) for s in cfg.spacing), cfg.patch_size, cfg.batch_size,
+                 cfg.network.features_per_stage)
+    log.info("wrote %s", folder / "plans.json")
+    return 0
