@@ -103,7 +103,7 @@ def _read_one(path: Path) -> tuple[np.ndarray, ImageGeometry]:
     if is_2d:
         if img.GetDimension() != 2:
             raise ImageReadError(f"{path}: expected a 2D image, found {img.GetDimension()}D")
-        arr = arr[None] if n_comp == 1 else np.moveaxis(arr, -1, 0)[:, None]
+        arr = arr[None, None] if n_comp == 1 else np.moveaxis(arr, -1, 0)[:, None]
         geom = ImageGeometry(
             spacing=(FAKE_2D_SPACING, 1.0, 1.0),
             origin=tuple(img.GetOrigin()),
