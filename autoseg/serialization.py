@@ -43,6 +43,10 @@ def _convert(tp: Any, data: Any, where: str) -> Any:
     args = typing.get_args(tp)
     if tp is Any:
         return data
+    if tp in (dict, list):
+        if not isinstance(data, tp):
+            raise SchemaError(f"{where}: expected {'an object' if tp is dict else 'a list'}, found {type(data).__name__}")
+        return data
     if origin in (typing.Union, types.UnionType):
         if data is None and type(None) in args:
             return None

@@ -84,7 +84,7 @@ def resample_seg(seg: np.ndarray, shape: tuple[int, ...], labels: list[int], ord
         if label == 0:
             continue
         m = resample_channel((s == label).astype(np.float32), shape, order, separate_axis)
-        take = (m > 0.5) & (m > best)
+        take = (m >= 0.5) & (m > best)
         out[take] = label
         best = np.maximum(best, m)
     return out[None]

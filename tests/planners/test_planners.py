@@ -1,0 +1,137 @@
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autoseg.fingerprint_types import CaseFingerprint, load_fingerprint
+from autoseg.planners.experiment import plan_experiment, target_spacing
+from autoseg.planners.topology import plan_topology
+from autoseg.plans import load_plans, save_plans
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def hippocampus():
+    return load_fingerprint(DATA / "hippocampus_fingerprint.json")
+
+
+def with_cases(fp, shape, spacing, n=10):
+    case = CaseFingerprint("c", shape, spacing, shape, {}, {})
+    cases = tuple(dataclasses.replace(case, case_id=f"c{i}") for i in range(n))
+    return dataclasses.replace(fp, cases=cases)
+
+
+def test_golden_hippocampus_3d_fullres(hippocampus):
+    cfg = plan_experiment(hippocampus).configuration("3d_fullres")
+    assert cfg.spacing == (1.0, 1.0, 1.0)
+    assert cfg.patch_size == (40, 56, 40)
+    assert cfg.batch_size == 7  # capped at 5% of the dataset's voxels
+    assert cfg.network.features_per_stage == (32, 64, 128, 256)
+    assert cfg.network.strides == ((1, 1, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2))
+    assert cfg.network.kernel_sizes == ((3, 3, 3),) * 4
+    assert cfg.normalization == ("zscore",) and cfg.use_mask_for_norm == (False,)
+    assert cfg.batch_dice
+
+
+def test_hippocampus_2d_and_no_lowres(hippocampus):
+    plans = plan_experiment(hippocampus)
+    assert set(plans.configurations) == {"2d", "3d_fullres"}
+    two = plans.configuration("2d")
+    assert two.patch_size == (56, 40) and two.network.dim == 2 and not two.batch_dice
+
+
+def test_plans_round_trip(hippocampus, tmp_path):
+    plans = plan_experiment(hippocampus, force_lowres=True)
+    save_plans(plans, tmp_path / "plans.json")
+    assert load_plans(tmp_path / "plans.json") == plans
+
+
+def test_anisotropic_spacing_and_kernels(hippocampus):
+    fp = with_cases(hippocampus, (25, 256, 256), (6.5, 0.78, 0.78))
+    cfg = plan_experiment(fp).configuration("3d_fullres")
+    assert cfg.spacing == pytest.approx((6.5, 0.78, 0.78))
+    assert cfg.network.kernel_sizes[0] == (1, 3, 3)
+    assert cfg.network.strides[1] == (1, 2, 2)  # the coarse axis is not pooled first
+
+
+def test_target_spacing_uses_low_percentile_on_coarse_axis():
+    spacings = np.array([[5.0, 0.8, 0.8]] * 8 + [[10.0, 0.8, 0.8]] * 12)
+    assert target_spacing(spacings)[0] == pytest.approx(5.0)  # median would be 10
+    iso = np.array([[1.0, 1.0, 1.0], [1.2, 1.0, 1.0], [1.4, 1.0, 1.0]])
+    assert target_spacing(iso) == pytest.approx((1.2, 1.0, 1.0))
+
+
+@pytest.mark.parametrize("shape,spacing", [((40, 50, 30), (1, 1, 1)), ((30, 300, 280), (5, 0.7, 0.7)),
+                                           ((1, 480, 640), (999, 1, 1)), ((400, 512, 512), (1, 0.8, 0.8))])
+def test_patch_divisible_by_total_stride(hippocampus, shape, spacing):
+    fp = with_cases(hippocampus, shape, spacing)
+    fp = dataclasses.replace(fp, is_2d=shape[0] == 1)
+    for cfg in plan_experiment(fp).configurations.values():
+        for p, s in zip(cfg.patch_size, cfg.network.total_stride):
+            assert p % s == 0
+        assert cfg.batch_size >= 2
+
+
+def test_lowres_trigger_and_cascade(hippocampus):
+    big = with_cases(hippocampus, (400, 512, 512), (1.0, 0.8, 0.8))
+    plans = plan_experiment(big)
+    assert {"3d_lowres", "3d_cascade_fullres"} <= set(plans.configurations)
+    low, full = plans.configuration("3d_lowres"), plans.configuration("3d_fullres")
+    assert all(l > f for l, f in zip(low.spacing, full.spacing))
+    assert math.prod(low.patch_size) >= 0.5 * math.prod(low.median_shape)
+    cascade = plans.configuration("3d_cascade_fullres")
+    assert cascade.previous_stage == "3d_lowres" and low.next_stage == "3d_cascade_fullres"
+    assert cascade.preprocessed_name == "3d_fullres"
+    assert "3d_lowres" not in plan_experiment(hippocampus).configurations
+    forced = plan_experiment(hippocampus, force_lowres=True)
+    assert forced.configuration("3d_lowres").spacing == (2.0, 2.0, 2.0)
+
+
+def test_natural_2d_plans_only_2d(hippocampus):
+    fp = dataclasses.replace(with_cases(hippocampus, (1, 480, 640), (999.0, 1.0, 1.0)), is_2d=True)
+    assert set(plan_experiment(fp).configurations) == {"2d"}
+
+
+def test_ct_channel_gets_ct_normalisation(hippocampus):
+    fp = dataclasses.replace(hippocampus, channel_names=("CT",))
+    assert plan_experiment(fp).configuration("3d_fullres").normalization == ("ct",)
+
+
+def test_cpu_profile_is_smaller(hippocampus):
+    gpu = plan_experiment(hippocampus).configuration("3d_fullres")
+    cpu = plan_experiment(hippocampus, profile="cpu").configuration("3d_fullres")
+    assert cpu.network.features_per_stage == (16, 32, 64, 128) and cpu.batch_size == 2
+    assert cpu.patch_size == gpu.patch_size
+    with pytest.raises(KeyError, match="did you mean 'cpu'"):
+        plan_experiment(hippocampus, profile="cpuu")
+
+
+def test_topology_stops_at_min_feature_map():
+    net = plan_topology((36, 50, 35), (1.0, 1.0, 1.0))
+    assert net.total_stride == (8, 8, 8) and len(net.strides) == 4
+
+
+@pytest.mark.realdata
+def test_real_anisotropic_mri(shared_data, tmp_path):
+    import json
+    import os
+
+    from autoseg.dataset import load_dataset
+    from autoseg.fingerprint import extract_fingerprint
+
+    folder = tmp_path / "Dataset951_Brain"
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    for case in ("brain1", "brain2"):
+        os.symlink(shared_data / "pyradiomics_mri" / f"{case}_image.nrrd", folder / "imagesTr" / f"{case}_0000.nrrd")
+        os.symlink(shared_data / "pyradiomics_mri" / f"{case}_label.nrrd", folder / "labelsTr" / f"{case}.nrrd")
+    (folder / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "MRI"}, "labels": {"background": 0, "tumour": 1}, "numTraining": 2,
+        "file_ending": ".nrrd"}))
+    fp = extract_fingerprint(load_dataset(folder), num_processes=1)
+    cfg = plan_experiment(fp).configuration("3d_fullres")
+    assert cfg.spacing[0] > 3 * cfg.spacing[1]
+    assert cfg.network.kernel_sizes[0] == (1, 3, 3)
