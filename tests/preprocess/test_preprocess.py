@@ -97,15 +97,15 @@ def test_round_trip_exact_when_spacing_matches():
 
 
 def test_round_trip_with_odd_spacing():
-    image = np.ones((1, 16, 20, 18), np.float32)
-    seg = np.zeros((1, 16, 20, 18), np.int16)
-    seg[0, 4:12, 5:15, 4:14] = 1
-    geom = ImageGeometry((1.5, 0.7, 0.9), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (16, 20, 18))
+    image = np.ones((1, 16, 40, 36), np.float32)
+    seg = np.zeros((1, 16, 40, 36), np.int16)
+    seg[0, 4:12, 5:35, 4:30] = 1
+    geom = ImageGeometry((1.5, 0.7, 0.9), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (16, 40, 36))
     plans = make_plans()
     data, seg_p, props = preprocess_case(image, geom, plans, "3d_fullres", seg)
-    assert data.shape[1:] == (24, 14, 16)
+    assert data.shape[1:] == (24, 28, 32)
     out, _ = export_to_original(one_hot(seg_p), props, plans, "3d_fullres")
-    assert out.shape == (16, 20, 18)
+    assert out.shape == (16, 40, 36)
     # resampling 0.7 mm -> 1 mm -> 0.7 mm moves boundaries by at most one voxel
     dice = 2 * ((out == 1) & (seg[0] == 1)).sum() / ((out == 1).sum() + (seg[0] == 1).sum())
     assert dice > 0.85
