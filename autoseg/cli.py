@@ -176,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s" if args.verbose else "%(message)s",
     )
+    logging.getLogger("numexpr").setLevel(logging.WARNING)
     module_name, func_name = args.handler.split(":")
     handler = getattr(importlib.import_module(module_name), func_name)
     from autoseg.errors import user_errors

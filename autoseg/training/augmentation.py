@@ -1,0 +1,116 @@
+"""Training-time augmentation, built from batchgenerators transforms.
+
+Every probability and range is a field of ``AugmentationConfig`` (defaults as nnU-Net v2),
+so a variant changes augmentation with ``--set augmentation.p_rotation=0`` and no code.
+Rotation and scaling are applied only to the samples that draw them; the others are plain
+crops, which keeps the 2-core CPU case cheap (about two thirds of samples need no
+interpolation at the default probabilities).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class AugmentationConfig:
+    enabled: bool = True
+    p_rotation: float = 0.2
+    rotation_degrees: float = 30.0
+    p_scaling: float = 0.2
+    scale_range: tuple[float, float] = (0.7, 1.4)
+    p_noise: float = 0.1
+    noise_variance: tuple[float, float] = (0.0, 0.1)
+    p_blur: float = 0.2
+    blur_sigma: tuple[float, float] = (0.5, 1.0)
+    p_blur_per_channel: float = 0.5
+    p_brightness: float = 0.15
+    brightness_range: tuple[float, float] = (0.75, 1.25)
+    p_contrast: float = 0.15
+    contrast_range: tuple[float, float] = (0.75, 1.25)
+    p_low_resolution: float = 0.25
+    low_resolution_zoom: tuple[float, float] = (0.5, 1.0)
+    p_gamma: float = 0.3
+    p_gamma_inverted: float = 0.1
+    gamma_range: tuple[float, float] = (0.7, 1.5)
+    mirror: bool = True  # each axis flipped with probability 0.5 (batchgenerators' MirrorTransform)
+
+
+def rotation_in_plane_only(patch_size: tuple[int, ...]) -> bool:
+    """3D patches much flatter along axis 0 (anisotropic data) rotate in-plane only."""
+    return len(patch_size) == 3 and max(patch_size[1:]) / patch_size[0] > 3
+
+
+def sampling_patch_size(patch_size: tuple[int, ...], cfg: AugmentationConfig) -> tuple[int, ...]:
+    """A patch large enough that rotating/scaling then cropping ``patch_size`` needs no padding.
+
+    Rotation by up to ``rotation_degrees`` about any axis grows the bounding box of the patch;
+    we take the rotated extent (in-plane only for flat patches) and, if scaling can shrink the
+    image, divide by the smallest scale factor.
+    """
+    if not cfg.enabled or (cfg.p_rotation == 0 and cfg.p_scaling == 0):
+        return tuple(patch_size)
+    p = np.array(patch_size, float)
+    a = math.radians(min(cfg.rotation_degrees, 90)) if cfg.p_rotation > 0 else 0.0
+    c, s = abs(math.cos(a)), abs(math.sin(a))
+    out = p.copy()
+    axes = range(1, len(p)) if (len(p) == 2 or rotation_in_plane_only(patch_size)) else range(len(p))
+    axes = list(axes) if len(p) == 3 else [0, 1]
+    for i in axes:
+        others = [j for j in axes if j != i]
+        out[i] = max(out[i], max(p[i] * c + p[j] * s for j in others))
+    if cfg.p_scaling > 0:
+        out = out / min(1.0, cfg.scale_range[0])
+    return tuple(int(math.ceil(v)) for v in np.minimum(out, p * 2.5))
+
+
+def build_transforms(cfg: AugmentationConfig, patch_size: tuple[int, ...]):
+    """A batchgenerators ``Compose`` turning a larger sampled patch into an augmented ``patch_size`` one.
+
+    Input dict: ``data`` (B, C, *sampling_patch_size) float32, ``seg`` (B, 1, ...) int.
+    """
+    from batchgenerators.transforms.abstract_transforms import Compose
+    from batchgenerators.transforms.color_transforms import (
+        BrightnessMultiplicativeTransform,
+        ContrastAugmentationTransform,
+        GammaTransform,
+    )
+    from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
+    from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
+    from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
+
+    dim = len(patch_size)
+    angle = math.radians(cfg.rotation_degrees)
+    in_plane = dim == 2 or rotation_in_plane_only(patch_size)
+    rot_x = (-angle, angle)
+    rot_other = (0.0, 0.0) if in_plane else (-angle, angle)
+    transforms = [
+        SpatialTransform(
+            patch_size, patch_center_dist_from_border=None, do_elastic_deform=False,
+            do_rotation=cfg.enabled and cfg.p_rotation > 0, angle_x=rot_x, angle_y=rot_other, angle_z=rot_other,
+            do_scale=cfg.enabled and cfg.p_scaling > 0, scale=cfg.scale_range,
+            border_mode_data="constant", border_cval_data=0, order_data=3,
+            border_mode_seg="constant", border_cval_seg=-1, order_seg=1,
+            random_crop=False, p_rot_per_sample=cfg.p_rotation, p_scale_per_sample=cfg.p_scaling,
+        )
+    ]
+    if cfg.enabled:
+        transforms += [
+            GaussianNoiseTransform(cfg.noise_variance, p_per_sample=cfg.p_noise),
+            GaussianBlurTransform(cfg.blur_sigma, different_sigma_per_channel=True, p_per_sample=cfg.p_blur,
+                                  p_per_channel=cfg.p_blur_per_channel),
+            BrightnessMultiplicativeTransform(cfg.brightness_range, p_per_sample=cfg.p_brightness),
+            ContrastAugmentationTransform(cfg.contrast_range, p_per_sample=cfg.p_contrast),
+            SimulateLowResolutionTransform(cfg.low_resolution_zoom, per_channel=True, p_per_channel=0.5,
+                                           order_downsample=0, order_upsample=3, p_per_sample=cfg.p_low_resolution,
+                                           ignore_axes=(0,) if in_plane and dim == 3 else None),
+            GammaTransform(cfg.gamma_range, invert_image=True, per_channel=True, retain_stats=True,
+                           p_per_sample=cfg.p_gamma_inverted),
+            GammaTransform(cfg.gamma_range, invert_image=False, per_channel=True, retain_stats=True,
+                           p_per_sample=cfg.p_gamma),
+        ]
+        if cfg.mirror:
+            transforms.append(MirrorTransform(tuple(range(dim)), p_per_sample=1))
+    return Compose(transforms)

@@ -1,0 +1,57 @@
+"""Checkpoints: written atomically, loadable with ``torch.load(weights_only=True)``.
+
+A checkpoint holds only tensors and plain containers: network and optimizer state, the
+position in the schedule (epoch, global iteration), the logged history, the best EMA
+pseudo-Dice and the resolved training config as a dict. A fold folder holds everything
+needed to rebuild the model without any trainer code: ``plans.json``, ``train_config.json``
+and the checkpoints.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from autoseg.plans import ConfigurationPlan, Plans, load_plans
+from autoseg.serialization import load_json_as
+from autoseg.training.network import UNet, build_network
+from autoseg.training.train_config import TrainConfig
+
+
+def save_checkpoint(state: dict, path: str | Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found; train this fold first (autoseg train)")
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+@dataclass
+class TrainedModel:
+    network: UNet
+    plans: Plans
+    configuration: ConfigurationPlan
+    train_config: TrainConfig
+    fold_dir: Path
+
+
+def load_trained_model(fold_dir: str | Path, checkpoint: str = "checkpoint_final",
+                       device: str | torch.device = "cpu") -> TrainedModel:
+    """Rebuild a trained network from the files in ``fold_dir`` alone (eval mode, no deep supervision)."""
+    fold_dir = Path(fold_dir)
+    plans = load_plans(fold_dir / "plans.json")
+    cfg = load_json_as(TrainConfig, fold_dir / "train_config.json")
+    state = load_checkpoint(fold_dir / f"{checkpoint}.pth", device)
+    configuration = state["configuration"]
+    net = build_network(plans, configuration, deep_supervision=False, in_channels=state.get("in_channels"))
+    net.load_state_dict(state["network"])
+    net.to(device).eval()
+    return TrainedModel(net, plans, plans.configuration(configuration), cfg, fold_dir)

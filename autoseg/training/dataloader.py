@@ -1,0 +1,180 @@
+"""Training and validation batches: patch sampling with foreground oversampling, augmentation,
+and deep-supervision targets, produced in background worker processes.
+
+The batch at global iteration ``i`` is a pure function of ``(seed, i)``: every random draw for
+it comes from generators seeded with both, whatever the number of workers, so a resumed run
+sees exactly the batches an uninterrupted run would have seen.
+
+Oversampling: of a batch of ``B`` samples, the last ``B - round(B * (1 - p))`` are forced to
+contain foreground (p = ``oversample_foreground_percent``; B=2 and p=0.33 force one, B=7 force
+two). A forced sample picks a class present in its case at random and centres the patch on a
+random stored voxel of that class; the others are placed uniformly at random.
+"""
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from autoseg.plans import ConfigurationPlan
+from autoseg.preprocess.storage import load_case
+from autoseg.training.augmentation import AugmentationConfig, build_transforms, sampling_patch_size
+
+IN_MEMORY_LIMIT_BYTES = 2e9
+
+
+def num_forced(batch_size: int, percent: float) -> int:
+    """How many samples of a batch must contain foreground."""
+    return batch_size - int(round(batch_size * (1 - percent)))
+
+
+@dataclass
+class _Case:
+    data: np.ndarray  # (C, Z, Y, X)
+    seg: np.ndarray  # (1, Z, Y, X)
+    locations: dict[int, np.ndarray]
+
+
+def crop_with_padding(array: np.ndarray, lower: np.ndarray, size: tuple[int, ...], fill: float) -> np.ndarray:
+    """``array[:, lower:lower+size]`` over the spatial axes, padding with ``fill`` outside."""
+    spatial = array.shape[1:]
+    out = np.full((array.shape[0],) + tuple(size), fill, dtype=array.dtype)
+    src, dst = [slice(None)], [slice(None)]
+    for lo, sz, n in zip(lower, size, spatial):
+        a, b = max(lo, 0), min(lo + sz, n)
+        src.append(slice(a, max(a, b)))
+        dst.append(slice(a - lo, a - lo + max(0, b - a)))
+    out[tuple(dst)] = array[tuple(src)]
+    return out
+
+
+def choose_lower_corner(shape: tuple[int, ...], size: tuple[int, ...], rng: np.random.Generator,
+                        centre: np.ndarray | None = None) -> np.ndarray:
+    """Lower corner of a ``size`` patch in an image of ``shape``: centred on ``centre`` if given,
+    else uniform over positions that keep the patch inside (centred if the image is smaller)."""
+    shape, size = np.array(shape), np.array(size)
+    if centre is not None:
+        return np.asarray(centre) - size // 2
+    slack = shape - size
+    return np.array([rng.integers(0, s + 1) if s >= 0 else s // 2 for s in slack])
+
+
+class BatchSource:
+    """Builds batch ``i`` from preprocessed cases; picklable, used inside worker processes."""
+
+    def __init__(self, folder: str | Path, case_ids: list[str], cfg: ConfigurationPlan, batch_size: int,
+                 oversample: float, augmentation: AugmentationConfig | None,
+                 ds_scales: list[tuple[float, ...]] | None, seed: int):
+        self.folder, self.case_ids = Path(folder), list(case_ids)
+        self.dim = cfg.network.dim
+        self.patch = tuple(cfg.patch_size)
+        self.batch_size, self.oversample = batch_size, oversample
+        self.augmentation = augmentation
+        self.ds_scales, self.seed = ds_scales, seed
+        self.sample_size = sampling_patch_size(self.patch, augmentation) if augmentation else self.patch
+        self._transforms = None
+        size = sum(p.stat().st_size for p in self.folder.glob("*.data.b2")) * 4  # ~compression ratio
+        self._cases = {cid: self._load(cid) for cid in self.case_ids} if size < IN_MEMORY_LIMIT_BYTES else None
+
+    def _load(self, case_id: str) -> _Case:
+        c = load_case(self.folder, case_id)
+        return _Case(c.data, c.seg, c.class_locations)
+
+    def _case(self, case_id: str) -> _Case:
+        return self._cases[case_id] if self._cases is not None else self._load(case_id)
+
+    def _rng(self, i: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, i])
+
+    def sample(self, case: _Case, forced: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One (data, seg) patch of ``sample_size`` (2D configurations: one slice)."""
+        present = [k for k, v in case.locations.items() if len(v)] if forced else []
+        voxel = None
+        if present:
+            cls = present[rng.integers(len(present))]
+            locs = case.locations[cls]
+            voxel = locs[rng.integers(len(locs))]
+        data, seg = case.data, case.seg
+        if self.dim == 2:
+            z = int(voxel[0]) if voxel is not None else int(rng.integers(data.shape[1]))
+            data, seg = data[:, z], seg[:, z]
+            voxel = voxel[1:] if voxel is not None else None
+        lower = choose_lower_corner(data.shape[1:], self.sample_size, rng, voxel)
+        return crop_with_padding(data, lower, self.sample_size, 0.0), crop_with_padding(seg, lower, self.sample_size, 0)
+
+    def batch(self, i: int) -> dict[str, np.ndarray | list[np.ndarray]]:
+        rng = self._rng(i)
+        n_forced = num_forced(self.batch_size, self.oversample)
+        data, seg = [], []
+        for j in range(self.batch_size):
+            case = self._case(self.case_ids[rng.integers(len(self.case_ids))])
+            d, s = self.sample(case, forced=j >= self.batch_size - n_forced, rng=rng)
+            data.append(d)
+            seg.append(s)
+        batch = {"data": np.stack(data).astype(np.float32), "seg": np.stack(seg).astype(np.int16)}
+        if self.augmentation is not None:
+            if self._transforms is None:
+                self._transforms = build_transforms(self.augmentation, self.patch)
+            np.random.seed(zlib.crc32(f"{self.seed}:{i}".encode()))  # batchgenerators draws from numpy's global RNG
+            batch = self._transforms(data=batch["data"], seg=batch["seg"].astype(np.float32))
+            batch["seg"] = np.clip(np.rint(batch["seg"]), 0, None).astype(np.int16)
+        target = batch["seg"]
+        if self.ds_scales is not None:
+            target = [downsample_seg(target, s) for s in self.ds_scales]
+        return {"data": batch["data"].astype(np.float32), "target": target}
+
+
+def downsample_seg(seg: np.ndarray, scale: tuple[float, ...]) -> np.ndarray:
+    """Nearest-neighbour downsampling of (B, 1, *spatial) by integer factors 1/scale."""
+    index = [slice(None), slice(None)]
+    for s in scale:
+        f = int(round(1 / s))
+        index.append(slice(f // 2, None, f) if f > 1 else slice(None))
+    return np.ascontiguousarray(seg[tuple(index)])
+
+
+def _to_torch(batch: dict) -> dict:
+    target = batch["target"]
+    return {
+        "data": torch.from_numpy(batch["data"]),
+        "target": [torch.from_numpy(t) for t in target] if isinstance(target, list) else torch.from_numpy(target),
+    }
+
+
+class _Iterations(torch.utils.data.Dataset):
+    def __init__(self, source: BatchSource, start: int, count: int):
+        self.source, self.start, self.count = source, start, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, k: int) -> dict:
+        return _to_torch(self.source.batch(self.start + k))
+
+
+def _worker_init(_):
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def default_num_workers() -> int:
+    """One augmentation process per two cores (the rest of the cores run the network), at least one."""
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+def iterate(source: BatchSource, start: int, count: int, num_workers: int | None) -> Iterator[dict]:
+    """Batches ``start .. start+count-1`` in order, produced by ``num_workers`` processes (0: inline)."""
+    workers = default_num_workers() if num_workers is None else num_workers
+    if workers == 0:
+        return (_to_torch(source.batch(start + k)) for k in range(count))
+    loader = torch.utils.data.DataLoader(
+        _Iterations(source, start, count), batch_size=None, shuffle=False, num_workers=workers,
+        worker_init_fn=_worker_init, prefetch_factor=4, persistent_workers=False,
+        multiprocessing_context="fork",
+    )
+    return iter(loader)

@@ -1,0 +1,105 @@
+"""The U-Net, built only from a configuration's plans.
+
+Encoder: per stage ``n_conv`` x (conv -> instance norm -> LeakyReLU), the first conv of a
+stage strided (downsampling by strided convolution). Decoder: transposed convolution
+(kernel = stride), concatenation with the skip, ``n_conv_decoder`` x (conv -> norm ->
+LeakyReLU), and a 1x1 segmentation head at every resolution for deep supervision. With deep
+supervision off, only the full-resolution head runs.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from autoseg.plans import ConfigurationPlan, NetworkPlan, Plans
+
+
+def _ops(dim: int):
+    if dim == 3:
+        return nn.Conv3d, nn.ConvTranspose3d, nn.InstanceNorm3d
+    return nn.Conv2d, nn.ConvTranspose2d, nn.InstanceNorm2d
+
+
+class ConvBlock(nn.Sequential):
+    def __init__(self, dim: int, cin: int, cout: int, kernel, stride, n_conv: int):
+        conv, _, norm = _ops(dim)
+        layers = []
+        for i in range(n_conv):
+            layers += [
+                conv(cin if i == 0 else cout, cout, kernel, stride if i == 0 else 1,
+                     padding=[k // 2 for k in kernel], bias=True),
+                norm(cout, eps=1e-5, affine=True),
+                nn.LeakyReLU(0.01, inplace=True),
+            ]
+        super().__init__(*layers)
+
+
+class UNet(nn.Module):
+    def __init__(self, net: NetworkPlan, in_channels: int, num_classes: int, deep_supervision: bool):
+        super().__init__()
+        dim, feats = net.dim, net.features_per_stage
+        conv, transp, _ = _ops(dim)
+        self.deep_supervision = deep_supervision
+        self.encoder = nn.ModuleList()
+        cin = in_channels
+        for f, k, s in zip(feats, net.kernel_sizes, net.strides):
+            self.encoder.append(ConvBlock(dim, cin, f, k, s, net.n_conv_per_stage))
+            cin = f
+        self.up = nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        self.heads = nn.ModuleList()
+        for i in range(len(feats) - 1, 0, -1):  # from the bottleneck up
+            self.up.append(transp(feats[i], feats[i - 1], net.strides[i], net.strides[i], bias=False))
+            self.decoder.append(ConvBlock(dim, 2 * feats[i - 1], feats[i - 1], net.kernel_sizes[i - 1], 1,
+                                          net.n_conv_per_stage_decoder))
+            self.heads.append(conv(feats[i - 1], num_classes, 1, 1, 0, bias=True))
+        self.apply(_init_weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        skips = []
+        for block in self.encoder:
+            x = block(x)
+            skips.append(x)
+        x = skips.pop()
+        outputs = []
+        last = len(self.decoder) - 1
+        for i, (up, dec, head) in enumerate(zip(self.up, self.decoder, self.heads)):
+            x = dec(torch.cat([up(x), skips.pop()], 1))
+            if self.deep_supervision or i == last:
+                outputs.append(head(x))
+        if not self.deep_supervision:
+            return outputs[-1]
+        return outputs[::-1]  # full resolution first
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        nn.init.kaiming_normal_(m.weight, a=1e-2)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def build_network(plans: Plans, configuration: str, deep_supervision: bool,
+                  in_channels: int | None = None) -> UNet:
+    """The U-Net for ``configuration`` of ``plans``; input channels default to the dataset's."""
+    cfg = plans.configuration(configuration)
+    channels = in_channels if in_channels is not None else len(plans.channel_names)
+    return UNet(cfg.network, channels, plans.num_classes, deep_supervision)
+
+
+def set_deep_supervision(net: UNet, on: bool) -> None:
+    net.deep_supervision = on
+
+
+def deep_supervision_scales(cfg: ConfigurationPlan) -> list[tuple[float, ...]]:
+    """Relative size of each deep-supervision output, full resolution first.
+
+    Strides ((1,1,1), (2,2,2), (2,2,2)) give [(1,1,1), (0.5,0.5,0.5)]: one output per decoder
+    stage, the lowest at the resolution of the stage just above the bottleneck.
+    """
+    scales = []
+    current = [1.0] * cfg.network.dim
+    for stride in cfg.network.strides[:-1]:
+        current = [c / s for c, s in zip(current, stride)]
+        scales.append(tuple(current))
+    return scales

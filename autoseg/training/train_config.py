@@ -1,0 +1,135 @@
+"""``TrainConfig``: every training setting in one frozen dataclass.
+
+A trainer variant is data: a named diff of the defaults (``VARIANTS``) or ``--set key=value``
+on the command line (nested fields with a dot: ``augmentation.p_rotation=0``). The resolved
+config is saved beside every checkpoint as ``train_config.json``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from typing import Optional
+
+from autoseg.errors import UserFacingError
+from autoseg.registry import Registry
+from autoseg.serialization import from_jsonable
+from autoseg.training.augmentation import AugmentationConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    num_epochs: int = 1000
+    num_iterations_per_epoch: int = 250
+    num_val_iterations_per_epoch: int = 50
+    initial_lr: float = 1e-2
+    weight_decay: float = 3e-5
+    momentum: float = 0.99
+    nesterov: bool = True
+    poly_exponent: float = 0.9
+    grad_clip: float = 12.0
+    loss: str = "dice_ce"
+    batch_dice: Optional[bool] = None  # None: as the plans say
+    ce_weight: float = 1.0
+    dice_weight: float = 1.0
+    deep_supervision: bool = True
+    oversample_foreground_percent: float = 0.33
+    batch_size: Optional[int] = None  # None: as the plans say
+    seed: int = 12345
+    checkpoint_every_epochs: int = 50
+    ema_alpha: float = 0.9  # pseudo-Dice EMA: ema = alpha * ema + (1 - alpha) * new
+    num_workers: Optional[int] = None  # augmentation processes; None: chosen from the CPU count
+    time_budget_s: Optional[float] = None
+    validation_step_size: float = 0.5
+    validation_mirroring: bool = True
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+
+    def __post_init__(self):
+        if self.num_epochs < 1 or self.num_iterations_per_epoch < 1:
+            raise ValueError("num_epochs and num_iterations_per_epoch must be >= 1")
+        if not 0 <= self.oversample_foreground_percent <= 1:
+            raise ValueError("oversample_foreground_percent must be in [0, 1]")
+
+
+VARIANTS: Registry[dict[str, str]] = Registry("training variant")
+VARIANTS.add("default", {})
+VARIANTS.add("no_deep_supervision", {"deep_supervision": "false"})
+VARIANTS.add("ce_only", {"loss": "ce"})
+VARIANTS.add("no_augmentation", {"augmentation.enabled": "false"})
+VARIANTS.add("short", {"num_epochs": "50"})
+
+
+def _parse(value: str, tp, key: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union:
+        if value.lower() in ("none", "null"):
+            return None
+        tp = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+    try:
+        if tp is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if tp is int:
+            return int(value)
+        if tp is float:
+            return float(value)
+        if tp is str:
+            return value
+        if origin is tuple:
+            parts = [p for p in value.replace("(", "").replace(")", "").split(",") if p.strip()]
+            return tuple(_parse(p.strip(), args[0], key) for p in parts)
+    except ValueError:
+        pass
+    raise UserFacingError(f"--set {key}={value}: expected a value of type {getattr(tp, '__name__', tp)}")
+
+
+def apply_overrides(cfg, overrides: list[str] | dict[str, str]):
+    """Return ``cfg`` with ``["key=value", ...]`` (or a dict) applied, values parsed by field type."""
+    items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides]
+    for key, value in items:
+        cfg = _set(cfg, key.split("."), value, key)
+    return cfg
+
+
+def _split(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise UserFacingError(f"--set expects KEY=VALUE, found '{item}' (e.g. --set num_epochs=50)")
+    key, value = item.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def _set(obj, path: list[str], value: str, full_key: str):
+    names = [f.name for f in dataclasses.fields(obj)]
+    head = path[0]
+    if head not in names:
+        close = difflib.get_close_matches(head, names, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise UserFacingError(f"unknown training setting '{full_key}'{hint} available: {', '.join(names)}")
+    hints = typing.get_type_hints(type(obj))
+    if len(path) > 1:
+        return dataclasses.replace(obj, **{head: _set(getattr(obj, head), path[1:], value, full_key)})
+    if dataclasses.is_dataclass(hints[head]):
+        raise UserFacingError(f"'{full_key}' is a group of settings; set one of its fields, e.g. {full_key}.enabled=false")
+    try:
+        return dataclasses.replace(obj, **{head: _parse(value, hints[head], full_key)})
+    except ValueError as exc:
+        raise UserFacingError(f"--set {full_key}={value}: {exc}") from None
+
+
+def resolve_train_config(variant: str = "default", overrides: list[str] | None = None) -> TrainConfig:
+    """Defaults, then the named variant's diff, then the command line's ``--set`` overrides."""
+    try:
+        diff = VARIANTS.get(variant)
+    except KeyError as exc:
+        raise UserFacingError(str(exc).strip('"')) from None
+    return apply_overrides(apply_overrides(TrainConfig(), diff), overrides or [])
+
+
+def train_config_from_dict(data: dict) -> TrainConfig:
+    return from_jsonable(TrainConfig, data)

@@ -1,0 +1,268 @@
+"""Training one fold: the loop, with checkpointing and logging as small collaborators.
+
+Schedule: SGD with Nesterov momentum, learning rate ``initial * (1 - epoch / num_epochs) ** 0.9``
+set at the start of each epoch (poly), gradient-norm clipping. The position in the schedule is
+the global iteration; batches are a pure function of it (see dataloader), so an interrupted
+run resumed from ``checkpoint_latest`` produces the same weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autoseg.errors import UserFacingError
+from autoseg.paths import Workspace
+from autoseg.plans import load_plans
+from autoseg.serialization import save_json, to_jsonable
+from autoseg.training.checkpoint import load_checkpoint, save_checkpoint
+from autoseg.training.dataloader import BatchSource, iterate
+from autoseg.training.loss import build_loss
+from autoseg.training.network import build_network, deep_supervision_scales
+from autoseg.training.progress import format_epoch, plot_progress
+from autoseg.training.splits import get_split
+from autoseg.training.train_config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def poly_lr(initial: float, epoch: int, num_epochs: int, exponent: float = 0.9) -> float:
+    """``poly_lr(0.01, 0, 100) == 0.01``; ``poly_lr(0.01, 50, 100) == 0.01 * 0.5 ** 0.9``."""
+    return initial * (1 - epoch / num_epochs) ** exponent
+
+
+def pick_device(name: str | None) -> torch.device:
+    if name in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserFacingError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
+    return torch.device(name)
+
+
+def fold_directory(ws: Workspace, dataset: str, configuration: str, fold, variant: str) -> Path:
+    return ws.results_dataset(dataset) / configuration / variant / f"fold_{fold}"
+
+
+class _StopRequest:
+    """Turns SIGTERM into a flag checked between iterations."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not in the main thread
+            self._old = None
+        return self
+
+    def _handle(self, *_):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def _empty_history() -> dict:
+    return {k: [] for k in ("train_loss", "val_loss", "pseudo_dice", "ema_dice", "lr", "epoch_time")}
+
+
+def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: TrainConfig, variant: str = "default",
+               device: str | None = "auto", resume: bool = False, validate: bool = True) -> Path:
+    """Train (or resume) one fold and validate it; return the fold folder."""
+    from tqdm import tqdm
+
+    name = ws.dataset_name(dataset)
+    pre = ws.preprocessed / name
+    plans = load_plans(pre / "plans.json")
+    cp = plans.configuration(configuration)
+    if cp.previous_stage:
+        raise UserFacingError(f"configuration {configuration} (cascade) is not supported yet; train 3d_fullres")
+    data_dir = pre / cp.preprocessed_name
+    if not data_dir.is_dir():
+        raise UserFacingError(f"{data_dir} not found; run 'autoseg preprocess -d {dataset} -c {configuration}' first")
+    train_ids, val_ids = get_split(pre, fold)
+    out = fold_directory(ws, name, configuration, fold, variant)
+    dev = pick_device(device)
+    if dev.type == "cpu":
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.manual_seed(cfg.seed)
+
+    state = None
+    if resume and (out / "checkpoint_latest.pth").is_file():
+        state = load_checkpoint(out / "checkpoint_latest.pth", dev)
+        log.info("resuming from %s at epoch %d", out / "checkpoint_latest.pth", state["epoch"])
+    elif resume and (out / "checkpoint_final.pth").is_file():
+        state = load_checkpoint(out / "checkpoint_final.pth", dev)
+    elif not resume and (out / "checkpoint_final.pth").is_file():
+        raise UserFacingError(f"{out} already holds a finished model; use --continue to extend it, "
+                              "or --val to validate it again, or delete the folder to start over")
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(pre / "plans.json", out / "plans.json")
+    save_json(cfg, out / "train_config.json")
+    handler = logging.FileHandler(out / "training.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(handler)
+
+    batch_size = cfg.batch_size or cp.batch_size
+    scales = deep_supervision_scales(cp) if cfg.deep_supervision else None
+    net = build_network(plans, configuration, cfg.deep_supervision).to(dev)
+    loss_fn = build_loss(cfg.loss, cp.batch_dice if cfg.batch_dice is None else cfg.batch_dice,
+                         cfg.ce_weight, cfg.dice_weight, len(scales) if scales else None)
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.initial_lr, momentum=cfg.momentum,
+                          nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    use_amp = dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    history, best_ema, iteration = _empty_history(), -1.0, 0
+    if state is not None:
+        net.load_state_dict(state["network"])
+        opt.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("grad_scaler"):
+            scaler.load_state_dict(state["grad_scaler"])
+        history, best_ema, iteration = state["history"], float(state["best_ema"]), int(state["iteration"])
+
+    n_it, n_val = cfg.num_iterations_per_epoch, cfg.num_val_iterations_per_epoch
+    total = cfg.num_epochs * n_it
+    train_src = BatchSource(data_dir, train_ids, cp, batch_size, cfg.oversample_foreground_percent,
+                            cfg.augmentation, scales, cfg.seed)
+    val_src = BatchSource(data_dir, val_ids, cp, batch_size, cfg.oversample_foreground_percent, None, None,
+                          cfg.seed + 1)
+    log.info("training %s %s fold %s on %s: %d epochs x %d iterations, batch %d, patch %s, %d train / %d val cases",
+             name, configuration, fold, dev, cfg.num_epochs, n_it, batch_size, cp.patch_size,
+             len(train_ids), len(val_ids))
+
+    def checkpoint(path_name: str) -> None:
+        save_checkpoint({
+            "network": net.state_dict(), "optimizer": opt.state_dict(),
+            "grad_scaler": scaler.state_dict() if scaler is not None else {},
+            "epoch": iteration // n_it, "iteration": iteration, "history": history, "best_ema": best_ema,
+            "configuration": configuration, "train_config": to_jsonable(cfg),
+        }, out / f"{path_name}.pth")
+
+    batches = iterate(train_src, iteration, total - iteration, cfg.num_workers)
+    num_classes = plans.num_classes
+    with _StopRequest() as stop:
+        try:
+            while iteration < total:
+                epoch, started = iteration // n_it, time.perf_counter()
+                lr = poly_lr(cfg.initial_lr, epoch, cfg.num_epochs, cfg.poly_exponent)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                net.train()
+                losses = []
+                bar = tqdm(total=n_it, initial=iteration % n_it, desc=f"epoch {epoch}", unit="it", leave=False,
+                           disable=None)
+                while iteration < (epoch + 1) * n_it:
+                    batch = next(batches)
+                    losses.append(_train_step(net, loss_fn, opt, scaler, batch, dev, cfg.grad_clip))
+                    iteration += 1
+                    bar.update()
+                    bar.set_postfix(loss=f"{losses[-1]:.3f}")
+                    if stop.requested:
+                        raise KeyboardInterrupt
+                bar.close()
+                val_loss, dice = _validate_patches(net, loss_fn, val_src, epoch * n_val, n_val, dev, num_classes,
+                                                   scales)
+                ema = dice.mean() if not history["ema_dice"] else (
+                    cfg.ema_alpha * history["ema_dice"][-1] + (1 - cfg.ema_alpha) * dice.mean())
+                for key, value in (("train_loss", float(np.mean(losses))), ("val_loss", val_loss),
+                                   ("pseudo_dice", [float(d) for d in dice]), ("ema_dice", float(ema)),
+                                   ("lr", lr), ("epoch_time", time.perf_counter() - started)):
+                    history[key].append(value)
+                log.info(format_epoch(history, epoch))
+                if ema > best_ema:
+                    best_ema = float(ema)
+                    checkpoint("checkpoint_best")
+                if (epoch + 1) % cfg.checkpoint_every_epochs == 0:
+                    checkpoint("checkpoint_latest")
+                plot_progress(history, out / "progress.png")
+        except KeyboardInterrupt:
+            checkpoint("checkpoint_latest")
+            log.info("interrupted at iteration %d; checkpoint_latest saved, resume with --continue", iteration)
+            log.removeHandler(handler)
+            raise
+    checkpoint("checkpoint_final")
+    checkpoint("checkpoint_latest")
+    log.info("training done: %s", out / "checkpoint_final.pth")
+    if validate:
+        run_validation(out, ws, name, val_ids, dev, cfg)
+    log.removeHandler(handler)
+    return out
+
+
+def _train_step(net, loss_fn, opt, scaler, batch, dev, grad_clip) -> float:
+    data = batch["data"].to(dev, non_blocking=True)
+    target = batch["target"]
+    target = [t.to(dev, non_blocking=True) for t in target] if isinstance(target, list) else target.to(dev)
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast(dev.type, enabled=scaler is not None):
+        out = net(data)
+        loss = loss_fn(out, target)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+        opt.step()
+    return float(loss.detach())
+
+
+@torch.no_grad()
+def _validate_patches(net, loss_fn, src: BatchSource, start: int, count: int, dev, num_classes, scales):
+    """Validation loss and pseudo-Dice per foreground class (TP/FP/FN summed over all patches)."""
+    net.eval()
+    tp = np.zeros(num_classes - 1)
+    fp, fn = tp.copy(), tp.copy()
+    losses = []
+    for k in range(count):
+        b = src.batch(start + k)
+        data = torch.from_numpy(b["data"]).to(dev)
+        target = torch.from_numpy(b["target"]).to(dev)
+        out = net(data)
+        full = out[0] if isinstance(out, list) else out
+        if scales:
+            from autoseg.training.dataloader import downsample_seg
+
+            targets = [torch.from_numpy(downsample_seg(b["target"], s)).to(dev) for s in scales]
+            losses.append(float(loss_fn(out, targets)))
+        else:
+            losses.append(float(loss_fn(full, target)))
+        pred = full.argmax(1)
+        t = target[:, 0]
+        for c in range(1, num_classes):
+            p, r = pred == c, t == c
+            tp[c - 1] += float((p & r).sum())
+            fp[c - 1] += float((p & ~r).sum())
+            fn[c - 1] += float((~p & r).sum())
+    dice = 2 * tp / np.maximum(2 * tp + fp + fn, 1e-8)
+    return float(np.mean(losses)) if losses else float("nan"), dice
+
+
+def run_validation(fold_dir: Path, ws: Workspace, dataset: str, val_ids: list[str], dev, cfg: TrainConfig) -> dict:
+    """Predict every validation case with the sliding window and write validation/summary.json."""
+    from autoseg.inference.validation import validate_fold
+    from autoseg.training.checkpoint import load_trained_model
+
+    model = load_trained_model(fold_dir, "checkpoint_final", dev)
+    summary = validate_fold(fold_dir, model, ws, dataset, val_ids, dev, cfg.validation_step_size,
+                            cfg.validation_mirroring)
+    log.info("validation mean Dice %s over %d cases: %.4f", fold_dir.name, len(val_ids),
+             summary["foreground_mean"]["dice"])
+    return summary
+

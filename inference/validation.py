@@ -1,0 +1,58 @@
+"""Cross-validation predictions of a trained fold: ``fold_dir/validation/``.
+
+For each validation case: the preprocessed case is predicted with the sliding window (Gaussian
+weighting, mirror TTA), mapped back to the original geometry and written as
+``{case}{ending}`` plus ``{case}.npz`` (softmax, float16, key ``probabilities``) and a
+``{case}.json`` geometry sidecar, which ensembling needs. ``summary.json`` compares them with
+the reference labels copied into ``preprocessed/<dataset>/gt_segmentations``.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from autoseg.imageio import ImageGeometry, write_image
+from autoseg.paths import Workspace
+from autoseg.serialization import save_json
+
+log = logging.getLogger(__name__)
+
+
+def save_probabilities(path_stem: Path, probabilities: np.ndarray, geometry: ImageGeometry) -> None:
+    """``{stem}.npz`` (float16 probabilities) and ``{stem}.json`` (geometry), atomically."""
+    import os
+
+    tmp = path_stem.with_name(f".{path_stem.name}.tmp{os.getpid()}.npz")
+    np.savez_compressed(tmp, probabilities=probabilities.astype(np.float16))
+    os.replace(tmp, path_stem.with_name(path_stem.name + ".npz"))
+    save_json(geometry.to_json(), path_stem.with_name(path_stem.name + ".json"))
+
+
+def validate_fold(fold_dir: str | Path, model, ws: Workspace, dataset: str, val_ids: list[str],
+                  device="cpu", step_size: float = 0.5, mirror: bool = True) -> dict:
+    from tqdm import tqdm
+
+    from autoseg.inference.sliding_window import predict_volume
+    from autoseg.postprocess.evaluate import evaluate_folder
+    from autoseg.preprocess.preprocessor import export_to_original
+    from autoseg.preprocess.storage import load_case
+
+    fold_dir = Path(fold_dir)
+    out = fold_dir / "validation"
+    out.mkdir(parents=True, exist_ok=True)
+    plans, cfg = model.plans, model.configuration
+    data_dir = ws.preprocessed_dataset(dataset) / cfg.preprocessed_name
+    net = model.network
+    for case_id in tqdm(val_ids, desc="validation", unit="case", disable=None):
+        case = load_case(data_dir, case_id, with_seg=False)
+        probs = predict_volume(net, case.data, cfg.patch_size, plans.num_classes, step_size, mirror, device)
+        seg, full = export_to_original(probs.cpu().numpy(), case.properties, plans, cfg.name)
+        geometry = ImageGeometry.from_json(case.properties.geometry)
+        write_image(seg, geometry, out / f"{case_id}{plans.file_ending}")
+        save_probabilities(out / case_id, full, geometry)
+    labels = sorted(v for v in plans.labels.values() if v)
+    return evaluate_folder(ws.preprocessed_dataset(dataset) / "gt_segmentations", out, labels,
+                           plans.file_ending, out / "summary.json", case_ids=val_ids)
+
