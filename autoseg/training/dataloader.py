@@ -13,6 +13,7 @@ random stored voxel of that class; the others are placed uniformly at random.
 from __future__ import annotations
 
 import os
+import random
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,7 +121,10 @@ class BatchSource:
         if self.augmentation is not None:
             if self._transforms is None:
                 self._transforms = build_transforms(self.augmentation, self.patch)
-            np.random.seed(zlib.crc32(f"{self.seed}:{i}".encode()))  # batchgenerators draws from numpy's global RNG
+            # batchgenerators draws from numpy's and Python's global generators
+            seed = zlib.crc32(f"{self.seed}:{i}".encode())
+            np.random.seed(seed)
+            random.seed(seed)
             batch = self._transforms(data=batch["data"], seg=batch["seg"].astype(np.float32))
             batch["seg"] = np.clip(np.rint(batch["seg"]), 0, None).astype(np.int16)
         target = batch["seg"]

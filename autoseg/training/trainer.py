@@ -115,6 +115,8 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     handler = logging.FileHandler(out / "training.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     log.addHandler(handler)
+    if log.getEffectiveLevel() > logging.INFO:  # the log file always gets one line per epoch
+        log.setLevel(logging.INFO)
 
     batch_size = cfg.batch_size or cp.batch_size
     scales = deep_supervision_scales(cp) if cfg.deep_supervision else None

@@ -1,0 +1,92 @@
+"""Real (tiny) training runs on CPU: resume exactness and the CLI end to end."""
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from autoseg.cli import main
+from autoseg.paths import Workspace
+from autoseg.training import trainer
+from autoseg.training.checkpoint import load_checkpoint, load_trained_model
+from autoseg.training.train_config import TrainConfig
+
+
+@pytest.fixture
+def prepared(synth_dataset, workspace):
+    assert main(["plan_and_preprocess", "-d", "901", "-np", "1", "--device-profile", "cpu",
+                 "-c", "3d_fullres", "--root", str(workspace)]) == 0
+    return Workspace(workspace)
+
+
+def small_config(epochs: int) -> TrainConfig:
+    return TrainConfig(num_epochs=epochs, num_iterations_per_epoch=3, num_val_iterations_per_epoch=1,
+                       num_workers=0, batch_size=2)
+
+
+def weights(fold_dir, name="checkpoint_final"):
+    return load_checkpoint(fold_dir / f"{name}.pth")["network"]
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(prepared, monkeypatch):
+    ws = prepared
+    straight = trainer.train_fold(ws, "901", "3d_fullres", 0, small_config(2), variant="a", validate=False)
+
+    real_step, calls = trainer._train_step, {"n": 0}
+
+    def failing_step(*args):
+        calls["n"] += 1
+        if calls["n"] == 5:  # mid-way through the second epoch
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    monkeypatch.setattr(trainer, "_train_step", failing_step)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train_fold(ws, "901", "3d_fullres", 0, small_config(2), variant="b", validate=False)
+    fold_b = straight.parent.parent / "b" / "fold_0"
+    assert load_checkpoint(fold_b / "checkpoint_latest.pth")["iteration"] == 4
+    monkeypatch.setattr(trainer, "_train_step", real_step)
+    trainer.train_fold(ws, "901", "3d_fullres", 0, small_config(2), variant="b", resume=True, validate=False)
+    assert_same(weights(straight), weights(fold_b))
+
+
+def test_extending_a_finished_run(prepared):
+    ws = prepared
+    straight = trainer.train_fold(ws, "901", "3d_fullres", 0, small_config(2), variant="a", validate=False)
+    trainer.train_fold(ws, "901", "3d_fullres", 0, small_config(1), variant="c", validate=False)
+    fold_c = straight.parent.parent / "c" / "fold_0"
+    with pytest.raises(Exception, match="already holds a finished model"):
+        trainer.train_fold(ws, "901", "3d_fullres", 0, small_config(2), variant="c", validate=False)
+    # epoch 0 uses the initial lr whatever num_epochs is, so 1 epoch + 1 more == 2 epochs
+    trainer.train_fold(ws, "901", "3d_fullres", 0, small_config(2), variant="c", resume=True, validate=False)
+    assert_same(weights(straight), weights(fold_c))
+    assert len(load_checkpoint(fold_c / "checkpoint_final.pth")["history"]["train_loss"]) == 2
+
+
+def test_cli_train_writes_every_artifact_and_validation(prepared):
+    root = str(prepared.root)
+    code = main(["train", "3d_fullres", "1", "-d", "901", "--root", root, "-np", "0",
+                 "--set", "num_epochs=2", "--set", "num_iterations_per_epoch=4",
+                 "--set", "num_val_iterations_per_epoch=1"])
+    assert code == 0
+    fold = prepared.results / "Dataset901_Synth" / "3d_fullres" / "default" / "fold_1"
+    for name in ("checkpoint_final.pth", "checkpoint_best.pth", "checkpoint_latest.pth", "train_config.json",
+                 "plans.json", "training.log", "progress.png"):
+        assert (fold / name).is_file(), name
+    assert json.loads((fold / "train_config.json").read_text())["num_epochs"] == 2
+    assert sum("epoch" in line and "pseudo_dice" in line for line in (fold / "training.log").read_text().splitlines()) == 2
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    splits = json.loads((prepared.preprocessed / "Dataset901_Synth" / "splits.json").read_text())
+    assert sorted(c["case_id"] for c in summary["per_case"]) == splits[1]["val"]
+    model = load_trained_model(fold)
+    assert not model.network.deep_supervision and model.configuration.name == "3d_fullres"
+    # --val recomputes the summary from the finished model
+    (fold / "validation" / "summary.json").unlink()
+    assert main(["train", "3d_fullres", "1", "-d", "901", "--root", root, "--val"]) == 0
+    assert (fold / "validation" / "summary.json").is_file()
