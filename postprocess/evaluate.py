@@ -75,17 +75,22 @@ def evaluate_folder(reference_dir: str | Path, prediction_dir: str | Path, label
         if missing_ref:
             parts.append(f"no reference in {reference_dir} for case(s) {missing_ref[:10]}")
         raise UserFacingError("; ".join(parts) + "; predict the missing cases or evaluate a matching folder")
-    jobs = [(c, refs[c], preds[c], list(labels)) for c in wanted]
+    summary = evaluate_pairs({c: (refs[c], preds[c]) for c in wanted}, labels, num_processes)
+    if output_json is not None:
+        save_json(summary, output_json)
+    return summary
+
+
+def evaluate_pairs(pairs: dict[str, tuple[Path, Path]], labels: list[int], num_processes: int | None = None) -> dict:
+    """Summary over ``{case_id: (reference file, prediction file)}``."""
+    jobs = [(c, ref, pred, list(labels)) for c, (ref, pred) in sorted(pairs.items())]
     n = max(1, min(num_processes or os.cpu_count() or 1, len(jobs)))
     if n == 1 or len(jobs) < 8:
         per_case = [_evaluate_case(j) for j in jobs]
     else:
         with get_context("fork").Pool(n) as pool:
             per_case = pool.map(_evaluate_case, jobs)
-    summary = summarise(per_case, list(labels))
-    if output_json is not None:
-        save_json(summary, output_json)
-    return summary
+    return summarise(per_case, list(labels))
 
 
 def format_table(summary: dict, names: dict[int, str] | None = None) -> str:

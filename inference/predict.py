@@ -1,0 +1,129 @@
+"""``autoseg predict -i IN -o OUT -d DATASET``: segment a folder of new images.
+
+Without ``-c`` the model is what ``find_best_config`` selected (one configuration or an
+ensemble, plus its postprocessing). Each case is written as ``{case}{ending}`` with the
+input's exact geometry and format, atomically; a case that fails is reported and the others
+go on; the exit code is non-zero if any failed.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from autoseg.dataset import group_channel_files
+from autoseg.errors import UserFacingError
+from autoseg.imageio import SUPPORTED_ENDINGS
+from autoseg.paths import Workspace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InputCase:
+    case_id: str
+    files: tuple[Path, ...]
+    ending: str
+    problem: str = ""
+
+
+def find_input_cases(folder: Path, num_channels: int) -> list[InputCase]:
+    """Group ``{case}_{XXXX}{ending}`` files; a case with missing channels carries a problem."""
+    if not folder.is_dir():
+        raise UserFacingError(f"input folder {folder} does not exist")
+    cases: dict[str, InputCase] = {}
+    for ending in SUPPORTED_ENDINGS:
+        for cid, chans in group_channel_files(folder, ending).items():
+            files = tuple(chans[k] for k in sorted(chans))
+            problem = ""
+            if sorted(chans) != list(range(len(chans))) or (len(chans) != num_channels and len(chans) > 1):
+                problem = (f"expected channel files {cid}_0000..{cid}_{num_channels - 1:04d}{ending}, "
+                           f"found channels {sorted(chans)}")
+            cases.setdefault(cid, InputCase(cid, files, ending, problem))
+    if not cases:
+        raise UserFacingError(f"no images named {{case}}_{{XXXX}}.ext (e.g. case_0000.nii.gz) in {folder}")
+    return [cases[k] for k in sorted(cases)]
+
+
+def _fold_dirs(ws: Workspace, dataset: str, configuration: str, variant: str, folds, checkpoint: str) -> list[Path]:
+    base = ws.results_dataset(dataset) / configuration / variant
+    if folds:
+        dirs = [base / f"fold_{f}" for f in folds]
+    else:
+        dirs = sorted(d for d in base.glob("fold_*") if (d / f"{checkpoint}.pth").is_file())
+    missing = [d for d in dirs if not (d / f"{checkpoint}.pth").is_file()]
+    if missing or not dirs:
+        raise UserFacingError(f"no {checkpoint}.pth for {configuration} in {', '.join(str(d) for d in missing) or base}; "
+                              f"train it first (autoseg train {configuration} FOLD -d {dataset})")
+    return dirs
+
+
+def predict_folder(input_dir, output_dir, ws: Workspace, dataset: str, configurations=None, folds=None,
+                   checkpoint: str = "checkpoint_final", variant: str = "default", step_size: float = 0.5,
+                   tta: bool = True, save_probabilities: bool = False, resume: bool = False, device="auto",
+                   postprocess: bool = True) -> int:
+    """Predict every case of ``input_dir`` into ``output_dir``; return the number of failed cases."""
+    from tqdm import tqdm
+
+    from autoseg.imageio import read_image, write_image
+    from autoseg.inference.predictor import Predictor
+    from autoseg.inference.validation import save_probabilities as save_probs
+    from autoseg.postprocess.components import Postprocessing, apply_postprocessing
+    from autoseg.training.trainer import pick_device
+
+    name = ws.dataset_name(dataset)
+    postprocessing = Postprocessing()
+    if not configurations:
+        from autoseg.postprocess.selection import load_selection
+
+        sel = load_selection(ws.results_dataset(name))
+        configurations, variant, checkpoint = sel.configurations, sel.variant, sel.checkpoint
+        folds = folds or sel.folds
+        postprocessing = sel.postprocessing
+    dev = pick_device(device)
+    predictors = [Predictor.from_folds(_fold_dirs(ws, name, c, variant, folds, checkpoint), checkpoint, dev,
+                                       step_size, tta) for c in configurations]
+    num_channels = len(predictors[0].plans.channel_names)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for case in tqdm(find_input_cases(Path(input_dir), num_channels), desc="predict", unit="case", disable=None):
+        target = out / f"{case.case_id}{case.ending}"
+        if resume and target.is_file():
+            continue
+        try:
+            if case.problem:
+                raise UserFacingError(case.problem)
+            image, geometry = read_image(case.files)
+            if image.shape[0] != num_channels:
+                raise UserFacingError(f"{image.shape[0]} channel(s) found, the model expects {num_channels}")
+            probs = None
+            for p in predictors:
+                _, pr = p.predict_case(image, geometry)
+                probs = pr if probs is None else probs + pr
+            probs /= len(predictors)
+            seg = probs.argmax(0).astype(np.uint8)
+            if postprocess:
+                seg = apply_postprocessing(seg, postprocessing)
+            write_image(seg, geometry, target)
+            if save_probabilities:
+                save_probs(out / case.case_id, probs, geometry)
+        except Exception as exc:  # one bad case must not stop the others
+            failed += 1
+            log.error("case %s failed: %s", case.case_id, exc)
+    return failed
+
+
+def cli_predict(args: argparse.Namespace) -> int:
+    ws = Workspace.resolve(args.root)
+    failed = predict_folder(args.input, args.output, ws, args.dataset, args.configurations, args.folds,
+                            args.chk, args.variant or "default", args.step_size, not args.disable_tta,
+                            args.save_probabilities, args.resume, args.device or "auto",
+                            not args.no_postprocessing)
+    if failed:
+        log.error("%d case(s) failed; see the messages above", failed)
+        return 1
+    return 0

@@ -1,0 +1,57 @@
+"""A trained configuration (one or more folds) that predicts whole cases.
+
+Models are loaded once; each case goes through the training preprocessing, the sliding window
+(every fold, softmax averaged), and back to the original geometry.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autoseg.imageio import ImageGeometry
+
+
+@dataclass
+class Predictor:
+    networks: list
+    plans: object
+    configuration: object  # ConfigurationPlan
+    device: torch.device
+    step_size: float = 0.5
+    mirror: bool = True
+
+    @classmethod
+    def from_folds(cls, fold_dirs: list[Path], checkpoint: str = "checkpoint_final", device="cpu",
+                   step_size: float = 0.5, mirror: bool = True) -> "Predictor":
+        from autoseg.training.checkpoint import load_trained_model
+
+        device = torch.device(device)
+        if device.type == "cpu":
+            torch.set_num_threads(max(1, os.cpu_count() or 1))
+        models = [load_trained_model(d, checkpoint, device) for d in fold_dirs]
+        first = models[0]
+        return cls([m.network for m in models], first.plans, first.configuration, device, step_size, mirror)
+
+    def predict_preprocessed(self, data: np.ndarray) -> np.ndarray:
+        """Softmax (K, z, y, x) at the preprocessed spacing, averaged over folds."""
+        from autoseg.inference.sliding_window import predict_volume
+
+        total = None
+        with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+            for net in self.networks:
+                p = predict_volume(net, data, self.configuration.patch_size, self.plans.num_classes,
+                                   self.step_size, self.mirror, self.device).float().cpu()
+                total = p if total is None else total + p
+        return (total / len(self.networks)).numpy()
+
+    def predict_case(self, image: np.ndarray, geometry: ImageGeometry) -> tuple[np.ndarray, np.ndarray]:
+        """Label map (Z, Y, X) and probabilities (K, Z, Y, X) in the image's own geometry."""
+        from autoseg.preprocess.preprocessor import export_to_original, preprocess_case
+
+        data, _, props = preprocess_case(image, geometry, self.plans, self.configuration.name)
+        probs = self.predict_preprocessed(data)
+        return export_to_original(probs, props, self.plans, self.configuration.name)
