@@ -72,7 +72,7 @@ def predict_folder(input_dir, output_dir, ws: Workspace, dataset: str, configura
     from autoseg.inference.predictor import Predictor
     from autoseg.inference.validation import save_probabilities as save_probs
     from autoseg.postprocess.components import Postprocessing, apply_postprocessing
-    from autoseg.training.trainer import pick_device
+    from autoseg.device import pick_device
 
     name = ws.dataset_name(dataset)
     postprocessing = Postprocessing()

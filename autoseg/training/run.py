@@ -13,7 +13,8 @@ log = logging.getLogger(__name__)
 
 def cli_train(args: argparse.Namespace) -> int:
     from autoseg.training.train_config import resolve_train_config
-    from autoseg.training.trainer import fold_directory, pick_device, run_validation, train_fold
+    from autoseg.device import pick_device
+    from autoseg.training.trainer import fold_directory, run_validation, train_fold
 
     if args.fold != "all" and not (args.fold.isdigit() and 0 <= int(args.fold) <= 4):
         raise UserFacingError(f"fold must be 0-4 or 'all', found '{args.fold}'")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from autoseg.device import pick_device
 from autoseg.errors import UserFacingError
 from autoseg.paths import Workspace
 from autoseg.plans import load_plans
@@ -35,18 +36,6 @@ log = logging.getLogger(__name__)
 def poly_lr(initial: float, epoch: int, num_epochs: int, exponent: float = 0.9) -> float:
     """``poly_lr(0.01, 0, 100) == 0.01``; ``poly_lr(0.01, 50, 100) == 0.01 * 0.5 ** 0.9``."""
     return initial * (1 - epoch / num_epochs) ** exponent
-
-
-def pick_device(name: str | None) -> torch.device:
-    if name in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserFacingError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
-    return torch.device(name)
 
 
 def fold_directory(ws: Workspace, dataset: str, configuration: str, fold, variant: str) -> Path:
