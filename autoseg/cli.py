@@ -158,8 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo", "autoseg.demo:cli_demo",
             "run the whole pipeline on the bundled Hippocampus subset and print the Dice")
-    _root(p)
-    p.add_argument("--time-budget", default="3m", help="training budget for the demo (default 3m)")
+    p.add_argument("--root", default="autoseg_demo", help="workspace folder for the demo (default ./autoseg_demo)")
     return parser
 
 
