@@ -37,7 +37,9 @@ def gaussian_importance(patch: Sequence[int], sigma_scale: float = 1 / 8) -> tor
         g1 = torch.exp(-0.5 * (x / (p * sigma_scale)) ** 2)
         g = g[..., None] * g1
     g = g / g.max()
-    return g.clamp_min(1e-3)
+    # Only guard against exact zeros: a floor such as 1e-3 would flatten the weights of voxels
+    # that lie near a tile edge in every tile covering them (image borders and corners).
+    return g.clamp_min(torch.finfo(g.dtype).tiny)
 
 
 def _mirror_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:
