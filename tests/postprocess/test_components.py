@@ -1,0 +1,167 @@
+"""Connected-component postprocessing: the operations on hand-made masks and what is learned."""
+import numpy as np
+import pytest
+
+from autoseg.postprocess.components import (
+    Postprocessing,
+    PostprocessingStep,
+    apply_postprocessing,
+    apply_step,
+    keep_largest_component,
+    learn_postprocessing,
+    remove_small_components,
+)
+
+
+def scene() -> np.ndarray:
+    """Component X: a class-1 cube (27) touching a class-2 slab (9); Y: a separate class-1 bar (4);
+    Z: a class-2 voxel touching nothing."""
+    seg = np.zeros((12, 12, 12), np.uint8)
+    seg[1:4, 1:4, 1:4] = 1
+    seg[1:4, 1:4, 4] = 2  # touches the class-1 cube: one foreground component of 36
+    seg[9, 9, 0:4] = 1
+    seg[9, 1, 9] = 2
+    return seg
+
+
+def test_keep_largest_foreground_keeps_the_mixed_component():
+    seg = scene()
+    out = keep_largest_component(seg, None)
+    expected = seg.copy()
+    expected[9, 9, 0:4] = 0
+    expected[9, 1, 9] = 0
+    assert np.array_equal(out, expected)
+    assert np.array_equal(seg, scene())  # input untouched
+
+
+def test_keep_largest_per_class_only_touches_that_class():
+    seg = scene()
+    out = keep_largest_component(seg, 1)
+    expected = seg.copy()
+    expected[9, 9, 0:4] = 0  # the smaller class-1 component
+    assert np.array_equal(out, expected)
+    out2 = keep_largest_component(seg, 2)
+    expected2 = seg.copy()
+    expected2[9, 1, 9] = 0  # 1 voxel < the 9-voxel slab
+    assert np.array_equal(out2, expected2)
+
+
+def test_keep_largest_of_an_absent_class_changes_nothing():
+    seg = scene()
+    assert np.array_equal(keep_largest_component(seg, 3), seg)
+
+
+def test_components_use_full_connectivity():
+    seg = np.zeros((6, 6, 6), np.uint8)
+    seg[0:2, 0:2, 0:2] = 1
+    seg[2, 2, 2] = 1  # touches the cube only at a corner: 26-connected, so the same component
+    seg[5, 5, 5] = 1
+    out = keep_largest_component(seg, 1)
+    assert out[2, 2, 2] == 1 and out[5, 5, 5] == 0
+    assert np.array_equal(remove_small_components(seg, 1, 2), out)  # the corner voxel is not a speck
+
+
+def test_remove_small_components_threshold_is_strict():
+    seg = scene()
+    out = remove_small_components(seg, 1, 4)  # the 4-voxel bar is not smaller than 4: kept
+    assert np.array_equal(out, seg)
+    out = remove_small_components(seg, 1, 5)
+    expected = seg.copy()
+    expected[9, 9, 0:4] = 0
+    assert np.array_equal(out, expected)
+    out = remove_small_components(seg, 1, 28)  # the 27-voxel cube goes as well, class 2 stays
+    assert not (out == 1).any() and np.array_equal(out == 2, seg == 2)
+
+
+def test_apply_postprocessing_runs_steps_in_order():
+    """X = a bar of four class-1 then two class-2 voxels (6 foreground), Y = five class-1 voxels.
+    remove_small(2, 3) then keep_largest_foreground: X shrinks to 4 < 5, Y survives.
+    In the other order X (6) beats Y (5) first, then loses its class-2 voxels."""
+    seg = np.zeros((8, 8, 8), np.uint8)
+    seg[1, 1, 0:4] = 1
+    seg[1, 1, 4:6] = 2
+    seg[5, 5, 0:5] = 1
+    small, largest = PostprocessingStep("remove_small", 2, 3), PostprocessingStep("keep_largest_foreground")
+    a = apply_postprocessing(seg, Postprocessing((small, largest)))
+    b = apply_postprocessing(seg, Postprocessing((largest, small)))
+    only_y = np.zeros_like(seg)
+    only_y[5, 5, 0:5] = 1
+    only_x1 = np.zeros_like(seg)
+    only_x1[1, 1, 0:4] = 1
+    assert np.array_equal(a, only_y)
+    assert np.array_equal(b, only_x1)
+    assert np.array_equal(apply_postprocessing(seg, Postprocessing()), seg)
+
+
+def test_unknown_step_is_refused():
+    with pytest.raises(ValueError, match="unknown postprocessing step 'erode'"):
+        apply_step(np.zeros((2, 2, 2), np.uint8), PostprocessingStep("erode"))
+
+
+def test_learning_removes_a_spurious_blob():
+    """Reference: a 4^3 class-1 cube with a 2^3 class-2 core. Prediction: the same plus a
+    2-voxel class-1 blob far away. Keeping the largest foreground component is tried first
+    and fixes it; the per-class steps then change nothing and are not added."""
+    ref = np.zeros((16, 16, 16), np.uint8)
+    ref[2:6, 2:6, 2:6] = 1
+    ref[3:5, 3:5, 3:5] = 2
+    pred = ref.copy()
+    pred[13, 13, 12:14] = 1
+    pp, effect = learn_postprocessing([(pred, ref), (ref.copy(), ref)], [1, 2])
+    assert pp.steps == (PostprocessingStep("keep_largest_foreground"),)
+    # class 1: 56 reference voxels, 58 predicted -> Dice 112 / 114 in the first case, 1 in the second
+    assert effect["before"][1] == pytest.approx((112 / 114 + 1) / 2)
+    assert effect["before"][2] == pytest.approx(1.0)
+    assert effect["after"] == {1: pytest.approx(1.0), 2: pytest.approx(1.0)}
+
+
+def test_learning_single_class_uses_keep_largest_for_that_class():
+    ref = np.zeros((12, 12, 12), np.uint8)
+    ref[2:5, 2:5, 2:5] = 1
+    pred = ref.copy()
+    pred[10, 10, 10] = 1
+    pp, effect = learn_postprocessing([(pred, ref)], [1])
+    assert pp.steps == (PostprocessingStep("keep_largest", 1),)  # no foreground step with one class
+    assert effect["before"][1] == pytest.approx(54 / 55)
+    assert effect["after"][1] == pytest.approx(1.0)
+
+
+def two_lesion_cases():
+    """Case 1: lesion A (4^3, class 1 around a 2^3 class-2 core) and lesion B (2^3, class 1),
+    predicted exactly, plus a 1-voxel class-1 false positive. Case 2: lesion C (3^3, class 1),
+    predicted exactly, plus a 3-voxel class-1 false positive; no class 2 anywhere."""
+    ref1 = np.zeros((16, 16, 16), np.uint8)
+    ref1[1:5, 1:5, 1:5] = 1
+    ref1[2:4, 2:4, 2:4] = 2
+    ref1[10:12, 10:12, 10:12] = 1
+    pred1 = ref1.copy()
+    pred1[14, 1, 14] = 1
+    ref2 = np.zeros((16, 16, 16), np.uint8)
+    ref2[5:8, 5:8, 5:8] = 1
+    pred2 = ref2.copy()
+    pred2[14, 14, 0:3] = 1
+    return [(pred1, ref1), (pred2, ref2)]
+
+
+def test_learning_keeps_several_true_lesions_and_removes_specks():
+    cases = two_lesion_cases()
+    pp, effect = learn_postprocessing(cases, [1, 2])
+    kinds = [(s.kind, s.label) for s in pp.steps]
+    # keep-largest would delete lesion B: class 1 Dice of case 1 falls from 128/129 to 112/120,
+    # more than case 2 gains (54/57 -> 1), so neither keep-largest step is chosen
+    assert ("keep_largest_foreground", 0) not in kinds and ("keep_largest", 1) not in kinds
+    # false-positive sizes [1, 3] -> candidates {2, 3, 4} (percentiles + 1); 4 removes both specks
+    assert pp.steps == (PostprocessingStep("remove_small", 1, 4),)
+    assert effect["before"][1] == pytest.approx((128 / 129 + 54 / 57) / 2)
+    assert effect["after"][1] == pytest.approx(1.0)
+    out1 = apply_postprocessing(cases[0][0], pp)
+    assert np.array_equal(out1, cases[0][1])  # lesion B (8 voxels) survives
+
+
+def test_learning_adds_nothing_when_nothing_helps():
+    ref = np.zeros((8, 8, 8), np.uint8)
+    ref[1:3, 1:3, 1:3] = 1
+    ref[5:7, 5:7, 5:7] = 1  # two true lesions, both predicted; no false positives
+    pp, effect = learn_postprocessing([(ref.copy(), ref)], [1])
+    assert pp == Postprocessing()
+    assert effect["before"] == effect["after"] == {1: 1.0}
