@@ -1,0 +1,118 @@
+"""``autoseg predict`` / ``ensemble`` with a tiny model trained by the real pipeline (once per module)."""
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from autoseg.cli import main
+from synthetic import ellipsoid_case, make_dataset
+
+ANGLE = math.radians(30)
+DIRECTION = (math.cos(ANGLE), -math.sin(ANGLE), 0.0, math.sin(ANGLE), math.cos(ANGLE), 0.0, 0.0, 0.0, 1.0)
+SPACING_XYZ = (0.9, 1.1, 1.3)
+ORIGIN = (12.5, -3.25, 7.0)
+
+
+@pytest.fixture(scope="module")
+def trained_root(tmp_path_factory) -> str:
+    """A workspace with Dataset901_Synth planned, preprocessed and fold 0 of 3d_fullres trained."""
+    root = tmp_path_factory.mktemp("ws")
+    make_dataset(root / "raw")
+    r = str(root)
+    assert main(["plan_and_preprocess", "-d", "901", "-np", "1", "--device-profile", "cpu", "-c", "3d_fullres",
+                 "--root", r]) == 0
+    assert main(["train", "3d_fullres", "0", "-d", "901", "--root", r, "-np", "0", "--set", "num_epochs=1",
+                 "--set", "num_iterations_per_epoch=2", "--set", "num_val_iterations_per_epoch=1"]) == 0
+    return r
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """Two good cases with a rotated direction, odd spacing and origin, and one corrupt file."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(11)
+    for cid, shape in (("good_a", (14, 18, 16)), ("good_b", (13, 17, 15))):
+        arr, _ = ellipsoid_case(shape, rng)
+        img = sitk.GetImageFromArray(arr)
+        img.SetSpacing(SPACING_XYZ)
+        img.SetOrigin(ORIGIN)
+        img.SetDirection(DIRECTION)
+        sitk.WriteImage(img, str(folder / f"{cid}_0000.nii.gz"))
+    (folder / "bad_0000.nii.gz").write_bytes(b"this is not a NIfTI file")
+    return folder
+
+
+def predict(root, images, out, *extra) -> int:
+    return main(["predict", "-i", str(images), "-o", str(out), "-d", "901", "--root", root, *extra])
+
+
+def assert_same_geometry(output: Path, source: Path) -> None:
+    a, b = sitk.ReadImage(str(output)), sitk.ReadImage(str(source))
+    assert a.GetSize() == b.GetSize()
+    np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-6)
+    np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-6)
+    np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=1e-6)
+
+
+def test_predict_keeps_geometry_and_reports_the_corrupt_case(trained_root, images, tmp_path, caplog):
+    out = tmp_path / "pred"
+    assert predict(trained_root, images, out, "-c", "3d_fullres", "-f", "0", "--disable_tta") == 1
+    assert sorted(p.name for p in out.iterdir()) == ["good_a.nii.gz", "good_b.nii.gz"]
+    for cid in ("good_a", "good_b"):
+        assert_same_geometry(out / f"{cid}.nii.gz", images / f"{cid}_0000.nii.gz")
+        labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{cid}.nii.gz")))
+        assert set(np.unique(labels).tolist()) <= {0, 1, 2}
+    assert "case bad failed" in caplog.text
+
+    before = {p.name: os.stat(p).st_mtime_ns for p in out.iterdir()}
+    assert predict(trained_root, images, out, "-c", "3d_fullres", "-f", "0", "--disable_tta", "--continue") == 1
+    assert {p.name: os.stat(p).st_mtime_ns for p in out.iterdir()} == before  # nothing rewritten
+
+
+def test_saved_probabilities_and_ensemble(trained_root, images, tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert predict(trained_root, images, a, "-c", "3d_fullres", "-f", "0", "--save_probabilities") == 1
+    assert predict(trained_root, images, b, "-c", "3d_fullres", "-f", "0", "--save_probabilities",
+                   "--disable_tta", "--step_size", "0.9") == 1
+    for folder in (a, b):
+        for cid in ("good_a", "good_b"):
+            shape = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"{cid}.nii.gz"))).shape
+            with np.load(folder / f"{cid}.npz") as z:
+                probs = z["probabilities"]
+            assert probs.dtype == np.float16 and probs.shape == (3,) + shape
+            np.testing.assert_allclose(probs.astype(np.float32).sum(0), 1.0, atol=3e-3)
+            geometry = json.loads((folder / f"{cid}.json").read_text())
+            assert tuple(geometry["shape"]) == shape
+            np.testing.assert_allclose(geometry["direction"], DIRECTION, atol=1e-6)
+    assert main(["ensemble", "-i", str(a), str(b), "-o", str(c)]) == 0
+    for cid in ("good_a", "good_b"):
+        with np.load(a / f"{cid}.npz") as za, np.load(b / f"{cid}.npz") as zb:
+            mean = (za["probabilities"].astype(np.float32) + zb["probabilities"].astype(np.float32)) / 2
+        got = sitk.GetArrayFromImage(sitk.ReadImage(str(c / f"{cid}.nii.gz")))
+        assert np.array_equal(got, mean.argmax(0))
+        assert_same_geometry(c / f"{cid}.nii.gz", images / f"{cid}_0000.nii.gz")
+
+
+def test_predict_without_configuration_needs_a_selection(trained_root, images, tmp_path, capsys):
+    results = Path(trained_root) / "results" / "Dataset901_Synth"
+    (results / "selection.json").unlink(missing_ok=True)
+    assert predict(trained_root, images, tmp_path / "none") == 2
+    err = capsys.readouterr().err
+    assert "selection.json not found" in err and "find_best_config" in err
+
+    assert main(["find_best_config", "-d", "901", "-c", "3d_fullres", "-f", "0", "--root", trained_root]) == 0
+    selection = json.loads((results / "selection.json").read_text())
+    assert selection["configurations"] == ["3d_fullres"] and selection["folds"] == [0]
+    out = tmp_path / "selected"
+    assert predict(trained_root, images, out, "--disable_tta") == 1  # only the corrupt case fails
+    assert sorted(p.name for p in out.iterdir()) == ["good_a.nii.gz", "good_b.nii.gz"]
+    assert_same_geometry(out / "good_a.nii.gz", images / "good_a_0000.nii.gz")
+
+
+def test_predict_names_the_missing_fold(trained_root, images, tmp_path, capsys):
+    assert predict(trained_root, images, tmp_path / "x", "-c", "3d_fullres", "-f", "3") == 2
+    assert "autoseg train 3d_fullres FOLD -d Dataset901_Synth" in capsys.readouterr().err
