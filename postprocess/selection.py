@@ -115,7 +115,8 @@ def find_best_config(ws: Workspace, dataset: str, configurations: list[str] | No
                             + "; ".join(f"autoseg train {c} {k} -d {dataset}" for k in missing))
     if problems or not available:
         raise UserFacingError("cannot select a model: " + (" | ".join(problems) or
-                              f"no configuration of {name} has validated folds {list(folds)}; train them first"))
+                              f"no configuration of {name} has validated folds {list(folds)}; train them first, "
+                              f"e.g. " + "; ".join(f"autoseg train 3d_fullres {k} -d {dataset}" for k in folds)))
     cases = sorted(set.intersection(*(set(p) for p in available.values())))
     scores: dict[tuple[str, ...], dict] = {}
     for c, preds in available.items():
