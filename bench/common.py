@@ -146,6 +146,7 @@ def measure(cmd: Sequence[str], env: Mapping[str, str] | None = None, cwd: str |
     if log_path is None:
         fd, log_path = tempfile.mkstemp(prefix="bench_", suffix=".log")
         os.close(fd)
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     fd, result_path = tempfile.mkstemp(prefix="bench_", suffix=".json")
     os.close(fd)
     try:
@@ -170,6 +171,7 @@ def run_untimed(cmd: Sequence[str], env: Mapping[str, str] | None = None, cwd: s
     done = subprocess.run([str(c) for c in cmd], env=dict(env) if env is not None else None, cwd=cwd,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if log_path is not None:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as f:
             f.write(done.stdout)
     if done.returncode != 0:

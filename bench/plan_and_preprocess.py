@@ -47,6 +47,7 @@ NNUNET_BIN = Path("/work/nnunet_venv/bin")
 AUTOSEG = Path("/work/venv/bin/autoseg")
 DATASET_ID = 4
 NNUNET_DATASET = "Dataset004_Hippocampus"
+CONFIGURATIONS = ("3d_fullres", "2d")
 
 
 def make_decathlon_copy(data: Path, parent: Path, subset: int | None = None) -> Path:
@@ -85,30 +86,31 @@ def count_cases(folder: Path, pattern: str) -> int:
     return len(list(folder.glob(pattern))) if folder.is_dir() else 0
 
 
-def run_nnunet(task: Path, base: Path, num_processes: int) -> dict:
+def run_nnunet(task: Path, base: Path, num_processes: int, configurations: tuple[str, ...] = CONFIGURATIONS) -> dict:
     """Convert (untimed) and plan_and_preprocess (timed) with nnU-Net; ``base`` gets its folders."""
     env = nnunet_env(base)
     logs = base / "logs"
     logs.mkdir(exist_ok=True)
     run_untimed([NNUNET_BIN / "nnUNetv2_convert_MSD_dataset", "-i", task, "-overwrite_id", str(DATASET_ID),
                  "-np", str(num_processes)], env=env, log_path=logs / "nnunet_convert.log")
-    m = measure([NNUNET_BIN / "nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "3d_fullres", "2d",
+    m = measure([NNUNET_BIN / "nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", *configurations,
                  "-np", str(num_processes), "-npfp", str(num_processes), "--verify_dataset_integrity"],
                 env=env, log_path=logs / "nnunet_plan_and_preprocess.log")
     pre = base / "nnUNet_preprocessed" / NNUNET_DATASET
-    return {"measurement": m, "cases": {c: count_cases(pre / f"nnUNetPlans_{c}", "*.pkl") for c in ("3d_fullres", "2d")}}
+    return {"measurement": m, "cases": {c: count_cases(pre / f"nnUNetPlans_{c}", "*.pkl") for c in configurations}}
 
 
-def run_autoseg(task: Path, root: Path, num_processes: int) -> dict:
+def run_autoseg(task: Path, root: Path, num_processes: int, configurations: tuple[str, ...] = CONFIGURATIONS,
+                extra: tuple[str, ...] = ()) -> dict:
     """Convert (untimed) and plan_and_preprocess (timed) with autoseg in workspace ``root``."""
     logs = root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     run_untimed([AUTOSEG, "convert_msd", "-i", task, "--root", root, "-np", str(num_processes)],
                 log_path=logs / "autoseg_convert.log")
     m = measure([AUTOSEG, "plan_and_preprocess", "-d", str(DATASET_ID), "--root", root, "-np", str(num_processes),
-                 "-c", "3d_fullres", "2d"], log_path=logs / "autoseg_plan_and_preprocess.log")
+                 "-c", *configurations, *extra], log_path=logs / "autoseg_plan_and_preprocess.log")
     pre = root / "preprocessed" / NNUNET_DATASET
-    return {"measurement": m, "cases": {c: count_cases(pre / c, "*.data.b2") for c in ("3d_fullres", "2d")}}
+    return {"measurement": m, "cases": {c: count_cases(pre / c, "*.data.b2") for c in configurations}}
 
 
 def summarise(nnunet: dict | None, autoseg: dict | None) -> tuple[list[str], list[list]]:
@@ -134,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_pp_"))
+    if work.exists() and any(work.iterdir()):
+        p.error(f"--workdir {work} is not empty; give a new or empty folder")
     work.mkdir(parents=True, exist_ok=True)
     try:
         task = make_decathlon_copy(args.data, work / "msd", args.subset)
