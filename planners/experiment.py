@@ -136,7 +136,7 @@ def _configuration(name: str, fp: Fingerprint, spacing: tuple[float, ...], profi
     schemes, masks = _normalization(fp)
     return ConfigurationPlan(
         name=name, spacing=spacing, patch_size=patch, batch_size=batch, median_shape=median,
-        network=net, normalization=schemes, use_mask_for_norm=masks, batch_dice=dim == 3,
+        network=net, normalization=schemes, use_mask_for_norm=masks, batch_dice=dim == 2,
         preprocessed_name=extra.pop("preprocessed_name", name), **extra,
     )
 

@@ -33,14 +33,14 @@ def test_golden_hippocampus_3d_fullres(hippocampus):
     assert cfg.network.strides == ((1, 1, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2))
     assert cfg.network.kernel_sizes == ((3, 3, 3),) * 4
     assert cfg.normalization == ("zscore",) and cfg.use_mask_for_norm == (False,)
-    assert cfg.batch_dice
+    assert not cfg.batch_dice  # nnU-Net: Dice per sample in 3D, over the batch in 2D
 
 
 def test_hippocampus_2d_and_no_lowres(hippocampus):
     plans = plan_experiment(hippocampus)
     assert set(plans.configurations) == {"2d", "3d_fullres"}
     two = plans.configuration("2d")
-    assert two.patch_size == (56, 40) and two.network.dim == 2 and not two.batch_dice
+    assert two.patch_size == (56, 40) and two.network.dim == 2 and two.batch_dice
 
 
 def test_plans_round_trip(hippocampus, tmp_path):
