@@ -80,9 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="configurations to preprocess (default: all planned)")
     p.add_argument("--clean", action="store_true", help="redo every stage and case")
 
-    p = add("train", "autoseg.training.run:cli_train", "train one fold of one configuration")
+    p = add("train", "autoseg.training.run:cli_train", "train one or more folds of one configuration")
     p.add_argument("configuration", choices=CONFIG_CHOICES)
-    p.add_argument("fold", help="0-4, or 'all' to train on every case")
+    p.add_argument("folds", nargs="+", metavar="fold",
+                   help="0-4, or 'all' to train on every case; several folds share --time-budget")
     _dataset(p)
     _root(p)
     p.add_argument("--variant", default=None, help="named TrainConfig variant (default: 'default')")
@@ -94,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", dest="validate_only", action="store_true",
                    help="only (re)run the final validation of a finished model")
     p.add_argument("--time-budget", default=None,
-                   help="wall-clock budget such as 30m or 2h; fits the schedule to it")
+                   help="wall-clock budget such as 30m or 2h for all the folds given, final validation "
+                        "included; the schedule is fitted to it")
     p.add_argument("-np", "--num-workers", type=int, default=None,
                    help="augmentation worker processes (default: chosen from the CPU count)")
 
@@ -114,6 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--continue", dest="resume", action="store_true", help="skip cases already written")
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--no-postprocessing", action="store_true", help="skip the learned postprocessing")
+
+    p = add("train_all", "autoseg.training.run:cli_train_all",
+            "train all 5 folds of every configuration find_best_config compares, within one time budget")
+    _dataset(p)
+    _root(p)
+    p.add_argument("-c", "--configurations", nargs="+", default=None, choices=CONFIG_CHOICES,
+                   help="configurations to train (default: every planned one; 3d_lowres before its cascade)")
+    p.add_argument("--time-budget", default=None,
+                   help="total wall-clock budget such as 8h, split across the folds still to train")
+    p.add_argument("--variant", default=None, help="named TrainConfig variant (default: 'default')")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a TrainConfig field (repeatable)")
+    p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("-np", "--num-workers", type=int, default=None,
+                   help="augmentation worker processes (default: chosen from the CPU count)")
 
     p = add("find_best_config", "autoseg.postprocess.selection:cli_find_best_config",
             "choose the best configuration or ensemble and its postprocessing from cross-validation")

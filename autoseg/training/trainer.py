@@ -7,6 +7,7 @@ run resumed from ``checkpoint_latest`` produces the same weights as an uninterru
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -22,6 +23,9 @@ from autoseg.errors import UserFacingError
 from autoseg.paths import Workspace
 from autoseg.plans import load_plans
 from autoseg.serialization import save_json, to_jsonable
+from autoseg.preprocess.storage import load_properties
+from autoseg.training.budget import (WARMUP_ITERATIONS, VALIDATION_SAFETY, estimate_validation_seconds, fit_schedule,
+                                     refit_epochs)
 from autoseg.training.checkpoint import load_checkpoint, save_checkpoint
 from autoseg.training.dataloader import BatchSource, iterate
 from autoseg.training.loss import build_loss
@@ -70,8 +74,15 @@ def _empty_history() -> dict:
 
 def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: TrainConfig, variant: str = "default",
                device: str | None = "auto", resume: bool = False, validate: bool = True) -> Path:
-    """Train (or resume) one fold and validate it; return the fold folder."""
+    """Train (or resume) one fold and validate it; return the fold folder.
+
+    With ``cfg.time_budget_s`` the schedule (epochs, iterations per epoch, validation iterations)
+    is fitted to the budget after a warm-up and re-fitted every epoch (see ``budget``); the
+    budget includes the final validation. Resuming continues the same budget: the time already
+    spent is stored in the checkpoint."""
     from tqdm import tqdm
+
+    started_at = time.perf_counter()
 
     name = ws.dataset_name(dataset)
     pre = ws.preprocessed / name
@@ -123,9 +134,16 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
         if scaler is not None and state.get("grad_scaler"):
             scaler.load_state_dict(state["grad_scaler"])
         history, best_ema, iteration = state["history"], float(state["best_ema"]), int(state["iteration"])
+        if cfg.time_budget_s and state.get("budget", {}).get("fitted"):  # keep the fitted schedule, time spent
+            b = state["budget"]
+            cfg = dataclasses.replace(cfg, num_epochs=int(b["num_epochs"]),
+                                      num_iterations_per_epoch=int(b["num_iterations_per_epoch"]),
+                                      num_val_iterations_per_epoch=int(b["num_val_iterations_per_epoch"]))
+            started_at -= float(b["elapsed_s"])
 
-    n_it, n_val = cfg.num_iterations_per_epoch, cfg.num_val_iterations_per_epoch
-    total = cfg.num_epochs * n_it
+    budget = _Budget(cfg, started_at, data_dir, val_ids, cp, fitted=bool(state and state.get("budget", {}).get("fitted") and cfg.time_budget_s))
+    n_it, n_val = budget.cfg.num_iterations_per_epoch, budget.cfg.num_val_iterations_per_epoch
+    total = budget.total_iterations
     train_src = BatchSource(data_dir, train_ids, cp, batch_size, cfg.oversample_foreground_percent,
                             cfg.augmentation, scales, cfg.seed)
     val_src = BatchSource(data_dir, val_ids, cp, batch_size, cfg.oversample_foreground_percent, None, None,
@@ -139,16 +157,17 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
             "network": net.state_dict(), "optimizer": opt.state_dict(),
             "grad_scaler": scaler.state_dict() if scaler is not None else {},
             "epoch": iteration // n_it, "iteration": iteration, "history": history, "best_ema": best_ema,
-            "configuration": configuration, "train_config": to_jsonable(cfg),
+            "configuration": configuration, "train_config": to_jsonable(budget.cfg),
+            "budget": budget.state(),
         }, out / f"{path_name}.pth")
 
-    batches = iterate(train_src, iteration, total - iteration, cfg.num_workers)
+    batches = iterate(train_src, iteration, budget.max_iterations - iteration, cfg.num_workers)
     num_classes = plans.num_classes
     with _StopRequest() as stop:
         try:
             while iteration < total:
                 epoch, started = iteration // n_it, time.perf_counter()
-                lr = poly_lr(cfg.initial_lr, epoch, cfg.num_epochs, cfg.poly_exponent)
+                lr = poly_lr(cfg.initial_lr, epoch, budget.cfg.num_epochs, cfg.poly_exponent)
                 for g in opt.param_groups:
                     g["lr"] = lr
                 net.train()
@@ -156,13 +175,20 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
                 bar = tqdm(total=n_it, initial=iteration % n_it, desc=f"epoch {epoch}", unit="it", leave=False,
                            disable=None)
                 while iteration < (epoch + 1) * n_it:
+                    step_started = time.perf_counter()
                     batch = next(batches)
                     losses.append(_train_step(net, loss_fn, opt, scaler, batch, dev, cfg.grad_clip))
                     iteration += 1
+                    budget.step_times.append(time.perf_counter() - step_started)
                     bar.update()
                     bar.set_postfix(loss=f"{losses[-1]:.3f}")
                     if stop.requested:
                         raise KeyboardInterrupt
+                    if budget.needs_fit(iteration):
+                        budget.fit(iteration, net, batch["data"], dev)
+                        n_it, n_val = budget.cfg.num_iterations_per_epoch, budget.cfg.num_val_iterations_per_epoch
+                        total = budget.total_iterations
+                        save_json(budget.cfg, out / "train_config.json")
                 bar.close()
                 val_loss, dice = _validate_patches(net, loss_fn, val_src, epoch * n_val, n_val, dev, num_classes,
                                                    scales)
@@ -173,6 +199,10 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
                                    ("lr", lr), ("epoch_time", time.perf_counter() - started)):
                     history[key].append(value)
                 log.info(format_epoch(history, epoch))
+                if budget.active:
+                    budget.refit(epoch + 1, history["epoch_time"])
+                    total = budget.total_iterations
+                    save_json(budget.cfg, out / "train_config.json")
                 if ema > best_ema:
                     best_ema = float(ema)
                     checkpoint("checkpoint_best")
@@ -184,13 +214,89 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
             log.info("interrupted at iteration %d; checkpoint_latest saved, resume with --continue", iteration)
             log.removeHandler(handler)
             raise
+    del batches  # stops the augmentation workers before validation
     checkpoint("checkpoint_final")
     checkpoint("checkpoint_latest")
-    log.info("training done: %s", out / "checkpoint_final.pth")
+    log.info("training done: %s (%d iterations)", out / "checkpoint_final.pth", iteration)
     if validate:
-        run_validation(out, ws, name, val_ids, dev, cfg)
+        validation_started = time.perf_counter()
+        run_validation(out, ws, name, val_ids, dev, budget.cfg)
+        if budget.active:
+            log.info("final validation took %.0f s (estimated %.0f s); total %.0f s of a %.0f s budget",
+                     time.perf_counter() - validation_started, budget.validation_s,
+                     time.perf_counter() - started_at, cfg.time_budget_s)
     log.removeHandler(handler)
     return out
+
+
+class _Budget:
+    """The schedule of one fold: fixed by the config, or fitted to ``cfg.time_budget_s``."""
+
+    def __init__(self, cfg: TrainConfig, started_at: float, data_dir: Path, val_ids: list[str], cp,
+                 fitted: bool):
+        self.cfg, self.started_at, self.fitted = cfg, started_at, fitted
+        self.active = bool(cfg.time_budget_s)
+        self.val_shapes = [load_properties(data_dir, c).shape_after_resample for c in val_ids] if self.active else []
+        self.patch = tuple(cp.patch_size)
+        self.validation_s = 0.0
+        self.step_times: list[float] = []  # seconds per iteration during the warm-up, data wait included
+        if self.active and not fitted:  # until the warm-up has measured the speed: one short epoch
+            self.cfg = dataclasses.replace(cfg, num_epochs=1, num_iterations_per_epoch=WARMUP_ITERATIONS,
+                                           num_val_iterations_per_epoch=1)
+
+    @property
+    def total_iterations(self) -> int:
+        return self.cfg.num_epochs * self.cfg.num_iterations_per_epoch
+
+    @property
+    def max_iterations(self) -> int:
+        """An upper bound on the iterations this run can reach (for the batch iterator)."""
+        return 10 ** 9 if self.active else self.total_iterations
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started_at
+
+    def needs_fit(self, iteration: int) -> bool:
+        return self.active and not self.fitted and iteration >= WARMUP_ITERATIONS
+
+    def fit(self, iteration: int, net, data: torch.Tensor, dev) -> None:
+        """Measure seconds per iteration (warm-up minus its first step) and per forward pass."""
+        steps = self.step_times[1:] or [self.elapsed() / max(1, iteration)]
+        per_it = float(np.median(steps))
+        net.eval()
+        with torch.no_grad():
+            x = data[:1].to(dev)
+            net(x)
+            t = time.perf_counter()
+            net(x)
+            per_forward = time.perf_counter() - t
+        net.train()
+        self.validation_s = VALIDATION_SAFETY * estimate_validation_seconds(
+            self.val_shapes, self.patch, self.cfg.validation_mirroring, self.cfg.validation_step_size, per_forward)
+        sched = fit_schedule(self.cfg.time_budget_s, self.elapsed(), per_it, self.validation_s, iteration)
+        self.cfg = dataclasses.replace(self.cfg, num_epochs=sched.num_epochs,
+                                       num_iterations_per_epoch=sched.num_iterations_per_epoch,
+                                       num_val_iterations_per_epoch=sched.num_val_iterations_per_epoch)
+        self.fitted = True
+        log.info("time budget %.0f s: %.2f s per iteration, %.3f s per forward pass, final validation ~%.0f s "
+                 "-> %d epochs x %d iterations (%d in all)", self.cfg.time_budget_s, per_it, per_forward,
+                 self.validation_s, sched.num_epochs, sched.num_iterations_per_epoch, sched.total_iterations)
+
+    def refit(self, completed_epochs: int, epoch_times: list[float]) -> None:
+        recent = epoch_times[1:][-3:] or epoch_times[-1:]  # epoch 0 includes start-up and the warm-up
+        epochs = refit_epochs(self.cfg.time_budget_s, self.elapsed(), completed_epochs, recent,
+                              self.validation_s, self.cfg.num_epochs)
+        if epochs != self.cfg.num_epochs:
+            log.info("time budget: %d epochs instead of %d (%.0f s left)", epochs, self.cfg.num_epochs,
+                     self.cfg.time_budget_s - self.elapsed())
+            self.cfg = dataclasses.replace(self.cfg, num_epochs=epochs)
+
+    def state(self) -> dict:
+        if not self.active:
+            return {}
+        return {"fitted": self.fitted, "num_epochs": self.cfg.num_epochs, "num_iterations_per_epoch": self.cfg.num_iterations_per_epoch,
+                "num_val_iterations_per_epoch": self.cfg.num_val_iterations_per_epoch,
+                "elapsed_s": self.elapsed(), "validation_s": self.validation_s}
 
 
 def _train_step(net, loss_fn, opt, scaler, batch, dev, grad_clip) -> float:

@@ -1,0 +1,128 @@
+"""Fitting the training schedule to a wall-clock budget (``autoseg train --time-budget 30m``).
+
+The budget covers everything ``train_fold`` does, from its start to the end of the final
+sliding-window validation. The schedule is fitted in two steps:
+
+1. After a short warm-up (the first ``WARMUP_ITERATIONS`` iterations of epoch 0, trained at the
+   initial learning rate as any schedule would), the measured seconds per iteration and seconds
+   per forward pass give the number of iterations that fit::
+
+       iterations = (budget - elapsed - final_validation - margin) / (seconds_per_iteration * (1 + v))
+
+   where ``v`` is the share of patch validation per epoch. Epochs are sized so that the poly
+   learning rate steps about ``TARGET_EPOCHS`` times (``iterations // TARGET_EPOCHS`` per epoch,
+   between the warm-up length and 250).
+2. At the end of every epoch the number of epochs is re-fitted from the measured epoch times, so
+   a machine that slows down (other jobs) or speeds up still ends on time. The poly schedule
+   follows the new length from the next epoch on.
+
+Example: a 30-minute budget, 2.0 s spent before the warm-up ended, 0.6 s per iteration, an
+estimated 60 s final validation and a 2% margin (36 s) leave 1,702 s, so about 2,700 iterations
+at v = 0.05: 25 epochs of 108 iterations.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+from autoseg.errors import UserFacingError
+
+WARMUP_ITERATIONS = 10
+TARGET_EPOCHS = 25
+MAX_ITERATIONS_PER_EPOCH = 250
+MARGIN_FRACTION = 0.02
+VALIDATION_SAFETY = 1.25  # the final-validation estimate is multiplied by this
+
+_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """``"30m"`` -> 1800.0, ``"1h30m"`` -> 5400.0, ``"90s"`` and ``"90"`` -> 90.0, ``"1.5h"`` -> 5400.0."""
+    s = str(text).strip().lower().replace(" ", "")
+    if re.fullmatch(r"\d+(\.\d+)?", s):
+        seconds = float(s)
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)(h|min|m|sec|s)", s)
+        if not parts or "".join(n + u for n, u in parts) != s:
+            raise UserFacingError(f"--time-budget: expected a duration such as 30m, 1h30m, 90s or 2.5h, "
+                                  f"found '{text}'")
+        seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if seconds <= 0:
+        raise UserFacingError(f"--time-budget must be positive, found '{text}'")
+    return seconds
+
+
+def split_budget(total_s: float, spent_s: float, remaining_runs: int) -> float:
+    """Budget of the next of ``remaining_runs`` runs: what is left, shared equally.
+
+    A run that ends early leaves its unused time to the ones after it:
+    ``split_budget(3600, 0, 4) == 900``; ``split_budget(3600, 800, 3) == 933.3``."""
+    if remaining_runs < 1:
+        raise ValueError("remaining_runs must be >= 1")
+    return max(0.0, total_s - spent_s) / remaining_runs
+
+
+def count_tiles(shape: Sequence[int], patch: Sequence[int], step_size: float) -> int:
+    """Sliding-window tiles of one image: ``count_tiles((40, 56, 40), (40, 56, 40), .5) == 1``,
+    ``count_tiles((100,), (40,), .5) == 4`` (starts 0, 20, 40, 60)."""
+    n = 1
+    for size, p in zip(shape, patch):
+        n *= 1 if size <= p else math.ceil((size - p) / (p * step_size)) + 1
+    return n
+
+
+def estimate_validation_seconds(shapes: Sequence[Sequence[int]], patch: Sequence[int], mirroring: bool,
+                                step_size: float, seconds_per_forward: float, seconds_per_case: float = 0.1) -> float:
+    """Seconds to predict cases of preprocessed ``shapes`` (spatial, Z first) with the sliding window.
+
+    ``patch`` has 2 entries for 2D configurations (every slice is predicted on its own) or 3.
+    ``seconds_per_forward`` is one patch through the network without gradients; mirroring
+    multiplies the forward passes by 2 ** dim; ``seconds_per_case`` covers resampling and writing."""
+    dim = len(patch)
+    mirrors = 2 ** dim if mirroring else 1
+    total = 0.0
+    for shape in shapes:
+        slices = shape[0] if dim == 2 else 1
+        tiles = slices * count_tiles(shape[-dim:], patch, step_size)
+        total += tiles * mirrors * seconds_per_forward + seconds_per_case
+    return total
+
+
+@dataclass(frozen=True)
+class FittedSchedule:
+    num_epochs: int
+    num_iterations_per_epoch: int
+    num_val_iterations_per_epoch: int
+
+    @property
+    def total_iterations(self) -> int:
+        return self.num_epochs * self.num_iterations_per_epoch
+
+
+def fit_schedule(budget_s: float, elapsed_s: float, seconds_per_iteration: float, validation_s: float,
+                 done_iterations: int, val_share: float = 0.05) -> FittedSchedule:
+    """The schedule that fits the rest of the budget after the warm-up (see the module docstring).
+
+    ``done_iterations`` (the warm-up) are part of epoch 0, so an epoch is never shorter than them;
+    when not even the warm-up fits, training stops after it (one epoch of ``done_iterations``)."""
+    left = budget_s - elapsed_s - validation_s - MARGIN_FRACTION * budget_s
+    more = max(0, int(left / (seconds_per_iteration * (1 + val_share))))
+    total = done_iterations + more
+    per_epoch = min(MAX_ITERATIONS_PER_EPOCH, max(done_iterations, total // TARGET_EPOCHS, 1))
+    epochs = max(1, total // per_epoch)
+    val_its = max(1, round(per_epoch * val_share * 3))  # a forward pass costs about 1/3 of a step
+    return FittedSchedule(epochs, per_epoch, val_its)
+
+
+def refit_epochs(budget_s: float, elapsed_s: float, completed_epochs: int, recent_epoch_s: Sequence[float],
+                 validation_s: float, num_epochs: int) -> int:
+    """Total number of epochs, re-fitted after ``completed_epochs`` from the recent epoch times.
+
+    Never fewer than the epochs already done; training ends when the returned value equals them."""
+    if not recent_epoch_s:
+        return num_epochs
+    per_epoch = sum(recent_epoch_s) / len(recent_epoch_s)
+    left = budget_s - elapsed_s - validation_s - MARGIN_FRACTION * budget_s
+    return completed_epochs + max(0, int(left / per_epoch))
