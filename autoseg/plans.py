@@ -77,6 +77,10 @@ class ConfigurationPlan:
     resample_order_data: int = 3
     resample_order_seg: int = 1  # 1: per-class linear interpolation of one-hot maps
     anisotropy_threshold: float = 3.0  # coarse-axis handling above this spacing ratio
+    # foreground labels the planner marked small or rare for this patch (planners/classes.py):
+    # training oversamples their components and weights them in the loss. Plans written before
+    # this field existed load with none.
+    small_classes: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.name not in CONFIGURATIONS:
@@ -93,6 +97,8 @@ class ConfigurationPlan:
                 raise ValueError(f"unknown normalization '{scheme}'; available: {', '.join(NORMALIZATION_SCHEMES)}")
         if len(self.use_mask_for_norm) != len(self.normalization):
             raise ValueError("use_mask_for_norm needs one entry per channel")
+        if any(c < 1 for c in self.small_classes) or len(set(self.small_classes)) != len(self.small_classes):
+            raise ValueError(f"small_classes must be distinct foreground labels (>= 1), found {self.small_classes}")
 
 
 @dataclass(frozen=True)
@@ -118,11 +124,19 @@ class Plans:
         for key, cfg in self.configurations.items():
             if key != cfg.name:
                 raise ValueError(f"configuration stored under '{key}' is named '{cfg.name}'")
+            unknown = set(cfg.small_classes) - set(self.labels.values())
+            if unknown:
+                raise ValueError(f"configuration '{key}': small_classes {sorted(unknown)} are not labels of the dataset")
 
     @property
     def num_classes(self) -> int:
         """Number of output channels of the network (background included)."""
         return max(self.labels.values()) + 1
+
+    @property
+    def small_classes(self) -> tuple[int, ...]:
+        """Labels marked small/rare in any planned configuration, sorted."""
+        return tuple(sorted({c for cfg in self.configurations.values() for c in cfg.small_classes}))
 
     def configuration(self, name: str) -> ConfigurationPlan:
         if name not in self.configurations:

@@ -16,6 +16,7 @@ import numpy as np
 from autoseg.fingerprint_types import Fingerprint
 from autoseg.plans import PLANS_SCHEMA_VERSION, ConfigurationPlan, NetworkPlan, Plans
 from autoseg.registry import Registry
+from autoseg.planners.classes import class_sizes, flag_small_classes
 from autoseg.planners.topology import estimate_memory_bytes, fit_topology
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,8 @@ def _configuration(name: str, fp: Fingerprint, spacing: tuple[float, ...], profi
     return ConfigurationPlan(
         name=name, spacing=spacing, patch_size=patch, batch_size=batch, median_shape=median,
         network=net, normalization=schemes, use_mask_for_norm=masks, batch_dice=dim == 2,
-        preprocessed_name=extra.pop("preprocessed_name", name), **extra,
+        preprocessed_name=extra.pop("preprocessed_name", name),
+        small_classes=flag_small_classes(fp, patch, spacing), **extra,
     )
 
 
@@ -209,11 +211,14 @@ def cli_plan(args: argparse.Namespace) -> int:
         from autoseg.errors import UserFacingError
 
         raise UserFacingError(f"{fp_path} not found; run 'autoseg fingerprint -d {args.dataset}' first")
-    plans = plan_experiment(load_fingerprint(fp_path), args.device_profile or "gpu-8gb", args.force_lowres)
+    fingerprint = load_fingerprint(fp_path)
+    plans = plan_experiment(fingerprint, args.device_profile or "gpu-8gb", args.force_lowres)
     save_plans(plans, folder / "plans.json")
     for cfg in plans.configurations.values():
         log.info("%-18s spacing %s patch %s batch %d features %s", cfg.name,
                  tuple(round(s, 3) for s in cfg.spacing), cfg.patch_size, cfg.batch_size,
                  cfg.network.features_per_stage)
+        for size in class_sizes(fingerprint, cfg.patch_size, cfg.spacing):
+            (log.info if size.flagged else log.debug)("%-18s %s", "", size.describe())
     log.info("wrote %s", folder / "plans.json")
     return 0
