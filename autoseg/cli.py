@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     _root(p)
     p.add_argument("-o", "--output", default=None, help="summary JSON (default: PRED/summary.json)")
     p.add_argument("--labels", nargs="+", type=int, default=None, help="classes to evaluate")
+    p.add_argument("--nsd-tolerance", type=float, default=1.0, metavar="MM",
+                   help="tolerance of the normalised surface Dice in mm (default 1.0)")
 
     p = add("export_model", "autoseg.model_archive:cli_export_model",
             "pack a dataset's trained models, plans and selection into a zip")

@@ -3,12 +3,14 @@
 ``to_jsonable`` turns a dataclass (nested dataclasses, tuples, dicts) into plain JSON
 types; ``from_jsonable(cls, data)`` rebuilds it from the type hints, checking every
 field, so a hand-edited or truncated file fails with the field's path in the message.
-``save_json`` writes atomically.
+``save_json`` writes atomically and always valid JSON: a non-finite float (NaN, an
+undefined metric) is written as ``null``, and ``null`` in a ``float`` field reads back as NaN.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -30,7 +32,9 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(v) for v in obj]
     if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
-        return obj.item()
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None  # NaN is not JSON; null reads back as NaN into float fields
     return obj
 
 
@@ -102,6 +106,8 @@ def _convert(tp: Any, data: Any, where: str) -> Any:
             raise SchemaError(f"{where}: expected one of {args}, found {data!r}")
         return data
     if tp is float:
+        if data is None:  # written for NaN by to_jsonable
+            return math.nan
         if isinstance(data, bool) or not isinstance(data, (int, float)):
             raise SchemaError(f"{where}: expected a number, found {data!r}")
         return float(data)
@@ -125,7 +131,7 @@ def save_json(obj: Any, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(to_jsonable(obj), indent=2) + "\n")
+    tmp.write_text(json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
     os.replace(tmp, path)
 
 

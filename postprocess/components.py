@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
+from autoseg.postprocess.lesions import label_components
 from autoseg.postprocess.metrics import case_metrics, nanmean
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,7 @@ class Postprocessing:
     steps: tuple[PostprocessingStep, ...] = ()
 
 
-def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    comp, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, bool))
-    return comp, np.bincount(comp.ravel(), minlength=n + 1)
+_components = label_components  # one connectivity for postprocessing and lesion metrics
 
 
 def keep_largest_component(seg: np.ndarray, label: int | None = None) -> np.ndarray:

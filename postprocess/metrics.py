@@ -1,4 +1,7 @@
-"""Voxel metrics per class, on label maps. Definitions are in docs/metrics.md.
+"""Metrics per class, on label maps. Definitions are in docs/metrics.md.
+
+Voxel metrics (Dice, IoU, TP/FP/FN voxels) are here; surface metrics (HD95, NSD, in mm) in
+``surface.py``; lesion-wise metrics (components matched by overlap) in ``lesions.py``.
 
 Empty cases: when a class is absent from both reference and prediction, Dice and IoU are
 NaN (undefined) and left out of means, as in nnU-Net; TP/FP/FN are still reported (all 0).
@@ -7,8 +10,12 @@ A class absent from the reference but predicted gets Dice 0, and vice versa.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
+
+from autoseg.postprocess.lesions import lesion_metrics
+from autoseg.postprocess.surface import DEFAULT_NSD_TOLERANCE_MM, surface_metrics
 
 
 def confusion(ref: np.ndarray, pred: np.ndarray, label: int) -> tuple[int, int, int]:
@@ -35,10 +42,36 @@ def class_metrics(ref: np.ndarray, pred: np.ndarray, label: int) -> dict[str, fl
             "tp": tp, "fp": fp, "fn": fn, "n_ref": tp + fn, "n_pred": tp + fp}
 
 
-def case_metrics(ref: np.ndarray, pred: np.ndarray, labels: list[int]) -> dict[int, dict[str, float]]:
+def presence(ref_has: bool, pred_has: bool) -> str:
+    """Case-level presence outcome of a class: "tp", "fp", "fn" or "tn"."""
+    return ("t" if ref_has == pred_has else "f") + ("p" if pred_has else "n")
+
+
+def case_metrics(ref: np.ndarray, pred: np.ndarray, labels: list[int], spacing: Sequence[float] | None = None,
+                 nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM, surface: bool = True,
+                 lesions: bool = True) -> dict[int, dict[str, float]]:
+    """Metrics of each class in ``labels`` for one case.
+
+    ``ref``/``pred``: label maps of the same shape; ``spacing``: mm per voxel in array order
+    (default 1 mm). Per class: the voxel metrics of ``class_metrics``, ``presence``, and unless
+    switched off the lesion-wise metrics (``lesions.lesion_metrics``) and HD95/NSD
+    (``surface.surface_metrics``). Selection switches the surface metrics off (they are slow and
+    not used there).
+    """
     if ref.shape != pred.shape:
         raise ValueError(f"reference shape {ref.shape} differs from prediction shape {pred.shape}")
-    return {label: class_metrics(ref, pred, label) for label in labels}
+    voxel_mm3 = float(np.prod(spacing)) if spacing is not None else 1.0
+    out = {}
+    for label in labels:
+        r, p = ref == label, pred == label
+        m = class_metrics(ref, pred, label)
+        m["presence"] = presence(m["n_ref"] > 0, m["n_pred"] > 0)
+        if lesions:
+            m.update(lesion_metrics(r, p, voxel_mm3))
+        if surface:
+            m.update(surface_metrics(r, p, spacing, nsd_tolerance_mm))
+        out[label] = m
+    return out
 
 
 def nanmean(values: list[float]) -> float:
