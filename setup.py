@@ -14,6 +14,7 @@ setup(
     install_requires=[
         "torch>=2.1",
         "SimpleITK>=2.2",
+        "pillow>=9.1",
         "numpy>=1.24",
         "scipy>=1.10",
         "batchgenerators>=0.25",

@@ -6,9 +6,13 @@ Array convention (used everywhere in autoseg): an image is a float32 array of sh
 order, so a NIfTI of size (x=35, y=51, z=24) with spacing (1.0, 0.9, 3.0) becomes an
 array of shape ``(1, 24, 51, 35)`` with spacing ``(3.0, 0.9, 1.0)``.
 
-2D images (.png/.tif/.bmp) become ``(C, 1, H, W)`` with spacing ``(999.0, 1.0, 1.0)``:
+2D images (.png/.tif/.tiff/.bmp) become ``(C, 1, H, W)`` with spacing ``(999.0, 1.0, 1.0)``:
 a single slice whose out-of-plane spacing is so large that nothing is ever resampled
-or pooled along it. RGB(A) images are read as 3 (4) channels.
+or pooled along it. Example: a 640 x 480 RGB PNG becomes an array of shape
+``(3, 1, 480, 640)``. RGB(A) images are read as 3 (4) channels; a palette image (PIL mode
+'P') is expanded to its colours, except as a label, where its palette indices are the class
+values. BMP, palette, grey + alpha and 1-bit images are read with Pillow (SimpleITK reads 8-bit
+grey BMPs as RGB and cannot read the others faithfully); everything else with SimpleITK.
 """
 from __future__ import annotations
 
@@ -23,6 +27,9 @@ NATURAL_2D_ENDINGS = (".png", ".tif", ".tiff", ".bmp")
 SITK_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 SUPPORTED_ENDINGS = SITK_ENDINGS + NATURAL_2D_ENDINGS
 FAKE_2D_SPACING = 999.0
+# Pillow modes read with Pillow: palette, grey + alpha (SimpleITK cannot read them) and 1-bit
+# (SimpleITK turns 0/1 into 0/255, or into RGBA for TIFF)
+_PIL_MODES = ("P", "PA", "LA", "La", "1")
 
 
 class ImageReadError(ValueError):
@@ -86,12 +93,66 @@ def file_ending(path: str | os.PathLike) -> str:
     )
 
 
-def _read_one(path: Path) -> tuple[np.ndarray, ImageGeometry]:
-    """Read one file as (C, Z, Y, X); C > 1 only for vector/RGB pixels."""
+def _natural_2d_geometry(height: int, width: int) -> ImageGeometry:
+    return ImageGeometry(spacing=(FAKE_2D_SPACING, 1.0, 1.0), origin=(0.0, 0.0),
+                         direction=(1.0, 0.0, 0.0, 1.0), shape=(1, height, width), is_2d=True)
+
+
+def _pil_mode(path: Path) -> str | None:
+    """Pillow's mode of ``path`` ('L', 'RGB', 'P', ...) from its header, or None if Pillow cannot open it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.mode
+    except Exception:  # not Pillow's format (e.g. an exotic TIFF): SimpleITK reads it
+        return None
+
+
+def _read_with_pil(path: Path, palette_as_indices: bool) -> tuple[np.ndarray, ImageGeometry]:
+    """Read a 2D image with Pillow as (C, 1, H, W); a 1-bit image gives 0/1."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            if getattr(im, "n_frames", 1) > 1:
+                raise ImageReadError(f"{path}: holds {im.n_frames} images; expected one 2D image per file")
+            if im.mode in ("P", "PA") and not palette_as_indices:  # as labels, the indices are kept
+                palette = np.asarray(im.getpalette() or [0, 0, 0], np.int64).reshape(-1, 3)
+                grey = bool(np.all(palette == palette[:, :1]))
+                transparent = im.mode == "PA" or "transparency" in im.info
+                im = im.convert("LA" if grey and transparent else "L" if grey else
+                                "RGBA" if transparent else "RGB")
+            elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                im = im.convert("RGB")
+            arr = np.asarray(im)
+    except ImageReadError:
+        raise
+    except Exception as exc:
+        raise ImageReadError(f"cannot read {path}: {exc}") from None
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if mode == "PA" and palette_as_indices:  # index + alpha: the index is the class
+        arr = arr[..., 0]
+    arr = arr[None, None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)[:, None]
+    return arr, _natural_2d_geometry(arr.shape[2], arr.shape[3])
+
+
+def _read_one(path: Path, palette_as_indices: bool = False) -> tuple[np.ndarray, ImageGeometry]:
+    """Read one file as (C, Z, Y, X); C > 1 only for vector/RGB pixels.
+
+    ``palette_as_indices``: return a palette image's indices (one channel) instead of its
+    colours; used for label images.
+    """
     import SimpleITK as sitk
 
     if not path.is_file():
         raise ImageReadError(f"image file not found: {path}")
+    if file_ending(path) in NATURAL_2D_ENDINGS:
+        mode = _pil_mode(path)
+        if file_ending(path) == ".bmp" or mode in _PIL_MODES:
+            return _read_with_pil(path, palette_as_indices)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -102,16 +163,12 @@ def _read_one(path: Path) -> tuple[np.ndarray, ImageGeometry]:
     is_2d = file_ending(path) in NATURAL_2D_ENDINGS
     if is_2d:
         if img.GetDimension() != 2:
-            raise ImageReadError(f"{path}: expected a 2D image, found {img.GetDimension()}D")
+            raise ImageReadError(
+                f"{path}: expected one 2D image, found a {img.GetDimension()}D stack of size "
+                f"{img.GetSize()}; save each 2D image as its own file, or a 3D stack as NIfTI (.nii.gz)"
+            )
         arr = arr[None, None] if n_comp == 1 else np.moveaxis(arr, -1, 0)[:, None]
-        geom = ImageGeometry(
-            spacing=(FAKE_2D_SPACING, 1.0, 1.0),
-            origin=tuple(img.GetOrigin()),
-            direction=tuple(img.GetDirection()),
-            shape=tuple(arr.shape[1:]),
-            is_2d=True,
-        )
-        return arr, geom
+        return arr, _natural_2d_geometry(arr.shape[2], arr.shape[3])
     if img.GetDimension() == 2:  # a 2D medical image (e.g. a 2D .nii or .mha)
         spacing = (FAKE_2D_SPACING,) + tuple(float(s) for s in reversed(img.GetSpacing()))
         origin, direction = tuple(img.GetOrigin()), tuple(img.GetDirection())
@@ -153,22 +210,43 @@ def read_image(paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, ImageGeo
 
 
 def read_label(path: str | os.PathLike) -> tuple[np.ndarray, ImageGeometry]:
-    """Read a label map as an int16 array of shape ``(1, Z, Y, X)``.
+    """Read a label map as an int16 array of shape ``(1, Z, Y, X)`` holding class indices.
 
-    Raises if the file has several components (e.g. an RGB-coloured PNG) or holds
-    non-integer values.
+    2D label images must hold the class indices 0..N as grey values (8 or 16 bit). Also
+    accepted: an 8-bit palette PNG/BMP/TIFF (its palette indices are the classes), a grey
+    image with a fully opaque alpha channel, and an RGB image whose three channels are equal
+    (a grey image saved as RGB). A truly coloured label image raises ``ImageReadError``
+    naming the colours found and how to convert them; so do non-integer values.
     """
-    arr, geom = _read_one(Path(path))
-    if arr.shape[0] != 1:
-        raise ImageReadError(
-            f"{path}: label images must have one channel holding class indices 0..N, "
-            f"found {arr.shape[0]} channels (an RGB-coloured label image?); save the "
-            "labels as a single-channel grey image whose values are the class indices"
-        )
+    path = Path(path)
+    arr, geom = _read_one(path, palette_as_indices=True)
+    arr = _as_index_map(arr, path, natural_2d=file_ending(path) in NATURAL_2D_ENDINGS)
     if not np.issubdtype(arr.dtype, np.integer):
         if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
             raise ImageReadError(f"{path}: label values must be integers, found non-integer values")
     return arr.astype(np.int16), geom
+
+
+def _as_index_map(arr: np.ndarray, path: Path, natural_2d: bool) -> np.ndarray:
+    """Reduce a (C, ...) label array to one channel where that loses nothing, else raise."""
+    if natural_2d and arr.shape[0] in (2, 4) and arr[-1].min() == arr[-1].max() > 0:  # opaque alpha
+        arr = arr[:-1]
+    if natural_2d and arr.shape[0] == 3 and np.array_equal(arr[0], arr[1]) and np.array_equal(arr[0], arr[2]):
+        arr = arr[:1]  # a grey label saved as RGB
+    if arr.shape[0] == 1:
+        return arr
+    colours = np.unique(arr.reshape(arr.shape[0], -1).T, axis=0)
+    shown = ", ".join(str(tuple(int(v) for v in c)) for c in colours[:8])
+    more = f" and {len(colours) - 8} more" if len(colours) > 8 else ""
+    raise ImageReadError(
+        f"{path}: label images must have one channel holding the class indices 0..N as grey values "
+        f"(0 background, 1 the first class, ...), found {arr.shape[0]} channels: an RGB-coloured label "
+        f"image with {len(colours)} colours {shown}{more}. Convert it by mapping each colour to its "
+        "class index and saving a single-channel 8-bit image, e.g. in Python: "
+        "rgb = np.asarray(PIL.Image.open(f).convert('RGB')); lab = np.zeros(rgb.shape[:2], np.uint8); "
+        "lab[(rgb == (255, 0, 0)).all(-1)] = 1  # one line per class colour; "
+        "PIL.Image.fromarray(lab).save(f). An 8-bit palette PNG whose indices are the classes is accepted as is"
+    )
 
 
 def write_image(array: np.ndarray, geometry: ImageGeometry, path: str | os.PathLike) -> None:

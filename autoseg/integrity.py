@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.dataset import Case, DatasetError, DatasetSpec, group_channel_files, parse_dataset_json
-from autoseg.imageio import ImageReadError, _read_one
+from autoseg.imageio import ImageReadError, _read_one, read_label
 
 
 def verify_dataset_folder(folder: str | Path, num_processes: int | None = None) -> DatasetSpec:
@@ -100,6 +100,7 @@ def _check_case(case: Case, num_channels: int, allowed: set[int]) -> list[str]:
     problems: list[str] = []
     geoms = []
     total_channels = 0
+    channels_per_file: list[tuple[Path, int]] = []
     for path in case.images:
         try:
             arr, geom = _read_one(path)
@@ -107,36 +108,40 @@ def _check_case(case: Case, num_channels: int, allowed: set[int]) -> list[str]:
             problems.append(f"case {case.case_id}: {exc} (the file is unreadable or corrupt; re-export it)")
             continue
         total_channels += arr.shape[0]
+        channels_per_file.append((path, arr.shape[0]))
         geoms.append((path, geom))
         if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
             bad = int((~np.isfinite(arr)).sum())
             problems.append(f"case {case.case_id}: {path.name} holds {bad} NaN/inf voxel(s); replace them with finite values")
     if geoms and total_channels != num_channels and len(geoms) == len(case.images):
-        problems.append(
-            f"case {case.case_id}: {total_channels} channel(s) found but dataset.json declares "
-            f"{num_channels} in channel_names; add the missing channel files or fix channel_names"
-        )
+        multi = [(p.name, n) for p, n in channels_per_file if n > 1]
+        if multi:
+            name, n = multi[0]
+            example = ", ".join(f'"{i}": "{c}"' for i, c in enumerate("RGBA"[:n] if n in (3, 4) else [f"channel{k}" for k in range(n)]))
+            problems.append(
+                f"case {case.case_id}: {total_channels} channel(s) found but dataset.json declares "
+                f"{num_channels} in channel_names; imagesTr/{name} alone holds {n} (an RGB{'A' if n == 4 else ''} "
+                f"image counts as {n} channels): declare one channel name per colour channel, e.g. "
+                f'"channel_names": {{{example}}}'
+            )
+        else:
+            problems.append(
+                f"case {case.case_id}: {total_channels} channel(s) found but dataset.json declares "
+                f"{num_channels} in channel_names; add the missing channel files or fix channel_names"
+            )
     try:
-        lab, lgeom = _read_one(case.label)
+        lab, lgeom = read_label(case.label)
     except ImageReadError as exc:
-        problems.append(f"case {case.case_id}: {exc} (the label file is unreadable or corrupt)")
+        problems.append(f"case {case.case_id}: {exc}")
         return problems
-    if lab.shape[0] != 1:
-        problems.append(
-            f"case {case.case_id}: label {case.label.name} has {lab.shape[0]} channels (an RGB-coloured "
-            "label image?); expected one channel holding class indices 0..N"
-        )
-        return problems
-    if not np.issubdtype(lab.dtype, np.integer):
-        if not np.isfinite(lab).all() or not np.array_equal(lab, np.round(lab)):
-            problems.append(f"case {case.case_id}: label {case.label.name} holds non-integer values; labels must be class indices")
-            return problems
     values = set(np.unique(lab).astype(int).tolist())
     undeclared = sorted(values - allowed)
     if undeclared:
         problems.append(
             f"case {case.case_id}: label {case.label.name} holds value(s) {undeclared} not declared in "
             f"dataset.json labels (declared: {sorted(allowed)}); declare them or fix the label"
+            + ("; a binary mask saved as 0/255? store the class indices 0/1 instead, e.g. mask // 255"
+               if undeclared == [255] else "")
         )
     for path, geom in geoms:
         diffs = geom.matches(lgeom)

@@ -85,8 +85,14 @@ def make_dataset(
 
 
 def make_png_dataset(root: Path, name: str = "Dataset902_SynthPNG", num_cases: int = 6,
-                     shape: tuple[int, int] = (48, 40), rgb: bool = False, seed: int = 0) -> Path:
-    """A 2D dataset of PNGs (grey or RGB) with grey-value label PNGs (0..2)."""
+                     shape: tuple[int, int] = (48, 40), rgb: bool = False, seed: int = 0,
+                     rgb_as_channel_files: bool = False, file_ending: str = ".png") -> Path:
+    """A 2D dataset of grey or RGB images with grey-value label images (0..2), e.g. PNGs.
+
+    RGB cases are one file ``{case}_0000.png`` holding three channels, or with
+    ``rgb_as_channel_files`` three grey files ``_0000``..``_0002``; either way dataset.json
+    declares the channels R, G, B.
+    """
     rng = np.random.default_rng(seed)
     folder = Path(root) / name
     (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
@@ -95,18 +101,21 @@ def make_png_dataset(root: Path, name: str = "Dataset902_SynthPNG", num_cases: i
         img, lab = ellipsoid_case((1,) + tuple(shape), rng)
         grey = np.clip((img[0] + 1) * 60, 0, 255).astype(np.uint8)
         cid = f"case_{i:03d}"
-        if rgb:
+        if rgb and rgb_as_channel_files:
+            for c, arr in enumerate((grey, 255 - grey, grey // 2)):
+                sitk.WriteImage(sitk.GetImageFromArray(arr), str(folder / "imagesTr" / f"{cid}_{c:04d}{file_ending}"))
+        elif rgb:
             arr = np.stack([grey, 255 - grey, grey // 2], -1)
-            sitk.WriteImage(sitk.GetImageFromArray(arr, isVector=True), str(folder / "imagesTr" / f"{cid}_0000.png"))
+            sitk.WriteImage(sitk.GetImageFromArray(arr, isVector=True), str(folder / "imagesTr" / f"{cid}_0000{file_ending}"))
         else:
-            sitk.WriteImage(sitk.GetImageFromArray(grey), str(folder / "imagesTr" / f"{cid}_0000.png"))
-        sitk.WriteImage(sitk.GetImageFromArray(lab[0]), str(folder / "labelsTr" / f"{cid}.png"))
+            sitk.WriteImage(sitk.GetImageFromArray(grey), str(folder / "imagesTr" / f"{cid}_0000{file_ending}"))
+        sitk.WriteImage(sitk.GetImageFromArray(lab[0]), str(folder / "labelsTr" / f"{cid}{file_ending}"))
     dataset_json = {
         "name": name.split("_", 1)[1],
-        "channel_names": {"0": "RGB" if rgb else "grey"},
+        "channel_names": {"0": "R", "1": "G", "2": "B"} if rgb else {"0": "grey"},
         "labels": {"background": 0, "outer": 1, "inner": 2},
         "numTraining": num_cases,
-        "file_ending": ".png",
+        "file_ending": file_ending,
     }
     (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
     return folder

@@ -50,6 +50,7 @@ def test_png_grey_and_rgb(tmp_path):
 
 def test_rgb_label_is_rejected_with_explanation(tmp_path):
     rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[1:3, 1:3] = (255, 0, 0)  # a red class; an all-grey RGB label would be accepted
     sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(tmp_path / "lab.png"))
     with pytest.raises(ImageReadError, match="3 channels.*RGB-coloured"):
         read_label(tmp_path / "lab.png")
