@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from autoseg.fingerprint_types import Fingerprint
+from autoseg.imageio import NATURAL_2D_ENDINGS
 from autoseg.plans import PLANS_SCHEMA_VERSION, ConfigurationPlan, NetworkPlan, Plans
 from autoseg.registry import Registry
 from autoseg.planners.classes import class_sizes, flag_small_classes
@@ -112,6 +113,13 @@ def plan_patch_and_network(median_shape: tuple[int, ...], spacing: tuple[float, 
 
 
 def _normalization(fp: Fingerprint) -> tuple[tuple[str, ...], tuple[bool, ...]]:
+    """Scheme and nonzero-mask flag per channel, from the channel names (see docs/planning.md).
+
+    Natural 2D images (PNG/TIFF/BMP, e.g. the R, G, B channels of a photo or an OCT B-scan)
+    get a per-image z-score per channel over the whole image, never inside the nonzero mask:
+    a black pixel is image content there, not the outside of a body.
+    """
+    natural_2d = fp.file_ending in NATURAL_2D_ENDINGS
     schemes, masks = [], []
     for name in fp.channel_names:
         low = name.lower()
@@ -119,12 +127,12 @@ def _normalization(fp: Fingerprint) -> tuple[tuple[str, ...], tuple[bool, ...]]:
             scheme = "ct"
         elif low == "nonorm":
             scheme = "noNorm"
-        elif low == "rescale_to_0_1":
-            scheme = "rescale_to_0_1"
+        elif low in ("rescale_to_0_1", "rgb_to_0_1"):
+            scheme = low
         else:
             scheme = "zscore"
         schemes.append(scheme)
-        masks.append(scheme == "zscore" and fp.crop_reduction_median < 0.75)
+        masks.append(scheme == "zscore" and fp.crop_reduction_median < 0.75 and not natural_2d)
     return tuple(schemes), tuple(masks)
 
 
