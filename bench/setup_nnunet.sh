@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# nnU-Net v2, for side-by-side benchmarks only (never a dependency of autoseg), in its own venv:
+#   bash bench/setup_nnunet.sh [VENV]        (default /work/nnunet_venv)
+# torch is pinned to the local CPU build first, so pip does not fetch a CUDA torch for nnunetv2.
+set -euo pipefail
+VENV="${1:-/work/nnunet_venv}"
+python3 -m venv "$VENV"
+"$VENV/bin/pip" install -q torch==2.13.0
+"$VENV/bin/pip" install -q nnunetv2==2.8.1
+"$VENV/bin/python" -c "import nnunetv2, torch; print('nnunetv2 ready, torch', torch.__version__)"
