@@ -196,3 +196,36 @@ def test_png_dataset_through_every_command(tmp_path):
 def _grey_png(path, arr):
     Image.fromarray(arr).save(path)
     return path
+
+
+def _load_bench_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "make_2d_dataset.py"
+    spec = importlib.util.spec_from_file_location("make_2d_dataset", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_synthetic_oct_dataset_is_valid_seeded_and_layered(tmp_path):
+    bench = _load_bench_script()
+    folder = bench.make_dataset(tmp_path / "a", num_train=5, num_test=2, height=64, width=48)
+    again = bench.make_dataset(tmp_path / "b", num_train=5, num_test=2, height=64, width=48)
+    spec = verify_dataset_folder(folder, num_processes=1)
+    assert spec.num_training == 5 and spec.foreground_labels == (1, 2, 3, 4, 5, 6, 7)
+    assert sorted(p.name for p in (folder / "labelsTs").iterdir()) == ["oct_005.png", "oct_006.png"]
+    for sub, name in (("imagesTr", "oct_003_0000.png"), ("labelsTr", "oct_003.png"), ("imagesTs", "oct_006_0000.png")):
+        assert (folder / sub / name).read_bytes() == (again / sub / name).read_bytes()  # seeded
+    image = np.asarray(Image.open(folder / "imagesTr" / "oct_000_0000.png"))
+    label = np.asarray(Image.open(folder / "labelsTr" / "oct_000.png"))
+    assert image.shape == label.shape == (64, 48) and image.dtype == np.uint8
+    for column in label.T:  # top to bottom: vitreous (0), the layers 1..7 in order, then sclera (0)
+        inside = column[column > 0]
+        assert np.all(np.diff(inside.astype(int)) >= 0)
+        first, last = np.flatnonzero(column)[[0, -1]]
+        assert column[0] == 0 and np.all(column[first:last + 1] > 0)
+    # reflectivity: the nerve fibre layer is brighter than the inner nuclear layer and the vitreous
+    assert image[label == 1].mean() > image[label == 3].mean()
+    assert image[label == 1].mean() > image[:3].mean()
