@@ -9,9 +9,17 @@ Oversampling: of a batch of ``B`` samples, the last ``B - round(B * (1 - p))`` a
 contain foreground (p = ``oversample_foreground_percent``; B=2 and p=0.33 force one, B=7 force
 two). A forced sample picks a class present in its case at random and centres the patch on a
 random stored voxel of that class; the others are placed uniformly at random.
+
+Small classes (``class_shares``, resolved by ``small_classes.resolve_small_classes``): the first
+``num_forced(B, sum of shares)`` samples of each batch are each centred on a connected component
+of one small class, the class drawn with probability share / sum, the case drawn among the
+training cases that contain the class, the component uniformly among its components in that
+case (so a 5-voxel lesion beside a 500-voxel one is centred as often), and the voxel among the
+component's stored locations. Without small classes the batches are exactly those above.
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
 import zlib
@@ -27,6 +35,7 @@ from autoseg.preprocess.storage import load_case
 from autoseg.training.augmentation import AugmentationConfig, build_transforms, sampling_patch_size
 
 IN_MEMORY_LIMIT_BYTES = 2e9
+log = logging.getLogger(__name__)
 
 
 def num_forced(batch_size: int, percent: float) -> int:
@@ -70,7 +79,7 @@ class BatchSource:
 
     def __init__(self, folder: str | Path, case_ids: list[str], cfg: ConfigurationPlan, batch_size: int,
                  oversample: float, augmentation: AugmentationConfig | None,
-                 ds_scales: list[tuple[float, ...]] | None, seed: int):
+                 ds_scales: list[tuple[float, ...]] | None, seed: int, class_shares: dict[int, float] | None = None):
         self.folder, self.case_ids = Path(folder), list(case_ids)
         self.dim = cfg.network.dim
         self.patch = tuple(cfg.patch_size)
@@ -81,6 +90,27 @@ class BatchSource:
         self._transforms = None
         size = sum(p.stat().st_size for p in self.folder.glob("*.data.b2")) * 4  # ~compression ratio
         self._cases = {cid: self._load(cid) for cid in self.case_ids} if size < IN_MEMORY_LIMIT_BYTES else None
+        self.class_shares, self._cases_with = self._small_classes(class_shares or {})
+        self._components: dict[tuple[str, int], list[np.ndarray]] = {}
+
+    def _small_classes(self, shares: dict[int, float]) -> tuple[dict[int, float], dict[int, list[str]]]:
+        """Keep the small classes that some case contains; list those cases per class."""
+        cases_with: dict[int, list[str]] = {}
+        for cls in shares:
+            cases_with[cls] = [cid for cid in self.case_ids if len(self._locations(cid).get(cls, ()))]
+            if not cases_with[cls]:
+                log.warning("small class %d is in none of the %d cases in %s; its patches are sampled as usual",
+                            cls, len(self.case_ids), self.folder)
+        return {c: s for c, s in shares.items() if cases_with[c] and s > 0}, cases_with
+
+    def _locations(self, case_id: str) -> dict[int, np.ndarray]:
+        if self._cases is not None:
+            return self._cases[case_id].locations
+        path = self.folder / f"{case_id}.loc.npz"
+        if not path.is_file():
+            return {}
+        with np.load(path) as z:
+            return {int(k): z[k] for k in z.files}
 
     def _load(self, case_id: str) -> _Case:
         c = load_case(self.folder, case_id)
@@ -100,6 +130,45 @@ class BatchSource:
             cls = present[rng.integers(len(present))]
             locs = case.locations[cls]
             voxel = locs[rng.integers(len(locs))]
+        return self._crop(case, voxel, rng)
+
+    def small_class_slots(self, rng: np.random.Generator) -> list[int | None]:
+        """Per sample of a batch, the small class to centre it on (None: the usual sampling)."""
+        slots: list[int | None] = [None] * self.batch_size
+        if not self.class_shares:
+            return slots
+        classes = list(self.class_shares)
+        total = sum(self.class_shares.values())
+        p = np.array([self.class_shares[c] / total for c in classes])
+        for j in range(num_forced(self.batch_size, min(1.0, total))):
+            slots[j] = classes[int(rng.choice(len(classes), p=p))]
+        return slots
+
+    def component_locations(self, case_id: str, case: _Case, cls: int) -> list[np.ndarray]:
+        """Indices into ``case.locations[cls]``, one array per connected component of ``cls``
+        (full connectivity, as in the fingerprint) that holds stored locations. Cached per case."""
+        key = (case_id, cls)
+        if key not in self._components:
+            from scipy import ndimage
+
+            locs = case.locations[cls]
+            mask = case.seg[0] == cls
+            labels, _ = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, bool))
+            ids = labels[tuple(locs.T)]
+            self._components[key] = [np.flatnonzero(ids == k) for k in np.unique(ids)]
+        return self._components[key]
+
+    def sample_component(self, cls: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """A patch centred on a random component of small class ``cls`` of a case that contains it."""
+        cases = self._cases_with[cls]
+        case_id = cases[rng.integers(len(cases))]
+        case = self._case(case_id)
+        components = self.component_locations(case_id, case, cls)
+        members = components[rng.integers(len(components))]
+        voxel = case.locations[cls][members[rng.integers(len(members))]]
+        return self._crop(case, voxel, rng)
+
+    def _crop(self, case: _Case, voxel: np.ndarray | None, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         data, seg = case.data, case.seg
         if self.dim == 2:
             z = int(voxel[0]) if voxel is not None else int(rng.integers(data.shape[1]))
@@ -111,10 +180,14 @@ class BatchSource:
     def batch(self, i: int) -> dict[str, np.ndarray | list[np.ndarray]]:
         rng = self._rng(i)
         n_forced = num_forced(self.batch_size, self.oversample)
+        small = self.small_class_slots(rng)
         data, seg = [], []
         for j in range(self.batch_size):
-            case = self._case(self.case_ids[rng.integers(len(self.case_ids))])
-            d, s = self.sample(case, forced=j >= self.batch_size - n_forced, rng=rng)
+            if small[j] is not None:
+                d, s = self.sample_component(small[j], rng)
+            else:
+                case = self._case(self.case_ids[rng.integers(len(self.case_ids))])
+                d, s = self.sample(case, forced=j >= self.batch_size - n_forced, rng=rng)
             data.append(d)
             seg.append(s)
         batch = {"data": np.stack(data).astype(np.float32), "seg": np.stack(seg).astype(np.int16)}

@@ -4,6 +4,10 @@
 computed on softmax probabilities over the foreground classes (background excluded), per
 sample and class, or pooled over the batch ("batch Dice"), with a small smoothing term so
 classes absent from a patch do not blow up. A perfect prediction has loss 0 (plus CE ~ 0).
+
+Small classes (see ``small_classes``): ``ce_class_weights`` (one per output channel) weight the
+cross-entropy (a weighted mean over voxels, as ``torch.nn.functional.cross_entropy``), and the
+Dice of the classes in ``batch_dice_classes`` is pooled over the batch even when the rest is not.
 """
 from __future__ import annotations
 
@@ -18,38 +22,53 @@ from autoseg.registry import Registry
 SMOOTH = 1e-5
 
 
-def soft_dice(probs: torch.Tensor, target: torch.Tensor, batch_dice: bool) -> torch.Tensor:
-    """Mean soft Dice over foreground classes. ``probs`` (B, K, ...), ``target`` (B, 1, ...) int."""
+def soft_dice(probs: torch.Tensor, target: torch.Tensor, batch_dice: bool,
+              batch_dice_classes: tuple[int, ...] = ()) -> torch.Tensor:
+    """Mean soft Dice over foreground classes. ``probs`` (B, K, ...), ``target`` (B, 1, ...) int.
+
+    Each class contributes the mean of its per-sample Dice, or its Dice over the whole batch when
+    ``batch_dice`` is set or the class is in ``batch_dice_classes``; the result is the mean over classes.
+    """
     onehot = torch.zeros_like(probs).scatter_(1, target.long(), 1.0)
     probs, onehot = probs[:, 1:], onehot[:, 1:]
     axes = tuple(range(2, probs.ndim))
-    if batch_dice:
-        axes = (0,) + axes
-    intersect = (probs * onehot).sum(axes)
+    intersect = (probs * onehot).sum(axes)  # (B, K-1)
     denom = probs.sum(axes) + onehot.sum(axes)
-    dice = (2 * intersect + SMOOTH) / (denom + SMOOTH).clamp_min(1e-8)
-    return dice.mean()
+    per_sample = (2 * intersect + SMOOTH) / (denom + SMOOTH).clamp_min(1e-8)
+    pooled = (2 * intersect.sum(0) + SMOOTH) / (denom.sum(0) + SMOOTH).clamp_min(1e-8)
+    if batch_dice:
+        return pooled.mean()
+    chosen = torch.tensor([k in batch_dice_classes for k in range(1, probs.shape[1] + 1)], device=probs.device)
+    return torch.where(chosen, pooled, per_sample.mean(0)).mean()
 
 
 class DiceCELoss(nn.Module):
-    def __init__(self, batch_dice: bool, ce_weight: float = 1.0, dice_weight: float = 1.0):
+    def __init__(self, batch_dice: bool, ce_weight: float = 1.0, dice_weight: float = 1.0,
+                 ce_class_weights: tuple[float, ...] | None = None, batch_dice_classes: tuple[int, ...] = ()):
         super().__init__()
         self.batch_dice, self.ce_weight, self.dice_weight = batch_dice, ce_weight, dice_weight
+        self.batch_dice_classes = tuple(batch_dice_classes)
+        self.register_buffer("class_weights", None if ce_class_weights is None
+                             else torch.tensor(ce_class_weights, dtype=torch.float32), persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = logits.new_zeros(())
         if self.ce_weight:
-            loss = loss + self.ce_weight * F.cross_entropy(logits.float(), target[:, 0].long())
+            weight = None if self.class_weights is None else self.class_weights.to(logits.device)
+            loss = loss + self.ce_weight * F.cross_entropy(logits.float(), target[:, 0].long(), weight=weight)
         if self.dice_weight:
             probs = torch.softmax(logits.float(), 1)
-            loss = loss + self.dice_weight * (1 - soft_dice(probs, target, self.batch_dice))
+            loss = loss + self.dice_weight * (1 - soft_dice(probs, target, self.batch_dice, self.batch_dice_classes))
         return loss
 
 
 LOSSES: Registry[Callable[..., nn.Module]] = Registry("loss")
-LOSSES.add("dice_ce", lambda batch_dice, ce_weight, dice_weight: DiceCELoss(batch_dice, ce_weight, dice_weight))
-LOSSES.add("ce", lambda batch_dice, ce_weight, dice_weight: DiceCELoss(batch_dice, ce_weight or 1.0, 0.0))
-LOSSES.add("dice", lambda batch_dice, ce_weight, dice_weight: DiceCELoss(batch_dice, 0.0, dice_weight or 1.0))
+LOSSES.add("dice_ce", lambda batch_dice, ce_weight, dice_weight, **small: DiceCELoss(
+    batch_dice, ce_weight, dice_weight, **small))
+LOSSES.add("ce", lambda batch_dice, ce_weight, dice_weight, **small: DiceCELoss(
+    batch_dice, ce_weight or 1.0, 0.0, **small))
+LOSSES.add("dice", lambda batch_dice, ce_weight, dice_weight, **small: DiceCELoss(
+    batch_dice, 0.0, dice_weight or 1.0, **small))
 
 
 def deep_supervision_weights(n: int) -> list[float]:
@@ -76,6 +95,10 @@ class DeepSupervisionLoss(nn.Module):
         return total
 
 
-def build_loss(name: str, batch_dice: bool, ce_weight: float, dice_weight: float, n_outputs: int | None) -> nn.Module:
-    base = LOSSES.get(name)(batch_dice, ce_weight, dice_weight)
+def build_loss(name: str, batch_dice: bool, ce_weight: float, dice_weight: float, n_outputs: int | None,
+               ce_class_weights: tuple[float, ...] | None = None, batch_dice_classes: tuple[int, ...] = ()) -> nn.Module:
+    """The named loss, wrapped for deep supervision when ``n_outputs`` is given; the last two
+    arguments are the small-class settings (``SmallClassSetup.ce_weights``, ``.batch_dice_classes``)."""
+    base = LOSSES.get(name)(batch_dice, ce_weight, dice_weight, ce_class_weights=ce_class_weights,
+                            batch_dice_classes=tuple(batch_dice_classes))
     return DeepSupervisionLoss(base, n_outputs) if n_outputs else base

@@ -35,6 +35,15 @@ class TrainConfig:
     dice_weight: float = 1.0
     deep_supervision: bool = True
     oversample_foreground_percent: float = 0.33
+    # Small/rare classes (autoseg/training/small_classes.py). None: the plans' small_classes of the
+    # configuration; (): no special handling. Of each batch, a share small_class_oversample (B=2:
+    # one sample, B=7: two) is centred on a component of a small class, split among the classes
+    # in proportion to small_class_shares (None: equally).
+    small_classes: Optional[tuple[int, ...]] = None
+    small_class_oversample: float = 0.33
+    small_class_shares: Optional[tuple[float, ...]] = None
+    small_class_ce_weight: float = 3.0  # cross-entropy weight of small classes (others 1)
+    small_class_batch_dice: bool = True  # Dice of small classes pooled over the batch
     batch_size: Optional[int] = None  # None: as the plans say
     seed: int = 12345
     checkpoint_every_epochs: int = 50
@@ -50,6 +59,18 @@ class TrainConfig:
             raise ValueError("num_epochs and num_iterations_per_epoch must be >= 1")
         if not 0 <= self.oversample_foreground_percent <= 1:
             raise ValueError("oversample_foreground_percent must be in [0, 1]")
+        if not 0 <= self.small_class_oversample <= 1:
+            raise ValueError(f"small_class_oversample must be in [0, 1], found {self.small_class_oversample}")
+        if self.small_class_shares is not None:
+            if any(s < 0 for s in self.small_class_shares) or not sum(self.small_class_shares) > 0:
+                raise ValueError(f"small_class_shares must be >= 0 with a positive sum, found {self.small_class_shares}")
+            if self.small_classes is not None and len(self.small_class_shares) != len(self.small_classes):
+                raise ValueError(f"small_class_shares needs one entry per small class {self.small_classes}, "
+                                 f"found {self.small_class_shares}")
+        if self.small_classes is not None and any(c < 1 for c in self.small_classes):
+            raise ValueError(f"small_classes must be foreground labels (>= 1), found {self.small_classes}")
+        if self.small_class_ce_weight <= 0:
+            raise ValueError(f"small_class_ce_weight must be > 0, found {self.small_class_ce_weight}")
 
 
 VARIANTS: Registry[dict[str, str]] = Registry("training variant")
@@ -58,6 +79,7 @@ VARIANTS.add("no_deep_supervision", {"deep_supervision": "false"})
 VARIANTS.add("ce_only", {"loss": "ce"})
 VARIANTS.add("no_augmentation", {"augmentation.enabled": "false"})
 VARIANTS.add("short", {"num_epochs": "50"})
+VARIANTS.add("no_small_classes", {"small_classes": "()"})  # plain training, whatever the plans flag
 
 
 def _parse(value: str, tp, key: str):

@@ -1,0 +1,169 @@
+"""Small-class handling in training: config resolution, per-class patch shares, the loss."""
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from autoseg.errors import UserFacingError
+from autoseg.plans import ConfigurationPlan, NetworkPlan
+from autoseg.preprocess.storage import CaseProperties, sample_class_locations, save_case
+from autoseg.training import dataloader
+from autoseg.training.dataloader import BatchSource
+from autoseg.training.loss import DiceCELoss, build_loss, soft_dice
+from autoseg.training.small_classes import resolve_small_classes
+from autoseg.training.train_config import TrainConfig, apply_overrides, resolve_train_config
+
+SHAPE = (20, 20, 20)
+PATCH = (8, 8, 8)
+
+
+def plan(small=(3,)):
+    net = NetworkPlan(3, (4, 8), ((3, 3, 3),) * 2, ((1, 1, 1), (2, 2, 2)))
+    return ConfigurationPlan("3d_fullres", (1.0,) * 3, PATCH, 4, SHAPE, net, ("zscore",), (False,), False, "x",
+                             small_classes=small)
+
+
+def lesion_cases(folder):
+    """Six cases, each with a 27-voxel class-1 cube. Class 3 only in c0 (a 1-voxel and a 27-voxel
+    lesion, far apart) and c3 (one 8-voxel lesion). Returns the ids and the class-3 voxels per case."""
+    lesions = {"c0": [(slice(2, 3), slice(2, 3), slice(2, 3)), (slice(14, 17), slice(14, 17), slice(14, 17))],
+               "c3": [(slice(5, 7), slice(12, 14), slice(3, 5))]}
+    rng = np.random.default_rng(0)
+    ids = [f"c{i}" for i in range(6)]
+    for i, cid in enumerate(ids):
+        data = rng.normal(size=(1,) + SHAPE).astype(np.float32)
+        seg = np.zeros((1,) + SHAPE, np.int8)
+        seg[0, 9:12, 9:12, 9:12] = 1
+        for box in lesions.get(cid, []):
+            seg[(0,) + box] = 3
+        props = CaseProperties(cid, {}, tuple((0, s) for s in SHAPE), SHAPE, (1.0,) * 3, SHAPE, (1.0,) * 3)
+        save_case(folder, cid, data, seg, props, sample_class_locations(seg, [1, 2, 3], i))
+    return ids
+
+
+def centre_labels(batch) -> np.ndarray:
+    """The label at the patch centre of each sample (a small-class patch is centred on its voxel)."""
+    c = [p // 2 for p in PATCH]
+    return batch["target"][:, 0, c[0], c[1], c[2]]
+
+
+# --- TrainConfig and resolution -------------------------------------------------------------------
+
+def test_defaults_come_from_the_plans():
+    setup = resolve_small_classes(TrainConfig(), plan((3,)), num_classes=4)
+    assert setup.classes == (3,) and setup.shares == {3: pytest.approx(0.33)}
+    assert setup.ce_weights == (1.0, 1.0, 1.0, 3.0) and setup.batch_dice_classes == (3,)
+    assert not resolve_small_classes(TrainConfig(), plan(()), 4).active
+
+
+def test_overrides_and_variant():
+    cfg = apply_overrides(TrainConfig(), ["small_classes=1,3", "small_class_shares=1,3", "small_class_oversample=0.5",
+                                          "small_class_ce_weight=5", "small_class_batch_dice=false"])
+    setup = resolve_small_classes(cfg, plan((3,)), 4)
+    assert setup.classes == (1, 3) and setup.shares == {1: pytest.approx(0.125), 3: pytest.approx(0.375)}
+    assert setup.ce_weights == (1.0, 5.0, 1.0, 5.0) and setup.batch_dice_classes == ()
+    off = resolve_train_config("no_small_classes")
+    assert off.small_classes == () and not resolve_small_classes(off, plan((3,)), 4).active
+    assert apply_overrides(TrainConfig(), ["small_classes=()"]).small_classes == ()
+    assert apply_overrides(off, ["small_classes=none"]).small_classes is None
+    assert resolve_small_classes(apply_overrides(TrainConfig(), ["small_class_ce_weight=1"]), plan(), 4).ce_weights is None
+
+
+def test_override_errors():
+    with pytest.raises(UserFacingError, match=r"small_class_oversample must be in \[0, 1\]"):
+        apply_overrides(TrainConfig(), ["small_class_oversample=1.5"])
+    with pytest.raises(UserFacingError, match="one entry per small class"):
+        apply_overrides(TrainConfig(), ["small_classes=1,3", "small_class_shares=1"])
+    with pytest.raises(UserFacingError, match="small_class_shares has 2 entries but the small classes are"):
+        resolve_small_classes(apply_overrides(TrainConfig(), ["small_class_shares=1,1"]), plan((3,)), 4)
+    with pytest.raises(UserFacingError, match=r"small_classes \[7\] are not foreground labels"):
+        resolve_small_classes(apply_overrides(TrainConfig(), ["small_classes=7"]), plan((3,)), 4)
+
+
+# --- the sampler ----------------------------------------------------------------------------------
+
+def test_per_class_shares_over_many_batches(tmp_path):
+    ids = lesion_cases(tmp_path)
+    # shares 0.5 (class 3) + 0.25 (class 1) of a batch of 4: num_forced(4, 0.75) = 3 slots per batch,
+    # each class 3 with probability 2/3 and class 1 with 1/3, so 2 and 1 samples per batch on average
+    src = BatchSource(tmp_path, ids, plan(), 4, 0.0, None, None, seed=5, class_shares={3: 0.5, 1: 0.25})
+    n = 300
+    centres = np.stack([centre_labels(src.batch(i)) for i in range(n)])  # (n, 4)
+    assert (centres[:, 3] == 3).mean() < 0.02  # the last sample is placed at random: rarely on a lesion
+    forced = centres[:, :3]
+    assert ((forced == 1) | (forced == 3)).all()  # every slot is centred on its class
+    share3, share1 = (forced == 3).sum() / (4 * n), (forced == 1).sum() / (4 * n)
+    sd = math.sqrt(n * 3 * (2 / 3) * (1 / 3)) / (4 * n)  # binomial sd of the class-3 share
+    assert abs(share3 - 0.5) < 4 * sd and abs(share1 - 0.25) < 4 * sd
+
+
+def test_components_are_drawn_uniformly_among_cases_that_contain_the_class(tmp_path):
+    ids = lesion_cases(tmp_path)
+    src = BatchSource(tmp_path, ids, plan(), 2, 0.0, None, None, seed=1, class_shares={3: 0.5})
+    assert src._cases_with[3] == ["c0", "c3"]
+    rng = np.random.default_rng(0)
+    single = 0
+    for _ in range(600):
+        data, seg = src.sample_component(3, rng)
+        c = tuple(p // 2 for p in PATCH)
+        assert seg[(0,) + c] == 3
+        single += int((seg == 3).sum() == 1)  # the 1-voxel lesion of c0; the others hold 27 or 8
+    # case c0 half the time, then one of its two components: 1/4 of draws on the single voxel
+    # (voxel-uniform sampling would give 1/2 x 1/28 = 1.8%)
+    assert abs(single / 600 - 0.25) < 4 * math.sqrt(0.25 * 0.75 / 600)
+
+
+def test_lazy_loading_gives_the_same_batches(tmp_path, monkeypatch):
+    ids = lesion_cases(tmp_path)
+    shares = {3: 0.33}
+    memory = BatchSource(tmp_path, ids, plan(), 3, 0.33, None, None, seed=2, class_shares=shares)
+    monkeypatch.setattr(dataloader, "IN_MEMORY_LIMIT_BYTES", 0)
+    lazy = BatchSource(tmp_path, ids, plan(), 3, 0.33, None, None, seed=2, class_shares=shares)
+    assert lazy._cases is None and lazy._cases_with == memory._cases_with
+    for i in range(5):
+        assert np.array_equal(lazy.batch(i)["data"], memory.batch(i)["data"])
+
+
+def test_without_small_classes_batches_are_unchanged(tmp_path):
+    ids = lesion_cases(tmp_path)
+    plain = BatchSource(tmp_path, ids, plan(), 3, 0.33, None, None, seed=4)
+    empty = BatchSource(tmp_path, ids, plan(), 3, 0.33, None, None, seed=4, class_shares={})
+    absent = BatchSource(tmp_path, ids, plan(), 3, 0.33, None, None, seed=4, class_shares={2: 0.5})  # in no case
+    assert absent.class_shares == {}
+    for i in range(4):
+        assert np.array_equal(plain.batch(i)["data"], empty.batch(i)["data"])
+        assert np.array_equal(plain.batch(i)["data"], absent.batch(i)["data"])
+
+
+# --- the loss -------------------------------------------------------------------------------------
+
+def test_weighted_cross_entropy_by_hand():
+    # two voxels: background with uniform logits (loss ln 4), class 3 with logits (ln 3, 0, 0, 0) (p = 1/6)
+    logits = torch.tensor([[[0.0, math.log(3)], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])  # (B=1, K=4, 2)
+    target = torch.tensor([[[0, 3]]])
+    plain = DiceCELoss(False, 1.0, 0.0)(logits, target)
+    weighted = DiceCELoss(False, 1.0, 0.0, ce_class_weights=(1.0, 1.0, 1.0, 3.0))(logits, target)
+    assert float(plain) == pytest.approx((math.log(4) + math.log(6)) / 2)
+    assert float(weighted) == pytest.approx((math.log(4) + 3 * math.log(6)) / 4)
+
+
+def test_batch_dice_for_chosen_classes_by_hand():
+    # 2 samples x 4 voxels, classes 0-2. Sample 0: target (1,1,0,0), prediction (1,0,2,0).
+    # Sample 1: target (2,0,0,0), prediction (2,0,0,0).
+    target = torch.tensor([[[1, 1, 0, 0]], [[2, 0, 0, 0]]])
+    pred = torch.tensor([[[1, 0, 2, 0]], [[2, 0, 0, 0]]])
+    probs = torch.zeros(2, 3, 4).scatter_(1, pred, 1.0)
+    # class 1: sample 0 Dice 2/3, sample 1 absent and not predicted (1): mean 5/6, pooled 2/3.
+    # class 2: sample 0 absent but predicted (~0), sample 1 perfect (1): mean 1/2, pooled 2*1/3 = 2/3.
+    assert float(soft_dice(probs, target, False)) == pytest.approx((5 / 6 + 1 / 2) / 2, abs=1e-4)
+    assert float(soft_dice(probs, target, False, (2,))) == pytest.approx((5 / 6 + 2 / 3) / 2, abs=1e-4)
+    assert float(soft_dice(probs, target, True)) == pytest.approx(2 / 3, abs=1e-4)
+    assert float(soft_dice(probs, target, True, (2,))) == pytest.approx(2 / 3, abs=1e-4)
+
+
+def test_build_loss_passes_the_small_class_settings():
+    loss = build_loss("dice_ce", False, 1.0, 1.0, 3, ce_class_weights=(1.0, 3.0), batch_dice_classes=(1,))
+    assert loss.loss.batch_dice_classes == (1,) and loss.loss.class_weights.tolist() == [1.0, 3.0]
+    assert build_loss("ce", False, 1.0, 1.0, None).class_weights is None
