@@ -62,8 +62,9 @@ def autoseg(args: list[str], log_path: Path) -> float:
 
 
 def mean_metrics(summary: dict) -> dict[str, dict[str, float]]:
-    """Per class (str label), every numeric mean metric of an evaluate summary (``mean`` and any
-    other top-level per-class tables such as lesion metrics); NaN becomes None."""
+    """Per class (str label), every numeric metric of an evaluate summary's per-class tables:
+    ``mean`` (means over cases) by name, others (``pooled``: lesion counts summed over cases) as
+    ``table.name``; NaN and ``null`` become None."""
     out: dict[str, dict[str, float]] = {}
     for key, table in summary.items():
         if key in ("per_case", "foreground_mean") or not isinstance(table, dict):
@@ -72,9 +73,9 @@ def mean_metrics(summary: dict) -> dict[str, dict[str, float]]:
             if not isinstance(metrics, dict):
                 continue
             for name, value in metrics.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
                     column = name if key == "mean" else f"{key}.{name}"
-                    out.setdefault(str(label), {})[column] = None if math.isnan(value) else value
+                    out.setdefault(str(label), {})[column] = None if value is None or math.isnan(value) else value
     return out
 
 
@@ -82,15 +83,21 @@ def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-LESION_WORDS = ("recall", "precision", "f1", "fp_vol", "fn_vol", "false_positive", "presence", "hd95", "nsd",
-                "surface")
+# the small class' columns, as ``autoseg evaluate`` names them (pooled: counts summed over cases)
+LESION_COLUMNS = ("pooled.lesion_recall", "pooled.lesion_precision", "pooled.lesion_f1", "pooled.lesion_dice",
+                  "pooled.presence_accuracy", "pooled.fp_volume_ml", "pooled.fn_volume_ml")
+LESION_WORDS = ("recall", "precision", "f1", "fp_vol", "fn_vol", "presence")
 
 
 def markdown(results: dict, labels: dict[int, str]) -> str:
+    """Dice per class and the small class' lesion metrics, one row per arm; columns missing from a
+    summary show as n/a (metric names not in ``LESION_COLUMNS`` are found by keyword)."""
     arms = list(results["arms"])
-    lesion_cols = sorted({c for a in arms for c in results["arms"][a]["metrics"].get(str(LESION), {})
-                          if any(w in c.lower() for w in LESION_WORDS)})
-    head = ["arm", "train s", *[f"Dice {labels.get(k, k)}" for k in sorted(labels) if k], *lesion_cols]
+    found = {c for a in arms for c in results["arms"][a]["metrics"].get(str(LESION), {})}
+    lesion_cols = [c for c in LESION_COLUMNS if c in found] or sorted(
+        c for c in found if any(w in c.lower() for w in LESION_WORDS))
+    head = ["arm", "train s", *[f"Dice {labels.get(k, k)}" for k in sorted(labels) if k],
+            *[f"{labels.get(LESION, LESION)}: {c.split('.')[-1].replace('_', ' ')}" for c in lesion_cols]]
     rows = []
     for arm in arms:
         r = results["arms"][arm]
