@@ -183,7 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device-profile", default=None,
-                   help="hardware to plan for: cpu, gpu-8gb (default), gpu-24gb, ...")
+                   help="hardware to plan for: cpu, gpu-8gb, gpu-24gb, gpu-40gb (default: detected; cpu "
+                        "when torch sees no GPU)")
+    p.add_argument("--time-budget", default=None,
+                   help="cpu profile: the training time you intend per fold (default 30m); the network "
+                        "width is chosen from speed measured on this machine to fit it")
     p.add_argument("--force-lowres", action="store_true",
                    help="also plan 3d_lowres and the cascade even where the automatic trigger does not fire")
 

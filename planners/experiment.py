@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import logging
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +19,10 @@ from autoseg.imageio import NATURAL_2D_ENDINGS
 from autoseg.plans import PLANS_SCHEMA_VERSION, ConfigurationPlan, NetworkPlan, Plans
 from autoseg.registry import Registry
 from autoseg.planners.classes import class_sizes, flag_small_classes
+from autoseg.planners.throughput import (DEFAULT_FOLD_BUDGET_S, adapt_to_throughput, detect_profile,
+                                         measure_step_seconds)
 from autoseg.planners.topology import estimate_memory_bytes, fit_topology
+from autoseg.training.budget import parse_duration
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +224,22 @@ def cli_plan(args: argparse.Namespace) -> int:
 
         raise UserFacingError(f"{fp_path} not found; run 'autoseg fingerprint -d {args.dataset}' first")
     fingerprint = load_fingerprint(fp_path)
-    plans = plan_experiment(fingerprint, args.device_profile or "gpu-8gb", args.force_lowres)
+    profile = args.device_profile or detect_profile()
+    plans = plan_experiment(fingerprint, profile, args.force_lowres)
+    if profile == "cpu":  # width from the speed measured on this machine (planners/throughput.py)
+        import torch
+
+        from autoseg.serialization import save_json
+
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        in_ch, n_cls = len(plans.channel_names), plans.num_classes
+        budget = parse_duration(args.time_budget) if getattr(args, "time_budget", None) else DEFAULT_FOLD_BUDGET_S
+        plans, report = adapt_to_throughput(
+            plans, lambda net, patch, batch: measure_step_seconds(net, patch, batch, in_ch, n_cls), budget)
+        save_json(report, folder / "throughput.json")
+        for name, r in report["configurations"].items():
+            log.info("%-18s width %d chosen from measured steps: %s", name, r["chosen_base_features"],
+                     ", ".join(f"{c['base_features']}: {c['seconds_per_step']:.2f} s" for c in r["candidates"]))
     save_plans(plans, folder / "plans.json")
     for cfg in plans.configurations.values():
         log.info("%-18s spacing %s patch %s batch %d features %s", cfg.name,

@@ -1,0 +1,135 @@
+"""Planning for the compute the user has: network width chosen from measured training speed.
+
+nnU-Net sizes every plan for an 8 GB GPU. On a CPU the same U-Net (Hippocampus: 32-256
+features, batch 7) takes seconds per iteration, and within hours it sees too few batches to
+learn anything (100 iterations in 18 minutes gave Dice 0.00 on this project's 2-core machine),
+while the same patch with half the width and batch 2 reached 0.86 in 24 minutes (1,750
+iterations). What a short budget buys is iterations, so on the ``cpu`` profile:
+
+1. the patch is planned as usual (the memory rule of the profile, up to the median image):
+   context is what segmentation accuracy depends on most, so it is the last thing given up;
+2. for each candidate width (``base_features`` in ``CANDIDATE_WIDTHS``, features doubling per stage
+   as usual) one training step (forward, deep-supervised loss, backward) of the planned batch is
+   timed on this machine (``measure_step_seconds``, ~1-3 s per candidate);
+3. the widest candidate that still trains ``MIN_ITERATIONS`` iterations within the per-fold
+   budget is chosen (``choose_width``); if none does, the narrowest.
+
+``MIN_ITERATIONS = 2500``: the hand-tuned nnU-Net run above was still improving at 1,750
+iterations; autoseg's own Hippocampus runs reach 0.85 Dice at about 1,000 iterations and keep
+improving to 3,000 (docs/benchmarks.md). Wider networks only pay off once enough iterations are
+affordable. Measured on this project's 2-core machine (Hippocampus 3d_fullres, patch 40x56x40,
+batch 2, raw step, busy machine): widths 32/24/16/8 took 1.29/1.06/0.42/0.28 s, so a 30-minute
+budget gets the 16-wide network (~3,700 iterations; the 24-wide one would get ~1,500) and a
+2-hour budget the 32-wide one (~4,800).
+The measurements are written next to the plans (``throughput.json``), so the choice can be
+checked and reproduced.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from autoseg.plans import ConfigurationPlan, NetworkPlan
+from autoseg.planners.topology import fit_topology
+
+CANDIDATE_WIDTHS = (32, 24, 16, 8)
+MIN_ITERATIONS = 2500
+DEFAULT_FOLD_BUDGET_S = 1800.0
+STEP_OVERHEAD = 1.15  # data loading, patch validation and checkpoints on top of the raw step
+
+StepTimer = Callable[[NetworkPlan, tuple[int, ...], int], float]  # (network, patch, batch) -> seconds per step
+
+
+@dataclass(frozen=True)
+class WidthMeasurement:
+    base_features: int
+    features_per_stage: tuple[int, ...]
+    seconds_per_step: float
+    iterations_in_budget: int
+
+
+def widen(cfg: ConfigurationPlan, base_features: int, max_features: int) -> ConfigurationPlan:
+    """``cfg`` with a network of another width (same patch, spacing, strides and kernels)."""
+    axes = cfg.spacing[1:] if cfg.network.dim == 2 else cfg.spacing
+    _, net = fit_topology(tuple(cfg.patch_size), tuple(axes), base_features, max_features,
+                          len(cfg.network.features_per_stage))
+    return dataclasses.replace(cfg, network=net)
+
+
+def choose_width(cfg: ConfigurationPlan, step_seconds: StepTimer, budget_s: float = DEFAULT_FOLD_BUDGET_S,
+                 max_features_ratio: int = 10) -> tuple[ConfigurationPlan, list[WidthMeasurement]]:
+    """The widest candidate network that trains ``MIN_ITERATIONS`` within ``budget_s`` (else the narrowest).
+
+    Example with a fake timer of 0.02 s per base feature: widths 32, 24, 16, 8 take 0.64, 0.48,
+    0.32, 0.16 s; 1800 s / (0.48 s * 1.15) = 3260 >= 2500, so 24 is chosen (32 gives 2445)."""
+    measured = []
+    for width in CANDIDATE_WIDTHS:
+        candidate = widen(cfg, width, width * max_features_ratio)
+        seconds = step_seconds(candidate.network, tuple(candidate.patch_size), candidate.batch_size)
+        measured.append(WidthMeasurement(width, candidate.network.features_per_stage, seconds,
+                                         int(budget_s / (seconds * STEP_OVERHEAD))))
+    fitting = [m for m in measured if m.iterations_in_budget >= MIN_ITERATIONS]
+    best = max(fitting, key=lambda m: m.base_features) if fitting else min(measured, key=lambda m: m.base_features)
+    return widen(cfg, best.base_features, best.base_features * max_features_ratio), measured
+
+
+def measure_step_seconds(net_plan: NetworkPlan, patch: tuple[int, ...], batch: int, in_channels: int = 1,
+                         num_classes: int = 3, repeats: int = 2) -> float:
+    """Seconds of one training step (forward, deep-supervised Dice+CE, backward, SGD) on random
+    data, on this process' torch threads: the best of ``repeats`` after one untimed step."""
+    import torch
+
+    from autoseg.training.loss import build_loss
+    from autoseg.training.network import UNet
+
+    torch.manual_seed(0)
+    net = UNet(net_plan, in_channels, num_classes, deep_supervision=True)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
+    x = torch.randn(batch, in_channels, *patch)
+    with torch.no_grad():
+        shapes = [o.shape[2:] for o in net(x)]
+    loss_fn = build_loss("dice_ce", False, 1.0, 1.0, len(shapes))
+    targets = [torch.randint(0, num_classes, (batch, 1, *s)) for s in shapes]
+    best = float("inf")
+    for k in range(repeats + 1):
+        started = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss_fn(net(x), targets).backward()
+        opt.step()
+        if k:
+            best = min(best, time.perf_counter() - started)
+    return best
+
+
+def adapt_to_throughput(plans, step_seconds: StepTimer, budget_s: float = DEFAULT_FOLD_BUDGET_S):
+    """``plans`` with every configuration's width chosen by ``choose_width``; also returns the
+    measurements per configuration (JSON-ready). A cascade stage gets its fullres stage's network."""
+    configs, report = dict(plans.configurations), {}
+    for name, cfg in plans.configurations.items():
+        if cfg.previous_stage:
+            continue
+        configs[name], measured = choose_width(cfg, step_seconds, budget_s)
+        report[name] = {"chosen_base_features": configs[name].network.features_per_stage[0],
+                        "patch_size": list(cfg.patch_size), "batch_size": cfg.batch_size,
+                        "candidates": [dataclasses.asdict(m) for m in measured]}
+    for name, cfg in plans.configurations.items():
+        if cfg.previous_stage:
+            source = configs.get(cfg.preprocessed_name, cfg)
+            configs[name] = dataclasses.replace(cfg, network=source.network)
+    return dataclasses.replace(plans, configurations=configs), {
+        "fold_budget_s": budget_s, "min_iterations": MIN_ITERATIONS, "step_overhead": STEP_OVERHEAD,
+        "configurations": report}
+
+
+def detect_profile() -> str:
+    """The device profile for this machine: a CUDA GPU by its memory, else ``cpu``."""
+    import torch
+
+    if torch.cuda.is_available():
+        gb = torch.cuda.get_device_properties(0).total_memory / 1e9
+        return "gpu-8gb" if gb < 20 else "gpu-24gb" if gb < 36 else "gpu-40gb"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "gpu-8gb"
+    return "cpu"

@@ -1,0 +1,71 @@
+"""Width chosen from measured speed (cpu profile): the rule by hand with fake timers, and a real measurement."""
+import json
+from pathlib import Path
+
+import pytest
+
+from autoseg.cli import main
+from autoseg.fingerprint_types import load_fingerprint
+from autoseg.planners.experiment import plan_experiment
+from autoseg.planners.throughput import (MIN_ITERATIONS, STEP_OVERHEAD, adapt_to_throughput, choose_width,
+                                         measure_step_seconds)
+from autoseg.plans import NetworkPlan
+
+
+@pytest.fixture(scope="module")
+def hippocampus():
+    return load_fingerprint(Path(__file__).parent / "data" / "hippocampus_fingerprint.json")
+
+
+def per_feature(seconds: float):
+    return lambda net, patch, batch: seconds * net.features_per_stage[0]
+
+
+def test_choose_width_example_from_the_docstring(hippocampus):
+    cfg = plan_experiment(hippocampus, "cpu").configuration("3d_fullres")
+    chosen, measured = choose_width(cfg, per_feature(0.02), budget_s=1800)
+    assert [m.base_features for m in measured] == [32, 24, 16, 8]
+    assert [m.iterations_in_budget for m in measured] == [int(1800 / (0.02 * w * STEP_OVERHEAD))
+                                                          for w in (32, 24, 16, 8)]
+    assert measured[0].iterations_in_budget < MIN_ITERATIONS <= measured[1].iterations_in_budget
+    assert chosen.network.features_per_stage == (24, 48, 96, 192)
+    # same patch, strides and kernels: only the width changes
+    assert chosen.patch_size == cfg.patch_size and chosen.network.strides == cfg.network.strides
+
+
+def test_more_budget_buys_a_wider_network_and_none_fitting_gives_the_narrowest(hippocampus):
+    cfg = plan_experiment(hippocampus, "cpu").configuration("3d_fullres")
+    assert choose_width(cfg, per_feature(0.02), budget_s=7200)[0].network.features_per_stage[0] == 32
+    assert choose_width(cfg, per_feature(0.02), budget_s=60)[0].network.features_per_stage[0] == 8
+
+
+def test_cpu_plans_differ_from_gpu_plans_and_fit_the_budget(hippocampus):
+    gpu = plan_experiment(hippocampus, "gpu-8gb").configuration("3d_fullres")
+    plans, report = adapt_to_throughput(plan_experiment(hippocampus, "cpu"), per_feature(0.02), 1800)
+    cpu = plans.configuration("3d_fullres")
+    assert gpu.batch_size == 7 and cpu.batch_size == 2
+    assert cpu.network.features_per_stage[0] < gpu.network.features_per_stage[0]
+    chosen = report["configurations"]["3d_fullres"]
+    seconds = next(c["seconds_per_step"] for c in chosen["candidates"]
+                   if c["base_features"] == chosen["chosen_base_features"])
+    assert 1800 / (seconds * STEP_OVERHEAD) >= MIN_ITERATIONS  # the chosen network fits the budget
+    json.dumps(report)
+
+
+def test_measure_step_seconds_runs_a_real_step():
+    net = NetworkPlan(dim=2, features_per_stage=(4, 8), kernel_sizes=((3, 3), (3, 3)), strides=((1, 1), (2, 2)))
+    seconds = measure_step_seconds(net, (16, 16), 2, in_channels=1, num_classes=3, repeats=1)
+    assert 0 < seconds < 5
+
+
+def test_cli_cpu_plan_writes_the_measurements(synth_dataset, workspace):
+    assert main(["plan_and_preprocess", "-d", "901", "-np", "1", "--device-profile", "cpu", "-c", "3d_fullres",
+                 "--time-budget", "10m", "--root", str(workspace)]) == 0
+    folder = workspace / "preprocessed" / "Dataset901_Synth"
+    report = json.loads((folder / "throughput.json").read_text())
+    plans = json.loads((folder / "plans.json").read_text())
+    assert report["fold_budget_s"] == 600
+    entry = report["configurations"]["3d_fullres"]
+    assert [c["base_features"] for c in entry["candidates"]] == [32, 24, 16, 8]
+    features = plans["configurations"]["3d_fullres"]["network"]["features_per_stage"]
+    assert features[0] == entry["chosen_base_features"]
