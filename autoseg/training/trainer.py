@@ -69,7 +69,7 @@ class _StopRequest:
 
 
 def _empty_history() -> dict:
-    return {k: [] for k in ("train_loss", "val_loss", "pseudo_dice", "ema_dice", "lr", "epoch_time")}
+    return {k: [] for k in ("train_loss", "val_loss", "pseudo_dice", "ema_dice", "lr", "epoch_time", "data_wait")}
 
 
 def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: TrainConfig, variant: str = "default",
@@ -148,9 +148,10 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
                             cfg.augmentation, scales, cfg.seed)
     val_src = BatchSource(data_dir, val_ids, cp, batch_size, cfg.oversample_foreground_percent, None, None,
                           cfg.seed + 1)
-    log.info("training %s %s fold %s on %s: %d epochs x %d iterations, batch %d, patch %s, %d train / %d val cases",
-             name, configuration, fold, dev, cfg.num_epochs, n_it, batch_size, cp.patch_size,
-             len(train_ids), len(val_ids))
+    schedule = (f"time budget {cfg.time_budget_s:.0f} s (schedule fitted after {WARMUP_ITERATIONS} iterations)"
+                if budget.active and not budget.fitted else f"{budget.cfg.num_epochs} epochs x {n_it} iterations")
+    log.info("training %s %s fold %s on %s: %s, batch %d, patch %s, %d train / %d val cases",
+             name, configuration, fold, dev, schedule, batch_size, cp.patch_size, len(train_ids), len(val_ids))
 
     def checkpoint(path_name: str) -> None:
         save_checkpoint({
@@ -171,15 +172,19 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
                 for g in opt.param_groups:
                     g["lr"] = lr
                 net.train()
-                losses = []
+                losses, waited, trained = [], 0.0, 0.0
                 bar = tqdm(total=n_it, initial=iteration % n_it, desc=f"epoch {epoch}", unit="it", leave=False,
                            disable=None)
                 while iteration < (epoch + 1) * n_it:
                     step_started = time.perf_counter()
                     batch = next(batches)
+                    waited += time.perf_counter() - step_started
                     losses.append(_train_step(net, loss_fn, opt, scaler, batch, dev, cfg.grad_clip))
                     iteration += 1
-                    budget.step_times.append(time.perf_counter() - step_started)
+                    step_s = time.perf_counter() - step_started
+                    trained += step_s
+                    if budget.active and not budget.fitted:
+                        budget.step_times.append(step_s)
                     bar.update()
                     bar.set_postfix(loss=f"{losses[-1]:.3f}")
                     if stop.requested:
@@ -196,8 +201,9 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
                     cfg.ema_alpha * history["ema_dice"][-1] + (1 - cfg.ema_alpha) * dice.mean())
                 for key, value in (("train_loss", float(np.mean(losses))), ("val_loss", val_loss),
                                    ("pseudo_dice", [float(d) for d in dice]), ("ema_dice", float(ema)),
-                                   ("lr", lr), ("epoch_time", time.perf_counter() - started)):
-                    history[key].append(value)
+                                   ("lr", lr), ("epoch_time", time.perf_counter() - started),
+                                   ("data_wait", waited / max(trained, 1e-9))):
+                    history.setdefault(key, []).append(value)
                 log.info(format_epoch(history, epoch))
                 if budget.active:
                     budget.refit(epoch + 1, history["epoch_time"])
