@@ -14,8 +14,8 @@ What it measures, for each tool, in fresh temporary workspaces on the same data:
   ``nnUNet_def_n_proc=2`` (so its integrity check and fingerprint use 2 processes, like autoseg's
   ``-np 2``; its default would be 8).
 - autoseg (``/work/venv/bin/autoseg``): untimed ``autoseg convert_msd -i TASK --root TMP``, then
-  timed ``autoseg plan_and_preprocess -d 4 --root TMP -np 2 -c 3d_fullres 2d`` (default device
-  profile, i.e. the gpu-8gb plans that match nnU-Net's; the integrity check always runs).
+  timed ``autoseg plan_and_preprocess -d 4 --root TMP -np 2 -c 3d_fullres 2d --device-profile gpu-8gb``
+  (the plans that match nnU-Net's; the integrity check always runs).
 Both timed commands include: integrity check, fingerprint, planning, preprocessing of 3d_fullres
 and 2d. Reported: wall time (s), peak RSS summed over the process tree (MB, sampled every 50 ms),
 the largest single-process RSS (MB), the number of preprocessed cases per configuration, and the
@@ -108,7 +108,7 @@ def run_autoseg(task: Path, root: Path, num_processes: int, configurations: tupl
     run_untimed([AUTOSEG, "convert_msd", "-i", task, "--root", root, "-np", str(num_processes)],
                 log_path=logs / "autoseg_convert.log")
     m = measure([AUTOSEG, "plan_and_preprocess", "-d", str(DATASET_ID), "--root", root, "-np", str(num_processes),
-                 "-c", *configurations, *extra], log_path=logs / "autoseg_plan_and_preprocess.log")
+                 "-c", *configurations, "--device-profile", "gpu-8gb", *extra], log_path=logs / "autoseg_plan_and_preprocess.log")
     pre = root / "preprocessed" / NNUNET_DATASET
     return {"measurement": m, "cases": {c: count_cases(pre / c, "*.data.b2") for c in configurations}}
 
