@@ -31,6 +31,7 @@ from autoseg.training.dataloader import BatchSource, iterate
 from autoseg.training.loss import build_loss
 from autoseg.training.network import build_network, deep_supervision_scales
 from autoseg.training.progress import format_epoch, plot_progress
+from autoseg.training.small_classes import resolve_small_classes
 from autoseg.training.splits import get_split
 from autoseg.training.train_config import TrainConfig
 
@@ -121,8 +122,10 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     batch_size = cfg.batch_size or cp.batch_size
     scales = deep_supervision_scales(cp) if cfg.deep_supervision else None
     net = build_network(plans, configuration, cfg.deep_supervision).to(dev)
+    small = resolve_small_classes(cfg, cp, plans.num_classes)
     loss_fn = build_loss(cfg.loss, cp.batch_dice if cfg.batch_dice is None else cfg.batch_dice,
-                         cfg.ce_weight, cfg.dice_weight, len(scales) if scales else None)
+                         cfg.ce_weight, cfg.dice_weight, len(scales) if scales else None,
+                         small.ce_weights, small.batch_dice_classes)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.initial_lr, momentum=cfg.momentum,
                           nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     use_amp = dev.type == "cuda"
@@ -145,13 +148,15 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     n_it, n_val = budget.cfg.num_iterations_per_epoch, budget.cfg.num_val_iterations_per_epoch
     total = budget.total_iterations
     train_src = BatchSource(data_dir, train_ids, cp, batch_size, cfg.oversample_foreground_percent,
-                            cfg.augmentation, scales, cfg.seed)
+                            cfg.augmentation, scales, cfg.seed, small.shares)
     val_src = BatchSource(data_dir, val_ids, cp, batch_size, cfg.oversample_foreground_percent, None, None,
                           cfg.seed + 1)
     schedule = (f"time budget {cfg.time_budget_s:.0f} s (schedule fitted after {WARMUP_ITERATIONS} iterations)"
                 if budget.active and not budget.fitted else f"{budget.cfg.num_epochs} epochs x {n_it} iterations")
     log.info("training %s %s fold %s on %s: %s, batch %d, patch %s, %d train / %d val cases",
              name, configuration, fold, dev, schedule, batch_size, cp.patch_size, len(train_ids), len(val_ids))
+    if small.active:
+        log.info("%s", small.describe())
 
     def checkpoint(path_name: str) -> None:
         save_checkpoint({

@@ -90,3 +90,26 @@ def test_cli_train_writes_every_artifact_and_validation(prepared):
     (fold / "validation" / "summary.json").unlink()
     assert main(["train", "3d_fullres", "1", "-d", "901", "--root", root, "--val"]) == 0
     assert (fold / "validation" / "summary.json").is_file()
+
+
+def test_small_class_settings_reach_the_sampler_and_loss(prepared, monkeypatch):
+    seen = {}
+    real_source, real_loss = trainer.BatchSource, trainer.build_loss
+
+    def source(*args, **kwargs):
+        seen.setdefault("shares", []).append(args[8] if len(args) > 8 else kwargs.get("class_shares"))
+        return real_source(*args, **kwargs)
+
+    def loss(*args):
+        seen["loss_args"] = args
+        return real_loss(*args)
+
+    monkeypatch.setattr(trainer, "BatchSource", source)
+    monkeypatch.setattr(trainer, "build_loss", loss)
+    cfg = dataclasses.replace(small_config(1), small_classes=(1,), small_class_ce_weight=3.0)
+    fold = trainer.train_fold(prepared, "901", "3d_fullres", 0, cfg, variant="s", validate=False)
+    assert seen["shares"][0] == {1: pytest.approx(cfg.small_class_oversample)}  # training batches
+    num_classes = len(seen["loss_args"][5])
+    assert seen["loss_args"][5] == tuple(3.0 if k == 1 else 1.0 for k in range(num_classes))
+    assert seen["loss_args"][6] == (1,)
+    assert "small classes (1,)" in (fold / "training.log").read_text()
