@@ -200,8 +200,10 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
                         total = budget.total_iterations
                         save_json(budget.cfg, out / "train_config.json")
                 bar.close()
+                val_started = time.perf_counter()
                 val_loss, dice = _validate_patches(net, loss_fn, val_src, epoch * n_val, n_val, dev, num_classes,
                                                    scales)
+                forward_s = (time.perf_counter() - val_started) / max(1, n_val * batch_size)
                 ema = dice.mean() if not history["ema_dice"] else (
                     cfg.ema_alpha * history["ema_dice"][-1] + (1 - cfg.ema_alpha) * dice.mean())
                 for key, value in (("train_loss", float(np.mean(losses))), ("val_loss", val_loss),
@@ -211,7 +213,7 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
                     history.setdefault(key, []).append(value)
                 log.info(format_epoch(history, epoch))
                 if budget.active:
-                    budget.refit(epoch + 1, history["epoch_time"])
+                    budget.refit(epoch + 1, history["epoch_time"], forward_s)
                     total = budget.total_iterations
                     save_json(budget.cfg, out / "train_config.json")
                 if ema > best_ema:
@@ -293,7 +295,13 @@ class _Budget:
                  "-> %d epochs x %d iterations (%d in all)", self.cfg.time_budget_s, per_it, per_forward,
                  self.validation_s, sched.num_epochs, sched.num_iterations_per_epoch, sched.total_iterations)
 
-    def refit(self, completed_epochs: int, epoch_times: list[float]) -> None:
+    def refit(self, completed_epochs: int, epoch_times: list[float], forward_s: float | None = None) -> None:
+        """Re-fit the number of epochs; ``forward_s`` (seconds per sample in this epoch's patch
+        validation) re-estimates the final validation, so a slow spell during the warm-up's
+        measurement does not shorten the whole run."""
+        if forward_s is not None and forward_s > 0:
+            self.validation_s = VALIDATION_SAFETY * estimate_validation_seconds(
+                self.val_shapes, self.patch, self.cfg.validation_mirroring, self.cfg.validation_step_size, forward_s)
         recent = epoch_times[1:][-3:] or epoch_times[-1:]  # epoch 0 includes start-up and the warm-up
         epochs = refit_epochs(self.cfg.time_budget_s, self.elapsed(), completed_epochs, recent,
                               self.validation_s, self.cfg.num_epochs)
