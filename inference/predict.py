@@ -107,7 +107,7 @@ def predict_folder(input_dir, output_dir, ws: Workspace, dataset: str, configura
             probs /= len(predictors)
             seg = probs.argmax(0).astype(np.uint8)
             if postprocess:
-                seg = apply_postprocessing(seg, postprocessing)
+                seg = apply_postprocessing(seg, postprocessing, probs)
             write_image(seg, geometry, target)
             if save_probabilities:
                 save_probs(out / case.case_id, probs, geometry)

@@ -1,50 +1,84 @@
 """Connected-component postprocessing, learned from cross-validation predictions.
 
-Steps, tried in this order and each kept only if it raises the mean foreground Dice over the
-cross-validation cases and lowers no class's Dice:
+Steps, tried in this order on the cross-validation cases (docs/metrics.md has the exact rules):
+
+Dice-driven, each kept only if it raises the mean foreground Dice, lowers no class's Dice and
+lowers no class's lesion F1:
 1. keep the largest connected component of all foreground together;
 2. per class, keep the largest component of that class;
 3. per class, remove components smaller than a threshold chosen from the data: candidates are
    quantiles of the sizes of the predicted components that overlap no reference (false
    positives). Unlike keep-largest, this keeps several true lesions while removing specks.
-Components use full connectivity (26 neighbours in 3D).
+
+Lesion-driven, per class, each kept only if it raises that class's lesion F1 (pooled over the
+cases) without lowering the mean Dice, any class's Dice or any other class's F1:
+4. a case-level presence rule: keep the class in a case only if its largest component has at
+   least ``min_size`` voxels and its highest softmax probability is at least
+   ``min_probability`` (learned when the validation probabilities are there), otherwise set the
+   whole class to background in that case;
+5. a minimum component size, candidates as in 3 (judged on lesion F1 this time).
+
+Components use full connectivity (26 neighbours in 3D), ``lesions.label_components``.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
-from autoseg.postprocess.lesions import label_components
+from autoseg.errors import UserFacingError
+from autoseg.postprocess.lesions import LESION_COUNT_KEYS, detection_scores, label_components
 from autoseg.postprocess.metrics import case_metrics, nanmean
 
 log = logging.getLogger(__name__)
+STEP_KINDS = ("keep_largest_foreground", "keep_largest", "remove_small", "presence")
 
 
 @dataclass(frozen=True)
 class PostprocessingStep:
-    kind: str  # "keep_largest_foreground" | "keep_largest" | "remove_small"
+    """One step. ``min_size`` in voxels; ``min_probability`` a softmax probability (0: no gate).
+
+    - ``keep_largest_foreground``: keep the largest component of all foreground together;
+    - ``keep_largest``: keep the largest component of class ``label``;
+    - ``remove_small``: remove components of ``label`` with fewer than ``min_size`` voxels;
+    - ``presence``: remove class ``label`` from the case unless its largest component has
+      ``>= min_size`` voxels and its highest probability is ``>= min_probability``.
+    """
+
+    kind: str
     label: int = 0
     min_size: int = 0
+    min_probability: float = 0.0
 
 
 @dataclass(frozen=True)
 class Postprocessing:
     steps: tuple[PostprocessingStep, ...] = ()
 
+    @property
+    def needs_probabilities(self) -> bool:
+        return any(s.kind == "presence" and s.min_probability > 0 for s in self.steps)
+
 
 _components = label_components  # one connectivity for postprocessing and lesion metrics
 
 
 def keep_largest_component(seg: np.ndarray, label: int | None = None) -> np.ndarray:
-    """Keep only the largest component of ``label`` (None: of all foreground together)."""
+    """Keep only the largest component of ``label`` (None: of all foreground together).
+
+    Returns ``seg`` itself when nothing is removed, else a modified copy.
+    """
     mask = seg > 0 if label is None else seg == label
     if not mask.any():
         return seg
     comp, sizes = _components(mask)
+    if len(sizes) <= 2:
+        return seg
     sizes[0] = 0
     out = seg.copy()
     out[mask & (comp != int(np.argmax(sizes)))] = 0
@@ -59,38 +93,132 @@ def remove_small_components(seg: np.ndarray, label: int, min_size: int) -> np.nd
     comp, sizes = _components(mask)
     small = sizes < min_size
     small[0] = False
+    if not small.any():
+        return seg
     out = seg.copy()
     out[small[comp] & mask] = 0
     return out
 
 
-def apply_step(seg: np.ndarray, step: PostprocessingStep) -> np.ndarray:
+def presence_features(seg: np.ndarray, label: int, probabilities: np.ndarray | None = None) -> tuple[int, float]:
+    """(largest component size in voxels, highest probability of ``label`` over its voxels) of a case.
+
+    (0, NaN) when the class is absent; the probability is NaN without ``probabilities``
+    ((K, *seg.shape) softmax).
+    """
+    mask = seg == label
+    if not mask.any():
+        return 0, math.nan
+    _, sizes = _components(mask)
+    top = math.nan
+    if probabilities is not None:
+        if probabilities.shape[1:] != seg.shape or label >= probabilities.shape[0]:
+            raise ValueError(f"probabilities of shape {probabilities.shape} do not fit a segmentation of shape "
+                             f"{seg.shape} with class {label}")
+        top = float(probabilities[label][mask].max())
+    return int(sizes[1:].max()), top
+
+
+def apply_presence(seg: np.ndarray, label: int, min_size: int, min_probability: float = 0.0,
+                   probabilities: np.ndarray | None = None) -> np.ndarray:
+    """Remove ``label`` from the case unless its largest component and top probability pass."""
+    if min_probability > 0 and probabilities is None:
+        raise UserFacingError(f"the learned postprocessing keeps class {label} only where its softmax probability "
+                              f"reaches {min_probability:.3f}, but no probabilities were given; predict with "
+                              "'autoseg predict' (which has them), or keep the {case}.npz files written with "
+                              "--save_probabilities beside the segmentations")
+    size, top = presence_features(seg, label, probabilities if min_probability > 0 else None)
+    if size == 0 or (size >= min_size and (min_probability <= 0 or top >= min_probability)):
+        return seg
+    out = seg.copy()
+    out[seg == label] = 0
+    return out
+
+
+def apply_step(seg: np.ndarray, step: PostprocessingStep, probabilities: np.ndarray | None = None) -> np.ndarray:
+    """Apply one step; ``probabilities`` ((K, *seg.shape) softmax) only matter to a presence step."""
     if step.kind == "keep_largest_foreground":
         return keep_largest_component(seg, None)
     if step.kind == "keep_largest":
         return keep_largest_component(seg, step.label)
     if step.kind == "remove_small":
         return remove_small_components(seg, step.label, step.min_size)
+    if step.kind == "presence":
+        return apply_presence(seg, step.label, step.min_size, step.min_probability, probabilities)
     raise ValueError(f"unknown postprocessing step '{step.kind}'")
 
 
-def apply_postprocessing(seg: np.ndarray, postprocessing: Postprocessing) -> np.ndarray:
+def apply_postprocessing(seg: np.ndarray, postprocessing: Postprocessing,
+                         probabilities: np.ndarray | None = None) -> np.ndarray:
+    """Apply the steps in order. ``probabilities``: the case's softmax (K, *seg.shape), needed
+    when ``postprocessing.needs_probabilities``."""
     for step in postprocessing.steps:
-        seg = apply_step(seg, step)
+        seg = apply_step(seg, step, probabilities)
     return seg
 
 
-def _scores(cases: list[tuple[np.ndarray, np.ndarray]], labels: list[int]) -> dict[int, float]:
-    per_case = [case_metrics(ref, pred, labels) for pred, ref in cases]
-    return {label: nanmean([m[label]["dice"] for m in per_case]) for label in labels}
+# ---------------------------------------------------------------------------------------------
+# Learning from cross-validation predictions
+
+Case = tuple[np.ndarray, np.ndarray]  # (prediction, reference) label maps
+Metrics = dict[int, dict]  # class -> case_metrics entry (voxel and lesion, no surface)
 
 
-def _better(new: dict[int, float], old: dict[int, float]) -> bool:
-    def v(x):
-        return -1.0 if np.isnan(x) else x
+@dataclass(frozen=True)
+class Scores:
+    """Per class: mean Dice over cases (NaN left out) and lesion F1 pooled over cases."""
 
-    mean_new, mean_old = nanmean(list(new.values())), nanmean(list(old.values()))
-    return mean_new > mean_old + 1e-6 and all(v(new[k]) >= v(old[k]) - 1e-9 for k in new)
+    dice: dict[int, float]
+    f1: dict[int, float]
+
+    @property
+    def mean_dice(self) -> float:
+        return nanmean(list(self.dice.values()))
+
+
+def _metrics(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> Metrics:
+    return case_metrics(ref, pred, list(labels), surface=False)
+
+
+def _scores(per_case: list[Metrics], labels: Sequence[int]) -> Scores:
+    dice = {label: nanmean([m[label]["dice"] for m in per_case]) for label in labels}
+    f1 = {}
+    for label in labels:
+        n_ref, n_pred, detected, true_pred = (sum(m[label][k] for m in per_case) for k in LESION_COUNT_KEYS)
+        f1[label] = detection_scores(n_ref, detected, n_pred, true_pred)["lesion_f1"]
+    return Scores(dice, f1)
+
+
+def _v(x: float) -> float:
+    return -1.0 if math.isnan(x) else x
+
+
+def _no_worse(new: Scores, old: Scores, skip_f1: int | None = None) -> bool:
+    return (all(_v(new.dice[k]) >= _v(old.dice[k]) - 1e-9 for k in new.dice)
+            and all(_v(new.f1[k]) >= _v(old.f1[k]) - 1e-9 for k in new.f1 if k != skip_f1))
+
+
+def _better(new: Scores, old: Scores) -> bool:
+    """Dice-driven rule: the mean Dice rises, and no class's Dice or lesion F1 falls."""
+    return _v(new.mean_dice) > _v(old.mean_dice) + 1e-6 and _no_worse(new, old)
+
+
+def _lesion_better(new: Scores, old: Scores, label: int) -> bool:
+    """Lesion-driven rule: ``label``'s F1 rises; no Dice (mean or class) and no other F1 falls."""
+    return (_v(new.f1[label]) > _v(old.f1[label]) + 1e-6 and _v(new.mean_dice) >= _v(old.mean_dice) - 1e-9
+            and _no_worse(new, old, skip_f1=label))
+
+
+def _trial(current: list[Case], metrics: list[Metrics], step: PostprocessingStep,
+           labels: Sequence[int]) -> tuple[list[Case], list[Metrics]]:
+    """Apply ``step`` to every case; recompute metrics only of changed cases and touched classes."""
+    touched = list(labels) if step.kind == "keep_largest_foreground" else [step.label]
+    cases, per_case = [], []
+    for (p, r), m in zip(current, metrics):
+        q = apply_step(p, step)
+        cases.append((q, r))
+        per_case.append(m if q is p else {**m, **_metrics(q, r, touched)})
+    return cases, per_case
 
 
 def _false_positive_sizes(cases, label: int) -> list[int]:
@@ -107,43 +235,150 @@ def _false_positive_sizes(cases, label: int) -> list[int]:
     return sizes
 
 
-def learn_postprocessing(cases: list[tuple[np.ndarray, np.ndarray]], labels: list[int]) -> tuple[Postprocessing, dict]:
-    """Learn steps from (prediction, reference) pairs; return them and the Dice before/after."""
+def _size_candidates(sizes: list[int]) -> list[int]:
+    return sorted({int(np.percentile(sizes, q)) + 1 for q in (25, 50, 75, 90, 100)})
+
+
+def _gap_thresholds(values: list[float], integer: bool) -> list[float]:
+    """One threshold inside each gap between consecutive distinct values (``keep if value >= t``).
+
+    Sizes: the geometric midpoint rounded up, at least the lower value + 1; probabilities: the
+    arithmetic midpoint.
+    """
+    u = sorted(set(values))
+    if integer:
+        return [float(min(max(math.ceil(math.sqrt(a * b)), a + 1), b)) for a, b in zip(u, u[1:])]
+    return [(a + b) / 2 for a, b in zip(u, u[1:])]
+
+
+def _learn_presence(current: list[Case], metrics: list[Metrics], features: list[tuple[int, float]], label: int,
+                    labels: Sequence[int], best: Scores) -> tuple[PostprocessingStep, list[Case], list[Metrics],
+                                                                  Scores] | None:
+    """The presence rule for ``label`` with the best F1 that passes the lesion-driven rule, or None.
+
+    Removing a class from a case changes only that case's metrics of that class, so the outcome
+    of every candidate rule is combined from two precomputed per-case results (kept, removed).
+    Candidates: every pair of gap thresholds on the largest-component size (and on the top
+    probability when every case has it), 0 meaning no gate on that feature. Ties in F1 go to the
+    higher mean Dice, then to fewer gates, then to fewer cases removed.
+    """
+    present = [i for i, (size, _) in enumerate(features) if size > 0]
+    if len(present) < 2:
+        return None
+    sizes = [features[i][0] for i in present]
+    probs = [features[i][1] for i in present]
+    size_cands = [0.0] + _gap_thresholds(sizes, integer=True)
+    use_prob = not any(math.isnan(p) for p in probs)
+    prob_cands = [0.0] + (_gap_thresholds(probs, integer=False) if use_prob else [])
+    if len(size_cands) * len(prob_cands) == 1:
+        return None
+    removed_metrics = {}
+    for i in present:
+        pred, ref = current[i]
+        dropped = np.where(pred == label, 0, pred).astype(pred.dtype)
+        removed_metrics[i] = (dropped, _metrics(dropped, ref, [label])[label])
+    size_arr, prob_arr = np.asarray(sizes, float), np.asarray(probs if use_prob else [1.0] * len(present))
+    chosen = None
+    for s_min in size_cands:
+        for p_min in prob_cands:
+            if s_min == 0 and p_min == 0:
+                continue
+            keep = (size_arr >= s_min) & (prob_arr >= p_min)
+            if keep.all():
+                continue
+            per_case = list(metrics)
+            for i, k in zip(present, keep):
+                if not k:
+                    per_case[i] = {**metrics[i], label: removed_metrics[i][1]}
+            scores = _scores(per_case, labels)
+            if not _lesion_better(scores, best, label):
+                continue
+            key = (_v(scores.f1[label]), _v(scores.mean_dice), -((s_min > 0) + (p_min > 0)), int(keep.sum()))
+            if chosen is None or key > chosen[0]:
+                chosen = (key, s_min, p_min, keep, per_case, scores)
+    if chosen is None:
+        return None
+    _, s_min, p_min, keep, per_case, scores = chosen
+    cases = list(current)
+    for i, k in zip(present, keep):
+        if not k:
+            cases[i] = (removed_metrics[i][0], current[i][1])
+    return PostprocessingStep("presence", label, int(s_min), float(p_min)), cases, per_case, scores
+
+
+ProbabilityLoader = Callable[[], np.ndarray]
+
+
+def learn_postprocessing(cases: list[Case], labels: list[int],
+                         probabilities: Sequence[ProbabilityLoader] | None = None) -> tuple[Postprocessing, dict]:
+    """Learn steps from (prediction, reference) pairs, the cross-validation predictions.
+
+    ``probabilities``: optional, one loader per case returning its softmax (K, *shape); with
+    them the presence rule may also gate on the top probability. Returns the steps and their
+    effect: ``before``/``after`` (mean Dice per class) and ``lesion_f1_before``/``_after``
+    (pooled lesion F1 per class).
+    """
     steps: list[PostprocessingStep] = []
     current = [(p, r) for p, r in cases]
-    best = _scores(current, labels)
-    before = dict(best)
+    metrics = [_metrics(p, r, labels) for p, r in current]
+    best = _scores(metrics, labels)
+    first = best
 
-    def attempt(step: PostprocessingStep) -> bool:
-        nonlocal current, best
-        trial = [(apply_step(p, step), r) for p, r in current]
-        scores = _scores(trial, labels)
+    def attempt(step: PostprocessingStep) -> None:
+        nonlocal current, metrics, best
+        trial, per_case = _trial(current, metrics, step, labels)
+        scores = _scores(per_case, labels)
         if _better(scores, best):
             steps.append(step)
-            current, best = trial, scores
-            return True
-        return False
+            current, metrics, best = trial, per_case, scores
 
+    def best_min_size(label: int, better: Callable[[Scores, Scores], bool]) -> None:
+        """The candidate that passes ``better`` against the current scores and beats (by the
+        same rule) every other passing candidate tried before it (smaller thresholds first)."""
+        nonlocal current, metrics, best
+        sizes = _false_positive_sizes(current, label)
+        if not sizes:
+            return
+        chosen = None
+        for size in _size_candidates(sizes):
+            step = PostprocessingStep("remove_small", label, size)
+            trial, per_case = _trial(current, metrics, step, labels)
+            scores = _scores(per_case, labels)
+            if better(scores, best) and (chosen is None or better(scores, chosen[3])):
+                chosen = (step, trial, per_case, scores)
+        if chosen is not None:
+            steps.append(chosen[0])
+            current, metrics, best = chosen[1], chosen[2], chosen[3]
+
+    # Dice-driven steps
     if len(labels) > 1:
         attempt(PostprocessingStep("keep_largest_foreground"))
     for label in labels:
         attempt(PostprocessingStep("keep_largest", label))
     for label in labels:
-        sizes = _false_positive_sizes(current, label)
-        if not sizes:
-            continue
-        candidates = sorted({int(np.percentile(sizes, q)) + 1 for q in (25, 50, 75, 90, 100)})
-        chosen = None  # the candidate with the best mean Dice that passes the no-class-worse rule
-        for size in candidates:
-            step = PostprocessingStep("remove_small", label, size)
-            trial = [(apply_step(p, step), r) for p, r in current]
-            scores = _scores(trial, labels)
-            if _better(scores, best) and (chosen is None or _better(scores, chosen[2])):
-                chosen = (step, trial, scores)
-        if chosen is not None:
-            steps.append(chosen[0])
-            current, best = chosen[1], chosen[2]
-    return Postprocessing(tuple(steps)), {"before": before, "after": best}
+        best_min_size(label, _better)
+
+    # lesion-driven steps
+    features = _presence_features(current, labels, probabilities)
+    for label in labels:
+        learned = _learn_presence(current, metrics, features[label], label, labels, best)
+        if learned is not None:
+            steps.append(learned[0])
+            current, metrics, best = learned[1], learned[2], learned[3]
+        best_min_size(label, lambda new, old, c=label: _lesion_better(new, old, c))
+    effect = {"before": first.dice, "after": best.dice, "lesion_f1_before": first.f1, "lesion_f1_after": best.f1}
+    return Postprocessing(tuple(steps)), effect
+
+
+def _presence_features(current: list[Case], labels: Sequence[int], probabilities: Sequence[ProbabilityLoader] | None
+                       ) -> dict[int, list[tuple[int, float]]]:
+    """Per class, per case: (largest component size, top probability or NaN), loading each softmax once."""
+    out: dict[int, list[tuple[int, float]]] = {label: [] for label in labels}
+    for i, (pred, _) in enumerate(current):
+        probs = probabilities[i]() if probabilities is not None else None
+        for label in labels:
+            out[label].append(presence_features(pred, label, probs))
+    return out
 
 
 def cli_apply_postprocessing(args: argparse.Namespace) -> int:
@@ -159,13 +394,24 @@ def cli_apply_postprocessing(args: argparse.Namespace) -> int:
         selection = load_json_as(Selection, args.selection)
     else:
         selection = load_selection(ws.results_dataset(args.dataset))
+    pp = selection.postprocessing
     out = Path(args.output)
     count = 0
     for p in sorted(Path(args.input).iterdir()):
         if p.name.startswith(".") or not p.name.endswith(SUPPORTED_ENDINGS):
             continue
         seg, geom = read_label(p)
-        write_image(apply_postprocessing(seg[0], selection.postprocessing).astype(np.uint8), geom, out / p.name)
+        probs = None
+        if pp.needs_probabilities:
+            case_id = p.name[: -len(next(e for e in SUPPORTED_ENDINGS if p.name.endswith(e)))]
+            npz = p.with_name(case_id + ".npz")
+            if not npz.is_file():
+                raise UserFacingError(f"{npz} not found: the selected postprocessing gates classes on the softmax "
+                                      "probability; predict with --save_probabilities so each segmentation has "
+                                      "its {case}.npz beside it")
+            with np.load(npz) as z:
+                probs = z["probabilities"].astype(np.float32)
+        write_image(apply_postprocessing(seg[0], pp, probs).astype(np.uint8), geom, out / p.name)
         count += 1
     log.info("postprocessed %d segmentations into %s", count, out)
     return 0

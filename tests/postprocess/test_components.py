@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 
+from autoseg.errors import UserFacingError
+
 from autoseg.postprocess.components import (
     Postprocessing,
     PostprocessingStep,
@@ -165,3 +167,121 @@ def test_learning_adds_nothing_when_nothing_helps():
     pp, effect = learn_postprocessing([(ref.copy(), ref)], [1])
     assert pp == Postprocessing()
     assert effect["before"] == effect["after"] == {1: 1.0}
+
+
+# ---- lesion-driven steps: the presence rule and the F1-judged minimum size -----------------------
+
+def lesion_cases(positive_pred_extra=None):
+    """4 positive cases: a 3^3 lesion and a true 2-voxel satellite lesion, both predicted exactly;
+    4 negative cases: no lesion, a spurious 4-voxel blob predicted."""
+    cases = []
+    for _ in range(4):
+        ref = np.zeros((12, 12, 12), np.uint8)
+        ref[2:5, 2:5, 2:5] = 1
+        ref[9, 9, 9:11] = 1
+        cases.append((ref.copy(), ref))
+    for _ in range(4):
+        ref = np.zeros((12, 12, 12), np.uint8)
+        pred = ref.copy()
+        pred[8, 2, 2:6] = 1
+        cases.append((pred, ref))
+    return cases
+
+
+def test_presence_rule_is_learned_where_a_minimum_size_would_lose_true_lesions():
+    """Dice of class 1: positives 1, negatives 0 -> 0.5. Lesions: 8 reference, all found; 12
+    predicted, 8 true -> F1 = 2 (2/3)(1) / (5/3) = 0.8.
+    - keep_largest drops the satellites (Dice 54/56 each) and keeps the blobs: Dice 0.48, rejected;
+    - remove_small(5) (FP sizes all 4) raises Dice to 54/56 but drops the satellites: recall 1/2,
+      F1 2/3 < 0.8, rejected by the no-F1-loss guard;
+    - presence: largest components 27 (positives) and 4 (negatives); the gap threshold is
+      ceil(sqrt(4 * 27)) = 11. Removing class 1 from the negatives: Dice 1, F1 1."""
+    pp, effect = learn_postprocessing(lesion_cases(), [1])
+    assert pp.steps == (PostprocessingStep("presence", 1, 11, 0.0),)
+    assert effect["before"][1] == pytest.approx(0.5) and effect["after"][1] == pytest.approx(1.0)
+    assert effect["lesion_f1_before"][1] == pytest.approx(0.8) and effect["lesion_f1_after"][1] == pytest.approx(1.0)
+    assert not pp.needs_probabilities
+    for pred, ref in lesion_cases():
+        assert np.array_equal(apply_postprocessing(pred, pp), ref)  # satellites kept, blobs gone
+
+
+def probability_cases(negative_probability: float):
+    """3 positive cases with a 4-voxel lesion predicted at probability 0.9; 3 negative cases with a
+    4-voxel spurious blob predicted at ``negative_probability``. Sizes cannot tell them apart."""
+    cases, probs = [], []
+    for k in range(6):
+        ref = np.zeros((8, 8, 8), np.uint8)
+        pred = ref.copy()
+        p = np.zeros((2, 8, 8, 8), np.float32)
+        p[0] = 0.95
+        p[1] = 0.05
+        if k < 3:
+            ref[1, 1, 1:5] = 1
+            pred[1, 1, 1:5] = 1
+            top = 0.9
+        else:
+            pred[5, 5, 1:5] = 1
+            top = negative_probability
+        p[1][pred == 1] = top
+        p[0][pred == 1] = 1 - top
+        cases.append((pred, ref))
+        probs.append(p)
+    return cases, probs
+
+
+def test_presence_rule_on_probability_when_sizes_do_not_separate():
+    """Dice 0.5 and F1 2/3 (3 of 6 predicted lesions true) before; keeping class 1 only where its
+    top probability reaches (0.6 + 0.9) / 2 = 0.75 gives Dice 1 and F1 1."""
+    cases, probs = probability_cases(0.6)
+    pp, effect = learn_postprocessing(cases, [1], [lambda p=p: p for p in probs])
+    assert len(pp.steps) == 1
+    step = pp.steps[0]
+    assert (step.kind, step.label, step.min_size) == ("presence", 1, 0)
+    assert step.min_probability == pytest.approx(0.75)
+    assert pp.needs_probabilities
+    assert effect["lesion_f1_before"][1] == pytest.approx(2 / 3) and effect["lesion_f1_after"][1] == 1.0
+    assert effect["after"][1] == 1.0
+    for (pred, ref), p in zip(cases, probs):
+        assert np.array_equal(apply_postprocessing(pred, pp, p), ref)
+
+
+def test_no_presence_rule_when_nothing_separates_true_from_spurious():
+    cases, probs = probability_cases(0.9)  # same size, same probability
+    pp, effect = learn_postprocessing(cases, [1], [lambda p=p: p for p in probs])
+    assert pp == Postprocessing()
+    assert effect["lesion_f1_after"][1] == effect["lesion_f1_before"][1] == pytest.approx(2 / 3)
+    pp, _ = learn_postprocessing(probability_cases(0.6)[0], [1])  # no probabilities: size only
+    assert pp == Postprocessing()
+
+
+def test_presence_step_needs_the_probabilities_it_gates_on():
+    cases, probs = probability_cases(0.6)
+    step = PostprocessingStep("presence", 1, 0, 0.75)
+    pred = cases[3][0]
+    assert not apply_step(pred, step, probs[3]).any()  # top probability 0.6 < 0.75: removed
+    assert apply_step(cases[0][0], step, probs[0]) is cases[0][0]  # 0.9: kept as is
+    with pytest.raises(UserFacingError, match="no probabilities were given"):
+        apply_step(pred, step)
+    size_only = PostprocessingStep("presence", 1, 5)
+    assert not apply_step(pred, size_only).any()  # largest component 4 < 5
+    assert np.array_equal(apply_step(pred, PostprocessingStep("presence", 1, 4)), pred)
+
+
+def test_minimum_size_learned_on_lesion_f1_when_dice_cannot_move():
+    """Case 1: its 3^3 lesion is missed; predicted are a 10-voxel blob and a 1-voxel speck
+    elsewhere (Dice 0 whatever is removed). Case 2: an 8-voxel lesion found exactly.
+    Lesions: 2 reference, 1 found; 3 predicted, 1 true: F1 = 2 (1/3)(1/2) / (5/6) = 0.4.
+    No Dice can rise, so no Dice-driven step; the presence gap threshold (ceil(sqrt(8 * 10)) = 9)
+    would drop case 2's lesion. FP sizes [1, 10] give candidates {4, 6, 8, 10, 11}; 4 removes the
+    speck: precision 1/2, F1 0.5; 10 and 11 would also remove the true 8-voxel lesion."""
+    ref1 = np.zeros((12, 12, 12), np.uint8)
+    ref1[1:4, 1:4, 1:4] = 1
+    pred1 = np.zeros_like(ref1)
+    pred1[8, 1:6, 1:3] = 1  # 10 voxels
+    pred1[10, 10, 10] = 1
+    ref2 = np.zeros((12, 12, 12), np.uint8)
+    ref2[5:7, 5:7, 5:7] = 1
+    pp, effect = learn_postprocessing([(pred1, ref1), (ref2.copy(), ref2)], [1])
+    assert pp.steps == (PostprocessingStep("remove_small", 1, 4),)
+    assert effect["before"][1] == effect["after"][1] == pytest.approx(0.5)
+    assert effect["lesion_f1_before"][1] == pytest.approx(0.4) and effect["lesion_f1_after"][1] == pytest.approx(0.5)

@@ -1,4 +1,5 @@
 """find_best_config on hand-made cross-validation results where the best choice is known."""
+import dataclasses
 import json
 from pathlib import Path
 
@@ -128,3 +129,89 @@ def test_a_missing_fold_names_the_train_command(tmp_path):
 def test_without_a_selection_the_error_says_what_to_run(tmp_path):
     with pytest.raises(UserFacingError, match="autoseg find_best_config -d Dataset999_T"):
         load_selection(tmp_path / "results" / NAME)
+
+
+# ---- a rare class with spurious blobs in lesion-free cases: the presence rule is learned ---------
+
+LESION_CASES = ("p0", "p1", "p2", "n0", "n1", "n2")
+
+
+def lesion_workspace(root: Path) -> Workspace:
+    """One configuration. p*: a 4-voxel lesion, predicted at probability 0.9; n*: no lesion, a
+    4-voxel spurious blob predicted at 0.6. Probabilities saved as validation writes them."""
+    ws = Workspace(root)
+    base = make_plans()
+    cfg = dataclasses.replace(base.configurations["3d_fullres"], small_classes=(1,))
+    plans = dataclasses.replace(base, dataset_name="Dataset998_L", labels={"background": 0, "lesion": 1},
+                                configurations={"3d_fullres": cfg})
+    save_plans(plans, ws.preprocessed / "Dataset998_L" / "plans.json")
+    folder = ws.results / "Dataset998_L" / "3d_fullres" / "default" / "fold_0" / "validation"
+    folder.mkdir(parents=True)
+    for case in LESION_CASES:
+        ref = np.zeros((6, 6, 6), np.uint8)
+        pred = ref.copy()
+        if case.startswith("p"):
+            ref[1, 1, 1:5] = 1
+            pred[1, 1, 1:5] = 1
+        else:
+            pred[4, 4, 1:5] = 1
+        probs = np.stack([np.full(ref.shape, 0.95, np.float32), np.full(ref.shape, 0.05, np.float32)])
+        top = 0.9 if case.startswith("p") else 0.6
+        probs[1][pred == 1], probs[0][pred == 1] = top, 1 - top
+        write_nifti(ref, ws.preprocessed / "Dataset998_L" / "gt_segmentations" / f"{case}.nii.gz")
+        write_image(pred, GEOMETRY, folder / f"{case}.nii.gz")
+        np.savez_compressed(folder / f"{case}.npz", probabilities=probs.astype(np.float16))
+        (folder / f"{case}.json").write_text(json.dumps(GEOMETRY.to_json()))
+    (folder / "summary.json").write_text("{}")
+    return ws
+
+
+def test_selection_learns_a_presence_rule_from_the_saved_probabilities(tmp_path, capsys):
+    """Before: Dice (1, 1, 1, 0, 0, 0) -> 0.5; lesions 3 found of 3, 3 true of 6 predicted ->
+    F1 2/3. Gating on the top probability at (0.6 + 0.9) / 2 = 0.75 removes the blobs: Dice 1,
+    F1 1. float16 storage makes the threshold (0.5996 + 0.8999) / 2."""
+    ws = lesion_workspace(tmp_path)
+    sel = find_best_config(ws, "998", folds=(0,))
+    assert sel.candidates["3d_fullres"] == pytest.approx({"1": 0.5, "mean": 0.5})
+    assert sel.candidate_lesion_f1["3d_fullres"] == pytest.approx({"1": 2 / 3, "mean": 2 / 3})
+    (step,) = sel.postprocessing.steps
+    assert (step.kind, step.label, step.min_size) == ("presence", 1, 0)
+    assert step.min_probability == pytest.approx(0.75, abs=1e-3)
+    assert sel.postprocessing_effect == {"dice_before": {"1": 0.5}, "dice_after": {"1": 1.0},
+                                         "lesion_f1_before": {"1": pytest.approx(2 / 3)}, "lesion_f1_after": {"1": 1.0}}
+    assert sel.postprocessed_dice == 1.0
+    text = (ws.results / "Dataset998_L" / "selection.json").read_text()
+    json.loads(text, parse_constant=lambda t: pytest.fail(f"invalid JSON token {t}"))
+    assert load_selection(ws.results / "Dataset998_L") == sel
+
+    # the CLI table shows lesion F1 beside Dice and the rule in words
+    from autoseg.cli import main
+
+    assert main(["find_best_config", "-d", "998", "-f", "0", "--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "lesion F1" in out and "presence(lesion: p >= 0.75" in out and "lesion*" in out
+    assert "lesion: Dice 0.5000 -> 1.0000, lesion F1 0.6667 -> 1.0000" in out
+
+    # apply_postprocessing uses the {case}.npz beside each segmentation
+    validation = ws.results / "Dataset998_L" / "3d_fullres" / "default" / "fold_0" / "validation"
+    assert main(["apply_postprocessing", "-i", str(validation), "-o", str(tmp_path / "pp"), "-d", "998",
+                 "--root", str(tmp_path)]) == 0
+    from autoseg.imageio import read_label
+
+    for case in LESION_CASES:
+        seg = read_label(tmp_path / "pp" / f"{case}.nii.gz")[0]
+        assert seg.sum() == (4 if case.startswith("p") else 0), case
+    (validation / "n0.npz").unlink()
+    assert main(["apply_postprocessing", "-i", str(validation), "-o", str(tmp_path / "pp2"), "-d", "998",
+                 "--root", str(tmp_path)]) == 2
+    assert "n0.npz not found" in capsys.readouterr().err
+
+
+def test_without_saved_probabilities_the_rule_is_size_only(tmp_path, caplog):
+    """Same cases without the .npz files: sizes (all 4) cannot separate, so nothing is learned."""
+    ws = lesion_workspace(tmp_path)
+    for p in (ws.results / "Dataset998_L").rglob("*.npz"):
+        p.unlink()
+    sel = find_best_config(ws, "998", folds=(0,))
+    assert sel.postprocessing.steps == ()
+    assert "presence rule is learned on component size only" in caplog.text
