@@ -2,21 +2,20 @@
 
 Steps, tried in this order on the cross-validation cases (docs/metrics.md has the exact rules):
 
-Dice-driven, each kept only if it raises the mean foreground Dice, lowers no class's Dice and
-lowers no class's lesion F1:
-1. keep the largest connected component of all foreground together;
-2. per class, keep the largest component of that class;
-3. per class, remove components smaller than a threshold chosen from the data: candidates are
-   quantiles of the sizes of the predicted components that overlap no reference (false
-   positives). Unlike keep-largest, this keeps several true lesions while removing specks.
-
-Lesion-driven, per class, each kept only if it raises that class's lesion F1 (pooled over the
-cases) without lowering the mean Dice, any class's Dice or any other class's F1:
-4. a case-level presence rule: keep the class in a case only if its largest component has at
-   least ``min_size`` voxels and its highest softmax probability is at least
-   ``min_probability`` (learned when the validation probabilities are there), otherwise set the
-   whole class to background in that case;
-5. a minimum component size, candidates as in 3 (judged on lesion F1 this time).
+Dice-driven steps are kept only if they raise the mean foreground Dice, lower no class's Dice
+and lower no class's lesion F1; lesion-driven steps (on one class) only if they raise that
+class's lesion F1 (pooled over the cases) without lowering the mean Dice, any class's Dice or
+any other class's F1.
+1. keep the largest connected component of all foreground together (Dice-driven);
+2. per class, keep the largest component of that class (Dice-driven);
+3. per class, a case-level presence rule (lesion-driven): keep the class in a case only if its
+   largest component has at least ``min_size`` voxels and its highest softmax probability is
+   at least ``min_probability`` (when the validation probabilities are there), otherwise set
+   the whole class to background in that case;
+4. per class, remove components smaller than a threshold chosen from the data (Dice-driven):
+   candidates are quantiles of the sizes of the predicted components that overlap no reference
+   (false positives). Unlike keep-largest, this keeps several true lesions while removing specks;
+5. per class, a minimum component size with the candidates of 4, lesion-driven.
 
 Components use full connectivity (26 neighbours in 3D), ``lesions.label_components``.
 """
@@ -251,59 +250,88 @@ def _gap_thresholds(values: list[float], integer: bool) -> list[float]:
     return [(a + b) / 2 for a, b in zip(u, u[1:])]
 
 
+def _f1_vectorised(n_ref: np.ndarray, detected: np.ndarray, n_pred: np.ndarray, true_pred: np.ndarray) -> np.ndarray:
+    """``lesions.detection_scores``' F1 over arrays of summed counts."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recall = detected / n_ref
+        precision = true_pred / n_pred
+        f1 = np.where(recall + precision > 0, 2 * precision * recall / (precision + recall), 0.0)
+    f1 = np.where((n_ref == 0) | (n_pred == 0), 0.0, f1)
+    return np.where((n_ref == 0) & (n_pred == 0), np.nan, f1)
+
+
 def _learn_presence(current: list[Case], metrics: list[Metrics], features: list[tuple[int, float]], label: int,
                     labels: Sequence[int], best: Scores) -> tuple[PostprocessingStep, list[Case], list[Metrics],
                                                                   Scores] | None:
     """The presence rule for ``label`` with the best F1 that passes the lesion-driven rule, or None.
 
     Removing a class from a case changes only that case's metrics of that class, so the outcome
-    of every candidate rule is combined from two precomputed per-case results (kept, removed).
-    Candidates: every pair of gap thresholds on the largest-component size (and on the top
-    probability when every case has it), 0 meaning no gate on that feature. Ties in F1 go to the
-    higher mean Dice, then to fewer gates, then to fewer cases removed.
+    of every candidate rule is combined from two precomputed per-case results (kept, removed),
+    vectorised over the probability thresholds. Candidates: every pair of gap thresholds on the
+    largest-component size (and on the top probability when every case has it), 0 meaning no
+    gate on that feature. Ties in F1 go to the higher mean Dice, then to fewer gates, then to
+    fewer cases removed.
     """
     present = [i for i, (size, _) in enumerate(features) if size > 0]
     if len(present) < 2:
         return None
-    sizes = [features[i][0] for i in present]
-    probs = [features[i][1] for i in present]
-    size_cands = [0.0] + _gap_thresholds(sizes, integer=True)
-    use_prob = not any(math.isnan(p) for p in probs)
-    prob_cands = [0.0] + (_gap_thresholds(probs, integer=False) if use_prob else [])
+    sizes = np.asarray([features[i][0] for i in present], float)
+    probs = np.asarray([features[i][1] for i in present], float)
+    use_prob = not np.isnan(probs).any()
+    size_cands = [0.0] + _gap_thresholds(sizes.tolist(), integer=True)
+    prob_cands = np.asarray([0.0] + (_gap_thresholds(probs.tolist(), integer=False) if use_prob else []))
     if len(size_cands) * len(prob_cands) == 1:
         return None
-    removed_metrics = {}
+    if not use_prob:
+        probs = np.ones_like(sizes)
+    dropped = {}
     for i in present:
         pred, ref = current[i]
-        dropped = np.where(pred == label, 0, pred).astype(pred.dtype)
-        removed_metrics[i] = (dropped, _metrics(dropped, ref, [label])[label])
-    size_arr, prob_arr = np.asarray(sizes, float), np.asarray(probs if use_prob else [1.0] * len(present))
+        q = np.where(pred == label, 0, pred).astype(pred.dtype)
+        dropped[i] = (q, _metrics(q, ref, [label])[label])
+
+    def column(key: str, which: str) -> np.ndarray:
+        return np.asarray([float((metrics[i][label] if which == "keep" else dropped[i][1])[key]) for i in present])
+
+    absent = [i for i in range(len(metrics)) if i not in set(present)]
+    fixed_dice = np.asarray([metrics[i][label]["dice"] for i in absent], float)
+    fixed_sum, fixed_n = float(np.nansum(fixed_dice)), int(np.count_nonzero(~np.isnan(fixed_dice)))
+    other_dice = [best.dice[k] for k in labels if k != label and not math.isnan(best.dice[k])]
+    dice_keep, dice_drop = column("dice", "keep"), column("dice", "drop")
+    counts = {k: (sum(metrics[i][label][k] for i in absent), column(k, "keep"), column(k, "drop"))
+              for k in LESION_COUNT_KEYS}
+    old_f1, old_dice, old_mean = _v(best.f1[label]), _v(best.dice[label]), _v(best.mean_dice)
     chosen = None
     for s_min in size_cands:
-        for p_min in prob_cands:
-            if s_min == 0 and p_min == 0:
-                continue
-            keep = (size_arr >= s_min) & (prob_arr >= p_min)
-            if keep.all():
-                continue
-            per_case = list(metrics)
-            for i, k in zip(present, keep):
-                if not k:
-                    per_case[i] = {**metrics[i], label: removed_metrics[i][1]}
-            scores = _scores(per_case, labels)
-            if not _lesion_better(scores, best, label):
-                continue
-            key = (_v(scores.f1[label]), _v(scores.mean_dice), -((s_min > 0) + (p_min > 0)), int(keep.sum()))
+        keep = (sizes[None, :] >= s_min) & (probs[None, :] >= prob_cands[:, None])  # (rules, present cases)
+        dice = np.where(keep, dice_keep, dice_drop)
+        n = fixed_n + np.count_nonzero(~np.isnan(dice), axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            class_dice = np.where(n > 0, (fixed_sum + np.nansum(dice, axis=1)) / n, np.nan)
+        summed = {name: fixed + np.where(keep, k, d).sum(axis=1) for name, (fixed, k, d) in counts.items()}
+        f1 = np.nan_to_num(_f1_vectorised(summed["n_ref_lesions"], summed["detected_lesions"],
+                                          summed["n_pred_lesions"], summed["true_pred_lesions"]), nan=-1.0)
+        k = len(other_dice)
+        mean = np.where(np.isnan(class_dice), (sum(other_dice) / k) if k else -1.0,
+                        (sum(other_dice) + np.nan_to_num(class_dice)) / (k + 1))
+        class_dice = np.nan_to_num(class_dice, nan=-1.0)
+        ok = ((f1 > old_f1 + 1e-6) & (class_dice >= old_dice - 1e-9) & (mean >= old_mean - 1e-9)
+              & ~keep.all(axis=1) & ((s_min > 0) | (prob_cands > 0)))
+        for j in np.flatnonzero(ok):
+            key = (float(f1[j]), float(mean[j]), -(int(s_min > 0) + int(prob_cands[j] > 0)), int(keep[j].sum()))
             if chosen is None or key > chosen[0]:
-                chosen = (key, s_min, p_min, keep, per_case, scores)
+                chosen = (key, s_min, float(prob_cands[j]), keep[j])
     if chosen is None:
         return None
-    _, s_min, p_min, keep, per_case, scores = chosen
-    cases = list(current)
+    _, s_min, p_min, keep = chosen
+    cases, per_case = list(current), list(metrics)
     for i, k in zip(present, keep):
         if not k:
-            cases[i] = (removed_metrics[i][0], current[i][1])
-    return PostprocessingStep("presence", label, int(s_min), float(p_min)), cases, per_case, scores
+            cases[i] = (dropped[i][0], current[i][1])
+            per_case[i] = {**metrics[i], label: dropped[i][1]}
+    scores = _scores(per_case, labels)
+    assert _lesion_better(scores, best, label), "vectorised presence scoring disagrees with _scores"
+    return PostprocessingStep("presence", label, int(s_min), p_min), cases, per_case, scores
 
 
 ProbabilityLoader = Callable[[], np.ndarray]
@@ -355,16 +383,17 @@ def learn_postprocessing(cases: list[Case], labels: list[int],
         attempt(PostprocessingStep("keep_largest_foreground"))
     for label in labels:
         attempt(PostprocessingStep("keep_largest", label))
-    for label in labels:
-        best_min_size(label, _better)
-
-    # lesion-driven steps
+    # case-level presence rules (lesion-driven) before any size threshold: a threshold learned
+    # first would remove every small true lesion to clean cases the rule can drop as a whole
     features = _presence_features(current, labels, probabilities)
     for label in labels:
         learned = _learn_presence(current, metrics, features[label], label, labels, best)
         if learned is not None:
             steps.append(learned[0])
             current, metrics, best = learned[1], learned[2], learned[3]
+    for label in labels:
+        best_min_size(label, _better)
+    for label in labels:
         best_min_size(label, lambda new, old, c=label: _lesion_better(new, old, c))
     effect = {"before": first.dice, "after": best.dice, "lesion_f1_before": first.f1, "lesion_f1_after": best.f1}
     return Postprocessing(tuple(steps)), effect

@@ -37,7 +37,14 @@ def iou_from_counts(tp: int, fp: int, fn: int) -> float:
 
 
 def class_metrics(ref: np.ndarray, pred: np.ndarray, label: int) -> dict[str, float]:
-    tp, fp, fn = confusion(ref, pred, label)
+    """Voxel metrics of ``label``: dice, iou, tp, fp, fn, n_ref, n_pred."""
+    return _voxel_metrics(ref == label, pred == label)
+
+
+def _voxel_metrics(r: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    n_ref, n_pred = int(np.count_nonzero(r)), int(np.count_nonzero(p))
+    tp = int(np.count_nonzero(r & p)) if n_ref and n_pred else 0
+    fp, fn = n_pred - tp, n_ref - tp
     return {"dice": dice_from_counts(tp, fp, fn), "iou": iou_from_counts(tp, fp, fn),
             "tp": tp, "fp": fp, "fn": fn, "n_ref": tp + fn, "n_pred": tp + fp}
 
@@ -64,7 +71,7 @@ def case_metrics(ref: np.ndarray, pred: np.ndarray, labels: list[int], spacing: 
     out = {}
     for label in labels:
         r, p = ref == label, pred == label
-        m = class_metrics(ref, pred, label)
+        m = _voxel_metrics(r, p)
         m["presence"] = presence(m["n_ref"] > 0, m["n_pred"] > 0)
         if lesions:
             m.update(lesion_metrics(r, p, voxel_mm3))

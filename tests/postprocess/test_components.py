@@ -192,10 +192,10 @@ def test_presence_rule_is_learned_where_a_minimum_size_would_lose_true_lesions()
     """Dice of class 1: positives 1, negatives 0 -> 0.5. Lesions: 8 reference, all found; 12
     predicted, 8 true -> F1 = 2 (2/3)(1) / (5/3) = 0.8.
     - keep_largest drops the satellites (Dice 54/56 each) and keeps the blobs: Dice 0.48, rejected;
-    - remove_small(5) (FP sizes all 4) raises Dice to 54/56 but drops the satellites: recall 1/2,
-      F1 2/3 < 0.8, rejected by the no-F1-loss guard;
     - presence: largest components 27 (positives) and 4 (negatives); the gap threshold is
-      ceil(sqrt(4 * 27)) = 11. Removing class 1 from the negatives: Dice 1, F1 1."""
+      ceil(sqrt(4 * 27)) = 11. Removing class 1 from the negatives: Dice 1, F1 1.
+    remove_small(5) (FP sizes all 4) would have raised Dice to 54/56 but dropped the satellites
+    (recall 1/2, F1 2/3); it comes after the presence rule, which leaves no false positive."""
     pp, effect = learn_postprocessing(lesion_cases(), [1])
     assert pp.steps == (PostprocessingStep("presence", 1, 11, 0.0),)
     assert effect["before"][1] == pytest.approx(0.5) and effect["after"][1] == pytest.approx(1.0)
@@ -203,6 +203,23 @@ def test_presence_rule_is_learned_where_a_minimum_size_would_lose_true_lesions()
     assert not pp.needs_probabilities
     for pred, ref in lesion_cases():
         assert np.array_equal(apply_postprocessing(pred, pp), ref)  # satellites kept, blobs gone
+
+
+def test_no_step_may_trade_true_small_lesions_for_dice():
+    """4 cases, each a 3^3 lesion and a true 2-voxel satellite predicted exactly, plus a 4-voxel
+    false-positive speck. Removing components under 5 voxels (or keeping the largest) raises
+    each case's Dice from 2*29/(29+33) to 2*27/(29+27) but loses the satellites: lesion F1 falls
+    from 2 (2/3)(1) / (5/3) = 0.8 to 2 (1)(1/2) / (3/2) = 2/3, so nothing is learned. Every case
+    has the class, so no presence rule can help either."""
+    cases = []
+    for pred, ref in lesion_cases()[:4]:
+        pred = pred.copy()
+        pred[8, 2, 2:6] = 1
+        cases.append((pred, ref))
+    pp, effect = learn_postprocessing(cases, [1])
+    assert pp == Postprocessing()
+    assert effect["before"][1] == pytest.approx(58 / 62)
+    assert effect["lesion_f1_after"][1] == pytest.approx(0.8)
 
 
 def probability_cases(negative_probability: float):
@@ -285,3 +302,40 @@ def test_minimum_size_learned_on_lesion_f1_when_dice_cannot_move():
     assert pp.steps == (PostprocessingStep("remove_small", 1, 4),)
     assert effect["before"][1] == effect["after"][1] == pytest.approx(0.5)
     assert effect["lesion_f1_before"][1] == pytest.approx(0.4) and effect["lesion_f1_after"][1] == pytest.approx(0.5)
+
+
+def test_learned_presence_rule_is_the_best_of_all_candidate_rules():
+    """Random cases (seeded): true lesions of 1-11 voxels at probability 0.7-1.0 in a third of the
+    cases, spurious blobs of 1-7 voxels at 0.5-0.8 in the others. Scoring every candidate rule
+    exactly, case by case, none that passes the lesion-driven rule has a higher F1 than the
+    learned one."""
+    from autoseg.postprocess import components as C
+
+    rng = np.random.default_rng(3)
+    cases, probs = [], []
+    for k in range(24):
+        ref = np.zeros((4, 4, 14), np.uint8)
+        pred = ref.copy()
+        p = np.stack([np.full(ref.shape, 0.9, np.float32), np.full(ref.shape, 0.1, np.float32)])
+        n = int(rng.integers(1, 12 if k % 3 == 0 else 8))
+        pred[2, 2, 1:1 + n] = 1
+        if k % 3 == 0:
+            ref[2, 2, 1:1 + n] = 1
+        p[1][pred == 1] = rng.uniform(0.7, 1.0) if k % 3 == 0 else rng.uniform(0.5, 0.8)
+        cases.append((pred, ref))
+        probs.append(p)
+    metrics = [C._metrics(q, r, [1]) for q, r in cases]
+    before = C._scores(metrics, [1])
+    features = [C.presence_features(q, 1, pr) for (q, _), pr in zip(cases, probs)]
+    step, _, _, learned = C._learn_presence(cases, metrics, features, 1, [1], before)
+    assert learned.f1[1] > before.f1[1]
+    sizes = [f[0] for f in features]
+    tops = [f[1] for f in features]
+    for s_min in [0.0] + C._gap_thresholds(sizes, integer=True):
+        for p_min in [0.0] + C._gap_thresholds(tops, integer=False):
+            rule = PostprocessingStep("presence", 1, int(s_min), p_min)
+            exact = C._scores([C._metrics(apply_step(q, rule, pr), r, [1]) for (q, r), pr in zip(cases, probs)], [1])
+            if C._lesion_better(exact, before, 1):
+                assert exact.f1[1] <= learned.f1[1] + 1e-12, rule
+    exact = C._scores([C._metrics(apply_step(q, step, pr), r, [1]) for (q, r), pr in zip(cases, probs)], [1])
+    assert exact == learned  # the learned step, applied as predict applies it, scores as reported
