@@ -5,7 +5,7 @@ Reproduce (from the repository root; the lead's run, ~25 min on this machine):
     python bench/small_structures.py --source ../shared/data/Task04_Hippocampus --root /tmp/small_ws \\
         --time-budget 10m --json bench/out/small_structures.json
 
-Smoke test (a minute or two): ``--max-cases 24 --iterations 2``.
+Smoke test (about 3 minutes on a quiet machine): ``--max-cases 24 --iterations 2``.
 
 Steps, all through the ``autoseg`` CLI in subprocesses (logs in ``ROOT/bench_small/``):
 1. ``bench/implant_lesions.py`` builds ``Dataset104_HippocampusLesions`` (skipped when it exists):
@@ -89,6 +89,11 @@ LESION_COLUMNS = ("pooled.lesion_recall", "pooled.lesion_precision", "pooled.les
 LESION_WORDS = ("recall", "precision", "f1", "fp_vol", "fn_vol", "presence")
 
 
+def _lesion_header(column: str, name: str) -> str:
+    words = column.split(".")[-1].replace("_", " ")
+    return words if words.startswith(name) else f"{name} {words}"
+
+
 def markdown(results: dict, labels: dict[int, str]) -> str:
     """Dice per class and the small class' lesion metrics, one row per arm; columns missing from a
     summary show as n/a (metric names not in ``LESION_COLUMNS`` are found by keyword)."""
@@ -97,7 +102,7 @@ def markdown(results: dict, labels: dict[int, str]) -> str:
     lesion_cols = [c for c in LESION_COLUMNS if c in found] or sorted(
         c for c in found if any(w in c.lower() for w in LESION_WORDS))
     head = ["arm", "train s", *[f"Dice {labels.get(k, k)}" for k in sorted(labels) if k],
-            *[f"{labels.get(LESION, LESION)}: {c.split('.')[-1].replace('_', ' ')}" for c in lesion_cols]]
+            *[_lesion_header(c, labels.get(LESION, str(LESION))) for c in lesion_cols]]
     rows = []
     for arm in arms:
         r = results["arms"][arm]
