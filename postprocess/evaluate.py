@@ -42,8 +42,8 @@ def _case_files(folder: Path, file_ending: str | None) -> dict[str, Path]:
     return out
 
 
-def _evaluate_case(job: tuple[str, Path, Path, list[int], float]) -> dict:
-    case_id, ref_path, pred_path, labels, nsd_tolerance_mm = job
+def _evaluate_case(job: tuple[str, Path, Path, list[int], float, bool]) -> dict:
+    case_id, ref_path, pred_path, labels, nsd_tolerance_mm, surface = job
     ref, rgeom = read_label(ref_path)
     pred, pgeom = read_label(pred_path)
     diffs = rgeom.matches(pgeom)
@@ -53,7 +53,7 @@ def _evaluate_case(job: tuple[str, Path, Path, list[int], float]) -> dict:
     spacing = rgeom.spacing
     if rgeom.is_2d:  # natural 2D image: its placeholder slice thickness is not a length
         spacing = (1.0,) + tuple(spacing[1:])
-    metrics = case_metrics(ref[0], pred[0], labels, spacing, nsd_tolerance_mm)
+    metrics = case_metrics(ref[0], pred[0], labels, spacing, nsd_tolerance_mm, surface=surface)
     return {"case_id": case_id, "reference": str(ref_path), "prediction": str(pred_path),
             "spacing": list(spacing), "metrics": {str(k): v for k, v in metrics.items()}}
 
@@ -83,11 +83,13 @@ def pool_class(per_case_metrics: list[dict]) -> dict:
 def summarise(per_case: list[dict], labels: list[int], nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> dict:
     """Means over cases, pooled lesion numbers and foreground means of per-case results."""
     mean, pooled = {}, {}
+    computed = per_case[0]["metrics"][str(labels[0])] if per_case and labels else {}
+    keys = [m for m in MEAN_KEYS if m in computed or not computed]  # no hd95/nsd when surface=False
     for label in labels:
         key = str(label)
-        mean[key] = {m: nanmean([c["metrics"][key][m] for c in per_case]) for m in MEAN_KEYS}
+        mean[key] = {m: nanmean([c["metrics"][key][m] for c in per_case]) for m in keys}
         pooled[key] = pool_class([c["metrics"][key] for c in per_case])
-    fg = {m: nanmean([mean[str(label)][m] for label in labels]) for m in MEAN_KEYS}
+    fg = {m: nanmean([mean[str(label)][m] for label in labels]) for m in keys}
     fg.update({m: nanmean([pooled[str(label)][m] for label in labels]) for m in POOLED_MEAN_KEYS})
     return {"labels": labels, "num_cases": len(per_case), "nsd_tolerance_mm": nsd_tolerance_mm, "mean": mean,
             "pooled": pooled, "foreground_mean": fg, "per_case": per_case}
@@ -138,11 +140,12 @@ def evaluate_folder(reference_dir: str | Path, prediction_dir: str | Path, label
 
 
 def evaluate_pairs(pairs: dict[str, tuple[Path, Path]], labels: list[int], num_processes: int | None = None,
-                   nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> dict:
-    """Summary over ``{case_id: (reference file, prediction file)}``."""
+                   nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM, surface: bool = True) -> dict:
+    """Summary over ``{case_id: (reference file, prediction file)}``; ``surface=False`` leaves
+    out HD95 and NSD (model selection does not use them)."""
     if not nsd_tolerance_mm >= 0:
         raise UserFacingError(f"the NSD tolerance must be a distance in mm >= 0, got {nsd_tolerance_mm}")
-    jobs = [(c, ref, pred, list(labels), float(nsd_tolerance_mm)) for c, (ref, pred) in sorted(pairs.items())]
+    jobs = [(c, ref, pred, list(labels), float(nsd_tolerance_mm), surface) for c, (ref, pred) in sorted(pairs.items())]
     n = max(1, min(num_processes or os.cpu_count() or 1, len(jobs)))
     if n == 1 or len(jobs) < 8:
         per_case = [_evaluate_case(j) for j in jobs]
@@ -161,10 +164,10 @@ def format_table(summary: dict, names: dict[int, str] | None = None) -> str:
     for label in summary["labels"]:
         m = summary["mean"][str(label)]
         rows.append(f"{names.get(label, str(label))[:19]:<20}{_f(m['dice']):>8}{_f(m['iou']):>8}"
-                    f"{_f(m['hd95'], 2):>9}{_f(m['nsd']):>11}")
+                    f"{_f(m.get('hd95'), 2):>9}{_f(m.get('nsd')):>11}")
     fg = summary["foreground_mean"]
-    rows.append(f"{'foreground mean':<20}{_f(fg['dice']):>8}{_f(fg['iou']):>8}{_f(fg['hd95'], 2):>9}"
-                f"{_f(fg['nsd']):>11}")
+    rows.append(f"{'foreground mean':<20}{_f(fg['dice']):>8}{_f(fg['iou']):>8}{_f(fg.get('hd95'), 2):>9}"
+                f"{_f(fg.get('nsd')):>11}")
     rows.append("")
     rows.append(f"{'class':<20}{'lesions':>9}{'found':>7}{'FP':>5}{'recall':>8}{'precis.':>8}{'F1':>8}"
                 f"{'les.Dice':>9}{'FP ml':>9}{'FN ml':>9}{'presence':>9}")

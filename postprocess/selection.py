@@ -148,14 +148,14 @@ def find_best_config(ws: Workspace, dataset: str, configurations: list[str] | No
     cases = sorted(set.intersection(*(set(p) for p in available.values())))
     scores: dict[tuple[str, ...], dict] = {}
     for c, preds in available.items():
-        scores[(c,)] = evaluate_pairs({k: (gt / f"{k}{ending}", preds[k]) for k in cases}, labels)
+        scores[(c,)] = evaluate_pairs({k: (gt / f"{k}{ending}", preds[k]) for k in cases}, labels, surface=False)
     members_of = {}
     for r in range(2, len(available) + 1):
         for combo in itertools.combinations(available, r):
             out = results / "ensembles" / variant / _candidate_name(combo)
             preds = _ensemble([available[c] for c in combo], cases, out, ending)
             members_of[combo] = preds
-            scores[combo] = evaluate_pairs({k: (gt / f"{k}{ending}", preds[k]) for k in cases}, labels)
+            scores[combo] = evaluate_pairs({k: (gt / f"{k}{ending}", preds[k]) for k in cases}, labels, surface=False)
     ranked = sorted(((c, s["foreground_mean"]["dice"]) for c, s in scores.items()), key=_order_key)
     chosen = ranked[0][0]
     chosen_preds = available[chosen[0]] if len(chosen) == 1 else members_of[chosen]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from autoseg.cli import main
-from autoseg.postprocess.evaluate import evaluate_folder, load_summary, summarise
+from autoseg.postprocess.evaluate import evaluate_folder, evaluate_pairs, format_table, load_summary, summarise
 from autoseg.postprocess.lesions import detection_scores, label_components, lesion_metrics
 from autoseg.postprocess.metrics import case_metrics
 from synthetic import write_nifti
@@ -212,3 +212,12 @@ def test_cli_evaluate_nsd_tolerance_and_lesion_table(tmp_path, capsys):
         assert saved["mean"]["1"]["hd95"] == pytest.approx(1.0)
     printed = capsys.readouterr().out
     assert "NSD@0.5mm" in printed and "HD95 mm" in printed and "F1" in printed
+
+
+def test_selection_summaries_leave_out_the_surface_metrics(tmp_path):
+    write_four_cases(tmp_path / "ref", tmp_path / "pred")
+    pairs = {k: (tmp_path / "ref" / f"{k}.nii.gz", tmp_path / "pred" / f"{k}.nii.gz") for k in "abcd"}
+    s = evaluate_pairs(pairs, [1], surface=False)
+    assert "hd95" not in s["mean"]["1"] and "nsd" not in s["foreground_mean"]
+    assert s["pooled"]["1"]["lesion_f1"] == pytest.approx(4 / 7)
+    assert "nan" in format_table(s).splitlines()[1]  # HD95/NSD shown as not computed
