@@ -45,6 +45,10 @@ def train_runs(ws: Workspace, dataset: str, runs: list[tuple[str, str]], cfg, to
         run_cfg = cfg
         if total_budget_s:
             share = split_budget(total_budget_s, time.perf_counter() - started, len(runs) - k)
+            if share < 1.0:  # the budget is spent: the warm-up and the validation only, never a default schedule
+                log.warning("%s fold %s: the time budget is used up; training it for the warm-up only",
+                            configuration, fold)
+                share = 1.0
             run_cfg = dataclasses.replace(cfg, time_budget_s=share)
             log.info("%s fold %s: %.0f s of the %.0f s budget", configuration, fold, share, total_budget_s)
         train_fold(ws, dataset, configuration, fold, run_cfg, variant, device, resume)

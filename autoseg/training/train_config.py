@@ -57,6 +57,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.num_epochs < 1 or self.num_iterations_per_epoch < 1:
             raise ValueError("num_epochs and num_iterations_per_epoch must be >= 1")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise ValueError("time_budget_s must be positive (or None for the epoch schedule)")
         if not 0 <= self.oversample_foreground_percent <= 1:
             raise ValueError("oversample_foreground_percent must be in [0, 1]")
         if not 0 <= self.small_class_oversample <= 1:

@@ -248,7 +248,7 @@ class _Budget:
     def __init__(self, cfg: TrainConfig, started_at: float, data_dir: Path, val_ids: list[str], cp,
                  fitted: bool):
         self.cfg, self.started_at, self.fitted = cfg, started_at, fitted
-        self.active = bool(cfg.time_budget_s)
+        self.active = cfg.time_budget_s is not None
         self.val_shapes = [load_properties(data_dir, c).shape_after_resample for c in val_ids] if self.active else []
         self.patch = tuple(cp.patch_size)
         self.validation_s = 0.0

@@ -132,3 +132,20 @@ def test_bad_fold_and_bad_budget_are_user_errors(prepared):
     root = ["-d", "901", "--root", str(prepared.root)]
     assert main(["train", "3d_fullres", "7", *root]) == 2
     assert main(["train", "3d_fullres", "0", *root, "--time-budget", "soon"]) == 2
+
+
+def test_a_spent_budget_never_falls_back_to_the_default_schedule(prepared, monkeypatch):
+    from autoseg.training import run
+
+    budgets = []
+
+    def slow_fold(ws, ds, c, fold, cfg, *a, **k):
+        budgets.append(cfg.time_budget_s)
+        clock[0] += 1000  # the first fold overruns the whole budget
+
+    clock = [0.0]
+    monkeypatch.setattr("autoseg.training.trainer.train_fold", slow_fold)
+    monkeypatch.setattr(run.time, "perf_counter", lambda: clock[0])
+    assert main(["train", "3d_fullres", "0", "1", "-d", "901", "--root", str(prepared.root),
+                 "--time-budget", "100s"]) == 0
+    assert budgets == [50.0, 1.0]
