@@ -45,9 +45,13 @@ def validate_fold(fold_dir: str | Path, model, ws: Workspace, dataset: str, val_
     plans, cfg = model.plans, model.configuration
     data_dir = ws.preprocessed_dataset(dataset) / cfg.preprocessed_name
     net = model.network
+    from autoseg.training.cascade import validation_inputs
+
+    add_inputs = validation_inputs(ws, dataset, model, fold_dir, val_ids)  # cascade: the lowres masks
     for case_id in tqdm(val_ids, desc="validation", unit="case", disable=None):
         case = load_case(data_dir, case_id, with_seg=False)
-        probs = predict_volume(net, case.data, cfg.patch_size, plans.num_classes, step_size, mirror, device)
+        data = case.data if add_inputs is None else add_inputs(case_id, case.data)
+        probs = predict_volume(net, data, cfg.patch_size, plans.num_classes, step_size, mirror, device)
         seg, full = export_to_original(probs.cpu().numpy(), case.properties, plans, cfg.name)
         geometry = ImageGeometry.from_json(case.properties.geometry)
         write_image(seg, geometry, out / f"{case_id}{plans.file_ending}")

@@ -36,6 +36,12 @@ class AugmentationConfig:
     p_gamma_inverted: float = 0.1
     gamma_range: tuple[float, float] = (0.7, 1.5)
     mirror: bool = True  # each axis flipped with probability 0.5 (batchgenerators' MirrorTransform)
+    # Cascade only (3d_cascade_fullres): the previous stage's one-hot mask channels are imperfect
+    # at test time, so each sample's are perturbed (autoseg.training.cascade.augment_previous_stage).
+    p_previous_stage_morphology: float = 0.4  # per sample: each label's mask dilated/eroded/opened/closed
+    previous_stage_radius: tuple[float, float] = (1.0, 8.0)  # ball radius, voxels along the finest axis
+    p_previous_stage_remove_component: float = 0.2  # per sample: each label loses one random component
+    previous_stage_max_component_fraction: float = 0.15  # only components under this fraction of the patch
 
 
 def rotation_in_plane_only(patch_size: tuple[int, ...]) -> bool:

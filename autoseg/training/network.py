@@ -81,9 +81,12 @@ def _init_weights(m: nn.Module) -> None:
 
 def build_network(plans: Plans, configuration: str, deep_supervision: bool,
                   in_channels: int | None = None) -> UNet:
-    """The U-Net for ``configuration`` of ``plans``; input channels default to the dataset's."""
+    """The U-Net for ``configuration`` of ``plans``; input channels default to the dataset's image
+    channels, plus one per foreground label for a cascade stage (the previous stage's one-hot mask)."""
+    from autoseg.preprocess.previous_stage import num_input_channels
+
     cfg = plans.configuration(configuration)
-    channels = in_channels if in_channels is not None else len(plans.channel_names)
+    channels = in_channels if in_channels is not None else num_input_channels(plans, configuration)
     return UNet(cfg.network, channels, plans.num_classes, deep_supervision)
 
 

@@ -53,6 +53,9 @@ class TrainConfig:
     validation_step_size: float = 0.5
     validation_mirroring: bool = True
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    # cascade: the variant of the previous stage (3d_lowres) whose cross-validation masks feed this
+    # one and which predict runs first; None: the same variant as this training
+    previous_stage_variant: Optional[str] = None
 
     def __post_init__(self):
         if self.num_epochs < 1 or self.num_iterations_per_epoch < 1:

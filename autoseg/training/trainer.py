@@ -89,12 +89,15 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     pre = ws.preprocessed / name
     plans = load_plans(pre / "plans.json")
     cp = plans.configuration(configuration)
-    if cp.previous_stage:
-        raise UserFacingError(f"configuration {configuration} (cascade) is not supported yet; train 3d_fullres")
     data_dir = pre / cp.preprocessed_name
     if not data_dir.is_dir():
         raise UserFacingError(f"{data_dir} not found; run 'autoseg preprocess -d {dataset} -c {configuration}' first")
     train_ids, val_ids = get_split(pre, fold)
+    make_source = BatchSource
+    if cp.previous_stage:  # cascade: the lowres cross-validation masks become extra input channels
+        from autoseg.training.cascade import cascade_batch_source
+
+        make_source = cascade_batch_source(ws, name, plans, configuration, variant, cfg, train_ids + val_ids, fold)
     out = fold_directory(ws, name, configuration, fold, variant)
     dev = pick_device(device)
     if dev.type == "cpu":
@@ -147,9 +150,9 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     budget = _Budget(cfg, started_at, data_dir, val_ids, cp, fitted=bool(state and state.get("budget", {}).get("fitted") and cfg.time_budget_s))
     n_it, n_val = budget.cfg.num_iterations_per_epoch, budget.cfg.num_val_iterations_per_epoch
     total = budget.total_iterations
-    train_src = BatchSource(data_dir, train_ids, cp, batch_size, cfg.oversample_foreground_percent,
+    train_src = make_source(data_dir, train_ids, cp, batch_size, cfg.oversample_foreground_percent,
                             cfg.augmentation, scales, cfg.seed, small.shares)
-    val_src = BatchSource(data_dir, val_ids, cp, batch_size, cfg.oversample_foreground_percent, None, None,
+    val_src = make_source(data_dir, val_ids, cp, batch_size, cfg.oversample_foreground_percent, None, None,
                           cfg.seed + 1)
     schedule = (f"time budget {cfg.time_budget_s:.0f} s (schedule fitted after {WARMUP_ITERATIONS} iterations)"
                 if budget.active and not budget.fitted else f"{budget.cfg.num_epochs} epochs x {n_it} iterations")
