@@ -61,6 +61,34 @@ def _fold_dirs(ws: Workspace, dataset: str, configuration: str, variant: str, fo
     return dirs
 
 
+def load_predictor(ws: Workspace, dataset: str, configuration: str, variant: str, folds, checkpoint: str, device,
+                   step_size: float = 0.5, tta: bool = True):
+    """The ``Predictor`` of a configuration's folds; a cascade stage also gets its previous stage's.
+
+    The previous stage (3d_lowres) uses the variant the cascade was trained with
+    (``previous_stage_variant``, else the same) and the same folds; for cascade fold ``all``
+    without a lowres fold ``all`` it uses every trained lowres fold, whose cross-validation
+    masks that cascade was trained on.
+    """
+    from autoseg.inference.predictor import Predictor
+
+    predictor = Predictor.from_folds(_fold_dirs(ws, dataset, configuration, variant, folds, checkpoint), checkpoint,
+                                     device, step_size, tta)
+    prev = predictor.configuration.previous_stage
+    if prev:
+        prev_variant = getattr(predictor.train_config, "previous_stage_variant", None) or variant
+        prev_folds = folds
+        base = ws.results_dataset(dataset) / prev / prev_variant
+        if folds and [str(f) for f in folds] == ["all"] and not (base / "fold_all" / f"{checkpoint}.pth").is_file():
+            prev_folds = None
+        try:
+            predictor.previous = load_predictor(ws, dataset, prev, prev_variant, prev_folds, checkpoint, device,
+                                                step_size, tta)
+        except UserFacingError as exc:
+            raise UserFacingError(f"{configuration} runs {prev} ('{prev_variant}') first, and {exc}") from None
+    return predictor
+
+
 def predict_folder(input_dir, output_dir, ws: Workspace, dataset: str, configurations=None, folds=None,
                    checkpoint: str = "checkpoint_final", variant: str = "default", step_size: float = 0.5,
                    tta: bool = True, save_probabilities: bool = False, resume: bool = False, device="auto",
@@ -69,7 +97,6 @@ def predict_folder(input_dir, output_dir, ws: Workspace, dataset: str, configura
     from tqdm import tqdm
 
     from autoseg.imageio import read_image, write_image
-    from autoseg.inference.predictor import Predictor
     from autoseg.inference.validation import save_probabilities as save_probs
     from autoseg.postprocess.components import Postprocessing, apply_postprocessing
     from autoseg.device import pick_device
@@ -84,8 +111,7 @@ def predict_folder(input_dir, output_dir, ws: Workspace, dataset: str, configura
         folds = folds or sel.folds
         postprocessing = sel.postprocessing
     dev = pick_device(device)
-    predictors = [Predictor.from_folds(_fold_dirs(ws, name, c, variant, folds, checkpoint), checkpoint, dev,
-                                       step_size, tta) for c in configurations]
+    predictors = [load_predictor(ws, name, c, variant, folds, checkpoint, dev, step_size, tta) for c in configurations]
     num_channels = len(predictors[0].plans.channel_names)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -23,6 +24,8 @@ class Predictor:
     device: torch.device
     step_size: float = 0.5
     mirror: bool = True
+    train_config: object = None  # TrainConfig of the first fold
+    previous: Optional["Predictor"] = None  # cascade: the stage that runs first and feeds its mask in
 
     @classmethod
     def from_folds(cls, fold_dirs: list[Path], checkpoint: str = "checkpoint_final", device="cpu",
@@ -34,7 +37,8 @@ class Predictor:
             torch.set_num_threads(max(1, os.cpu_count() or 1))
         models = [load_trained_model(d, checkpoint, device) for d in fold_dirs]
         first = models[0]
-        return cls([m.network for m in models], first.plans, first.configuration, device, step_size, mirror)
+        return cls([m.network for m in models], first.plans, first.configuration, device, step_size, mirror,
+                   first.train_config)
 
     def predict_preprocessed(self, data: np.ndarray) -> np.ndarray:
         """Softmax (K, z, y, x) at the preprocessed spacing, averaged over folds."""
@@ -49,9 +53,21 @@ class Predictor:
         return (total / len(self.networks)).numpy()
 
     def predict_case(self, image: np.ndarray, geometry: ImageGeometry) -> tuple[np.ndarray, np.ndarray]:
-        """Label map (Z, Y, X) and probabilities (K, Z, Y, X) in the image's own geometry."""
+        """Label map (Z, Y, X) and probabilities (K, Z, Y, X) in the image's own geometry.
+
+        A cascade stage first runs ``previous`` on the image and adds its segmentation, put on
+        this configuration's grid, as one-hot input channels (as in training).
+        """
         from autoseg.preprocess.preprocessor import export_to_original, preprocess_case
 
         data, _, props = preprocess_case(image, geometry, self.plans, self.configuration.name)
+        if self.configuration.previous_stage:
+            from autoseg.preprocess.previous_stage import one_hot, previous_stage_labels, previous_stage_to_grid
+
+            if self.previous is None:
+                raise ValueError(f"{self.configuration.name} needs its previous stage's predictor (previous=...)")
+            prev_seg, _ = self.previous.predict_case(image, geometry)
+            grid = previous_stage_to_grid(prev_seg, props, self.plans, self.configuration.name)
+            data = np.concatenate([data, one_hot(grid, previous_stage_labels(self.plans))])
         probs = self.predict_preprocessed(data)
         return export_to_original(probs, props, self.plans, self.configuration.name)
