@@ -142,6 +142,7 @@ def prepare_previous_stage(ws: Workspace, dataset: str, plans: Plans, configurat
 
     name = ws.dataset_name(dataset)
     cfg = plans.configuration(configuration)
+    case_ids = list(dict.fromkeys(case_ids))  # fold 'all' trains and validates on the same cases
     sources = find_previous_stage_segmentations(ws, name, plans, configuration, variant, case_ids, fold)
     data_dir = ws.preprocessed / name / cfg.preprocessed_name
     folder = ws.results / name / cfg.previous_stage / variant / CACHE_FOLDER
