@@ -21,13 +21,26 @@ TINY = ["--set", "num_epochs=1", "--set", "num_iterations_per_epoch=2", "--set",
         "--set", "validation_mirroring=false"]
 
 
+def plan_and_preprocess_cpu(root: str) -> None:
+    """plan_and_preprocess --force-lowres with the cpu profile's plans, minus the step timing that
+    ``autoseg plan`` adds on that profile (slow on a loaded machine; widths are not tested here)."""
+    from autoseg.fingerprint_types import load_fingerprint
+    from autoseg.planners.experiment import plan_experiment
+    from autoseg.plans import save_plans
+
+    assert main(["fingerprint", "-d", "901", "-np", "1", "--root", root]) == 0
+    pre = Path(root) / "preprocessed" / NAME
+    save_plans(plan_experiment(load_fingerprint(pre / "fingerprint.json"), "cpu", force_lowres=True),
+               pre / "plans.json")
+    assert main(["preprocess", "-d", "901", "-np", "1", "--root", root]) == 0
+
+
 @pytest.fixture(scope="module")
 def cascade_root(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("ws")
     make_dataset(root / "raw")
     r = str(root)
-    assert main(["plan_and_preprocess", "-d", "901", "-np", "1", "--device-profile", "cpu", "--force-lowres",
-                 "--root", r]) == 0
+    plan_and_preprocess_cpu(r)
     cases = [f"case_{i:03d}" for i in range(6)]
     splits = [{"train": cases[3:], "val": cases[:3]}, {"train": cases[:3], "val": cases[3:]}]
     (root / "preprocessed" / NAME / "splits.json").write_text(json.dumps(splits))

@@ -33,7 +33,7 @@ def test_force_lowres_on_the_command_line(synth_dataset, workspace, command):
     r = str(workspace)
     if command == "plan":
         assert main(["fingerprint", "-d", "901", "-np", "1", "--root", r]) == 0
-    base = [command, "-d", "901", "--root", r, "--device-profile", "cpu"] + (["-np", "1"] if command != "plan" else [])
+    base = [command, "-d", "901", "--root", r, "--device-profile", "gpu-8gb"] + (["-np", "1"] if command != "plan" else [])
     plans_path = workspace / "preprocessed" / NAME / "plans.json"
     assert main(base) == 0
     assert set(json.loads(plans_path.read_text())["configurations"]) == {"2d", "3d_fullres"}
