@@ -6,5 +6,6 @@ set -euo pipefail
 VENV="${1:-/work/nnunet_venv}"
 python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q torch==2.13.0
-"$VENV/bin/pip" install -q nnunetv2==2.8.1
+# torch named again in the same command: otherwise pip may upgrade it for nnunetv2 (seen: 2.15.0+cu132)
+"$VENV/bin/pip" install -q nnunetv2==2.8.1 torch==2.13.0
 "$VENV/bin/python" -c "import nnunetv2, torch; print('nnunetv2 ready, torch', torch.__version__)"
