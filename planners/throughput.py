@@ -8,9 +8,10 @@ iterations). What a short budget buys is iterations, so on the ``cpu`` profile:
 
 1. the patch is planned as usual (the memory rule of the profile, up to the median image):
    context is what segmentation accuracy depends on most, so it is the last thing given up;
-2. for each candidate width (``base_features`` in ``CANDIDATE_WIDTHS``, features doubling per stage
-   as usual) one training step (forward, deep-supervised loss, backward) of the planned batch is
-   timed on this machine (``measure_step_seconds``, ~1-3 s per candidate);
+2. for each candidate width (``base_features`` in ``CANDIDATE_WIDTHS``, narrowest first, features
+   doubling per stage as usual) one training step (forward, deep-supervised loss, backward) of the
+   planned batch is timed on this machine (``measure_step_seconds``, ~1-3 s per candidate), up to
+   the first width that misses the target below (wider ones would only be slower);
 3. the widest candidate that still trains ``MIN_ITERATIONS`` iterations within the per-fold
    budget is chosen (``choose_width``); if none does, the narrowest.
 
@@ -62,14 +63,16 @@ def choose_width(cfg: ConfigurationPlan, step_seconds: StepTimer, budget_s: floa
                  max_features_ratio: int = 10) -> tuple[ConfigurationPlan, list[WidthMeasurement]]:
     """The widest candidate network that trains ``MIN_ITERATIONS`` within ``budget_s`` (else the narrowest).
 
-    Example with a fake timer of 0.02 s per base feature: widths 32, 24, 16, 8 take 0.64, 0.48,
-    0.32, 0.16 s; 1800 s / (0.48 s * 1.15) = 3260 >= 2500, so 24 is chosen (32 gives 2445)."""
+    Example with a fake timer of 0.02 s per base feature: widths 8, 16, 24, 32 take 0.16, 0.32,
+    0.48, 0.64 s; 1800 s / (0.48 s * 1.15) = 3260 >= 2500, but 32 gives 2445, so 24 is chosen."""
     measured = []
-    for width in CANDIDATE_WIDTHS:
+    for width in sorted(CANDIDATE_WIDTHS):  # narrowest first; wider ones cost more, so stop at the first miss
         candidate = widen(cfg, width, width * max_features_ratio)
         seconds = step_seconds(candidate.network, tuple(candidate.patch_size), candidate.batch_size)
         measured.append(WidthMeasurement(width, candidate.network.features_per_stage, seconds,
                                          int(budget_s / (seconds * STEP_OVERHEAD))))
+        if measured[-1].iterations_in_budget < MIN_ITERATIONS:
+            break
     fitting = [m for m in measured if m.iterations_in_budget >= MIN_ITERATIONS]
     best = max(fitting, key=lambda m: m.base_features) if fitting else min(measured, key=lambda m: m.base_features)
     return widen(cfg, best.base_features, best.base_features * max_features_ratio), measured
