@@ -29,6 +29,18 @@ def _np(p: argparse.ArgumentParser) -> None:
                    help="worker processes (default: number of CPU cores)")
 
 
+def _training(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``train`` and ``train_all``."""
+    _dataset(p)
+    _root(p)
+    p.add_argument("--variant", default=None, help="named TrainConfig variant (default: 'default')")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a TrainConfig field, e.g. --set num_epochs=50 (repeatable)")
+    p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("-np", "--num-workers", type=int, default=None,
+                   help="augmentation worker processes (default: chosen from the CPU count)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autoseg", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -84,12 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("configuration", choices=CONFIG_CHOICES)
     p.add_argument("folds", nargs="+", metavar="fold",
                    help="0-4, or 'all' to train on every case; several folds share --time-budget")
-    _dataset(p)
-    _root(p)
-    p.add_argument("--variant", default=None, help="named TrainConfig variant (default: 'default')")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a TrainConfig field, e.g. --set num_epochs=50 (repeatable)")
-    p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda", "mps"))
+    _training(p)
     p.add_argument("--continue", dest="resume", action="store_true",
                    help="resume from checkpoint_latest (or extend a finished run)")
     p.add_argument("--val", dest="validate_only", action="store_true",
@@ -97,8 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", default=None,
                    help="wall-clock budget such as 30m or 2h for all the folds given, final validation "
                         "included; the schedule is fitted to it")
-    p.add_argument("-np", "--num-workers", type=int, default=None,
-                   help="augmentation worker processes (default: chosen from the CPU count)")
 
     p = add("predict", "autoseg.inference.predict:cli_predict", "segment new images")
     p.add_argument("-i", "--input", required=True, help="folder of {case}_{XXXX}.ext images")
@@ -119,18 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("train_all", "autoseg.training.run:cli_train_all",
             "train all 5 folds of every configuration find_best_config compares, within one time budget")
-    _dataset(p)
-    _root(p)
+    _training(p)
     p.add_argument("-c", "--configurations", nargs="+", default=None, choices=CONFIG_CHOICES,
                    help="configurations to train (default: every planned one; 3d_lowres before its cascade)")
     p.add_argument("--time-budget", default=None,
                    help="total wall-clock budget such as 8h, split across the folds still to train")
-    p.add_argument("--variant", default=None, help="named TrainConfig variant (default: 'default')")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a TrainConfig field (repeatable)")
-    p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda", "mps"))
-    p.add_argument("-np", "--num-workers", type=int, default=None,
-                   help="augmentation worker processes (default: chosen from the CPU count)")
 
     p = add("find_best_config", "autoseg.postprocess.selection:cli_find_best_config",
             "choose the best configuration or ensemble and its postprocessing from cross-validation")
