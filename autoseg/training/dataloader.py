@@ -206,6 +206,19 @@ class BatchSource:
         return {"data": batch["data"].astype(np.float32), "target": target}
 
 
+def class_frequencies(source: BatchSource, num_classes: int, num_batches: int = 25) -> np.ndarray:
+    """Fraction of voxels of each class in ``num_batches`` batches of ``source`` (batches
+    ``0 .. num_batches-1``; build the source without augmentation for speed). The patches are
+    sampled as in training, foreground oversampling included, so these are the frequencies the
+    network sees."""
+    counts = np.zeros(num_classes, np.float64)
+    for i in range(num_batches):
+        target = source.batch(i)["target"]
+        target = target[0] if isinstance(target, list) else target
+        counts += np.bincount(np.asarray(target).ravel().clip(0, num_classes - 1), minlength=num_classes)[:num_classes]
+    return counts / max(counts.sum(), 1.0)
+
+
 def downsample_seg(seg: np.ndarray, scale: tuple[float, ...]) -> np.ndarray:
     """Nearest-neighbour downsampling of (B, 1, *spatial) by integer factors 1/scale."""
     index = [slice(None), slice(None)]

@@ -34,6 +34,10 @@ class TrainConfig:
     ce_weight: float = 1.0
     dice_weight: float = 1.0
     deep_supervision: bool = True
+    # Output biases start at log(class frequency in training patches), floored at output_prior_min
+    # (network.init_output_bias); false: zero biases (uniform softmax at the start)
+    output_prior_init: bool = True
+    output_prior_min: float = 1e-3
     oversample_foreground_percent: float = 0.33
     # Small/rare classes (autoseg/training/small_classes.py). None: the plans' small_classes of the
     # configuration; (): no special handling. Of each batch, a share small_class_oversample (B=2:

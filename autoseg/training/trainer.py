@@ -27,9 +27,9 @@ from autoseg.preprocess.storage import load_properties
 from autoseg.training.budget import (WARMUP_ITERATIONS, VALIDATION_SAFETY, estimate_validation_seconds, fit_schedule,
                                      refit_epochs)
 from autoseg.training.checkpoint import load_checkpoint, save_checkpoint
-from autoseg.training.dataloader import BatchSource, iterate
+from autoseg.training.dataloader import BatchSource, class_frequencies, iterate
 from autoseg.training.loss import build_loss
-from autoseg.training.network import build_network, deep_supervision_scales
+from autoseg.training.network import build_network, deep_supervision_scales, init_output_bias
 from autoseg.training.progress import format_epoch, plot_progress
 from autoseg.training.small_classes import resolve_small_classes
 from autoseg.training.splits import get_split
@@ -124,8 +124,15 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
 
     batch_size = cfg.batch_size or cp.batch_size
     scales = deep_supervision_scales(cp) if cfg.deep_supervision else None
-    net = build_network(plans, configuration, cfg.deep_supervision).to(dev)
+    net = build_network(plans, configuration, cfg.deep_supervision)
     small = resolve_small_classes(cfg, cp, plans.num_classes)
+    if state is None and cfg.output_prior_init:
+        prior_src = make_source(data_dir, train_ids, cp, batch_size, cfg.oversample_foreground_percent, None, None,
+                                cfg.seed + 2, small.shares)
+        priors = init_output_bias(net, class_frequencies(prior_src, plans.num_classes), cfg.output_prior_min)
+        log.info("output biases from class frequencies in training patches: %s",
+                 " ".join(f"{p:.4f}" for p in priors))
+    net = net.to(dev)
     loss_fn = build_loss(cfg.loss, cp.batch_dice if cfg.batch_dice is None else cfg.batch_dice,
                          cfg.ce_weight, cfg.dice_weight, len(scales) if scales else None,
                          small.ce_weights, small.batch_dice_classes)

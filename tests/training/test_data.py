@@ -7,7 +7,7 @@ from autoseg.errors import UserFacingError
 from autoseg.plans import ConfigurationPlan, NetworkPlan
 from autoseg.preprocess.storage import CaseProperties, sample_class_locations, save_case
 from autoseg.training.augmentation import AugmentationConfig
-from autoseg.training.dataloader import BatchSource, crop_with_padding, iterate, num_forced
+from autoseg.training.dataloader import BatchSource, class_frequencies, crop_with_padding, iterate, num_forced
 from autoseg.training.splits import get_split, make_splits
 
 
@@ -76,6 +76,18 @@ def test_oversampling_forces_the_expected_fraction(tmp_path):
         hits += (seg.reshape(3, -1) > 0).any(1)
     assert hits[2] == 60  # the forced (last) sample always holds foreground
     assert hits[:2].sum() < 30  # random 8^3 patches in a 24^3 volume rarely hit a single voxel
+
+
+def test_class_frequencies_count_the_sampled_patches(tmp_path):
+    ids = tiny_cases(tmp_path)
+    src = BatchSource(tmp_path, ids, plan(), 3, 0.33, None, None, seed=3)
+    seen = np.zeros(3)
+    for i in range(4):
+        seen += np.bincount(src.batch(i)["target"].ravel(), minlength=3)
+    freq = class_frequencies(src, 3, num_batches=4)
+    assert freq.tolist() == pytest.approx((seen / (4 * 3 * 8 ** 3)).tolist())
+    # each case has one voxel of each class: the forced sample (1 of 3) holds at least one
+    assert seen[1] + seen[2] >= 4 and freq[0] > 0.99
 
 
 def test_2d_sampling_and_deep_supervision_targets(tmp_path):

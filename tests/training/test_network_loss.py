@@ -5,7 +5,7 @@ import torch
 
 from autoseg.plans import ConfigurationPlan, NetworkPlan
 from autoseg.training.loss import DiceCELoss, build_loss, deep_supervision_weights, soft_dice
-from autoseg.training.network import UNet, deep_supervision_scales
+from autoseg.training.network import UNet, deep_supervision_scales, init_output_bias
 from autoseg.training.trainer import poly_lr
 
 
@@ -33,6 +33,19 @@ def test_anisotropic_kernels_and_strides():
 def test_2d_network():
     net = UNet(NetworkPlan(2, (4, 8), ((3, 3), (3, 3)), ((1, 1), (2, 2))), 3, 4, False)
     assert tuple(net(torch.zeros(2, 3, 16, 12)).shape) == (2, 4, 16, 12)
+
+
+def test_output_bias_prior_sets_the_initial_softmax_to_the_floored_priors():
+    net = UNet(NetworkPlan(3, (4, 8, 16), ((3, 3, 3),) * 3, ((1, 1, 1), (2, 2, 2), (2, 2, 2))), 1, 3, True)
+    for head in net.heads:
+        torch.nn.init.zeros_(head.weight)  # the output is then the bias alone
+    used = init_output_bias(net, [0.9, 0.0, 0.1], min_prior=1e-3)
+    expected = [0.9 / 1.001, 0.001 / 1.001, 0.1 / 1.001]  # class 1 floored at 1e-3, then renormalised
+    assert used == pytest.approx(expected)
+    for out in net(torch.randn(1, 1, 8, 8, 8)):  # every deep-supervision head
+        assert torch.softmax(out, 1)[0, :, 0, 0, 0].tolist() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="2 class priors for a network with 3 outputs"):
+        init_output_bias(net, [0.5, 0.5])
 
 
 def test_ce_of_uniform_logits_is_log_k():
