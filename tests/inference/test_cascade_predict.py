@@ -95,9 +95,10 @@ def test_predict_runs_lowres_then_cascade(cascade_root, images, tmp_path):
         _, expected = export_to_original(by_hand, props, cascade.plans, "3d_cascade_fullres")
         got = probabilities(out, case)
         np.testing.assert_allclose(got, expected, atol=2e-3)
-        # the mask channels matter: an empty lowres mask gives other probabilities
-        empty = cascade.predict_preprocessed(np.concatenate([data, np.zeros((2,) + data.shape[1:], np.float32)]))
-        assert np.abs(empty - by_hand).max() > 1e-3
+        # the mask channels matter: another lowres mask (class 1 wherever the real one has none, and
+        # nowhere else) gives other probabilities
+        other = cascade.predict_preprocessed(np.concatenate([data, one_hot(np.where(grid == 1, 0, 1), [1, 2])]))
+        assert np.abs(other - by_hand).max() > 1e-3
         written = sitk.ReadImage(str(out / f"{case}.nii.gz"))
         assert written.GetSize() == sitk.ReadImage(str(images / f"{case}_0000.nii.gz")).GetSize()
 
