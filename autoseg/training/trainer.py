@@ -127,9 +127,10 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     net = build_network(plans, configuration, cfg.deep_supervision)
     small = resolve_small_classes(cfg, cp, plans.num_classes)
     if state is None and cfg.output_prior_init:
-        prior_src = make_source(data_dir, train_ids, cp, batch_size, cfg.oversample_foreground_percent, None, None,
-                                cfg.seed + 2, small.shares)
-        priors = init_output_bias(net, class_frequencies(prior_src, plans.num_classes), cfg.output_prior_min)
+        # a source of its own (unaugmented: fast), dropped right after so its cases are not held in memory twice
+        frequencies = class_frequencies(make_source(data_dir, train_ids, cp, batch_size, cfg.oversample_foreground_percent,
+                                                    None, None, cfg.seed + 2, small.shares), plans.num_classes)
+        priors = init_output_bias(net, frequencies, cfg.output_prior_min)
         log.info("output biases from class frequencies in training patches: %s",
                  " ".join(f"{p:.4f}" for p in priors))
     net = net.to(dev)
