@@ -119,3 +119,19 @@ def make_png_dataset(root: Path, name: str = "Dataset902_SynthPNG", num_cases: i
     }
     (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
     return folder
+
+
+def plan_and_preprocess_cpu(root: str, dataset_id: int = 901) -> None:
+    """plan_and_preprocess --force-lowres with the cpu profile's plans, minus the step timing that
+    ``autoseg plan`` adds on that profile (slow on a loaded machine; widths are not tested here)."""
+    from autoseg.cli import main
+    from autoseg.fingerprint_types import load_fingerprint
+    from autoseg.paths import Workspace
+    from autoseg.planners.experiment import plan_experiment
+    from autoseg.plans import save_plans
+
+    assert main(["fingerprint", "-d", str(dataset_id), "-np", "1", "--root", root]) == 0
+    pre = Workspace(Path(root)).preprocessed_dataset(dataset_id)
+    save_plans(plan_experiment(load_fingerprint(pre / "fingerprint.json"), "cpu", force_lowres=True),
+               pre / "plans.json")
+    assert main(["preprocess", "-d", str(dataset_id), "-np", "1", "--root", root]) == 0

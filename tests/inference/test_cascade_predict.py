@@ -14,25 +14,11 @@ from autoseg.inference.predict import load_predictor
 from autoseg.paths import Workspace
 from autoseg.preprocess.preprocessor import export_to_original, preprocess_case
 from autoseg.preprocess.previous_stage import one_hot, previous_stage_to_grid
-from synthetic import make_dataset
+from synthetic import make_dataset, plan_and_preprocess_cpu
 
 NAME = "Dataset901_Synth"
 TINY = ["--set", "num_epochs=1", "--set", "num_iterations_per_epoch=2", "--set", "num_val_iterations_per_epoch=1",
         "--set", "validation_mirroring=false"]
-
-
-def plan_and_preprocess_cpu(root: str) -> None:
-    """plan_and_preprocess --force-lowres with the cpu profile's plans, minus the step timing that
-    ``autoseg plan`` adds on that profile (slow on a loaded machine; widths are not tested here)."""
-    from autoseg.fingerprint_types import load_fingerprint
-    from autoseg.planners.experiment import plan_experiment
-    from autoseg.plans import save_plans
-
-    assert main(["fingerprint", "-d", "901", "-np", "1", "--root", root]) == 0
-    pre = Path(root) / "preprocessed" / NAME
-    save_plans(plan_experiment(load_fingerprint(pre / "fingerprint.json"), "cpu", force_lowres=True),
-               pre / "plans.json")
-    assert main(["preprocess", "-d", "901", "-np", "1", "--root", root]) == 0
 
 
 @pytest.fixture(scope="module")

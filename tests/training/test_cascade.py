@@ -12,28 +12,19 @@ from autoseg.imageio import read_label, write_image
 from autoseg.paths import Workspace
 from autoseg.planners.experiment import plan_experiment
 from autoseg.fingerprint_types import load_fingerprint
-from autoseg.plans import load_plans, save_plans
+from autoseg.plans import load_plans
 from autoseg.preprocess.previous_stage import num_input_channels, one_hot, previous_stage_to_grid
 from autoseg.preprocess.storage import CaseProperties, load_case
 from autoseg.training.augmentation import AugmentationConfig
 from autoseg.training.cascade import (CascadeBatchSource, _morphology, augment_previous_stage,
                                       find_previous_stage_segmentations, heldout_folds, prepare_previous_stage)
 from autoseg.training.network import build_network
+from synthetic import plan_and_preprocess_cpu
 
 NAME = "Dataset901_Synth"
 CASES = [f"case_{i:03d}" for i in range(6)]
 SPLITS = [{"train": CASES[3:], "val": CASES[:3]}, {"train": CASES[:3], "val": CASES[3:]}]
 FINGERPRINT = Path(__file__).parents[1] / "planners" / "data" / "hippocampus_fingerprint.json"
-
-
-def plan_and_preprocess_cpu(root: str) -> None:
-    """plan_and_preprocess --force-lowres with the cpu profile's plans, minus the step timing that
-    ``autoseg plan`` adds on that profile (slow on a loaded machine; widths are not tested here)."""
-    assert main(["fingerprint", "-d", "901", "-np", "1", "--root", root]) == 0
-    pre = Path(root) / "preprocessed" / NAME
-    save_plans(plan_experiment(load_fingerprint(pre / "fingerprint.json"), "cpu", force_lowres=True),
-               pre / "plans.json")
-    assert main(["preprocess", "-d", "901", "-np", "1", "--root", root]) == 0
 
 
 @pytest.fixture
