@@ -62,7 +62,7 @@ def _fold_dirs(ws: Workspace, dataset: str, configuration: str, variant: str, fo
 
 
 def load_predictor(ws: Workspace, dataset: str, configuration: str, variant: str, folds, checkpoint: str, device,
-                   step_size: float = 0.5, tta: bool = True):
+                   step_size: float = 0.5, tta: bool = True, precision: str = "auto"):
     """The ``Predictor`` of a configuration's folds; a cascade stage also gets its previous stage's.
 
     The previous stage (3d_lowres) uses the variant the cascade was trained with
@@ -73,7 +73,7 @@ def load_predictor(ws: Workspace, dataset: str, configuration: str, variant: str
     from autoseg.inference.predictor import Predictor
 
     predictor = Predictor.from_folds(_fold_dirs(ws, dataset, configuration, variant, folds, checkpoint), checkpoint,
-                                     device, step_size, tta)
+                                     device, step_size, tta, precision)
     prev = predictor.configuration.previous_stage
     if prev:
         prev_variant = getattr(predictor.train_config, "previous_stage_variant", None) or variant
@@ -83,7 +83,7 @@ def load_predictor(ws: Workspace, dataset: str, configuration: str, variant: str
             prev_folds = None
         try:
             predictor.previous = load_predictor(ws, dataset, prev, prev_variant, prev_folds, checkpoint, device,
-                                                step_size, tta)
+                                                step_size, tta, precision)
         except UserFacingError as exc:
             raise UserFacingError(f"{configuration} runs {prev} ('{prev_variant}') first, and {exc}") from None
     return predictor
@@ -92,7 +92,7 @@ def load_predictor(ws: Workspace, dataset: str, configuration: str, variant: str
 def predict_folder(input_dir, output_dir, ws: Workspace, dataset: str, configurations=None, folds=None,
                    checkpoint: str = "checkpoint_final", variant: str = "default", step_size: float = 0.5,
                    tta: bool = True, save_probabilities: bool = False, resume: bool = False, device="auto",
-                   postprocess: bool = True) -> int:
+                   postprocess: bool = True, precision: str = "auto") -> int:
     """Predict every case of ``input_dir`` into ``output_dir``; return the number of failed cases."""
     from tqdm import tqdm
 
@@ -111,7 +111,8 @@ def predict_folder(input_dir, output_dir, ws: Workspace, dataset: str, configura
         folds = folds or sel.folds
         postprocessing = sel.postprocessing
     dev = pick_device(device)
-    predictors = [load_predictor(ws, name, c, variant, folds, checkpoint, dev, step_size, tta) for c in configurations]
+    predictors = [load_predictor(ws, name, c, variant, folds, checkpoint, dev, step_size, tta, precision)
+                  for c in configurations]
     num_channels = len(predictors[0].plans.channel_names)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -148,7 +149,7 @@ def cli_predict(args: argparse.Namespace) -> int:
     failed = predict_folder(args.input, args.output, ws, args.dataset, args.configurations, args.folds,
                             args.chk, args.variant or "default", args.step_size, not args.disable_tta,
                             args.save_probabilities, args.resume, args.device or "auto",
-                            not args.no_postprocessing)
+                            not args.no_postprocessing, args.precision)
     if failed:
         log.error("%d case(s) failed; see the messages above", failed)
         return 1

@@ -26,10 +26,12 @@ class Predictor:
     mirror: bool = True
     train_config: object = None  # TrainConfig of the first fold
     previous: Optional["Predictor"] = None  # cascade: the stage that runs first and feeds its mask in
+    precision: str = "fp32"  # resolved (autoseg.device.resolve_precision)
 
     @classmethod
     def from_folds(cls, fold_dirs: list[Path], checkpoint: str = "checkpoint_final", device="cpu",
-                   step_size: float = 0.5, mirror: bool = True) -> "Predictor":
+                   step_size: float = 0.5, mirror: bool = True, precision: str = "auto") -> "Predictor":
+        from autoseg.device import resolve_precision
         from autoseg.training.checkpoint import load_trained_model
 
         device = torch.device(device)
@@ -38,18 +40,19 @@ class Predictor:
         models = [load_trained_model(d, checkpoint, device) for d in fold_dirs]
         first = models[0]
         return cls([m.network for m in models], first.plans, first.configuration, device, step_size, mirror,
-                   first.train_config)
+                   first.train_config, precision=resolve_precision(precision, device))
 
     def predict_preprocessed(self, data: np.ndarray) -> np.ndarray:
         """Softmax (K, z, y, x) at the preprocessed spacing, averaged over folds."""
         from autoseg.inference.sliding_window import predict_volume
 
+        from autoseg.device import with_autocast
+
         total = None
-        with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-            for net in self.networks:
-                p = predict_volume(net, data, self.configuration.patch_size, self.plans.num_classes,
-                                   self.step_size, self.mirror, self.device).float().cpu()
-                total = p if total is None else total + p
+        for net in self.networks:
+            p = predict_volume(with_autocast(net, self.precision, self.device), data, self.configuration.patch_size,
+                               self.plans.num_classes, self.step_size, self.mirror, self.device).float().cpu()
+            total = p if total is None else total + p
         return (total / len(self.networks)).numpy()
 
     def predict_case(self, image: np.ndarray, geometry: ImageGeometry) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,9 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from autoseg.device import with_autocast
 from autoseg.imageio import ImageGeometry, write_image
 from autoseg.paths import Workspace
 from autoseg.serialization import save_json
@@ -31,7 +33,9 @@ def save_probabilities(path_stem: Path, probabilities: np.ndarray, geometry: Ima
 
 
 def validate_fold(fold_dir: str | Path, model, ws: Workspace, dataset: str, val_ids: list[str],
-                  device="cpu", step_size: float = 0.5, mirror: bool = True) -> dict:
+                  device="cpu", step_size: float = 0.5, mirror: bool = True, precision: str = "fp32") -> dict:
+    """Predict ``val_ids`` with ``model`` (``precision``: a resolved one, see ``autoseg.device``), write
+    the segmentations, probabilities and ``summary.json`` under ``fold_dir/validation``."""
     from tqdm import tqdm
 
     from autoseg.inference.sliding_window import predict_volume
@@ -44,7 +48,7 @@ def validate_fold(fold_dir: str | Path, model, ws: Workspace, dataset: str, val_
     out.mkdir(parents=True, exist_ok=True)
     plans, cfg = model.plans, model.configuration
     data_dir = ws.preprocessed_dataset(dataset) / cfg.preprocessed_name
-    net = model.network
+    net = with_autocast(model.network, precision, torch.device(device))
     from autoseg.training.cascade import validation_inputs
 
     add_inputs = validation_inputs(ws, dataset, model, fold_dir, val_ids)  # cascade: the lowres masks

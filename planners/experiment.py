@@ -229,13 +229,17 @@ def cli_plan(args: argparse.Namespace) -> int:
     if profile == "cpu":  # width from the speed measured on this machine (planners/throughput.py)
         import torch
 
+        from autoseg.device import resolve_precision
         from autoseg.serialization import save_json
 
         torch.set_num_threads(max(1, os.cpu_count() or 1))
         in_ch, n_cls = len(plans.channel_names), plans.num_classes
         budget = parse_duration(args.time_budget) if getattr(args, "time_budget", None) else DEFAULT_FOLD_BUDGET_S
+        precision = resolve_precision("auto", torch.device("cpu"))  # what training will use here
         plans, report = adapt_to_throughput(
-            plans, lambda net, patch, batch: measure_step_seconds(net, patch, batch, in_ch, n_cls), budget)
+            plans, lambda net, patch, batch: measure_step_seconds(net, patch, batch, in_ch, n_cls,
+                                                                  precision=precision), budget)
+        report["precision"] = precision
         save_json(report, folder / "throughput.json")
         for name, r in report["configurations"].items():
             log.info("%-18s width %d chosen from measured steps: %s", name, r["chosen_base_features"],

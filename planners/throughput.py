@@ -79,10 +79,13 @@ def choose_width(cfg: ConfigurationPlan, step_seconds: StepTimer, budget_s: floa
 
 
 def measure_step_seconds(net_plan: NetworkPlan, patch: tuple[int, ...], batch: int, in_channels: int = 1,
-                         num_classes: int = 3, repeats: int = 2) -> float:
+                         num_classes: int = 3, repeats: int = 2, precision: str = "fp32") -> float:
     """Seconds of one training step (forward, deep-supervised Dice+CE, backward, SGD) on random
-    data, on this process' torch threads: the best of ``repeats`` after one untimed step."""
+    data, on this process' torch threads, computed in ``precision`` (fp32, or bf16 autocast as
+    training uses where it is faster): the best of ``repeats`` after one untimed step."""
     import torch
+
+    from autoseg.device import autocast_dtype
 
     from autoseg.training.loss import build_loss
     from autoseg.training.network import UNet
@@ -99,7 +102,9 @@ def measure_step_seconds(net_plan: NetworkPlan, patch: tuple[int, ...], batch: i
     for k in range(repeats + 1):
         started = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss_fn(net(x), targets).backward()
+        with torch.autocast("cpu", dtype=autocast_dtype(precision), enabled=autocast_dtype(precision) is not None):
+            loss = loss_fn(net(x), targets)
+        loss.backward()
         opt.step()
         if k:
             best = min(best, time.perf_counter() - started)

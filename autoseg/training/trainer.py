@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autoseg.device import pick_device
+from autoseg.device import autocast_dtype, pick_device, resolve_precision, with_autocast
 from autoseg.errors import UserFacingError
 from autoseg.paths import Workspace
 from autoseg.plans import load_plans
@@ -102,6 +102,7 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     dev = pick_device(device)
     if dev.type == "cpu":
         torch.set_num_threads(max(1, os.cpu_count() or 1))
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, dev))
     torch.manual_seed(cfg.seed)
 
     state = None
@@ -140,8 +141,8 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
                          small.ce_weights, small.batch_dice_classes)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.initial_lr, momentum=cfg.momentum,
                           nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
-    use_amp = dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+    amp_dtype = autocast_dtype(cfg.precision)
     history, best_ema, iteration = _empty_history(), -1.0, 0
     if state is not None:
         net.load_state_dict(state["network"])
@@ -196,7 +197,8 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
                     step_started = time.perf_counter()
                     batch = next(batches)
                     waited += time.perf_counter() - step_started
-                    losses.append(_train_step(net, loss_fn, opt, scaler, batch, dev, cfg.grad_clip))
+                    losses.append(_train_step(net, loss_fn, opt, scaler, batch, dev, cfg.grad_clip,
+                                              amp_dtype))
                     iteration += 1
                     step_s = time.perf_counter() - step_started
                     trained += step_s
@@ -214,7 +216,7 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
                 bar.close()
                 val_started = time.perf_counter()
                 val_loss, dice = _validate_patches(net, loss_fn, val_src, epoch * n_val, n_val, dev, num_classes,
-                                                   scales)
+                                                   scales, cfg.precision)
                 forward_s = (time.perf_counter() - val_started) / max(1, n_val * batch_size)
                 ema = dice.mean() if not history["ema_dice"] else (
                     cfg.ema_alpha * history["ema_dice"][-1] + (1 - cfg.ema_alpha) * dice.mean())
@@ -289,11 +291,12 @@ class _Budget:
         steps = self.step_times[1:] or [self.elapsed() / max(1, iteration)]
         per_it = float(np.median(steps))
         net.eval()
+        forward = with_autocast(net, self.cfg.precision, dev)
         with torch.no_grad():
             x = data[:1].to(dev)
-            net(x)
+            forward(x)
             t = time.perf_counter()
-            net(x)
+            forward(x)
             per_forward = time.perf_counter() - t
         net.train()
         self.validation_s = VALIDATION_SAFETY * estimate_validation_seconds(
@@ -330,12 +333,13 @@ class _Budget:
                 "elapsed_s": self.elapsed(), "validation_s": self.validation_s}
 
 
-def _train_step(net, loss_fn, opt, scaler, batch, dev, grad_clip) -> float:
+def _train_step(net, loss_fn, opt, scaler, batch, dev, grad_clip, amp_dtype=None) -> float:
+    """One SGD step; under autocast to ``amp_dtype`` (bf16/fp16) when given, with ``scaler`` for fp16."""
     data = batch["data"].to(dev, non_blocking=True)
     target = batch["target"]
     target = [t.to(dev, non_blocking=True) for t in target] if isinstance(target, list) else target.to(dev)
     opt.zero_grad(set_to_none=True)
-    with torch.autocast(dev.type, enabled=scaler is not None):
+    with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         out = net(data)
         loss = loss_fn(out, target)
     if scaler is not None:
@@ -352,9 +356,11 @@ def _train_step(net, loss_fn, opt, scaler, batch, dev, grad_clip) -> float:
 
 
 @torch.no_grad()
-def _validate_patches(net, loss_fn, src: BatchSource, start: int, count: int, dev, num_classes, scales):
+def _validate_patches(net, loss_fn, src: BatchSource, start: int, count: int, dev, num_classes, scales,
+                      precision: str = "fp32"):
     """Validation loss and pseudo-Dice per foreground class (TP/FP/FN summed over all patches)."""
     net.eval()
+    forward = with_autocast(net, precision, dev)
     tp = np.zeros(num_classes - 1)
     fp, fn = tp.copy(), tp.copy()
     losses = []
@@ -362,7 +368,7 @@ def _validate_patches(net, loss_fn, src: BatchSource, start: int, count: int, de
         b = src.batch(start + k)
         data = torch.from_numpy(b["data"]).to(dev)
         target = torch.from_numpy(b["target"]).to(dev)
-        out = net(data)
+        out = forward(data)
         full = out[0] if isinstance(out, list) else out
         if scales:
             from autoseg.training.dataloader import downsample_seg
@@ -389,7 +395,7 @@ def run_validation(fold_dir: Path, ws: Workspace, dataset: str, val_ids: list[st
 
     model = load_trained_model(fold_dir, "checkpoint_final", dev)
     summary = validate_fold(fold_dir, model, ws, dataset, val_ids, dev, cfg.validation_step_size,
-                            cfg.validation_mirroring)
+                            cfg.validation_mirroring, resolve_precision(cfg.precision, dev))
     log.info("validation mean Dice %s over %d cases: %.4f", fold_dir.name, len(val_ids),
              summary["foreground_mean"]["dice"])
     return summary
