@@ -101,7 +101,7 @@ def prepare(work: Path, data: Path, subset: int | None, methods: list[str], auto
     setup_json = work / "setup.json"
     if reuse and setup_json.is_file():
         setup = json.loads(setup_json.read_text())
-        if "nnunet" in setup or not {"a", "b"} & set(methods):
+        if "autoseg" in setup and ("nnunet" in setup or not {"a", "b"} & set(methods)):
             return setup
     else:
         setup = {}

@@ -10,7 +10,8 @@ Smoke test: ``--iterations 3 --warmup 1 --subset 10``. Same batch for both: ``--
 What it measures (seconds per iteration, mean over ``--iterations`` after ``--warmup``
 untimed ones; torch on ``--threads`` threads, default 2 = this machine's cores):
 (a) peak: this machine's fp32 matmul rate, best of repeated 2048x2048 @ 2048x2048 products
-    (2 * 2048**3 FLOP each), in GFLOP/s: the ceiling the steps below are compared with.
+    (2 * 2048**3 FLOP each), in GFLOP/s: the ceiling the steps below are compared with; also the
+    bf16 rate (the ceiling of a bf16 step: AMX on this machine's CPU).
 (b) nnU-Net v2 (a subprocess in /work/nnunet_venv): its plain ``nnUNetTrainer`` built on the CPU from
     its own 3d_fullres plans (patch and batch from the plans), ``initialize()``d, then
     ``trainer.train_step(batch)`` (forward, deep-supervised Dice+CE loss, backward, grad clipping,
@@ -22,7 +23,9 @@ untimed ones; torch on ``--threads`` threads, default 2 = this machine's cores):
 (c) autoseg (in this process): ``build_network`` + ``build_loss`` from the plans in
     ``--autoseg-preprocessed`` (``--plans default``: gpu-8gb profile, the same U-Net as nnU-Net's;
     ``--plans cpu``: the cpu profile), the trainer's own step function, "raw" on one fixed batch
-    and "with data" on ``BatchSource``/``iterate`` batches (augmentation in 1 worker process).
+    and "with data" on ``BatchSource``/``iterate`` batches (augmentation in 1 worker process), in the
+    precision ``autoseg train`` picks here (``--precision auto``: bf16 autocast where the CPU runs it
+    faster than fp32; nnU-Net v2 trains in fp32 on a CPU).
 FLOPs of one step: ``torch.utils.flop_counter.FlopCounterMode`` around forward + loss + backward
 (convolutions and matmuls; elementwise ops, norms and the optimizer are not counted). Achieved
 GFLOP/s = FLOPs / seconds per iteration; also given as a percentage of (a). Ratios are
@@ -116,12 +119,13 @@ print(json.dumps({"raw_step_s": raw_s, "step_with_data_s": data_s}))
 """
 
 
-def matmul_peak_gflops(threads: int, n: int = 2048, repeats: int = 10) -> float:
-    """Best fp32 matmul rate (GFLOP/s) of ``repeats`` ``n x n`` products on ``threads`` threads."""
+def matmul_peak_gflops(threads: int, n: int = 2048, repeats: int = 10, dtype: str = "fp32") -> float:
+    """Best matmul rate (GFLOP/s) of ``repeats`` ``n x n`` products on ``threads`` threads, in fp32 or bf16."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    kind = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    a, b = torch.randn(n, n, dtype=kind), torch.randn(n, n, dtype=kind)
     torch.mm(a, b)  # warm-up
     best = float("inf")
     for _ in range(repeats):
@@ -146,12 +150,14 @@ def nnunet_train_step(data: Path, work: Path, subset: int | None, iterations: in
 
 
 def autoseg_train_step(preprocessed: Path, iterations: int, warmup: int, threads: int, num_workers: int = 1,
-                       batch_size: int | None = None) -> dict:
-    """Time autoseg's training step on ``preprocessed`` (a preprocessed/DatasetXXX folder), in this process."""
+                       batch_size: int | None = None, precision: str = "auto") -> dict:
+    """Time autoseg's training step on ``preprocessed`` (a preprocessed/DatasetXXX folder), in this process,
+    in ``precision`` (auto: what ``autoseg train`` would use on this machine)."""
     import numpy as np
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from autoseg.device import autocast_dtype, resolve_precision
     from autoseg.plans import load_plans
     from autoseg.preprocess.storage import list_cases
     from autoseg.training.dataloader import BatchSource, downsample_seg, iterate
@@ -185,31 +191,36 @@ def autoseg_train_step(preprocessed: Path, iterations: int, warmup: int, threads
     opt.zero_grad(set_to_none=True)
     flops = counter.get_total_flops()
     device = torch.device("cpu")
+    precision = resolve_precision(precision, device)
+    amp = autocast_dtype(precision)
 
     def timed(get_batch) -> float:
         for _ in range(warmup):
-            _train_step(net, loss_fn, opt, None, get_batch(), device, cfg.grad_clip)
+            _train_step(net, loss_fn, opt, None, get_batch(), device, cfg.grad_clip, amp)
         started = time.perf_counter()
         for _ in range(iterations):
-            _train_step(net, loss_fn, opt, None, get_batch(), device, cfg.grad_clip)
+            _train_step(net, loss_fn, opt, None, get_batch(), device, cfg.grad_clip, amp)
         return (time.perf_counter() - started) / iterations
 
     raw_s = timed(lambda: fixed)
     batches = iterate(source, 0, warmup + iterations, num_workers)
     data_s = timed(lambda: next(batches))
     return {"patch_size": list(cp.patch_size), "batch_size": batch, "flops_per_step": flops,
-            "raw_step_s": raw_s, "step_with_data_s": data_s, "torch": torch.__version__,
+            "raw_step_s": raw_s, "step_with_data_s": data_s, "precision": precision, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "preprocessed": str(preprocessed)}
 
 
-def add_rates(r: dict, peak: float) -> dict:
-    """Add GFLOP/s, % of peak and seconds per sample for both step kinds."""
+def add_rates(r: dict, peak: float, bf16_peak: float | None = None) -> dict:
+    """Add GFLOP/s, % of the fp32 peak (and of the bf16 peak for a bf16 step) and seconds per sample
+    for both step kinds."""
     gflop = r["flops_per_step"] / 1e9
     out = dict(r, gflop_per_step=gflop)
     for kind in ("raw_step", "step_with_data"):
         s = r[f"{kind}_s"]
         out[f"{kind}_gflops"] = gflop / s
         out[f"{kind}_pct_of_peak"] = 100 * gflop / s / peak
+        if r.get("precision") == "bf16" and bf16_peak:
+            out[f"{kind}_pct_of_bf16_peak"] = 100 * gflop / s / bf16_peak
         out[f"{kind}_s_per_sample"] = s / r["batch_size"]
     return out
 
@@ -218,10 +229,13 @@ def table_rows(nn: dict | None, au: dict | None) -> list[list]:
     rows = []
     for key, label in (("batch_size", "batch size"), ("gflop_per_step", "GFLOP per step (fwd+bwd)"),
                        ("raw_step_s", "raw step (s/it)"), ("raw_step_gflops", "raw step GFLOP/s"),
-                       ("raw_step_pct_of_peak", "raw step % of matmul peak"),
+                       ("raw_step_pct_of_peak", "raw step % of fp32 matmul peak"),
+                       ("raw_step_pct_of_bf16_peak", "raw step % of bf16 matmul peak"),
                        ("raw_step_s_per_sample", "raw step (s/sample)"),
                        ("step_with_data_s", "step with data loading (s/it)"),
                        ("step_with_data_gflops", "step with data GFLOP/s"),
+                       ("step_with_data_pct_of_peak", "step with data % of fp32 matmul peak"),
+                       ("step_with_data_pct_of_bf16_peak", "step with data % of bf16 matmul peak"),
                        ("step_with_data_s_per_sample", "step with data (s/sample)")):
         a = nn.get(key) if nn else None
         b = au.get(key) if au else None
@@ -244,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Decathlon task for nnU-Net's set-up")
     p.add_argument("--subset", type=int, default=None, help="nnU-Net set-up from the first N cases only (smoke tests)")
     p.add_argument("-np", "--num-processes", type=int, default=2, help="processes for nnU-Net's preprocessing")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="autoseg's step (auto: as autoseg train would choose here; nnU-Net runs fp32 on a CPU)")
     p.add_argument("--only", choices=("nnunet", "autoseg"), default=None, help="run one tool only")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
@@ -255,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
                 "--autoseg-preprocessed ROOT/preprocessed/Dataset004_Hippocampus")
 
     peak = matmul_peak_gflops(args.threads)
-    log.info("fp32 matmul peak on %d threads: %.1f GFLOP/s", args.threads, peak)
+    bf16_peak = matmul_peak_gflops(args.threads, dtype="bf16")
+    log.info("matmul peak on %d threads: fp32 %.1f GFLOP/s, bf16 %.1f GFLOP/s", args.threads, peak, bf16_peak)
     nn = au = None
     if args.only in (None, "nnunet"):
         work = Path(tempfile.mkdtemp(prefix="bench_train_step_"))
@@ -268,17 +285,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "autoseg"):
         log.info("autoseg: timed steps on %s ...", preprocessed)
         au = add_rates(autoseg_train_step(preprocessed, args.iterations, args.warmup, args.threads,
-                                          batch_size=args.batch_size), peak)
+                                          batch_size=args.batch_size, precision=args.precision), peak, bf16_peak)
     rows = table_rows(nn, au)
     result = {"benchmark": "train_step", "configuration": CONFIGURATION, "autoseg_plans": args.plans,
               "iterations": args.iterations, "warmup": args.warmup, "threads": args.threads,
               "batch_size_override": args.batch_size,
               "subset_for_nnunet": args.subset, "machine": machine_info(), "matmul_peak_gflops": peak,
+              "bf16_matmul_peak_gflops": bf16_peak,
               "nnunet": nn, "autoseg": au,
               "ratios_nnunet_over_autoseg": {r[0]: r[3] for r in rows if r[3] is not None}}
     print(json.dumps(result, indent=2))
     print()
-    print(f"fp32 matmul peak, {args.threads} threads: {peak:.1f} GFLOP/s\n")
+    print(f"matmul peak, {args.threads} threads: fp32 {peak:.1f} GFLOP/s, bf16 {bf16_peak:.1f} GFLOP/s\n")
     print(markdown_table([f"train step 3d_fullres ({args.plans} plans for autoseg)", "nnU-Net v2", "autoseg",
                           "nnU-Net / autoseg"], rows))
     if args.json:

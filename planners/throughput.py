@@ -111,6 +111,38 @@ def measure_step_seconds(net_plan: NetworkPlan, patch: tuple[int, ...], batch: i
     return best
 
 
+def width_for_budget(candidates: list[dict], budget_s: float) -> int:
+    """The base width ``choose_width`` would pick for ``budget_s`` from stored measurements
+    (``throughput.json`` candidates: ``base_features`` and ``seconds_per_step``): the widest that
+    trains ``MIN_ITERATIONS`` within the budget, else the narrowest measured.
+
+    Example: steps of 0.16 s (width 16) and 0.45 s (width 32) give 32 for 30 minutes
+    (1800 / (0.45 * 1.15) = 3478 iterations) but 16 for 10 minutes (32 would get 1159)."""
+    fitting = [c for c in candidates if budget_s / (c["seconds_per_step"] * STEP_OVERHEAD) >= MIN_ITERATIONS]
+    pool = fitting or candidates
+    pick = max if fitting else min
+    return int(pick(pool, key=lambda c: c["base_features"])["base_features"])
+
+
+def fit_width_to_training_budget(plans, configuration: str, throughput: dict, budget_s: float, precision: str):
+    """``plans`` with ``configuration``'s network re-chosen for a training budget of ``budget_s``
+    per fold, from the steps measured at planning time (no new timing). Unchanged when the
+    measurements do not cover it (another precision, a cascade stage, no cpu planning), with the
+    reason as the second return value."""
+    report = throughput.get("configurations", {}).get(configuration)
+    if not report:
+        return plans, f"no step timings for {configuration} in throughput.json"
+    if throughput.get("precision", "fp32") != precision:
+        return plans, f"steps were timed in {throughput.get('precision', 'fp32')}, training runs in {precision}"
+    cfg = plans.configuration(configuration)
+    width = width_for_budget(report["candidates"], budget_s)
+    if width == cfg.network.features_per_stage[0]:
+        return plans, None
+    configs = dict(plans.configurations)
+    configs[configuration] = widen(cfg, width, width * 10)
+    return dataclasses.replace(plans, configurations=configs), None
+
+
 def adapt_to_throughput(plans, step_seconds: StepTimer, budget_s: float = DEFAULT_FOLD_BUDGET_S):
     """``plans`` with every configuration's width chosen by ``choose_width``; also returns the
     measurements per configuration (JSON-ready). A cascade stage gets its fullres stage's network."""

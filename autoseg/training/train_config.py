@@ -54,6 +54,9 @@ class TrainConfig:
     ema_alpha: float = 0.9  # pseudo-Dice EMA: ema = alpha * ema + (1 - alpha) * new
     num_workers: Optional[int] = None  # augmentation processes; None: chosen from the CPU count
     time_budget_s: Optional[float] = None
+    # with a time budget on the cpu: the network width re-chosen for this fold's budget from the
+    # steps timed at planning (throughput.json; planners/throughput.py), saved in the fold's plans.json
+    fit_width_to_budget: bool = True
     validation_step_size: float = 0.5
     validation_mirroring: bool = True
     # auto: fp16 autocast + gradient scaling on CUDA, bf16 autocast on a CPU where it is measured to

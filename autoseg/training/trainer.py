@@ -8,9 +8,9 @@ run resumed from ``checkpoint_latest`` produces the same weights as an uninterru
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -21,7 +21,7 @@ import torch
 from autoseg.device import autocast_dtype, pick_device, resolve_precision, with_autocast
 from autoseg.errors import UserFacingError
 from autoseg.paths import Workspace
-from autoseg.plans import load_plans
+from autoseg.plans import load_plans, save_plans
 from autoseg.serialization import save_json, to_jsonable
 from autoseg.preprocess.storage import load_properties
 from autoseg.training.budget import (WARMUP_ITERATIONS, VALIDATION_SAFETY, estimate_validation_seconds, fit_schedule,
@@ -114,8 +114,13 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     elif not resume and (out / "checkpoint_final.pth").is_file():
         raise UserFacingError(f"{out} already holds a finished model; use --continue to extend it, "
                               "or --val to validate it again, or delete the folder to start over")
+    if state is not None and (out / "plans.json").is_file():
+        plans = load_plans(out / "plans.json")  # the network this fold started with
+    elif cfg.time_budget_s and cfg.fit_width_to_budget and dev.type == "cpu" and (pre / "throughput.json").is_file():
+        plans = _fit_width(plans, configuration, pre / "throughput.json", cfg)
+    cp = plans.configuration(configuration)
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(pre / "plans.json", out / "plans.json")
+    save_plans(plans, out / "plans.json")
     save_json(cfg, out / "train_config.json")
     handler = logging.FileHandler(out / "training.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
@@ -331,6 +336,23 @@ class _Budget:
         return {"fitted": self.fitted, "num_epochs": self.cfg.num_epochs, "num_iterations_per_epoch": self.cfg.num_iterations_per_epoch,
                 "num_val_iterations_per_epoch": self.cfg.num_val_iterations_per_epoch,
                 "elapsed_s": self.elapsed(), "validation_s": self.validation_s}
+
+
+def _fit_width(plans, configuration: str, throughput_path: Path, cfg: TrainConfig):
+    """``plans`` with the network width chosen for ``cfg.time_budget_s`` from the planning-time step timings."""
+    from autoseg.planners.throughput import fit_width_to_training_budget
+
+    before = plans.configuration(configuration).network.features_per_stage
+    plans, why_not = fit_width_to_training_budget(plans, configuration, json.loads(throughput_path.read_text()),
+                                                  cfg.time_budget_s, cfg.precision)
+    after = plans.configuration(configuration).network.features_per_stage
+    if why_not:
+        log.info("network width kept as planned (%s)", why_not)
+    elif after != before:
+        log.info("network features %s instead of the planned %s: the widest that trains enough iterations "
+                 "in %.0f s by the steps timed at planning (throughput.json)", list(after), list(before),
+                 cfg.time_budget_s)
+    return plans
 
 
 def _train_step(net, loss_fn, opt, scaler, batch, dev, grad_clip, amp_dtype=None) -> float:

@@ -8,7 +8,7 @@ from autoseg.cli import main
 from autoseg.fingerprint_types import load_fingerprint
 from autoseg.planners.experiment import plan_experiment
 from autoseg.planners.throughput import (MIN_ITERATIONS, STEP_OVERHEAD, adapt_to_throughput, choose_width,
-                                         measure_step_seconds)
+                                         fit_width_to_training_budget, measure_step_seconds, width_for_budget)
 from autoseg.plans import NetworkPlan
 
 
@@ -72,3 +72,29 @@ def test_cli_cpu_plan_writes_the_measurements(synth_dataset, workspace):
     assert widths == [8, 16, 24, 32][:len(widths)]
     features = plans["configurations"]["3d_fullres"]["network"]["features_per_stage"]
     assert features[0] == entry["chosen_base_features"]
+
+
+def test_width_for_budget_example_from_the_docstring():
+    candidates = [{"base_features": 16, "seconds_per_step": 0.16}, {"base_features": 32, "seconds_per_step": 0.45}]
+    assert width_for_budget(candidates, 1800) == 32  # 1800 / (0.45 * 1.15) = 3478 iterations >= 2500
+    assert width_for_budget(candidates, 600) == 16   # 32 would get 1159, 16 gets 3260
+    assert width_for_budget(candidates, 60) == 16    # none fits: the narrowest measured
+
+
+def test_a_training_budget_rechooses_the_width_from_the_stored_timings(hippocampus):
+    plans = plan_experiment(hippocampus, "cpu")
+    planned = plans.configuration("3d_fullres")
+    throughput = {"precision": "bf16", "configurations": {"3d_fullres": {"candidates": [
+        {"base_features": 8, "seconds_per_step": 0.09}, {"base_features": 16, "seconds_per_step": 0.16},
+        {"base_features": 32, "seconds_per_step": 0.45}]}}}
+    short, why_not = fit_width_to_training_budget(plans, "3d_fullres", throughput, 600, "bf16")
+    cfg = short.configuration("3d_fullres")
+    assert why_not is None and cfg.network.features_per_stage[0] == 16
+    assert cfg.patch_size == planned.patch_size and cfg.network.strides == planned.network.strides
+    long, _ = fit_width_to_training_budget(plans, "3d_fullres", throughput, 1800, "bf16")
+    assert long.configuration("3d_fullres").network.features_per_stage[0] == 32
+    # timings of another precision do not say how fast this training is: the plans are kept
+    kept, why_not = fit_width_to_training_budget(plans, "3d_fullres", throughput, 600, "fp32")
+    assert kept is plans and "timed in bf16, training runs in fp32" in why_not
+    kept, why_not = fit_width_to_training_budget(plans, "2d", throughput, 600, "bf16")
+    assert kept is plans and "no step timings for 2d" in why_not

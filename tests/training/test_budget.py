@@ -2,13 +2,14 @@
 import json
 
 import pytest
+import torch
 
 from autoseg.cli import main
 from autoseg.errors import UserFacingError
 from autoseg.paths import Workspace
 from autoseg.training.budget import (MARGIN_FRACTION, count_tiles, estimate_validation_seconds, fit_schedule,
                                      parse_duration, refit_epochs, split_budget)
-from autoseg.training.checkpoint import load_checkpoint
+from autoseg.training.checkpoint import load_checkpoint, load_trained_model
 from autoseg.training.train_config import TrainConfig
 
 
@@ -149,3 +150,41 @@ def test_a_spent_budget_never_falls_back_to_the_default_schedule(prepared, monke
     assert main(["train", "3d_fullres", "0", "1", "-d", "901", "--root", str(prepared.root),
                  "--time-budget", "100s"]) == 0
     assert budgets == [50.0, 1.0]
+
+
+def test_a_time_budget_trains_the_width_the_planning_timings_give_it(prepared, monkeypatch):
+    """throughput.json gives one width 0.02 s per step and the others 10 s: a 200 s budget affords
+    2,500 iterations of only that one (200 / (0.02 * 1.15) = 8,695; 200 / (10 * 1.15) = 17)."""
+    from autoseg.device import resolve_precision
+    from autoseg.training import trainer
+
+    pre = prepared.preprocessed / "Dataset901_Synth"
+    planned = json.loads((pre / "plans.json").read_text())
+    planned_width = planned["configurations"]["3d_fullres"]["network"]["features_per_stage"][0]
+    target = 8 if planned_width != 8 else 16
+    precision = resolve_precision("auto", torch.device("cpu"))
+    (pre / "throughput.json").write_text(json.dumps({"precision": precision, "configurations": {"3d_fullres": {
+        "candidates": [{"base_features": w, "seconds_per_step": 0.02 if w == target else 10.0}
+                       for w in (8, 16, 24, 32)]}}}))
+    clock = SimulatedClock(step_s=20.0, case_s=0.1)  # about 10 iterations
+    real_step = trainer._train_step
+
+    def step(*args):
+        clock.now += clock.step_s
+        return real_step(*args)
+
+    monkeypatch.setattr(trainer.time, "perf_counter", clock)
+    monkeypatch.setattr(trainer, "_train_step", step)
+    fold_dir = trainer.train_fold(prepared, "901", "3d_fullres", 0, TrainConfig(time_budget_s=200, num_workers=0,
+                                                                                batch_size=2))
+    fold_net = json.loads((fold_dir / "plans.json").read_text())["configurations"]["3d_fullres"]["network"]
+    assert fold_net["features_per_stage"][0] == target
+    # the dataset's plans are untouched; the trained model is rebuilt from the fold's own plans
+    assert json.loads((pre / "plans.json").read_text()) == planned
+    assert load_trained_model(fold_dir).network.heads[-1].in_channels == target
+    assert (fold_dir / "validation" / "summary.json").is_file()
+    # switched off, the planned width stays
+    off = trainer.train_fold(prepared, "901", "3d_fullres", 1, TrainConfig(
+        time_budget_s=200, num_workers=0, batch_size=2, fit_width_to_budget=False), validate=False)
+    assert (json.loads((off / "plans.json").read_text())["configurations"]["3d_fullres"]["network"]
+            == planned["configurations"]["3d_fullres"]["network"])

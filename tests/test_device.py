@@ -1,0 +1,48 @@
+"""Precision choice (``autoseg.device``): explicit values, ``auto`` per device, clear errors."""
+import pytest
+import torch
+
+from autoseg import device as device_module
+from autoseg.device import autocast_dtype, resolve_precision, with_autocast
+from autoseg.errors import UserFacingError
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def test_auto_is_fp16_on_cuda_and_measured_on_the_cpu(monkeypatch):
+    assert resolve_precision("auto", CUDA) == "fp16"
+    monkeypatch.setattr(device_module, "cpu_bf16_is_faster", lambda: True)
+    assert resolve_precision("auto", CPU) == "bf16"
+    monkeypatch.setattr(device_module, "cpu_bf16_is_faster", lambda: False)
+    assert resolve_precision("auto", CPU) == "fp32"
+    assert resolve_precision("auto", torch.device("mps")) == "fp32"
+
+
+def test_explicit_precisions_are_kept_and_bad_ones_explained():
+    assert resolve_precision("fp32", CPU) == "fp32"
+    assert resolve_precision("bf16", CPU) == "bf16"
+    assert resolve_precision("fp16", CUDA) == "fp16"
+    with pytest.raises(UserFacingError, match="fp16 needs a CUDA device.*use bf16 or fp32"):
+        resolve_precision("fp16", CPU)
+    with pytest.raises(UserFacingError, match="one of auto, fp32, bf16, fp16, found 'half'"):
+        resolve_precision("half", CPU)
+
+
+def test_with_autocast_runs_the_network_in_the_chosen_dtype():
+    net = torch.nn.Conv3d(1, 2, 3, padding=1)
+    x = torch.randn(1, 1, 4, 4, 4)
+    assert with_autocast(net, "fp32", CPU) is net
+    assert autocast_dtype("fp32") is None
+    out = with_autocast(net, "bf16", CPU)(x)
+    assert out.dtype == torch.bfloat16
+    # bf16 keeps 8 bits of mantissa: the result is within ~1% of fp32's
+    assert torch.allclose(out.float(), net(x), rtol=2e-2, atol=2e-2)
+
+
+def test_the_cpu_measurement_answers_a_bool_once():
+    device_module.cpu_bf16_is_faster.cache_clear()
+    first = device_module.cpu_bf16_is_faster()
+    assert isinstance(first, bool)
+    assert device_module.cpu_bf16_is_faster.cache_info().hits == 0
+    assert device_module.cpu_bf16_is_faster() is first
+    assert device_module.cpu_bf16_is_faster.cache_info().hits == 1
