@@ -24,8 +24,10 @@ bench/plan_and_preprocess.py (first ``--subset`` training cases, default all):
 
 Timed (each in a fresh output folder, tools interleaved), without and with mirroring TTA:
     nnUNetv2_predict -i IN -o OUT -d 4 -c 3d_fullres -f 0 -npp 1 -nps 1 -device cpu [--disable_tta]
-    autoseg predict -i IN -o OUT -d 4 --root R -c 3d_fullres -f 0 --device cpu [--disable_tta]
-Both use all CPU cores for torch (each sets its thread count to the core count on the CPU).
+    autoseg predict -i IN -o OUT -d 4 --root R -c 3d_fullres -f 0 --device cpu --precision auto [--disable_tta]
+    autoseg predict ... --precision fp32 [--disable_tta]       (unless --no-fp32)
+autoseg's ``auto`` precision is bf16 on CPUs that run it faster (AMX); nnU-Net predicts in fp32 on
+a CPU, so the fp32 run is the equal-arithmetic comparison. Both use all CPU cores for torch (each sets its thread count to the core count on the CPU).
 With ``--repeats R`` each run is repeated R times and the fastest counts (memory: the largest).
 From t_1 (1 image) and t_N (N images): per case = (t_N - t_1) / (N - 1), fixed = t_1 - per case
 (process start, imports, model loading, worker start). Peak RSS (MB) is from the N-image run:
@@ -111,9 +113,9 @@ def nnunet_predict_cmd(inp: Path, out: Path, tta: bool) -> list:
     return cmd + ([] if tta else ["--disable_tta"])
 
 
-def autoseg_predict_cmd(inp: Path, out: Path, root: Path, tta: bool) -> list:
+def autoseg_predict_cmd(inp: Path, out: Path, root: Path, tta: bool, precision: str = "auto") -> list:
     cmd = [AUTOSEG, "predict", "-i", inp, "-o", out, "-d", str(DATASET_ID), "--root", root, "-c", CONFIGURATION,
-           "-f", "0", "--device", "cpu"]
+           "-f", "0", "--device", "cpu", "--precision", precision]
     return cmd + ([] if tta else ["--disable_tta"])
 
 
@@ -149,14 +151,20 @@ def time_tool(name: str, cmd_for, inputs: tuple[Path, Path], n: int, out_parent:
 
 
 def table_rows(results: dict) -> list[list]:
+    """Rows: measure, nnU-Net, autoseg (default precision), nnU-Net / autoseg, and, when measured,
+    autoseg in fp32 (nnU-Net's arithmetic on a CPU) and nnU-Net / that."""
     rows = []
     for tta in ("no_tta", "tta"):
         a, b = results["nnunet"][tta], results["autoseg"][tta]
+        c = results.get("autoseg_fp32", {}).get(tta)
         for key, label in (("per_case_s", "per case (s)"), ("fixed_s", "fixed cost (s)"),
                            ("t_N_s", f"total, {results['n']} images (s)"),
                            ("peak_tree_rss_mb", "peak RSS, process tree (MB)"),
                            ("max_single_rss_mb", "max single-process RSS (MB)")):
-            rows.append([f"{'TTA' if tta == 'tta' else 'no TTA'}: {label}", a[key], b[key], ratio(a[key], b[key])])
+            row = [f"{'TTA' if tta == 'tta' else 'no TTA'}: {label}", a[key], b[key], ratio(a[key], b[key])]
+            if c is not None:
+                row += [c[key], ratio(a[key], c[key])]
+            rows.append(row)
     return rows
 
 
@@ -169,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=1, help="runs of each measurement; the fastest counts (default 1)")
     p.add_argument("--workdir", type=Path, default=None, help="keep everything here (default: a temp dir, deleted)")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    p.add_argument("--no-fp32", action="store_true",
+                   help="skip the extra autoseg run in fp32 (by default autoseg runs in the precision it picks "
+                        "here, bf16 on CPUs with AMX, and once more in fp32, nnU-Net's CPU arithmetic)")
     args = p.parse_args(argv)
     if args.num_images < 2:
         p.error("-n must be at least 2 (the fixed cost needs two runs of different sizes)")
@@ -189,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         run_autoseg(task, as_root, args.num_processes, (CONFIGURATION,))
         train_autoseg_one_iteration(as_root)
         inputs = make_input_folders(args.data, work / "inputs", n)
-        results: dict = {"nnunet": {}, "autoseg": {}}
+        results: dict = {"nnunet": {}, "autoseg": {}} if args.no_fp32 else {"nnunet": {}, "autoseg": {},
+                                                                             "autoseg_fp32": {}}
         env = nnunet_env(nn_base)
         for tta in (False, True):
             key = "tta" if tta else "no_tta"
@@ -198,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
                                                n, work / "outputs", env, args.repeats)
             results["autoseg"][key] = time_tool(f"autoseg_{key}", lambda i, o: autoseg_predict_cmd(i, o, as_root, tta),
                                                 inputs, n, work / "outputs", repeats=args.repeats)
+            if not args.no_fp32:
+                results["autoseg_fp32"][key] = time_tool(
+                    f"autoseg_fp32_{key}", lambda i, o: autoseg_predict_cmd(i, o, as_root, tta, "fp32"), inputs, n,
+                    work / "outputs", repeats=args.repeats)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -206,10 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     result = {"benchmark": "predict", "configuration": CONFIGURATION, "data": str(args.data),
               "subset": args.subset, "num_images": n, "repeats": args.repeats, "machine": machine_info(),
               "nnunet": results["nnunet"], "autoseg": results["autoseg"],
-              "ratios_nnunet_over_autoseg": {r[0]: r[3] for r in rows}}
+              "autoseg_fp32": results.get("autoseg_fp32"),
+              "ratios_nnunet_over_autoseg": {r[0]: r[3] for r in rows},
+              "ratios_nnunet_over_autoseg_fp32": {r[0]: r[5] for r in rows if len(r) > 4}}
     print(json.dumps(result, indent=2, default=lambda o: o.__dict__))
     print()
-    print(markdown_table(["predict 3d_fullres", "nnU-Net v2", "autoseg", "nnU-Net / autoseg"], rows))
+    header = ["predict 3d_fullres", "nnU-Net v2", "autoseg (auto precision)", "nnU-Net / autoseg"]
+    print(markdown_table(header + (["autoseg fp32", "nnU-Net / autoseg fp32"] if len(rows[0]) > 4 else []), rows))
     if args.json:
         write_json(result, args.json)
     return 0

@@ -114,10 +114,11 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     elif not resume and (out / "checkpoint_final.pth").is_file():
         raise UserFacingError(f"{out} already holds a finished model; use --continue to extend it, "
                               "or --val to validate it again, or delete the folder to start over")
+    width_note = None
     if state is not None and (out / "plans.json").is_file():
         plans = load_plans(out / "plans.json")  # the network this fold started with
     elif cfg.time_budget_s and cfg.fit_width_to_budget and dev.type == "cpu" and (pre / "throughput.json").is_file():
-        plans = _fit_width(plans, configuration, pre / "throughput.json", cfg)
+        plans, width_note = _fit_width(plans, configuration, pre / "throughput.json", cfg)
     cp = plans.configuration(configuration)
     out.mkdir(parents=True, exist_ok=True)
     save_plans(plans, out / "plans.json")
@@ -127,6 +128,8 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     log.addHandler(handler)
     if log.getEffectiveLevel() > logging.INFO:  # the log file always gets one line per epoch
         log.setLevel(logging.INFO)
+    if width_note:
+        log.info("%s", width_note)
 
     batch_size = cfg.batch_size or cp.batch_size
     scales = deep_supervision_scales(cp) if cfg.deep_supervision else None
@@ -339,7 +342,8 @@ class _Budget:
 
 
 def _fit_width(plans, configuration: str, throughput_path: Path, cfg: TrainConfig):
-    """``plans`` with the network width chosen for ``cfg.time_budget_s`` from the planning-time step timings."""
+    """``plans`` with the network width chosen for ``cfg.time_budget_s`` from the planning-time step
+    timings, and a line for the log saying what was chosen (None: nothing to say)."""
     from autoseg.planners.throughput import fit_width_to_training_budget
 
     before = plans.configuration(configuration).network.features_per_stage
@@ -347,12 +351,12 @@ def _fit_width(plans, configuration: str, throughput_path: Path, cfg: TrainConfi
                                                   cfg.time_budget_s, cfg.precision)
     after = plans.configuration(configuration).network.features_per_stage
     if why_not:
-        log.info("network width kept as planned (%s)", why_not)
-    elif after != before:
-        log.info("network features %s instead of the planned %s: the widest that trains enough iterations "
-                 "in %.0f s by the steps timed at planning (throughput.json)", list(after), list(before),
-                 cfg.time_budget_s)
-    return plans
+        return plans, f"network width kept as planned ({why_not})"
+    if after != before:
+        return plans, (f"network features {list(after)} instead of the planned {list(before)}: the widest that "
+                       f"trains enough iterations in {cfg.time_budget_s:.0f} s by the steps timed at planning "
+                       "(throughput.json)")
+    return plans, None
 
 
 def _train_step(net, loss_fn, opt, scaler, batch, dev, grad_clip, amp_dtype=None) -> float:
