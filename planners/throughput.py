@@ -127,14 +127,17 @@ def width_for_budget(candidates: list[dict], budget_s: float) -> int:
 def fit_width_to_training_budget(plans, configuration: str, throughput: dict, budget_s: float, precision: str):
     """``plans`` with ``configuration``'s network re-chosen for a training budget of ``budget_s``
     per fold, from the steps measured at planning time (no new timing). Unchanged when the
-    measurements do not cover it (another precision, a cascade stage, no cpu planning), with the
-    reason as the second return value."""
-    report = throughput.get("configurations", {}).get(configuration)
+    measurements do not cover it (another precision, no cpu planning), with the reason as the
+    second return value. A cascade stage, whose network is its fullres stage's (see
+    ``adapt_to_throughput``), uses that stage's timings (its extra one-hot input channels change
+    only the first convolution)."""
+    timed = throughput.get("configurations", {})
+    cfg = plans.configuration(configuration)
+    report = timed.get(configuration) or (timed.get(cfg.preprocessed_name) if cfg.previous_stage else None)
     if not report:
         return plans, f"no step timings for {configuration} in throughput.json"
     if throughput.get("precision", "fp32") != precision:
         return plans, f"steps were timed in {throughput.get('precision', 'fp32')}, training runs in {precision}"
-    cfg = plans.configuration(configuration)
     width = width_for_budget(report["candidates"], budget_s)
     if width == cfg.network.features_per_stage[0]:
         return plans, None

@@ -98,3 +98,15 @@ def test_a_training_budget_rechooses_the_width_from_the_stored_timings(hippocamp
     assert kept is plans and "timed in bf16, training runs in fp32" in why_not
     kept, why_not = fit_width_to_training_budget(plans, "2d", throughput, 600, "bf16")
     assert kept is plans and "no step timings for 2d" in why_not
+
+
+def test_the_cascade_stage_takes_its_fullres_stage_timings(hippocampus):
+    plans = plan_experiment(hippocampus, "cpu", force_lowres=True)
+    assert plans.configuration("3d_cascade_fullres").preprocessed_name == "3d_fullres"
+    throughput = {"precision": "fp32", "configurations": {"3d_fullres": {"candidates": [
+        {"base_features": 8, "seconds_per_step": 0.05}, {"base_features": 16, "seconds_per_step": 0.16},
+        {"base_features": 32, "seconds_per_step": 0.45}]}}}
+    fitted, why_not = fit_width_to_training_budget(plans, "3d_cascade_fullres", throughput, 300, "fp32")
+    # 300 / (0.05 * 1.15) = 5217 iterations >= 2500; 16 would get 1630
+    assert why_not is None
+    assert fitted.configuration("3d_cascade_fullres").network.features_per_stage[0] == 8
