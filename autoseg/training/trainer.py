@@ -222,10 +222,9 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
                         total = budget.total_iterations
                         save_json(budget.cfg, out / "train_config.json")
                 bar.close()
-                val_started = time.perf_counter()
-                val_loss, dice = _validate_patches(net, loss_fn, val_src, epoch * n_val, n_val, dev, num_classes,
-                                                   scales, cfg.precision)
-                forward_s = (time.perf_counter() - val_started) / max(1, n_val * batch_size)
+                val_loss, dice, forward_total = _validate_patches(net, loss_fn, val_src, epoch * n_val, n_val, dev,
+                                                                  num_classes, scales, cfg.precision)
+                forward_s = forward_total / max(1, n_val * batch_size)
                 ema = dice.mean() if not history["ema_dice"] else (
                     cfg.ema_alpha * history["ema_dice"][-1] + (1 - cfg.ema_alpha) * dice.mean())
                 for key, value in (("train_loss", float(np.mean(losses))), ("val_loss", val_loss),
@@ -384,17 +383,21 @@ def _train_step(net, loss_fn, opt, scaler, batch, dev, grad_clip, amp_dtype=None
 @torch.no_grad()
 def _validate_patches(net, loss_fn, src: BatchSource, start: int, count: int, dev, num_classes, scales,
                       precision: str = "fp32"):
-    """Validation loss and pseudo-Dice per foreground class (TP/FP/FN summed over all patches)."""
+    """Validation loss, pseudo-Dice per foreground class (TP/FP/FN summed over all patches) and the
+    seconds spent in the network's forward passes alone (what the final sliding-window validation
+    costs per patch; making the batches, which for a cascade means loading large cases, is not)."""
     net.eval()
     forward = with_autocast(net, precision, dev)
     tp = np.zeros(num_classes - 1)
     fp, fn = tp.copy(), tp.copy()
-    losses = []
+    losses, forward_s = [], 0.0
     for k in range(count):
         b = src.batch(start + k)
         data = torch.from_numpy(b["data"]).to(dev)
         target = torch.from_numpy(b["target"]).to(dev)
+        started = time.perf_counter()
         out = forward(data)
+        forward_s += time.perf_counter() - started
         full = out[0] if isinstance(out, list) else out
         if scales:
             from autoseg.training.dataloader import downsample_seg
@@ -411,7 +414,7 @@ def _validate_patches(net, loss_fn, src: BatchSource, start: int, count: int, de
             fp[c - 1] += float((p & ~r).sum())
             fn[c - 1] += float((~p & r).sum())
     dice = 2 * tp / np.maximum(2 * tp + fp + fn, 1e-8)
-    return float(np.mean(losses)) if losses else float("nan"), dice
+    return float(np.mean(losses)) if losses else float("nan"), dice, forward_s
 
 
 def run_validation(fold_dir: Path, ws: Workspace, dataset: str, val_ids: list[str], dev, cfg: TrainConfig) -> dict:
