@@ -11,6 +11,8 @@ import importlib
 import logging
 import sys
 
+from autoseg.device import PRECISIONS
+
 CONFIG_CHOICES = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
 
 
@@ -120,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_probabilities", action="store_true", help="also write softmax as .npz")
     p.add_argument("--continue", dest="resume", action="store_true", help="skip cases already written")
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda", "mps"))
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto: fp16 on CUDA, bf16 on a CPU where it is measured faster than fp32, else fp32")
     p.add_argument("--no-postprocessing", action="store_true", help="skip the learned postprocessing")
 

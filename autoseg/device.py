@@ -1,16 +1,23 @@
 """Choosing the torch device (``auto`` prefers CUDA, then Apple's MPS, then the CPU) and the
-precision a run computes in."""
+precision a run computes in.
+
+torch is imported inside the functions, so the command line and ``TrainConfig`` can check a
+precision name (``PRECISIONS``) without importing it."""
 from __future__ import annotations
 
 import functools
 import time
-
-import torch
+from typing import TYPE_CHECKING
 
 from autoseg.errors import UserFacingError
 
+if TYPE_CHECKING:
+    import torch
+
 
 def pick_device(name: str | None) -> torch.device:
+    import torch
+
     if name in (None, "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -51,6 +58,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype of a resolved precision (None: plain fp32)."""
+    import torch
+
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
@@ -59,6 +68,8 @@ def cpu_bf16_is_faster() -> bool:
     """Whether a 3D convolution (forward and backward, 16 channels, 20^3 voxels) runs at least
     ``BF16_MIN_SPEEDUP`` times faster under bf16 autocast than in fp32 on this CPU (best of 3
     timings each, about 0.3 s in all; measured once per process)."""
+    import torch
+
     def best_seconds(dtype: torch.dtype | None) -> float:
         generator = torch.Generator().manual_seed(0)
         conv = torch.nn.Conv3d(16, 16, 3, padding=1)
@@ -81,6 +92,8 @@ def cpu_bf16_is_faster() -> bool:
 
 def with_autocast(net, precision: str, device: torch.device):
     """``net`` as a callable that runs under autocast for a resolved ``precision`` (``net`` itself for fp32)."""
+    import torch
+
     dtype = autocast_dtype(precision)
     if dtype is None:
         return net

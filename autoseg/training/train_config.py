@@ -12,6 +12,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
+from autoseg.device import PRECISIONS
 from autoseg.errors import UserFacingError
 from autoseg.registry import Registry
 from autoseg.serialization import from_jsonable
@@ -84,8 +85,8 @@ class TrainConfig:
                                  f"found {self.small_class_shares}")
         if self.small_classes is not None and any(c < 1 for c in self.small_classes):
             raise ValueError(f"small_classes must be foreground labels (>= 1), found {self.small_classes}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, found {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, found {self.precision!r}")
         if self.small_class_ce_weight <= 0:
             raise ValueError(f"small_class_ce_weight must be > 0, found {self.small_class_ce_weight}")
 
