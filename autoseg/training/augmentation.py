@@ -8,8 +8,10 @@ interpolation at the default probabilities).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -36,12 +38,29 @@ class AugmentationConfig:
     p_gamma_inverted: float = 0.1
     gamma_range: tuple[float, float] = (0.7, 1.5)
     mirror: bool = True  # each axis flipped with probability 0.5 (batchgenerators' MirrorTransform)
+    # Spline order of the image in rotation/scaling. None: chosen for the device the network trains
+    # on (resolve_order_data): 1 on a CPU, where the augmentation worker shares the cores with the
+    # network and order 3 costs twice as much per batch (docs/benchmarks.md); nnU-Net's 3 elsewhere.
+    order_data: Optional[int] = None
+    low_resolution_order_upsample: int = 3  # the upsampling back in the low-resolution simulation
     # Cascade only (3d_cascade_fullres): the previous stage's one-hot mask channels are imperfect
     # at test time, so each sample's are perturbed (autoseg.training.cascade.augment_previous_stage).
     p_previous_stage_morphology: float = 0.4  # per sample: each label's mask dilated/eroded/opened/closed
     previous_stage_radius: tuple[float, float] = (1.0, 8.0)  # ball radius, voxels along the finest axis
     p_previous_stage_remove_component: float = 0.2  # per sample: each label loses one random component
     previous_stage_max_component_fraction: float = 0.15  # only components under this fraction of the patch
+
+    def __post_init__(self):
+        for name in ("order_data", "low_resolution_order_upsample"):
+            if getattr(self, name) not in range(6) and not (name == "order_data" and self.order_data is None):
+                raise ValueError(f"augmentation.{name} must be a spline order 0-5, found {getattr(self, name)!r}")
+
+
+def resolve_order_data(cfg: AugmentationConfig, device_type: str) -> AugmentationConfig:
+    """``cfg`` with ``order_data`` chosen for training on ``device_type`` if it is None (auto)."""
+    if cfg.order_data is not None:
+        return cfg
+    return dataclasses.replace(cfg, order_data=1 if device_type == "cpu" else 3)
 
 
 def rotation_in_plane_only(patch_size: tuple[int, ...]) -> bool:
@@ -97,7 +116,8 @@ def build_transforms(cfg: AugmentationConfig, patch_size: tuple[int, ...]):
             patch_size, patch_center_dist_from_border=None, do_elastic_deform=False,
             do_rotation=cfg.enabled and cfg.p_rotation > 0, angle_x=rot_x, angle_y=rot_other, angle_z=rot_other,
             do_scale=cfg.enabled and cfg.p_scaling > 0, scale=cfg.scale_range,
-            border_mode_data="constant", border_cval_data=0, order_data=3,
+            border_mode_data="constant", border_cval_data=0,
+            order_data=3 if cfg.order_data is None else cfg.order_data,  # unresolved: nnU-Net's
             border_mode_seg="constant", border_cval_seg=-1, order_seg=1,
             random_crop=False, p_rot_per_sample=cfg.p_rotation, p_scale_per_sample=cfg.p_scaling,
         )
@@ -110,7 +130,7 @@ def build_transforms(cfg: AugmentationConfig, patch_size: tuple[int, ...]):
             BrightnessMultiplicativeTransform(cfg.brightness_range, p_per_sample=cfg.p_brightness),
             ContrastAugmentationTransform(cfg.contrast_range, p_per_sample=cfg.p_contrast),
             SimulateLowResolutionTransform(cfg.low_resolution_zoom, per_channel=True, p_per_channel=0.5,
-                                           order_downsample=0, order_upsample=3, p_per_sample=cfg.p_low_resolution,
+                                           order_downsample=0, order_upsample=cfg.low_resolution_order_upsample, p_per_sample=cfg.p_low_resolution,
                                            ignore_axes=(0,) if in_plane and dim == 3 else None),
             GammaTransform(cfg.gamma_range, invert_image=True, per_channel=True, retain_stats=True,
                            p_per_sample=cfg.p_gamma_inverted),

@@ -24,6 +24,7 @@ from autoseg.paths import Workspace
 from autoseg.plans import load_plans, save_plans
 from autoseg.serialization import save_json, to_jsonable
 from autoseg.preprocess.storage import load_properties
+from autoseg.training.augmentation import resolve_order_data
 from autoseg.training.budget import (WARMUP_ITERATIONS, VALIDATION_SAFETY, estimate_validation_seconds, fit_schedule,
                                      refit_epochs)
 from autoseg.training.checkpoint import load_checkpoint, save_checkpoint
@@ -102,7 +103,8 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     dev = pick_device(device)
     if dev.type == "cpu":
         torch.set_num_threads(max(1, os.cpu_count() or 1))
-    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, dev))
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, dev),
+                              augmentation=resolve_order_data(cfg.augmentation, dev.type))
     torch.manual_seed(cfg.seed)
 
     state = None
@@ -273,6 +275,7 @@ class _Budget:
         self.val_shapes = [load_properties(data_dir, c).shape_after_resample for c in val_ids] if self.active else []
         self.patch = tuple(cp.patch_size)
         self.validation_s = 0.0
+        self.forward_readings: list[float] = []  # per epoch: seconds per forward pass in its patch validation
         self.step_times: list[float] = []  # seconds per iteration during the warm-up, data wait included
         if self.active and not fitted:  # until the warm-up has measured the speed: one short epoch
             self.cfg = dataclasses.replace(cfg, num_epochs=1, num_iterations_per_epoch=WARMUP_ITERATIONS,
@@ -319,11 +322,14 @@ class _Budget:
 
     def refit(self, completed_epochs: int, epoch_times: list[float], forward_s: float | None = None) -> None:
         """Re-fit the number of epochs; ``forward_s`` (seconds per sample in this epoch's patch
-        validation) re-estimates the final validation, so a slow spell during the warm-up's
-        measurement does not shorten the whole run."""
+        validation) re-estimates the final validation from the median of the last three epochs'
+        readings, so a slow spell (during the warm-up's measurement or one epoch's validation, e.g.
+        another job on the machine) neither shortens the whole run nor the run's end."""
         if forward_s is not None and forward_s > 0:
+            self.forward_readings.append(forward_s)
+            typical = float(np.median(self.forward_readings[-3:]))
             self.validation_s = VALIDATION_SAFETY * estimate_validation_seconds(
-                self.val_shapes, self.patch, self.cfg.validation_mirroring, self.cfg.validation_step_size, forward_s)
+                self.val_shapes, self.patch, self.cfg.validation_mirroring, self.cfg.validation_step_size, typical)
         recent = epoch_times[1:][-3:] or epoch_times[-1:]  # epoch 0 includes start-up and the warm-up
         epochs = refit_epochs(self.cfg.time_budget_s, self.elapsed(), completed_epochs, recent,
                               self.validation_s, self.cfg.num_epochs)

@@ -1,5 +1,6 @@
 """Time-budgeted training: the arithmetic by hand, and a real tiny run that ends on time."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,6 +110,7 @@ def test_budget_is_respected_on_a_simulated_clock(prepared, monkeypatch):
     saved = json.loads((fold_dir / "train_config.json").read_text())
     state = load_checkpoint(fold_dir / "checkpoint_final.pth")
     assert saved["time_budget_s"] == budget
+    assert saved["augmentation"]["order_data"] == 1  # resolved for the cpu and saved
     assert state["iteration"] == saved["num_epochs"] * saved["num_iterations_per_epoch"]
     # 200 s at 2 s per step, less validation and margin: about 90 iterations, not the default 250,000
     assert 80 <= state["iteration"] <= 100
@@ -188,3 +190,19 @@ def test_a_time_budget_trains_the_width_the_planning_timings_give_it(prepared, m
         time_budget_s=200, num_workers=0, batch_size=2, fit_width_to_budget=False), validate=False)
     assert (json.loads((off / "plans.json").read_text())["configurations"]["3d_fullres"]["network"]
             == planned["configurations"]["3d_fullres"]["network"])
+
+
+def test_final_validation_estimate_ignores_one_slow_epoch_but_follows_a_lasting_slowdown(monkeypatch):
+    from types import SimpleNamespace
+
+    from autoseg.training import trainer
+
+    # the estimate is proportional to the forward time it is given: 1000 passes
+    monkeypatch.setattr(trainer, "estimate_validation_seconds", lambda shapes, patch, mirror, step, fwd: 1000 * fwd)
+    cfg = TrainConfig(time_budget_s=10_000.0)
+    budget = trainer._Budget(cfg, trainer.time.perf_counter(), Path("unused"), [], SimpleNamespace(patch_size=(8, 8, 8)),
+                             fitted=True)
+    safety = trainer.VALIDATION_SAFETY
+    for forward_s, expected in ((0.1, 100), (0.1, 100), (0.5, 100), (0.5, 500), (0.1, 500), (0.1, 100)):
+        budget.refit(1, [10.0, 10.0], forward_s)  # medians of the last three: 0.1 0.1 0.1 0.5 0.5 0.1
+        assert budget.validation_s == pytest.approx(safety * expected)

@@ -108,3 +108,34 @@ def test_batches_depend_only_on_seed_and_iteration(tmp_path):
         assert np.array_equal(a.numpy(), b.numpy())
     assert np.array_equal(resumed[0].numpy(), inline[3].numpy())
     assert not np.array_equal(inline[0].numpy(), inline[1].numpy())
+
+
+def test_spatial_augmentation_interpolates_the_image_with_the_configured_spline_order():
+    from autoseg.training.augmentation import build_transforms
+
+    rng = np.random.default_rng(0)
+    data = rng.choice([-1.0, 1.0], size=(1, 1, 24, 24, 24)).astype(np.float32)  # +-1 noise: splines overshoot it
+    seg = np.zeros_like(data)
+    values = {}
+    for order in (0, 1, 3):
+        cfg = AugmentationConfig(p_rotation=0.0, p_scaling=1.0, scale_range=(1.3, 1.3), order_data=order)
+        spatial = build_transforms(cfg, (12, 12, 12)).transforms[0]  # scaled by 1.3: 15.6 voxels, inside the 24^3
+        values[order] = spatial(data=data.copy(), seg=seg.copy())["data"]
+    assert set(np.unique(values[0])) <= {-1.0, 1.0}  # nearest: input values only
+    assert np.abs(values[1]).max() <= 1.0 + 1e-6 and np.any(np.abs(values[1]) < 0.99)  # linear: in between
+    assert np.abs(values[3]).max() > 1.0  # cubic: overshoots
+    low_res = [t for t in build_transforms(AugmentationConfig(low_resolution_order_upsample=1), (12, 12, 12)).transforms
+               if type(t).__name__ == "SimulateLowResolutionTransform"]
+    assert [t.order_upsample for t in low_res] == [1]
+    with pytest.raises(ValueError, match="order_data must be a spline order 0-5, found 7"):
+        AugmentationConfig(order_data=7)
+
+
+def test_image_spline_order_follows_the_training_device_unless_set():
+    from autoseg.training.augmentation import resolve_order_data
+
+    assert AugmentationConfig().order_data is None
+    assert resolve_order_data(AugmentationConfig(), "cpu").order_data == 1  # the worker shares the cores
+    assert resolve_order_data(AugmentationConfig(), "cuda").order_data == 3  # nnU-Net's
+    assert resolve_order_data(AugmentationConfig(order_data=3), "cpu").order_data == 3
+    assert resolve_order_data(AugmentationConfig(order_data=0), "cuda").order_data == 0

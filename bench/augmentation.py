@@ -1,0 +1,129 @@
+"""Benchmark: what the training augmentation costs per batch on this CPU, transform by transform.
+
+Reproduce (a preprocessed 3d configuration, e.g. the Hippocampus cpu plan of bench/time_to_dice.py):
+
+    python bench/augmentation.py --preprocessed WS/preprocessed/Dataset004_Hippocampus \\
+        --json bench/out/augmentation.json [--set order_data=1 ...]
+
+Builds batches exactly as the trainer's workers do (``BatchSource.batch``) with one thread, as a
+worker runs, and reports: seconds per batch without augmentation (sampling only), with it, and
+each transform's share measured by running the transforms one by one on the same sampled
+batches. ``--set`` changes ``AugmentationConfig`` fields (e.g. ``order_data=1``) to compare
+variants in one invocation (each ``--set`` group is one extra row; comma-separate several fields).
+The trainer's step runs on the same cores as these workers, so every second here is taken from
+the network on a 2-core machine.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+
+def parse_overrides(text: str) -> dict:
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        out[key.strip()] = type_of(key.strip())(value)
+    return out
+
+
+def type_of(field: str):
+    from autoseg.training.augmentation import AugmentationConfig
+
+    kinds = {f.name: f.type for f in dataclasses.fields(AugmentationConfig)}
+    if field not in kinds:
+        raise SystemExit(f"no AugmentationConfig field {field!r}; fields: {', '.join(kinds)}")
+    return {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}.get(kinds[field], float)
+
+
+def measure(preprocessed: Path, configuration: str, overrides: dict, batches: int, seed: int) -> dict:
+    import torch
+
+    from autoseg.plans import load_plans
+    from autoseg.preprocess.storage import list_cases
+    from autoseg.training.augmentation import AugmentationConfig, build_transforms
+    from autoseg.training.dataloader import BatchSource
+    from autoseg.training.network import deep_supervision_scales
+
+    torch.set_num_threads(1)
+    plans = load_plans(preprocessed / "plans.json")
+    cp = plans.configuration(configuration)
+    folder = preprocessed / cp.preprocessed_name
+    aug = dataclasses.replace(AugmentationConfig(), **overrides)
+    scales = deep_supervision_scales(cp)
+    cases = list_cases(folder)
+    plain = BatchSource(folder, cases, cp, cp.batch_size, 0.33, None, scales, seed)
+    augmented = BatchSource(folder, cases, cp, cp.batch_size, 0.33, aug, scales, seed)
+
+    def per_batch(source) -> float:
+        source.batch(0)  # loads lazily-built state (transforms) untimed
+        started = time.perf_counter()
+        for i in range(1, batches + 1):
+            source.batch(i)
+        return (time.perf_counter() - started) / batches
+
+    plain_s, augmented_s = per_batch(plain), per_batch(augmented)
+    # transform by transform on sampled (not yet augmented) batches of the augmented source's size
+    transforms = build_transforms(aug, cp.patch_size).transforms
+    costs = {type(t).__name__ + (f"[{k}]" if sum(type(u) is type(t) for u in transforms) > 1 else ""): 0.0
+             for k, t in enumerate(transforms)}
+    names = list(costs)
+    sampler = BatchSource(folder, cases, cp, cp.batch_size, 0.33, None, None, seed)
+    sampler.sample_size = augmented.sample_size
+    for i in range(1, batches + 1):
+        raw = sampler.batch(i)
+        batch = {"data": raw["data"], "seg": raw["target"].astype(np.float32)}
+        np.random.seed(i)
+        random.seed(i)
+        for name, t in zip(names, transforms):
+            started = time.perf_counter()
+            batch = t(**batch)
+            costs[name] += time.perf_counter() - started
+    return {"overrides": overrides, "batch_size": cp.batch_size, "patch_size": list(cp.patch_size),
+            "sample_size": list(augmented.sample_size), "sampling_only_s": plain_s, "with_augmentation_s": augmented_s,
+            "per_transform_s": {k: v / batches for k, v in costs.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preprocessed", type=Path, required=True, help="preprocessed/DatasetXXX folder")
+    p.add_argument("-c", "--configuration", default="3d_fullres")
+    p.add_argument("--batches", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", dest="variants", action="append", default=[], metavar="FIELD=V[,FIELD=V]",
+                   help="an AugmentationConfig variant to measure as well (repeatable)")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    rows = [measure(args.preprocessed, args.configuration, parse_overrides(v), args.batches, args.seed)
+            for v in ["", *args.variants]]
+    for r in rows:
+        label = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "defaults (nnU-Net's)"
+        print(f"\n{label}: batch {r['batch_size']}, patch {r['patch_size']} (sampled {r['sample_size']})")
+        print(f"  sampling only {r['sampling_only_s'] * 1000:.1f} ms/batch, with augmentation "
+              f"{r['with_augmentation_s'] * 1000:.1f} ms/batch")
+        for name, s in sorted(r["per_transform_s"].items(), key=lambda kv: -kv[1]):
+            print(f"    {name:40s} {s * 1000:7.1f} ms")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.json.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"benchmark": "augmentation", "preprocessed": str(args.preprocessed),
+                                   "configuration": args.configuration, "batches": args.batches, "rows": rows},
+                                  indent=1))
+        tmp.replace(args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
