@@ -133,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("-np", "--num-workers", type=int, default=None, help="augmentation workers for training")
+    p.add_argument("--reuse-plans", action="store_true",
+                   help="keep the plans and step timings of an earlier invocation in ROOT (planning re-times the "
+                        "network widths, and a width chosen near the rule's threshold can differ between "
+                        "invocations); use it to compare a variant with an arm of an earlier run")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -147,9 +151,13 @@ def main(argv: list[str] | None = None) -> int:
 
         build(args.source, root, args.dataset_id, args.seed, max_cases=args.max_cases)
     common = ["--root", str(root)]
-    autoseg(["plan_and_preprocess", "-d", ds, *common, "-c", args.configuration, "--device-profile",
-             args.device_profile], work / "plan_and_preprocess.log")
-    plans = json.loads((root / "preprocessed" / raw.name / "plans.json").read_text())
+    plans_path = root / "preprocessed" / raw.name / "plans.json"
+    if args.reuse_plans and plans_path.is_file():
+        log.info("reusing %s (and its throughput.json)", plans_path)
+    else:
+        autoseg(["plan_and_preprocess", "-d", ds, *common, "-c", args.configuration, "--device-profile",
+                 args.device_profile], work / "plan_and_preprocess.log")
+    plans = json.loads(plans_path.read_text())
     flagged = plans["configurations"][args.configuration].get("small_classes", [])
     if LESION not in flagged:
         raise SystemExit(f"the planner did not flag class {LESION} as small in {args.configuration} "
