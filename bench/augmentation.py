@@ -3,13 +3,15 @@
 Reproduce (a preprocessed 3d configuration, e.g. the Hippocampus cpu plan of bench/time_to_dice.py):
 
     python bench/augmentation.py --preprocessed WS/preprocessed/Dataset004_Hippocampus \\
-        --json bench/out/augmentation.json [--set order_data=1 ...]
+        --json bench/out/augmentation.json [--set order_data=3 ...]
 
-Builds batches exactly as the trainer's workers do (``BatchSource.batch``) with one thread, as a
-worker runs, and reports: seconds per batch without augmentation (sampling only), with it, and
-each transform's share measured by running the transforms one by one on the same sampled
-batches. ``--set`` changes ``AugmentationConfig`` fields (e.g. ``order_data=1``) to compare
-variants in one invocation (each ``--set`` group is one extra row; comma-separate several fields).
+Builds batches exactly as the trainer's workers do on a CPU (``BatchSource.batch``, the
+augmentation settings resolved as for CPU training) with one thread, as a worker runs, and
+reports: seconds per batch without augmentation (sampling only), with it, and each transform's
+time, measured by running the transforms one by one on separately drawn batches of the same
+size (so their sum need not match the whole). ``--set`` changes ``AugmentationConfig`` fields
+(e.g. ``order_data=3``, nnU-Net's) to compare variants in one invocation (each ``--set`` group is
+one extra row; comma-separate several fields).
 The trainer's step runs on the same cores as these workers, so every second here is taken from
 the network on a 2-core machine.
 """
@@ -44,7 +46,8 @@ def type_of(field: str):
     kinds = {f.name: f.type for f in dataclasses.fields(AugmentationConfig)}
     if field not in kinds:
         raise SystemExit(f"no AugmentationConfig field {field!r}; fields: {', '.join(kinds)}")
-    return {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}.get(kinds[field], float)
+    kind = kinds[field].removeprefix("Optional[").removesuffix("]")  # the annotation, as text
+    return {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}.get(kind, float)
 
 
 def measure(preprocessed: Path, configuration: str, overrides: dict, batches: int, seed: int) -> dict:
@@ -52,7 +55,7 @@ def measure(preprocessed: Path, configuration: str, overrides: dict, batches: in
 
     from autoseg.plans import load_plans
     from autoseg.preprocess.storage import list_cases
-    from autoseg.training.augmentation import AugmentationConfig, build_transforms
+    from autoseg.training.augmentation import AugmentationConfig, build_transforms, resolve_order_data
     from autoseg.training.dataloader import BatchSource
     from autoseg.training.network import deep_supervision_scales
 
@@ -60,7 +63,7 @@ def measure(preprocessed: Path, configuration: str, overrides: dict, batches: in
     plans = load_plans(preprocessed / "plans.json")
     cp = plans.configuration(configuration)
     folder = preprocessed / cp.preprocessed_name
-    aug = dataclasses.replace(AugmentationConfig(), **overrides)
+    aug = resolve_order_data(dataclasses.replace(AugmentationConfig(), **overrides), "cpu")
     scales = deep_supervision_scales(cp)
     cases = list_cases(folder)
     plain = BatchSource(folder, cases, cp, cp.batch_size, 0.33, None, scales, seed)
@@ -90,7 +93,7 @@ def measure(preprocessed: Path, configuration: str, overrides: dict, batches: in
             started = time.perf_counter()
             batch = t(**batch)
             costs[name] += time.perf_counter() - started
-    return {"overrides": overrides, "batch_size": cp.batch_size, "patch_size": list(cp.patch_size),
+    return {"overrides": overrides, "order_data": aug.order_data, "batch_size": cp.batch_size, "patch_size": list(cp.patch_size),
             "sample_size": list(augmented.sample_size), "sampling_only_s": plain_s, "with_augmentation_s": augmented_s,
             "per_transform_s": {k: v / batches for k, v in costs.items()}}
 
@@ -109,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = [measure(args.preprocessed, args.configuration, parse_overrides(v), args.batches, args.seed)
             for v in ["", *args.variants]]
     for r in rows:
-        label = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "defaults (nnU-Net's)"
+        label = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "the trainer's defaults on a CPU"
+        label += f" (image spline order {r['order_data']})"
         print(f"\n{label}: batch {r['batch_size']}, patch {r['patch_size']} (sampled {r['sample_size']})")
         print(f"  sampling only {r['sampling_only_s'] * 1000:.1f} ms/batch, with augmentation "
               f"{r['with_augmentation_s'] * 1000:.1f} ms/batch")

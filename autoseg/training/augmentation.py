@@ -51,9 +51,10 @@ class AugmentationConfig:
     previous_stage_max_component_fraction: float = 0.15  # only components under this fraction of the patch
 
     def __post_init__(self):
-        for name in ("order_data", "low_resolution_order_upsample"):
-            if getattr(self, name) not in range(6) and not (name == "order_data" and self.order_data is None):
-                raise ValueError(f"augmentation.{name} must be a spline order 0-5, found {getattr(self, name)!r}")
+        for name, order in (("order_data", 3 if self.order_data is None else self.order_data),
+                            ("low_resolution_order_upsample", self.low_resolution_order_upsample)):
+            if order not in range(6):
+                raise ValueError(f"augmentation.{name} must be a spline order 0-5, found {order!r}")
 
 
 def resolve_order_data(cfg: AugmentationConfig, device_type: str) -> AugmentationConfig:
@@ -130,7 +131,8 @@ def build_transforms(cfg: AugmentationConfig, patch_size: tuple[int, ...]):
             BrightnessMultiplicativeTransform(cfg.brightness_range, p_per_sample=cfg.p_brightness),
             ContrastAugmentationTransform(cfg.contrast_range, p_per_sample=cfg.p_contrast),
             SimulateLowResolutionTransform(cfg.low_resolution_zoom, per_channel=True, p_per_channel=0.5,
-                                           order_downsample=0, order_upsample=cfg.low_resolution_order_upsample, p_per_sample=cfg.p_low_resolution,
+                                           order_downsample=0, order_upsample=cfg.low_resolution_order_upsample,
+                                           p_per_sample=cfg.p_low_resolution,
                                            ignore_axes=(0,) if in_plane and dim == 3 else None),
             GammaTransform(cfg.gamma_range, invert_image=True, per_channel=True, retain_stats=True,
                            p_per_sample=cfg.p_gamma_inverted),
