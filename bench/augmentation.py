@@ -18,10 +18,10 @@ the network on a 2-core machine.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -32,30 +32,27 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 
-def parse_overrides(text: str) -> dict:
-    out = {}
-    for item in filter(None, text.split(",")):
-        key, _, value = item.partition("=")
-        out[key.strip()] = type_of(key.strip())(value)
-    return out
+def parse_variant(text: str) -> dict[str, str]:
+    """``"order_data=1,scale_range=0.8,1.2"`` -> {field: value text}; a comma starts a new field only
+    before ``name=``, so tuple values keep theirs. Values are parsed by ``apply_overrides``."""
+    return dict(item.split("=", 1) for item in re.split(r",(?=\w+=)", text) if item)
 
 
-def type_of(field: str):
-    from autoseg.training.augmentation import AugmentationConfig
+def augmentation_for(overrides: dict[str, str]):
+    """The ``AugmentationConfig`` CPU training uses, with ``overrides`` applied (checked as ``--set`` is)."""
+    from autoseg.training.augmentation import resolve_order_data
+    from autoseg.training.train_config import TrainConfig, apply_overrides
 
-    kinds = {f.name: f.type for f in dataclasses.fields(AugmentationConfig)}
-    if field not in kinds:
-        raise SystemExit(f"no AugmentationConfig field {field!r}; fields: {', '.join(kinds)}")
-    kind = kinds[field].removeprefix("Optional[").removesuffix("]")  # the annotation, as text
-    return {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}.get(kind, float)
+    cfg = apply_overrides(TrainConfig(), {f"augmentation.{k}": v for k, v in overrides.items()})
+    return resolve_order_data(cfg.augmentation, "cpu")
 
 
-def measure(preprocessed: Path, configuration: str, overrides: dict, batches: int, seed: int) -> dict:
+def measure(preprocessed: Path, configuration: str, overrides: dict[str, str], aug, batches: int, seed: int) -> dict:
     import torch
 
     from autoseg.plans import load_plans
     from autoseg.preprocess.storage import list_cases
-    from autoseg.training.augmentation import AugmentationConfig, build_transforms, resolve_order_data
+    from autoseg.training.augmentation import build_transforms
     from autoseg.training.dataloader import BatchSource
     from autoseg.training.network import deep_supervision_scales
 
@@ -63,7 +60,6 @@ def measure(preprocessed: Path, configuration: str, overrides: dict, batches: in
     plans = load_plans(preprocessed / "plans.json")
     cp = plans.configuration(configuration)
     folder = preprocessed / cp.preprocessed_name
-    aug = resolve_order_data(dataclasses.replace(AugmentationConfig(), **overrides), "cpu")
     scales = deep_supervision_scales(cp)
     cases = list_cases(folder)
     plain = BatchSource(folder, cases, cp, cp.batch_size, 0.33, None, scales, seed)
@@ -93,8 +89,8 @@ def measure(preprocessed: Path, configuration: str, overrides: dict, batches: in
             started = time.perf_counter()
             batch = t(**batch)
             costs[name] += time.perf_counter() - started
-    return {"overrides": overrides, "order_data": aug.order_data, "batch_size": cp.batch_size, "patch_size": list(cp.patch_size),
-            "sample_size": list(augmented.sample_size), "sampling_only_s": plain_s, "with_augmentation_s": augmented_s,
+    return {"overrides": overrides, "order_data": aug.order_data, "batch_size": cp.batch_size,
+            "patch_size": list(cp.patch_size), "sample_size": list(augmented.sample_size), "sampling_only_s": plain_s, "with_augmentation_s": augmented_s,
             "per_transform_s": {k: v / batches for k, v in costs.items()}}
 
 
@@ -109,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    rows = [measure(args.preprocessed, args.configuration, parse_overrides(v), args.batches, args.seed)
-            for v in ["", *args.variants]]
+    variants = [parse_variant(v) for v in ["", *args.variants]]
+    configs = [augmentation_for(v) for v in variants]  # every --set checked before the first measurement
+    rows = [measure(args.preprocessed, args.configuration, v, aug, args.batches, args.seed)
+            for v, aug in zip(variants, configs)]
     for r in rows:
         label = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "the trainer's defaults on a CPU"
         label += f" (image spline order {r['order_data']})"
