@@ -11,8 +11,10 @@ two). A forced sample picks a class present in its case at random and centres th
 random stored voxel of that class; the others are placed uniformly at random.
 
 Small classes (``class_shares``, resolved by ``small_classes.resolve_small_classes``): the first
-``num_forced(B, sum of shares)`` samples of each batch are each centred on a connected component
-of one small class, the class drawn with probability share / sum, the case drawn among the
+``k`` samples of each batch are each centred on a connected component of one small class, ``k``
+being ``B x (sum of shares)`` rounded at random (B=2 and 0.33: one sample in 66% of the batches,
+none in the others, so 33% of all samples), the class drawn with probability share / sum, the case
+drawn among the
 training cases that contain the class, the component uniformly among its components in that
 case (so a 5-voxel lesion beside a 500-voxel one is centred as often), and the voxel among the
 component's stored locations. Without small classes the batches are exactly those above.
@@ -41,6 +43,15 @@ log = logging.getLogger(__name__)
 def num_forced(batch_size: int, percent: float) -> int:
     """How many samples of a batch must contain foreground."""
     return batch_size - int(round(batch_size * (1 - percent)))
+
+
+def small_class_count(batch_size: int, share: float, rng: np.random.Generator) -> int:
+    """How many samples of a batch to centre on small classes: ``batch_size * share`` rounded up
+    with probability equal to its fractional part, so that over many batches the share of such
+    samples is ``share`` itself (rounding to the nearest would give a batch of two 0.5 for 0.33)."""
+    expected = batch_size * share
+    whole = int(np.floor(expected))
+    return whole + int(rng.random() < expected - whole)
 
 
 @dataclass
@@ -140,7 +151,7 @@ class BatchSource:
         classes = list(self.class_shares)
         total = sum(self.class_shares.values())
         p = np.array([self.class_shares[c] / total for c in classes])
-        for j in range(num_forced(self.batch_size, min(1.0, total))):
+        for j in range(small_class_count(self.batch_size, min(1.0, total), rng)):
             slots[j] = classes[int(rng.choice(len(classes), p=p))]
         return slots
 

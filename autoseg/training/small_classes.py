@@ -4,7 +4,7 @@ The planner flags classes per configuration (``ConfigurationPlan.small_classes``
 ``planners/classes.py``); ``TrainConfig.small_classes`` overrides that list (``()`` turns the
 handling off). For the resolved classes:
 
-- **sampling** (``dataloader.BatchSource``): a share ``small_class_oversample`` of every batch is
+- **sampling** (``dataloader.BatchSource``): a share ``small_class_oversample`` of the samples is
   centred on a connected component of a small class, drawn among the training cases that contain
   it, the classes in proportion to ``small_class_shares`` (equal by default);
 - **loss** (``loss.DiceCELoss``): cross-entropy weight ``small_class_ce_weight`` for those classes
@@ -14,7 +14,7 @@ Why this loss (numbers in docs/small_structures.md): the soft-Dice term already 
 class the same weight whatever its size, but the 3d plans average it per sample, so a sample
 without the class adds an absent-class term (about 1, with almost no gradient) that halves a
 batch of two's Dice gradient for the class; pooled over the batch, it is one Dice over every
-component in the batch, which the sampler guarantees is there. Cross-entropy is a mean over
+component in the batch, which the sampler puts there in most batches. Cross-entropy is a mean over
 voxels, where the implanted Hippocampus blobs (median 32 voxels) are 0.036% of a 89,600-voxel
 patch; a weight w multiplies their share and moves cross-entropy's decision threshold for the
 class from 0.5 to 1 / (1 + w) (0.25 for w = 3): more lesion recall for some precision, which the

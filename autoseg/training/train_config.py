@@ -41,9 +41,9 @@ class TrainConfig:
     output_prior_min: float = 1e-3
     oversample_foreground_percent: float = 0.33
     # Small/rare classes (autoseg/training/small_classes.py). None: the plans' small_classes of the
-    # configuration; (): no special handling. Of each batch, a share small_class_oversample (B=2:
-    # one sample, B=7: two) is centred on a component of a small class, split among the classes
-    # in proportion to small_class_shares (None: equally).
+    # configuration; (): no special handling. A share small_class_oversample of all samples is
+    # centred on a component of a small class (B=2, 0.33: one sample in 66% of the batches),
+    # split among the classes in proportion to small_class_shares (None: equally).
     small_classes: Optional[tuple[int, ...]] = None
     small_class_oversample: float = 0.33
     small_class_shares: Optional[tuple[float, ...]] = None

@@ -99,6 +99,27 @@ def test_per_class_shares_over_many_batches(tmp_path):
     assert abs(share3 - 0.5) < 4 * sd and abs(share1 - 0.25) < 4 * sd
 
 
+def test_small_class_count_rounds_at_random_to_the_share():
+    rng = np.random.default_rng(3)
+    counts = np.array([dataloader.small_class_count(2, 0.33, rng) for _ in range(4000)])
+    # B x share = 0.66: one slot with probability 0.66, never two
+    assert set(counts) == {0, 1}
+    assert abs(counts.mean() - 0.66) < 4 * math.sqrt(0.66 * 0.34 / 4000)
+    assert all(dataloader.small_class_count(4, 0.75, rng) == 3 for _ in range(50))  # whole: no draw
+    assert all(dataloader.small_class_count(2, 0.0, rng) == 0 for _ in range(50))
+
+
+def test_a_batch_of_two_centres_a_third_of_its_samples_on_the_small_class(tmp_path):
+    ids = lesion_cases(tmp_path)
+    src = BatchSource(tmp_path, ids, plan(), 2, 0.0, None, None, seed=7, class_shares={3: 0.33})
+    n = 400
+    centres = np.stack([centre_labels(src.batch(i)) for i in range(n)])  # (n, 2)
+    # the slot is the first sample; the second is placed at random (rarely on a 1-36 voxel lesion)
+    assert (centres[:, 1] == 3).mean() < 0.03
+    share = (centres[:, 0] == 3).mean() / 2
+    assert abs(share - 0.33) < 4 * math.sqrt(0.66 * 0.34 / n) / 2
+
+
 def test_components_are_drawn_uniformly_among_cases_that_contain_the_class(tmp_path):
     ids = lesion_cases(tmp_path)
     src = BatchSource(tmp_path, ids, plan(), 2, 0.0, None, None, seed=1, class_shares={3: 0.5})
