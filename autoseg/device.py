@@ -63,31 +63,61 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-@functools.cache
-def cpu_bf16_is_faster() -> bool:
-    """Whether a 3D convolution (forward and backward, 16 channels, 20^3 voxels) runs at least
-    ``BF16_MIN_SPEEDUP`` times faster under bf16 autocast than in fp32 on this CPU (best of 3
-    timings each, about 0.3 s in all; measured once per process)."""
+def _cpu_flag(name: str) -> bool | None:
+    """A CPU feature as torch reports it (``torch.cpu._is_amx_tile_supported`` etc.; private API,
+    present since torch 2.1 on x86), or None where torch cannot say."""
     import torch
 
-    def best_seconds(dtype: torch.dtype | None) -> float:
-        generator = torch.Generator().manual_seed(0)
-        conv = torch.nn.Conv3d(16, 16, 3, padding=1)
-        x = torch.randn(2, 16, 20, 20, 20, generator=generator, requires_grad=True)
-        best = float("inf")
-        for k in range(4):  # the first call sets up kernels and is not timed
-            started = time.perf_counter()
-            with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                out = conv(x)
-            out.float().sum().backward()
-            if k:
-                best = min(best, time.perf_counter() - started)
-        return best
-
+    probe = getattr(getattr(torch, "cpu", None), name, None)
     try:
-        return best_seconds(None) >= BF16_MIN_SPEEDUP * best_seconds(torch.bfloat16)
+        return bool(probe()) if probe is not None else None
+    except RuntimeError:
+        return None
+
+
+@functools.cache
+def cpu_bf16_is_faster() -> bool:
+    """Whether this CPU runs bf16 convolutions clearly faster than fp32 (answered once per process).
+
+    AMX tiles: yes, without timing (oneDNN's bf16 convolutions run on them at several times the
+    fp32 rate). Neither AMX nor AVX512-BF16: no (bf16 would be emulated, and slower). AVX512-BF16
+    without AMX, or a CPU torch cannot describe: a timing probe (``_bf16_speedup``, ~0.4 s) must
+    show ``BF16_MIN_SPEEDUP``. The flags come first because the probe's few milliseconds of work
+    are noisy: on this project's AMX machine single probes ranged 1.3x-2.0x, and one that ran as
+    another process finished read below 1.3x and trained a whole fold in fp32, 3x slower."""
+    amx, avx512_bf16 = _cpu_flag("_is_amx_tile_supported"), _cpu_flag("_is_avx512_bf16_supported")
+    if amx:
+        return True
+    if amx is False and avx512_bf16 is False:
+        return False
+    try:
+        return _bf16_speedup() >= BF16_MIN_SPEEDUP
     except RuntimeError:  # no bf16 kernels for this CPU
         return False
+
+
+def _bf16_speedup(rounds: int = 5) -> float:
+    """fp32 time / bf16-autocast time of a 3D convolution's forward and backward (32 channels,
+    24^3 voxels, batch 2), medians over ``rounds`` interleaved timings after one untimed call each."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv3d(32, 32, 3, padding=1)
+    x = torch.randn(2, 32, 24, 24, 24, generator=generator, requires_grad=True)
+
+    def seconds(dtype: torch.dtype | None) -> float:
+        started = time.perf_counter()
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            out = conv(x)
+        out.float().sum().backward()
+        return time.perf_counter() - started
+
+    seconds(None), seconds(torch.bfloat16)
+    fp32, bf16 = [], []
+    for _ in range(rounds):
+        fp32.append(seconds(None))
+        bf16.append(seconds(torch.bfloat16))
+    return sorted(fp32)[rounds // 2] / sorted(bf16)[rounds // 2]
 
 
 def with_autocast(net, precision: str, device: torch.device):

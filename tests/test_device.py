@@ -39,6 +39,32 @@ def test_with_autocast_runs_the_network_in_the_chosen_dtype():
     assert torch.allclose(out.float(), net(x), rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize("amx, avx512_bf16, speedup, expected", [
+    (True, True, None, True),  # AMX: no timing needed
+    (True, None, None, True),
+    (False, False, None, False),  # no native bf16: emulated, slower
+    (False, True, 1.6, True),  # AVX512-BF16 only: the probe decides
+    (False, True, 1.1, False),
+    (None, None, 1.6, True),  # torch cannot say (another architecture): the probe decides
+    (None, None, 0.8, False),
+])
+def test_bf16_choice_reads_the_cpu_flags_before_timing(monkeypatch, amx, avx512_bf16, speedup, expected):
+    flags = {"_is_amx_tile_supported": amx, "_is_avx512_bf16_supported": avx512_bf16}
+    monkeypatch.setattr(device_module, "_cpu_flag", flags.get)
+
+    def probe():
+        if speedup is None:
+            raise AssertionError("the timing probe ran although the flags decide")
+        return speedup
+
+    monkeypatch.setattr(device_module, "_bf16_speedup", probe)
+    device_module.cpu_bf16_is_faster.cache_clear()
+    try:
+        assert device_module.cpu_bf16_is_faster() is expected
+    finally:
+        device_module.cpu_bf16_is_faster.cache_clear()
+
+
 def test_the_cpu_measurement_answers_a_bool_once():
     device_module.cpu_bf16_is_faster.cache_clear()
     first = device_module.cpu_bf16_is_faster()
