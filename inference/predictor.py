@@ -42,15 +42,21 @@ class Predictor:
         return cls([m.network for m in models], first.plans, first.configuration, device, step_size, mirror,
                    first.train_config, precision=resolve_precision(precision, device))
 
+    def forwards(self) -> list:
+        """The networks as inference callables (``fast_forward.inference_forward``), built once."""
+        if getattr(self, "_forwards", None) is None:
+            from autoseg.inference.fast_forward import inference_forward
+
+            self._forwards = [inference_forward(net, self.precision, self.device) for net in self.networks]
+        return self._forwards
+
     def predict_preprocessed(self, data: np.ndarray) -> np.ndarray:
         """Softmax (K, z, y, x) at the preprocessed spacing, averaged over folds."""
         from autoseg.inference.sliding_window import predict_volume
 
-        from autoseg.device import with_autocast
-
         total = None
-        for net in self.networks:
-            p = predict_volume(with_autocast(net, self.precision, self.device), data, self.configuration.patch_size,
+        for forward in self.forwards():
+            p = predict_volume(forward, data, self.configuration.patch_size,
                                self.plans.num_classes, self.step_size, self.mirror, self.device).float().cpu()
             total = p if total is None else total + p
         return (total / len(self.networks)).numpy()

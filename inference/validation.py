@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autoseg.device import with_autocast
+from autoseg.inference.fast_forward import inference_forward
 from autoseg.imageio import ImageGeometry, write_image
 from autoseg.paths import Workspace
 from autoseg.serialization import save_json
@@ -48,7 +48,7 @@ def validate_fold(fold_dir: str | Path, model, ws: Workspace, dataset: str, val_
     out.mkdir(parents=True, exist_ok=True)
     plans, cfg = model.plans, model.configuration
     data_dir = ws.preprocessed_dataset(dataset) / cfg.preprocessed_name
-    net = with_autocast(model.network, precision, torch.device(device))
+    net = inference_forward(model.network, precision, torch.device(device))
     from autoseg.training.cascade import validation_inputs
 
     add_inputs = validation_inputs(ws, dataset, model, fold_dir, val_ids)  # cascade: the lowres masks

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autoseg.device import autocast_dtype, pick_device, resolve_precision, with_autocast
+from autoseg.device import autocast_dtype, pick_device, resolve_precision
+from autoseg.inference.fast_forward import inference_forward
 from autoseg.errors import UserFacingError
 from autoseg.paths import Workspace
 from autoseg.plans import load_plans, save_plans
@@ -301,7 +302,7 @@ class _Budget:
         steps = self.step_times[1:] or [self.elapsed() / max(1, iteration)]
         per_it = float(np.median(steps))
         net.eval()
-        forward = with_autocast(net, self.cfg.precision, dev)
+        forward = inference_forward(net, self.cfg.precision, dev)
         with torch.no_grad():
             x = data[:1].to(dev)
             forward(x)
@@ -393,7 +394,7 @@ def _validate_patches(net, loss_fn, src: BatchSource, start: int, count: int, de
     seconds spent in the network's forward passes alone (what the final sliding-window validation
     costs per patch; making the batches, which for a cascade means loading large cases, is not)."""
     net.eval()
-    forward = with_autocast(net, precision, dev)
+    forward = inference_forward(net, precision, dev)
     tp = np.zeros(num_classes - 1)
     fp, fn = tp.copy(), tp.copy()
     losses, forward_s = [], 0.0
