@@ -264,8 +264,14 @@ def _worker_init(_):
 
 
 def default_num_workers() -> int:
-    """One augmentation process per two cores (the rest of the cores run the network), at least one."""
-    return max(1, min(8, (os.cpu_count() or 2) // 2))
+    """Augmentation processes when ``TrainConfig.num_workers`` is None: one per two cores (the rest
+    run the network), at most 8; none on a machine with two cores or fewer, where each batch is
+    built between training steps. There a worker process runs beside torch's two threads on the
+    same two cores, and the threads' stalls cost more than building the batch inline: Hippocampus
+    3d_fullres (16-128, batch 2, bf16) 190-198 ms per iteration with one worker, 178-183 ms inline;
+    2d (batch 64) 317 against 300 ms (docs/benchmarks.md)."""
+    cores = os.cpu_count() or 1
+    return 0 if cores <= 2 else min(8, cores // 2)
 
 
 def iterate(source: BatchSource, start: int, count: int, num_workers: int | None) -> Iterator[dict]:

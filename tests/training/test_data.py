@@ -139,3 +139,12 @@ def test_image_spline_order_follows_the_training_device_unless_set():
     assert resolve_order_data(AugmentationConfig(), "cuda").order_data == 3  # nnU-Net's
     assert resolve_order_data(AugmentationConfig(order_data=3), "cpu").order_data == 3
     assert resolve_order_data(AugmentationConfig(order_data=0), "cuda").order_data == 0
+
+
+def test_default_workers_build_batches_inline_on_two_cores(monkeypatch):
+    from autoseg.training import dataloader
+
+    expected = {1: 0, 2: 0, 4: 2, 6: 3, 32: 8}  # one per two cores above two, at most 8
+    for cores, workers in expected.items():
+        monkeypatch.setattr(dataloader.os, "cpu_count", lambda c=cores: c)
+        assert dataloader.default_num_workers() == workers
