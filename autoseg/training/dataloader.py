@@ -14,10 +14,9 @@ Small classes (``class_shares``, resolved by ``small_classes.resolve_small_class
 ``k`` samples of each batch are each centred on a connected component of one small class, ``k``
 being ``B x (sum of shares)`` rounded at random (B=2 and 0.33: one sample in 66% of the batches,
 none in the others, so 33% of all samples), the class drawn with probability share / sum, the case
-drawn among the
-training cases that contain the class, the component uniformly among its components in that
-case (so a 5-voxel lesion beside a 500-voxel one is centred as often), and the voxel among the
-component's stored locations. Without small classes the batches are exactly those above.
+drawn among the training cases that contain the class, the component uniformly among its
+components in that case (so a 5-voxel lesion beside a 500-voxel one is centred as often), and the
+voxel among the component's stored locations. Without small classes the batches are exactly those above.
 """
 from __future__ import annotations
 
