@@ -6,7 +6,7 @@ Models are loaded once; each case goes through the training preprocessing, the s
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -27,6 +27,7 @@ class Predictor:
     train_config: object = None  # TrainConfig of the first fold
     previous: Optional["Predictor"] = None  # cascade: the stage that runs first and feeds its mask in
     precision: str = "fp32"  # resolved (autoseg.device.resolve_precision)
+    _forwards: Optional[list] = field(default=None, init=False, repr=False)  # built by forwards()
 
     @classmethod
     def from_folds(cls, fold_dirs: list[Path], checkpoint: str = "checkpoint_final", device="cpu",
@@ -44,7 +45,7 @@ class Predictor:
 
     def forwards(self) -> list:
         """The networks as inference callables (``fast_forward.inference_forward``), built once."""
-        if getattr(self, "_forwards", None) is None:
+        if self._forwards is None:
             from autoseg.inference.fast_forward import inference_forward
 
             self._forwards = [inference_forward(net, self.precision, self.device) for net in self.networks]

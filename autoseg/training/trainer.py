@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from autoseg.device import autocast_dtype, pick_device, resolve_precision
-from autoseg.inference.fast_forward import inference_forward
 from autoseg.errors import UserFacingError
+from autoseg.inference.fast_forward import inference_forward
 from autoseg.paths import Workspace
 from autoseg.plans import load_plans, save_plans
 from autoseg.serialization import save_json, to_jsonable
