@@ -25,7 +25,7 @@ Steps, all through the ``autoseg`` CLI in subprocesses (logs in ``ROOT/bench_sma
 5. with both arms, the per-case Dice differences small - plain of every class, paired by case,
    with a bootstrap 95% interval over the test cases (``paired_differences``; it says whether a
    difference is larger than the spread of the cases, not whether another training seed would
-   give it again).
+   give it again; ``bench/paired.py`` does the same for any two summaries).
 The arms run one after the other (``selection.json`` is one per dataset); each arm's selection is
 copied beside its predictions.
 """
@@ -44,6 +44,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+
+from paired import paired_differences  # noqa: E402
 
 log = logging.getLogger("small_structures")
 ARMS = {"small": "default", "plain": "no_small_classes"}
@@ -119,50 +121,17 @@ def markdown(results: dict, labels: dict[int, str]) -> str:
     return "\n".join(lines)
 
 
-def paired_differences(summary_a: dict, summary_b: dict, labels: list[str], n_boot: int = 10000,
-                       seed: int = 0) -> dict[str, dict[str, float]]:
-    """Per label, the Dice of A minus the Dice of B case by case (two ``autoseg evaluate``
-    summaries of the same cases): ``mean``, ``median``, ``ci95`` (2.5 and 97.5 percentiles of the
-    mean over ``n_boot`` resamples of the cases with replacement, seeded), ``a_higher`` /
-    ``b_higher`` (cases) and ``cases``. Cases whose Dice is undefined (NaN or None: both masks empty) in either are left out.
-
-    Example: Dice of A 0.8, 0.9 and of B 0.7, 0.9 over two cases -> mean 0.05, median 0.05,
-    a_higher 1, b_higher 0.
-    """
-    import numpy as np
-
-    a = {c["case_id"]: c["metrics"] for c in summary_a["per_case"]}
-    b = {c["case_id"]: c["metrics"] for c in summary_b["per_case"]}
-    if a.keys() != b.keys():
-        only_a, only_b = sorted(a.keys() - b.keys()), sorted(b.keys() - a.keys())
-        raise ValueError(f"the two summaries must score the same cases; only in the first: {only_a[:5]}, "
-                         f"only in the second: {only_b[:5]}; evaluate both arms on the same test folder")
-    rng = np.random.default_rng(seed)
-    out = {}
-    for label in labels:
-        d = np.array([(a[k][label]["dice"], b[k][label]["dice"]) for k in sorted(a)], float)  # None -> NaN
-        d = d[:, 0] - d[:, 1]
-        d = d[np.isfinite(d)]
-        if not d.size:
-            continue
-        means = d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)
-        low, high = np.percentile(means, [2.5, 97.5])
-        out[label] = {"mean": float(d.mean()), "median": float(np.median(d)), "ci95": [float(low), float(high)],
-                      "a_higher": int((d > 0).sum()), "b_higher": int((d < 0).sum()), "cases": int(d.size)}
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--source", type=Path, default=HERE.parents[1] / "shared" / "data" / "Task04_Hippocampus")
-    p.add_argument("--root", type=Path, help="workspace root (dataset, preprocessed, results)")
+    p.add_argument("--root", type=Path, required=True, help="workspace root (dataset, preprocessed, results)")
     p.add_argument("--dataset-id", type=int, default=104)
     p.add_argument("--seed", type=int, default=0, help="seed of the implanted dataset")
     p.add_argument("--max-cases", type=int, default=None, help="a seeded subset of the Hippocampus cases")
     p.add_argument("-c", "--configuration", default="3d_fullres")
     p.add_argument("--device-profile", default="cpu")
     p.add_argument("--folds", nargs="+", default=["0"])
-    budget = p.add_mutually_exclusive_group()
+    budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--time-budget", help="per arm, e.g. 10m (autoseg train --time-budget)")
     budget.add_argument("--iterations", type=int, help="smoke test: one epoch of this many iterations per fold")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -175,19 +144,9 @@ def main(argv: list[str] | None = None) -> int:
                         "network widths, and a width chosen near the rule's threshold can differ between "
                         "invocations); use it to compare a variant with an arm of an earlier run")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
-    p.add_argument("--paired", nargs=2, type=Path, metavar=("SUMMARY_A", "SUMMARY_B"),
-                   help="only compare two evaluate summaries of the same cases (Dice of A - B per case) and exit")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.paired:
-        first, second = (json.loads(path.read_text()) for path in args.paired)
-        for label, d in paired_differences(first, second, [str(k) for k in first["labels"] if int(k)]).items():
-            print(f"Dice of label {label}, A - B per case: mean {d['mean']:+.4f}, median {d['median']:+.4f}, "
-                  f"95% interval {d['ci95'][0]:+.4f} .. {d['ci95'][1]:+.4f}, A higher in {d['a_higher']} "
-                  f"and B in {d['b_higher']} of {d['cases']}")
-        return 0
-    if args.root is None or not (args.time_budget or args.iterations):
-        p.error("--root and one of --time-budget / --iterations are required (unless --paired)")
+
 
     root = args.root.resolve()
     ds = str(args.dataset_id)

@@ -1,4 +1,4 @@
-"""bench/small_structures.py: the paired per-case Dice differences between two arms."""
+"""bench/paired.py: per-case Dice differences between two models scored on the same cases."""
 import math
 import sys
 from pathlib import Path
@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from small_structures import paired_differences  # noqa: E402
+from paired import paired_differences  # noqa: E402
 
 
 def summary(dice: dict[str, list[float]]) -> dict:
