@@ -9,13 +9,21 @@ def format_epoch(h: dict, epoch: int) -> str:
     dice = " ".join(f"{d:.4f}" for d in h["pseudo_dice"][epoch])
     return (f"epoch {epoch:4d}  train_loss {h['train_loss'][epoch]:.4f}  val_loss {h['val_loss'][epoch]:.4f}  "
             f"pseudo_dice [{dice}]  ema {h['ema_dice'][epoch]:.4f}  lr {h['lr'][epoch]:.5f}  "
-            f"time {h['epoch_time'][epoch]:.1f}s" + _data_wait(h, epoch))
+            f"time {h['epoch_time'][epoch]:.1f}s" + _data_wait(h, epoch) + _grad_norm(h, epoch))
 
 
 def _data_wait(h: dict, epoch: int) -> str:
     """The share of the epoch's training iterations spent waiting for augmented batches."""
     waits = h.get("data_wait", [])
     return f"  data wait {100 * waits[epoch]:.0f}%" if epoch < len(waits) else ""
+
+
+def _grad_norm(h: dict, epoch: int) -> str:
+    """The median gradient norm of the epoch's steps (before clipping) and the share clipped."""
+    norms, clipped = h.get("grad_norm", []), h.get("clipped", [])
+    if epoch >= len(norms) or epoch >= len(clipped):
+        return ""
+    return f"  grad norm {norms[epoch]:.2f} (clipped {100 * clipped[epoch]:.0f}%)"
 
 
 def plot_progress(h: dict, path: str | Path) -> None:

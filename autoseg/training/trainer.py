@@ -201,15 +201,16 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
                 for g in opt.param_groups:
                     g["lr"] = lr
                 net.train()
-                losses, waited, trained = [], 0.0, 0.0
+                losses, norms, waited, trained = [], [], 0.0, 0.0
                 bar = tqdm(total=n_it, initial=iteration % n_it, desc=f"epoch {epoch}", unit="it", leave=False,
                            disable=None)
                 while iteration < (epoch + 1) * n_it:
                     step_started = time.perf_counter()
                     batch = next(batches)
                     waited += time.perf_counter() - step_started
-                    losses.append(_train_step(net, loss_fn, opt, scaler, batch, dev, cfg.grad_clip,
-                                              amp_dtype))
+                    loss, norm = _train_step(net, loss_fn, opt, scaler, batch, dev, cfg.grad_clip, amp_dtype)
+                    losses.append(loss)
+                    norms.append(norm)
                     iteration += 1
                     step_s = time.perf_counter() - step_started
                     trained += step_s
@@ -233,7 +234,9 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
                 for key, value in (("train_loss", float(np.mean(losses))), ("val_loss", val_loss),
                                    ("pseudo_dice", [float(d) for d in dice]), ("ema_dice", float(ema)),
                                    ("lr", lr), ("epoch_time", time.perf_counter() - started),
-                                   ("data_wait", waited / max(trained, 1e-9))):
+                                   ("data_wait", waited / max(trained, 1e-9)),
+                                   ("grad_norm", float(np.median(norms))),
+                                   ("clipped", float(np.mean(np.array(norms) > cfg.grad_clip)))):
                     history.setdefault(key, []).append(value)
                 log.info(format_epoch(history, epoch))
                 if budget.active:
@@ -365,8 +368,9 @@ def _fit_width(plans, configuration: str, throughput_path: Path, cfg: TrainConfi
     return plans, None
 
 
-def _train_step(net, loss_fn, opt, scaler, batch, dev, grad_clip, amp_dtype=None) -> float:
-    """One SGD step; under autocast to ``amp_dtype`` (bf16/fp16) when given, with ``scaler`` for fp16."""
+def _train_step(net, loss_fn, opt, scaler, batch, dev, grad_clip, amp_dtype=None) -> tuple[float, float]:
+    """One SGD step; under autocast to ``amp_dtype`` (bf16/fp16) when given, with ``scaler`` for fp16.
+    Returns the loss and the gradients' total norm before clipping to ``grad_clip``."""
     data = batch["data"].to(dev, non_blocking=True)
     target = batch["target"]
     target = [t.to(dev, non_blocking=True) for t in target] if isinstance(target, list) else target.to(dev)
@@ -377,14 +381,14 @@ def _train_step(net, loss_fn, opt, scaler, batch, dev, grad_clip, amp_dtype=None
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
         scaler.step(opt)
         scaler.update()
     else:
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
         opt.step()
-    return float(loss.detach())
+    return float(loss.detach()), float(norm)
 
 
 @torch.no_grad()

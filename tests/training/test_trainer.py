@@ -113,3 +113,35 @@ def test_small_class_settings_reach_the_sampler_and_loss(prepared, monkeypatch):
     assert seen["loss_args"][5] == tuple(3.0 if k == 1 else 1.0 for k in range(num_classes))
     assert seen["loss_args"][6] == (1,)
     assert "small classes (1,)" in (fold / "training.log").read_text()
+
+
+def test_train_step_reports_the_norm_before_clipping():
+    # loss = w . x with x = (3, 4): gradient x, norm 5; clipped to 1 the step is lr * x / 5
+    w = torch.nn.Parameter(torch.zeros(2))
+    x = torch.tensor([3.0, 4.0])
+
+    class Dot(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = w
+
+        def forward(self, data):
+            return (self.w * data).sum()
+
+    net = Dot()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    loss, norm = trainer._train_step(net, lambda out, target: out, opt, None, {"data": x, "target": x},
+                                     torch.device("cpu"), grad_clip=1.0)
+    assert loss == 0.0
+    assert norm == pytest.approx(5.0)
+    assert w.detach().tolist() == pytest.approx([-0.1 * 3 / 5, -0.1 * 4 / 5])
+
+
+def test_epoch_line_shows_grad_norm_and_clipped_share():
+    from autoseg.training.progress import format_epoch
+
+    h = {"train_loss": [0.5], "val_loss": [0.4], "pseudo_dice": [[0.8, 0.7]], "ema_dice": [0.75], "lr": [0.01],
+         "epoch_time": [12.0], "data_wait": [0.02], "grad_norm": [3.456], "clipped": [0.25]}
+    assert format_epoch(h, 0).endswith("time 12.0s  data wait 2%  grad norm 3.46 (clipped 25%)")
+    del h["grad_norm"], h["clipped"]  # histories saved before the norm was logged
+    assert format_epoch(h, 0).endswith("time 12.0s  data wait 2%")
