@@ -244,7 +244,9 @@ def run_autoseg_method(budget: str, budget_s: float, setup: dict, work: Path, au
     plans = json.loads((fold / "plans.json").read_text())["configurations"][CONFIGURATION]
     workers = tc.get("num_workers")
     if workers is None:
-        workers = max(1, min(8, (os.cpu_count() or 2) // 2))  # autoseg.training.dataloader.default_num_workers
+        from autoseg.training.dataloader import default_num_workers  # what the trainer used (0: inline)
+
+        workers = default_num_workers()
     total = parsed.get("total_s", m.wall_s)
     return {
         "plans": {"patch_size": plans["patch_size"], "batch_size": plans["batch_size"],
