@@ -17,14 +17,6 @@ none in the others, so 33% of all samples), the class drawn with probability sha
 drawn among the training cases that contain the class, the component uniformly among its
 components in that case (so a 5-voxel lesion beside a 500-voxel one is centred as often), and the
 voxel among the component's stored locations. Without small classes the batches are exactly those above.
-
-Case balance (``balance_cases``, default on): the small-class samples come only from the cases that
-contain a small class, so drawing the other samples' cases uniformly would show those cases'
-anatomy more often than the rest (Hippocampus with lesions in 55 of 166 training cases and a share
-of 0.33: 55% of all samples from a third of the cases). The other samples therefore draw their case
-with weights that make every case's expected share of all samples 1 / N again (``case_weights``);
-where a case already gets more than that from the small-class samples alone, it gets none of the
-others. Without small classes the weights are uniform and unused.
 """
 from __future__ import annotations
 
@@ -97,8 +89,7 @@ class BatchSource:
 
     def __init__(self, folder: str | Path, case_ids: list[str], cfg: ConfigurationPlan, batch_size: int,
                  oversample: float, augmentation: AugmentationConfig | None,
-                 ds_scales: list[tuple[float, ...]] | None, seed: int, class_shares: dict[int, float] | None = None,
-                 balance_cases: bool = True):
+                 ds_scales: list[tuple[float, ...]] | None, seed: int, class_shares: dict[int, float] | None = None):
         self.folder, self.case_ids = Path(folder), list(case_ids)
         self.dim = cfg.network.dim
         self.patch = tuple(cfg.patch_size)
@@ -111,27 +102,6 @@ class BatchSource:
         self._cases = {cid: self._load(cid) for cid in self.case_ids} if size < IN_MEMORY_LIMIT_BYTES else None
         self.class_shares, self._cases_with = self._small_classes(class_shares or {})
         self._components: dict[tuple[str, int], list[np.ndarray]] = {}
-        self._case_p = self.case_weights() if self.class_shares and balance_cases else None
-
-    def case_weights(self) -> np.ndarray:
-        """Probabilities (one per case of ``case_ids``) of drawing each case for a sample that is not
-        centred on a small class, so that every case's expected share of all samples is 1 / N.
-
-        Example: 6 cases, a batch of 2, one small class with share 0.25 found in cases 0 and 1: the
-        small-class slot gives each of them 0.25 x 2 / 2 = 0.25 samples per batch against a target of
-        2 / 6; the other 1.5 samples per batch go 1/12 to each of cases 0 and 1 and 1/3 to each of
-        the other four, i.e. weights (1, 1, 4, 4, 4, 4) / 18.
-        """
-        n = len(self.case_ids)
-        index = {cid: k for k, cid in enumerate(self.case_ids)}
-        shares = np.array(list(self.class_shares.values()))
-        scale = min(1.0, shares.sum()) / shares.sum()  # small_class_slots caps the total share at 1
-        from_small = np.zeros(n)
-        for cls, share in self.class_shares.items():
-            cases = self._cases_with[cls]
-            from_small[[index[c] for c in cases]] += share * scale / len(cases)
-        rest = np.clip(1.0 / n - from_small, 0.0, None)
-        return rest / rest.sum() if rest.sum() > 0 else np.full(n, 1.0 / n)
 
     def _small_classes(self, shares: dict[int, float]) -> tuple[dict[int, float], dict[int, list[str]]]:
         """Keep the small classes that some case contains; list those cases per class."""
@@ -226,9 +196,7 @@ class BatchSource:
             if small[j] is not None:
                 d, s = self.sample_component(small[j], rng)
             else:
-                k = rng.integers(len(self.case_ids)) if self._case_p is None else rng.choice(len(self.case_ids),
-                                                                                               p=self._case_p)
-                case = self._case(self.case_ids[k])
+                case = self._case(self.case_ids[rng.integers(len(self.case_ids))])
                 d, s = self.sample(case, forced=j >= self.batch_size - n_forced, rng=rng)
             data.append(d)
             seg.append(s)

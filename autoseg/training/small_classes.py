@@ -6,8 +6,7 @@ handling off). For the resolved classes:
 
 - **sampling** (``dataloader.BatchSource``): a share ``small_class_oversample`` of the samples is
   centred on a connected component of a small class, drawn among the training cases that contain
-  it, the classes in proportion to ``small_class_shares`` (equal by default); the other samples draw
-  their case so that every case keeps its share 1 / N of all samples (``small_class_balance_cases``);
+  it, the classes in proportion to ``small_class_shares`` (equal by default);
 - **loss** (``loss.DiceCELoss``): cross-entropy weight ``small_class_ce_weight`` for those classes
   (others 1), and their soft Dice pooled over the batch (``small_class_batch_dice``).
 
@@ -36,7 +35,6 @@ class SmallClassSetup:
     shares: dict[int, float]  # label -> share of each batch centred on one of its components
     ce_weights: tuple[float, ...] | None  # per output channel (background first); None: unweighted
     batch_dice_classes: tuple[int, ...]  # labels whose Dice is pooled over the batch
-    balance_cases: bool = True  # the other samples' cases drawn so every case keeps share 1 / N
 
     @property
     def active(self) -> bool:
@@ -47,8 +45,7 @@ class SmallClassSetup:
             return "no small classes"
         shares = ", ".join(f"{c}: {s:.2f}" for c, s in self.shares.items())
         return (f"small classes {self.classes}: batch shares {{{shares}}}, CE weight "
-                f"{max(self.ce_weights) if self.ce_weights else 1.0:g}, batch Dice for {self.batch_dice_classes}, "
-                f"cases {'balanced' if self.balance_cases else 'not balanced'}")
+                f"{max(self.ce_weights) if self.ce_weights else 1.0:g}, batch Dice for {self.batch_dice_classes}")
 
 
 def resolve_small_classes(cfg: TrainConfig, plan: ConfigurationPlan, num_classes: int) -> SmallClassSetup:
@@ -75,5 +72,4 @@ def resolve_small_classes(cfg: TrainConfig, plan: ConfigurationPlan, num_classes
         classes=classes, shares=shares,
         ce_weights=None if all(w == 1.0 for w in ce) else ce,
         batch_dice_classes=classes if cfg.small_class_batch_dice else (),
-        balance_cases=cfg.small_class_balance_cases,
     )

@@ -49,9 +49,6 @@ class TrainConfig:
     small_class_shares: Optional[tuple[float, ...]] = None
     small_class_ce_weight: float = 3.0  # cross-entropy weight of small classes (others 1)
     small_class_batch_dice: bool = True  # Dice of small classes pooled over the batch
-    # the other samples' cases drawn so that every case keeps its share 1 / N of all samples (the
-    # small-class samples come only from cases with the class; dataloader, "Case balance")
-    small_class_balance_cases: bool = True
     batch_size: Optional[int] = None  # None: as the plans say
     seed: int = 12345
     checkpoint_every_epochs: int = 50

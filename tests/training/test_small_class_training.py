@@ -136,48 +136,6 @@ def test_components_are_drawn_uniformly_among_cases_that_contain_the_class(tmp_p
     assert abs(single / 600 - 0.25) < 4 * math.sqrt(0.25 * 0.75 / 600)
 
 
-def test_case_weights_by_hand(tmp_path):
-    ids = lesion_cases(tmp_path)  # class 3 in c0 and c3
-    # share 0.25: the lesion samples give c0 and c3 0.125 of all samples each, the target is 1/6,
-    # so the other 75% go 1/24 to each of them and 1/6 to each of the other four: (1, 4, 4, 1, 4, 4) / 18
-    src = BatchSource(tmp_path, ids, plan(), 2, 0.0, None, None, seed=1, class_shares={3: 0.25})
-    assert src.case_weights() == pytest.approx(np.array([1, 4, 4, 1, 4, 4]) / 18)
-    # share 0.5: 0.25 each from the lesion samples alone, above 1/6: none of the others
-    src = BatchSource(tmp_path, ids, plan(), 2, 0.0, None, None, seed=1, class_shares={3: 0.5})
-    assert src.case_weights() == pytest.approx([0, 0.25, 0.25, 0, 0.25, 0.25])
-    # shares summing above 1 are capped as the slots are (0.6 + 0.9 -> 0.4 + 0.6); class 1 is in all six:
-    # c0 and c3 get 0.2 + 0.1, the others 0.1 (under 1/6 by 1/15 each, so a quarter of the rest each)
-    src = BatchSource(tmp_path, ids, plan(), 2, 0.0, None, None, seed=1, class_shares={3: 0.6, 1: 0.9})
-    assert src.case_weights() == pytest.approx([0, 0.25, 0.25, 0, 0.25, 0.25])
-
-
-def case_counts(src: BatchSource, n: int) -> dict[str, int]:
-    """How many samples of batches 0..n-1 come from each case."""
-    counts: dict[str, int] = {}
-    real = src._case
-
-    def counting(case_id):
-        counts[case_id] = counts.get(case_id, 0) + 1
-        return real(case_id)
-
-    src._case = counting
-    for i in range(n):
-        src.batch(i)
-    return counts
-
-
-def test_every_case_keeps_its_share_of_samples(tmp_path):
-    ids = lesion_cases(tmp_path)
-    n = 1500  # batches of two: 3,000 samples, 500 per case expected, binomial sd 20
-    balanced = case_counts(BatchSource(tmp_path, ids, plan(), 2, 0.33, None, None, seed=3,
-                                       class_shares={3: 0.33}), n)
-    assert all(abs(balanced[c] - 500) < 80 for c in ids), balanced
-    # without the balance c0 and c3 get 0.165 + 0.67 / 6 = 0.277 of the samples each: about 830
-    skewed = case_counts(BatchSource(tmp_path, ids, plan(), 2, 0.33, None, None, seed=3,
-                                     class_shares={3: 0.33}, balance_cases=False), n)
-    assert all(abs(skewed[c] - 830) < 100 for c in ("c0", "c3")), skewed
-
-
 def test_lazy_loading_gives_the_same_batches(tmp_path, monkeypatch):
     ids = lesion_cases(tmp_path)
     shares = {3: 0.33}

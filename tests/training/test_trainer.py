@@ -98,7 +98,6 @@ def test_small_class_settings_reach_the_sampler_and_loss(prepared, monkeypatch):
 
     def source(*args, **kwargs):
         seen.setdefault("shares", []).append(args[8] if len(args) > 8 else kwargs.get("class_shares"))
-        seen.setdefault("balance", []).append(args[9] if len(args) > 9 else kwargs.get("balance_cases", True))
         return real_source(*args, **kwargs)
 
     def loss(*args):
@@ -107,11 +106,9 @@ def test_small_class_settings_reach_the_sampler_and_loss(prepared, monkeypatch):
 
     monkeypatch.setattr(trainer, "BatchSource", source)
     monkeypatch.setattr(trainer, "build_loss", loss)
-    cfg = dataclasses.replace(small_config(1), small_classes=(1,), small_class_ce_weight=3.0,
-                              small_class_balance_cases=False)
+    cfg = dataclasses.replace(small_config(1), small_classes=(1,), small_class_ce_weight=3.0)
     fold = trainer.train_fold(prepared, "901", "3d_fullres", 0, cfg, variant="s", validate=False)
     assert seen["shares"][0] == {1: pytest.approx(cfg.small_class_oversample)}  # training batches
-    assert seen["balance"][0] is False
     num_classes = len(seen["loss_args"][5])
     assert seen["loss_args"][5] == tuple(3.0 if k == 1 else 1.0 for k in range(num_classes))
     assert seen["loss_args"][6] == (1,)
