@@ -13,7 +13,9 @@ minutes on a loaded 2-core machine, Dice near 0, nothing meaningful):
 
 ``--methods a b c`` runs a subset of the methods; ``--workspace DIR`` keeps everything there
 (default bench/out/time_to_dice, which must be new or empty); ``--reuse`` picks up the set-up and
-the successful runs of an interrupted invocation in that workspace.
+the successful runs of an interrupted invocation in that workspace; ``--report-only`` makes the
+table, JSON and plot from the runs already recorded there (any method and budget not recorded is
+listed and left out; nothing is trained).
 
 Data: the Decathlon Task04_Hippocampus (208 labelled cases, or the first ``--subset``), fold 0
 of autoseg's fixed 5-fold split (``splits.json``, written by autoseg's own ``get_split``),
@@ -345,31 +347,39 @@ def table(records: list[dict], class_names: dict[str, str]) -> str:
 
 
 def plot(records: list[dict], ttr: dict, path: Path) -> None:
-    """Mean Dice against total wall time (training + final validation), one line per method."""
+    """Mean Dice against total wall time (training + final validation), one line per method: the
+    whole 0-1 range on the left, and on the right the same lines zoomed to the runs above 0.5 Dice."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method, marker in (("a", "s"), ("b", "^"), ("c", "o")):
-        pts = sorted((r["total_wall_s"] / 60, r["mean_dice"], r["budget"]) for r in records
-                     if r["method"] == method and not r.get("error"))
-        if not pts:
-            continue
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=f"({method}) {METHODS[method]}")
-        for x, y, b in pts:
-            ax.annotate(b, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
-    if ttr.get("reference_dice") is not None:
-        ax.axhline(ttr["reference_dice"], color="grey", linestyle=":", linewidth=1,
-                   label=f"(b) at {ttr['reference_budget']}: {ttr['reference_dice']:.3f}")
-    ax.set_xlabel("wall time: training + final validation (min)")
-    ax.set_ylabel("validation mean Dice (fold 0)")
-    ax.set_ylim(0, 1)
-    ax.set_xlim(left=0)
-    ax.set_title("Hippocampus 3d_fullres on this CPU: Dice within a time budget")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    useful = [r["mean_dice"] for r in records if not r.get("error") and r["mean_dice"] > 0.5]
+    for ax, zoom in zip(axes, (False, True)):
+        for method, marker in (("a", "s"), ("b", "^"), ("c", "o")):
+            pts = sorted((r["total_wall_s"] / 60, r["mean_dice"], r["budget"]) for r in records
+                         if r["method"] == method and not r.get("error"))
+            if not pts:
+                continue
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=f"({method}) {METHODS[method]}")
+            for x, y, b in pts:
+                ax.annotate(b, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        if ttr.get("reference_dice") is not None:
+            ax.axhline(ttr["reference_dice"], color="grey", linestyle=":", linewidth=1,
+                       label=f"(b) at {ttr['reference_budget']}: {ttr['reference_dice']:.3f}")
+        ax.set_xlabel("wall time: training + final validation (min)")
+        ax.set_xlim(left=0)
+        ax.grid(alpha=0.3)
+        if zoom and useful:
+            margin = max(0.005, 0.15 * (max(useful) - min(useful)))
+            ax.set_ylim(min(useful) - margin, max(useful) + margin)
+            ax.set_title("zoomed to the runs above 0.5", fontsize=9)
+        else:
+            ax.set_ylim(0, 1)
+            ax.set_ylabel("validation mean Dice (fold 0)")
+            ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("Hippocampus 3d_fullres on this CPU: Dice within a time budget")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
@@ -392,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="folder for all data, runs and logs (default: %(default)s)")
     p.add_argument("--reuse", action="store_true",
                    help="reuse the set-up and the successful runs found in --workspace (else it must be new or empty)")
+    p.add_argument("--report-only", action="store_true",
+                   help="table, JSON and plot from the runs recorded in --workspace; train nothing")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2 = this machine's cores)")
     p.add_argument("--num-workers", type=int, default=None,
                    help="autoseg augmentation workers (default: autoseg's own default)")
@@ -406,13 +418,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     budgets = sorted(dict.fromkeys(args.budgets), key=parse_budget)
     work = args.workspace.resolve()
-    if work.exists() and any(work.iterdir()) and not args.reuse:
+    if args.report_only and not (work / "setup.json").is_file():
+        p.error(f"--report-only needs the runs of an earlier invocation; {work / 'setup.json'} not found")
+    if work.exists() and any(work.iterdir()) and not (args.reuse or args.report_only):
         p.error(f"--workspace {work} is not empty; give a new folder, delete it, or pass --reuse")
-    if {"a", "b"} & set(args.methods) and not (NNUNET_BIN / "python").is_file():
+    if {"a", "b"} & set(args.methods) and not (NNUNET_BIN / "python").is_file() and not args.report_only:
         p.error(f"nnU-Net's venv {NNUNET_BIN.parent} is missing; make it with 'bash bench/setup_nnunet.sh'")
     work.mkdir(parents=True, exist_ok=True)
 
-    setup = prepare(work, args.data, args.subset, args.methods, args.autoseg, args.num_processes, args.reuse)
+    setup = (json.loads((work / "setup.json").read_text()) if args.report_only else
+             prepare(work, args.data, args.subset, args.methods, args.autoseg, args.num_processes, args.reuse))
     result = {"benchmark": "time_to_dice", "configuration": CONFIGURATION, "fold": FOLD, "data": str(args.data),
               "subset": args.subset, "num_train_cases": setup["num_train"], "num_val_cases": len(setup["val_ids"]),
               "budgets": budgets, "methods": {m: METHODS[m] for m in args.methods}, "threads": args.threads,
@@ -421,9 +436,12 @@ def main(argv: list[str] | None = None) -> int:
     for budget in budgets:
         for method in args.methods:
             path = records_dir / f"{method}_{budget}.json"
-            rec = json.loads(path.read_text()) if args.reuse and path.is_file() else None
+            rec = json.loads(path.read_text()) if (args.reuse or args.report_only) and path.is_file() else None
             if rec is not None and not rec.get("error"):
                 log.info("(%s) %s: reused %s", method, budget, path)
+            elif args.report_only:
+                log.info("(%s) %s: not recorded in %s; left out", method, budget, records_dir)
+                continue
             else:
                 try:
                     rec = run_one(method, budget, setup, work, args)
@@ -455,8 +473,10 @@ def main(argv: list[str] | None = None) -> int:
           f"({'n/a: not measured' if ref is None else f'{ref:.4f}'}), bounded by the budget grid {' '.join(budgets)}:")
     for method in args.methods:
         hit = ttr["per_method"].get(method)
+        measured = [r["budget"] for r in ok if r["method"] == method]
         print(f"  ({method}) {METHODS[method]}: "
-              + (f"<= {hit['budget']}" if hit else f"not reached within {budgets[-1]}" if ref is not None else "n/a"))
+              + (f"<= {hit['budget']}" if hit else "n/a" if ref is None or not measured
+                 else f"not reached within {measured[-1]} (measured: {' '.join(measured)})"))
     print(f"\nplot: {plot_path}" if ok else "\nno run succeeded; no plot")
     return 0 if len(ok) == len(result["runs"]) else 1
 
