@@ -50,6 +50,13 @@ def paired_differences(summary_a: dict, summary_b: dict, labels: list[str], n_bo
     return out
 
 
+def describe(name: str, d: dict) -> str:
+    """One line for a label's entry of ``paired_differences`` (A and B as the caller names them in ``name``)."""
+    return (f"{name} per case: mean {d['mean']:+.4f}, median {d['median']:+.4f}, 95% interval "
+            f"{d['ci95'][0]:+.4f} .. {d['ci95'][1]:+.4f}, A higher in {d['a_higher']} and B in {d['b_higher']} "
+            f"of {d['cases']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("summary_a", type=Path, help="autoseg evaluate summary of model A")
@@ -59,9 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     first, second = (json.loads(path.read_text()) for path in (args.summary_a, args.summary_b))
     labels = [str(k) for k in first["labels"] if int(k)]
     for label, d in paired_differences(first, second, labels, n_boot=args.boot).items():
-        print(f"Dice of label {label}, A - B per case: mean {d['mean']:+.4f}, median {d['median']:+.4f}, "
-              f"95% interval {d['ci95'][0]:+.4f} .. {d['ci95'][1]:+.4f}, A higher in {d['a_higher']} "
-              f"and B in {d['b_higher']} of {d['cases']}")
+        print(describe(f"Dice of label {label}, A - B", d))
     return 0
 
 

@@ -45,7 +45,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from paired import paired_differences  # noqa: E402
+from paired import describe, paired_differences  # noqa: E402
 
 log = logging.getLogger("small_structures")
 ARMS = {"small": "default", "plain": "no_small_classes"}
@@ -147,7 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-
     root = args.root.resolve()
     ds = str(args.dataset_id)
     raw = root / "raw" / f"Dataset{args.dataset_id:03d}_HippocampusLesions"
@@ -220,8 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             json.loads((work / "small" / "summary.json").read_text()),
             json.loads((work / "plain" / "summary.json").read_text()), [str(k) for k in sorted(labels) if k])
         for label, d in results["paired_small_minus_plain"].items():
-            print(f"Dice {labels[int(label)]}, small - plain per case: mean {d['mean']:+.4f}, 95% interval "
-                  f"{d['ci95'][0]:+.4f} .. {d['ci95'][1]:+.4f}, small higher in {d['a_higher']} of {d['cases']}")
+            print(describe(f"Dice {labels[int(label)]}, A = small - B = plain", d))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.json.with_name(f".{args.json.name}.tmp{os.getpid()}")
