@@ -10,10 +10,13 @@ contain foreground (p = ``oversample_foreground_percent``; B=2 and p=0.33 force 
 two). A forced sample picks a class present in its case at random and centres the patch on a
 random stored voxel of that class; the others are placed uniformly at random.
 
-Small classes (``class_shares``, resolved by ``small_classes.resolve_small_classes``): the first
+Small classes (``class_shares``, resolved by ``small_classes.resolve_small_classes``): the last
 ``k`` samples of each batch are each centred on a connected component of one small class, ``k``
 being ``B x (sum of shares)`` rounded at random (B=2 and 0.33: one sample in 66% of the batches,
-none in the others, so 33% of all samples), the class drawn with probability share / sum, the case
+none in the others, so 33% of all samples). They take the foreground-forced places first and
+the randomly placed ones only when ``k`` exceeds those, so the share of randomly placed patches
+(the only ones placed like the sliding window's tiles: an image smaller than the patch sits in
+its centre) stays that of plain training. The class is drawn with probability share / sum, the case
 drawn among the training cases that contain the class, the component uniformly among its
 components in that case (so a 5-voxel lesion beside a 500-voxel one is centred as often), and the
 voxel among the component's stored locations. Without small classes the batches are exactly those above.
@@ -151,7 +154,7 @@ class BatchSource:
         total = sum(self.class_shares.values())
         p = np.array([self.class_shares[c] / total for c in classes])
         for j in range(small_class_count(self.batch_size, min(1.0, total), rng)):
-            slots[j] = classes[int(rng.choice(len(classes), p=p))]
+            slots[self.batch_size - 1 - j] = classes[int(rng.choice(len(classes), p=p))]  # forced places first
         return slots
 
     def component_locations(self, case_id: str, case: _Case, cls: int) -> list[np.ndarray]:

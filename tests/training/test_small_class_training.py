@@ -86,13 +86,13 @@ def test_override_errors():
 
 def test_per_class_shares_over_many_batches(tmp_path):
     ids = lesion_cases(tmp_path)
-    # shares 0.5 (class 3) + 0.25 (class 1) of a batch of 4: num_forced(4, 0.75) = 3 slots per batch,
-    # each class 3 with probability 2/3 and class 1 with 1/3, so 2 and 1 samples per batch on average
+    # shares 0.5 (class 3) + 0.25 (class 1) of a batch of 4: 4 x 0.75 = 3 slots per batch (the last
+    # three), each class 3 with probability 2/3 and class 1 with 1/3, so 2 and 1 samples per batch
     src = BatchSource(tmp_path, ids, plan(), 4, 0.0, None, None, seed=5, class_shares={3: 0.5, 1: 0.25})
     n = 300
     centres = np.stack([centre_labels(src.batch(i)) for i in range(n)])  # (n, 4)
-    assert (centres[:, 3] == 3).mean() < 0.02  # the last sample is placed at random: rarely on a lesion
-    forced = centres[:, :3]
+    assert (centres[:, 0] == 3).mean() < 0.02  # the first sample is placed at random: rarely on a lesion
+    forced = centres[:, 1:]
     assert ((forced == 1) | (forced == 3)).all()  # every slot is centred on its class
     share3, share1 = (forced == 3).sum() / (4 * n), (forced == 1).sum() / (4 * n)
     sd = math.sqrt(n * 3 * (2 / 3) * (1 / 3)) / (4 * n)  # binomial sd of the class-3 share
@@ -114,10 +114,28 @@ def test_a_batch_of_two_centres_a_third_of_its_samples_on_the_small_class(tmp_pa
     src = BatchSource(tmp_path, ids, plan(), 2, 0.0, None, None, seed=7, class_shares={3: 0.33})
     n = 400
     centres = np.stack([centre_labels(src.batch(i)) for i in range(n)])  # (n, 2)
-    # the slot is the first sample; the second is placed at random (rarely on a 1-36 voxel lesion)
-    assert (centres[:, 1] == 3).mean() < 0.03
-    share = (centres[:, 0] == 3).mean() / 2
+    # the slot is the second sample; the first is placed at random (rarely on a 1-36 voxel lesion)
+    assert (centres[:, 0] == 3).mean() < 0.03
+    share = (centres[:, 1] == 3).mean() / 2
     assert abs(share - 0.33) < 4 * math.sqrt(0.66 * 0.34 / n) / 2
+
+
+def test_small_class_samples_take_the_foreground_forced_place_first(tmp_path):
+    ids = lesion_cases(tmp_path)
+    # B=2, oversample 0.5: the second sample is forced onto foreground, the first placed at random.
+    # Share 0.5: one small-class sample in every batch (2 x 0.5 = 1, no draw), in the forced place.
+    plain = BatchSource(tmp_path, ids, plan(), 2, 0.5, None, None, seed=3)
+    small = BatchSource(tmp_path, ids, plan(), 2, 0.5, None, None, seed=3, class_shares={3: 0.5})
+    n = 200
+    plain_centres = np.stack([centre_labels(plain.batch(i)) for i in range(n)])
+    small_centres = np.stack([centre_labels(small.batch(i)) for i in range(n)])
+    assert (plain_centres[:, 1] > 0).all() and (plain_centres[:, 1] == 1).mean() > 0.5  # forced: mostly the cube
+    assert (small_centres[:, 1] == 3).all()  # the lesion took that place
+    # the first sample stays random in both: seldom on the 27-voxel cube or a lesion (35 of 8,000 voxels)
+    assert (plain_centres[:, 0] > 0).mean() < 0.05 and (small_centres[:, 0] > 0).mean() < 0.05
+    # with a share above the forced places the random one is taken too
+    both = BatchSource(tmp_path, ids, plan(), 2, 0.5, None, None, seed=3, class_shares={3: 1.0})
+    assert all((centre_labels(both.batch(i)) == 3).all() for i in range(20))
 
 
 def test_components_are_drawn_uniformly_among_cases_that_contain_the_class(tmp_path):
