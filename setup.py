@@ -25,5 +25,5 @@ setup(
         "matplotlib>=3.6",
     ],
     extras_require={"test": ["pytest>=7"]},
-    entry_points={"console_scripts": ["autoseg=autoseg.cli:main"]},
+    entry_points={"console_scripts": ["autoseg=autoseg.cli:run"]},
 )
