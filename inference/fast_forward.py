@@ -11,8 +11,17 @@ squares of the centred values, then one fused multiply-add and the activation in
 are accumulated in fp32 by torch and rounded to bf16, as autocast rounds the convolutions.
 
 Only for inference (no autograd benefit: in training the extra ops' backward was slower than
-``InstanceNorm``'s), only on a CPU in bf16; every other case runs the network under autocast as
-before (``autoseg.device.with_autocast``).
+``InstanceNorm``'s), only on a CPU in bf16.
+
+On a CPU in fp32 (CPUs without fast bf16, e.g. AVX2-only laptops) inference runs a copy whose
+convolutions call oneDNN directly (``OneDNNConv``), with the fused norm, in the usual contiguous
+layout. torch sends an fp32 convolution of a batch of one with a kernel of at most 3 to its slow
+reference implementation when batch x channels x the first two spatial sizes is at most 20,480,
+which the sliding window's batch-1 tiles hit in every narrow layer. On this project's AVX2 machine
+(batch 1, patch 40 x 56 x 40) the forward of the 8-64 U-Net went from 275 to 59 ms, 16-128 from
+233 to 99 ms, 32-256 from 419 to 375 ms (docs/benchmarks.md, "Predict on an AVX2 CPU").
+Everywhere else (CUDA, MPS) the network runs under autocast as before
+(``autoseg.device.with_autocast``).
 """
 from __future__ import annotations
 
@@ -87,6 +96,33 @@ def fuse_norm_activation(net: nn.Module) -> nn.Module:
     return net
 
 
+class OneDNNConv(nn.Module):
+    """``conv`` (a zero-padded ``Conv2d``/``Conv3d`` with numeric padding) through
+    ``torch.mkldnn_convolution``, whatever the batch size: same weights, same result up to
+    float rounding."""
+
+    def __init__(self, conv: nn.Conv2d | nn.Conv3d):
+        super().__init__()
+        self.weight, self.bias = conv.weight, conv.bias
+        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation,
+                                        self.groups)
+
+
+def use_onednn_convolutions(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` whose zero-padded ``Conv2d``/``Conv3d`` layers run as ``OneDNNConv``
+    (transposed convolutions and other layers unchanged; ``net`` itself is not changed)."""
+    net = copy.deepcopy(net)
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if (type(child) in (nn.Conv2d, nn.Conv3d) and child.padding_mode == "zeros"
+                    and not isinstance(child.padding, str)):
+                setattr(parent, name, OneDNNConv(child))
+    return net
+
+
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
     if x.ndim == 5:
         return x.contiguous(memory_format=torch.channels_last_3d)
@@ -97,8 +133,11 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
 
 def inference_forward(net: nn.Module, precision: str, device: torch.device):
     """``net`` as a callable for inference in a resolved ``precision``: float32 in, float32 logits
-    (or a list of them) out. On a CPU in bf16: the channels-last bf16 copy described above, built
-    now (call again after the weights change); elsewhere ``with_autocast``."""
+    (or a list of them) out. On a CPU in bf16: the channels-last bf16 copy described above; on a
+    CPU in fp32 with oneDNN: the fused copy with ``OneDNNConv`` layers (both built now: call again
+    after the weights change); elsewhere ``with_autocast``."""
+    if device.type == "cpu" and precision == "fp32" and torch.backends.mkldnn.is_available():
+        return use_onednn_convolutions(fuse_norm_activation(net)).eval()
     if device.type != "cpu" or precision != "bf16":
         return with_autocast(net, precision, device)
     fast = fuse_norm_activation(net).to(torch.bfloat16)

@@ -1,9 +1,11 @@
-"""The inference forward pass: fused instance norm + LeakyReLU, channels-last bf16 on the CPU."""
+"""The inference forward pass: fused instance norm + LeakyReLU, channels-last bf16 on the CPU;
+oneDNN convolutions in fp32."""
 import pytest
 import torch
 from torch import nn
 
-from autoseg.inference.fast_forward import NormLeakyReLU, _group, fuse_norm_activation, inference_forward
+from autoseg.inference.fast_forward import (NormLeakyReLU, OneDNNConv, _group, fuse_norm_activation,
+                                            inference_forward, use_onednn_convolutions)
 from autoseg.plans import NetworkPlan
 from autoseg.training.network import UNet
 
@@ -70,9 +72,42 @@ def test_cpu_bf16_inference_matches_the_network_within_bf16_rounding(dim):
     assert (out.argmax(1) == ref.argmax(1)).float().mean() > 0.97
 
 
-def test_other_precisions_run_the_network_as_before():
+@pytest.mark.parametrize("conv, shape", [
+    (nn.Conv3d(8, 8, 3, padding=1), (1, 8, 12, 14, 10)),  # batch 1, 8 channels: torch's slow path
+    (nn.Conv3d(4, 6, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)), (2, 4, 5, 9, 8)),
+    (nn.Conv2d(3, 5, 3, padding=1, bias=False), (1, 3, 11, 9)),
+])
+def test_onednn_conv_equals_the_convolution(conv, shape):
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    with torch.no_grad():
+        out, ref = OneDNNConv(conv)(x), conv(x)
+    assert out.shape == ref.shape
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("dim", [3, 2])
+def test_fp32_inference_runs_onednn_convolutions_with_the_networks_result(dim):
+    net = small_unet(dim).eval()
+    forward = inference_forward(net, "fp32", CPU)
+    convs = [m for m in forward.modules() if isinstance(m, OneDNNConv)]
+    plain = [m for m in net.modules() if type(m) in (nn.Conv2d, nn.Conv3d)]
+    assert len(convs) == len(plain) > 0  # every convolution swapped in the copy
+    assert not any(isinstance(m, OneDNNConv) for m in net.modules())  # the network itself unchanged
+    assert any(isinstance(m, (nn.ConvTranspose2d, nn.ConvTranspose3d)) for m in forward.modules())
+    assert any(isinstance(m, NormLeakyReLU) for m in forward.modules())  # and the fused norm
+    x = torch.randn((1, 1) + (16,) * dim)
+    # the same function; float32 sums in another order, amplified by the instance norms: ~1e-5
+    with torch.no_grad():
+        assert torch.allclose(forward(x), net(x), atol=1e-4)
+    net.deep_supervision = True
+    with torch.no_grad():
+        outs, refs = use_onednn_convolutions(net)(x), net(x)
+    assert len(outs) == len(refs) and all(torch.allclose(o, r, atol=1e-4) for o, r in zip(outs, refs))
+
+
+def test_bf16_inference_keeps_the_deep_supervision_outputs():
     net = small_unet()
-    assert inference_forward(net, "fp32", CPU) is net
     net.deep_supervision = True
     outs = inference_forward(net, "bf16", CPU)(torch.randn(1, 1, 16, 16, 16))
     assert isinstance(outs, list) and all(o.dtype == torch.float32 for o in outs)
