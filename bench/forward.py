@@ -43,9 +43,11 @@ from autoseg.training.network import UNet
 from autoseg.inference.fast_forward import _channels_last, fuse_norm_activation, use_onednn_convolutions
 
 
-def median_ms(fn, x: torch.Tensor, repeats: int) -> float:
-    with torch.no_grad():
-        for _ in range(3):
+def median_ms(fn, x: torch.Tensor, repeats: int, warmup: int = 3, grad: bool = False) -> float:
+    """Median milliseconds of ``fn(x)`` over ``repeats`` calls after ``warmup`` untimed ones
+    (without autograd unless ``grad``)."""
+    with torch.set_grad_enabled(grad):
+        for _ in range(warmup):
             fn(x)
         times = []
         for _ in range(repeats):
@@ -104,14 +106,7 @@ def train_step_ms(net: torch.nn.Module, x: torch.Tensor, channels_last: bool, re
         torch.nn.functional.cross_entropy(net(inp), target).backward()
         opt.step()
 
-    for _ in range(2):
-        step(x)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        step(x)
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
+    return median_ms(step, x, repeats, warmup=2, grad=True)
 
 
 def main() -> None:
