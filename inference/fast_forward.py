@@ -13,7 +13,7 @@ are accumulated in fp32 by torch and rounded to bf16, as autocast rounds the con
 Only for inference (no autograd benefit: in training the extra ops' backward was slower than
 ``InstanceNorm``'s), only on a CPU in bf16.
 
-On a CPU in fp32 (CPUs without fast bf16, e.g. AVX2-only laptops) inference runs a copy whose
+On an x86 CPU in fp32 (CPUs without fast bf16, e.g. AVX2-only laptops) inference runs a copy whose
 convolutions call oneDNN directly (``OneDNNConv``), with the fused norm, in the usual contiguous
 layout. torch sends an fp32 convolution of a batch of one with a kernel of at most 3 to its slow
 reference implementation when batch x channels x the first two spatial sizes is at most 20,480,
@@ -26,6 +26,7 @@ Everywhere else (CUDA, MPS) the network runs under autocast as before
 from __future__ import annotations
 
 import copy
+import platform
 
 import torch
 from torch import nn
@@ -134,9 +135,9 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
 def inference_forward(net: nn.Module, precision: str, device: torch.device):
     """``net`` as a callable for inference in a resolved ``precision``: float32 in, float32 logits
     (or a list of them) out. On a CPU in bf16: the channels-last bf16 copy described above; on a
-    CPU in fp32 with oneDNN: the fused copy with ``OneDNNConv`` layers (both built now: call again
-    after the weights change); elsewhere ``with_autocast``."""
-    if device.type == "cpu" and precision == "fp32" and torch.backends.mkldnn.is_available():
+    x86 CPU in fp32 with oneDNN: the fused copy with ``OneDNNConv`` layers (both built now: call
+    again after the weights change); elsewhere ``with_autocast``."""
+    if device.type == "cpu" and precision == "fp32" and _onednn_on_x86():
         return use_onednn_convolutions(fuse_norm_activation(net)).eval()
     if device.type != "cpu" or precision != "bf16":
         return with_autocast(net, precision, device)
@@ -149,6 +150,12 @@ def inference_forward(net: nn.Module, precision: str, device: torch.device):
         return [o.float() for o in out] if isinstance(out, (list, tuple)) else out.float()
 
     return run
+
+
+def _onednn_on_x86() -> bool:
+    """oneDNN is built in and the CPU is x86, where the oneDNN copy was measured (ARM builds run
+    oneDNN through other kernels: there the network runs as it is)."""
+    return torch.backends.mkldnn.is_available() and platform.machine().lower() in ("x86_64", "amd64", "x86", "i686")
 
 
 def _has_conv3d(net: nn.Module) -> bool:

@@ -87,7 +87,8 @@ def test_onednn_conv_equals_the_convolution(conv, shape):
 
 
 @pytest.mark.parametrize("dim", [3, 2])
-def test_fp32_inference_runs_onednn_convolutions_with_the_networks_result(dim):
+def test_fp32_inference_runs_onednn_convolutions_with_the_networks_result(dim, monkeypatch):
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
     net = small_unet(dim).eval()
     forward = inference_forward(net, "fp32", CPU)
     convs = [m for m in forward.modules() if isinstance(m, OneDNNConv)]
@@ -104,6 +105,12 @@ def test_fp32_inference_runs_onednn_convolutions_with_the_networks_result(dim):
     with torch.no_grad():
         outs, refs = use_onednn_convolutions(net)(x), net(x)
     assert len(outs) == len(refs) and all(torch.allclose(o, r, atol=1e-4) for o, r in zip(outs, refs))
+
+
+def test_fp32_inference_on_arm_runs_the_network_itself(monkeypatch):
+    monkeypatch.setattr("platform.machine", lambda: "aarch64")
+    net = small_unet()
+    assert inference_forward(net, "fp32", CPU) is net
 
 
 def test_bf16_inference_keeps_the_deep_supervision_outputs():
