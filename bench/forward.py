@@ -126,7 +126,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     bf16 = cpu_bf16_is_faster()
-    stage_lists = [tuple(args.features)] if args.features else [tuple(w * 2 ** i for i in range(4)) for w in args.widths]
+    stage_lists = ([tuple(args.features)] if args.features
+                   else [tuple(w * 2 ** i for i in range(4)) for w in args.widths])
     x = torch.randn(args.batch, 1, *args.patch)
     results = []
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {bf16}, "

@@ -116,7 +116,11 @@ class OneDNNConv(nn.Module):
 def use_onednn_convolutions(net: nn.Module) -> nn.Module:
     """A copy of ``net`` whose zero-padded ``Conv2d``/``Conv3d`` layers run as ``OneDNNConv``
     (transposed convolutions and other layers unchanged; ``net`` itself is not changed)."""
-    net = copy.deepcopy(net)
+    return _swap_convolutions(copy.deepcopy(net))
+
+
+def _swap_convolutions(net: nn.Module) -> nn.Module:
+    """``use_onednn_convolutions`` in place, on a copy the caller owns."""
     for parent in list(net.modules()):
         for name, child in list(parent.named_children()):
             if (type(child) in (nn.Conv2d, nn.Conv3d) and child.padding_mode == "zeros"
@@ -139,7 +143,7 @@ def inference_forward(net: nn.Module, precision: str, device: torch.device):
     x86 CPU in fp32 with oneDNN: the fused copy with ``OneDNNConv`` layers (both built now: call
     again after the weights change); elsewhere ``with_autocast``."""
     if device.type == "cpu" and precision == "fp32" and _onednn_on_x86():
-        return use_onednn_convolutions(fuse_norm_activation(net)).eval()
+        return _swap_convolutions(fuse_norm_activation(net)).eval()  # one copy: the fusion's
     if device.type != "cpu" or precision != "bf16":
         return with_autocast(net, precision, device)
     fast = fuse_norm_activation(net).to(torch.bfloat16)
@@ -156,7 +160,8 @@ def inference_forward(net: nn.Module, precision: str, device: torch.device):
 def _onednn_on_x86() -> bool:
     """oneDNN is built in and the CPU is x86, where the oneDNN copy was measured (ARM builds run
     oneDNN through other kernels: there the network runs as it is)."""
-    return torch.backends.mkldnn.is_available() and platform.machine().lower() in ("x86_64", "amd64", "x86", "i686")
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "x86", "i686")
+    return x86 and torch.backends.mkldnn.is_available()
 
 
 def _has_conv3d(net: nn.Module) -> bool:
