@@ -13,7 +13,7 @@ median of ``--repeats`` calls after 3 untimed ones:
   as one module of plain reductions), contiguous layout;
 - ``fp32_fused_channels_last``: that, channels-last (what predict runs in bf16, here in fp32);
 - ``fp32_onednn``: ``use_onednn_convolutions`` (every convolution through oneDNN, whatever the
-  batch: what predict runs on a CPU in fp32); ``fp32_onednn_fused`` and
+  batch); ``fp32_onednn_fused`` (what predict runs on an x86 CPU in fp32) and
   ``fp32_onednn_fused_channels_last``: that with the fused norm, contiguous or channels-last;
 - ``bf16_fused_channels_last``: the bf16 path ``inference_forward`` uses on AMX CPUs (only where
   ``cpu_bf16_is_faster``: elsewhere bf16 is emulated, many times slower);
