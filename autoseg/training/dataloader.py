@@ -20,9 +20,6 @@ its centre) stays that of plain training. The class is drawn with probability sh
 drawn among the training cases that contain the class, the component uniformly among its
 components in that case (so a 5-voxel lesion beside a 500-voxel one is centred as often), and the
 voxel among the component's stored locations. Without small classes the batches are exactly those above.
-With a fade window (``fade_window``, set by the trainer from ``small_class_fade``) the shares are
-scaled by ``small_classes.emphasis(i, window)``, so batch ``i`` stays a function of the seed, ``i``
-and the window.
 """
 from __future__ import annotations
 
@@ -40,7 +37,6 @@ import torch
 from autoseg.plans import ConfigurationPlan
 from autoseg.preprocess.storage import load_case
 from autoseg.training.augmentation import AugmentationConfig, build_transforms, sampling_patch_size
-from autoseg.training.small_classes import emphasis
 
 IN_MEMORY_LIMIT_BYTES = 2e9
 log = logging.getLogger(__name__)
@@ -108,7 +104,6 @@ class BatchSource:
         size = sum(p.stat().st_size for p in self.folder.glob("*.data.b2")) * 4  # ~compression ratio
         self._cases = {cid: self._load(cid) for cid in self.case_ids} if size < IN_MEMORY_LIMIT_BYTES else None
         self.class_shares, self._cases_with = self._small_classes(class_shares or {})
-        self.fade_window: tuple[int, int] | None = None  # iterations over which the shares fall to 0
         self._components: dict[tuple[str, int], list[np.ndarray]] = {}
 
     def _small_classes(self, shares: dict[int, float]) -> tuple[dict[int, float], dict[int, list[str]]]:
@@ -150,16 +145,15 @@ class BatchSource:
             voxel = locs[rng.integers(len(locs))]
         return self._crop(case, voxel, rng)
 
-    def small_class_slots(self, rng: np.random.Generator, iteration: int = 0) -> list[int | None]:
-        """Per sample of batch ``iteration``, the small class to centre it on (None: the usual sampling)."""
+    def small_class_slots(self, rng: np.random.Generator) -> list[int | None]:
+        """Per sample of a batch, the small class to centre it on (None: the usual sampling)."""
         slots: list[int | None] = [None] * self.batch_size
         if not self.class_shares:
             return slots
         classes = list(self.class_shares)
         total = sum(self.class_shares.values())
         p = np.array([self.class_shares[c] / total for c in classes])
-        share = min(1.0, total) * emphasis(iteration, self.fade_window)
-        for j in range(small_class_count(self.batch_size, share, rng)):
+        for j in range(small_class_count(self.batch_size, min(1.0, total), rng)):
             slots[self.batch_size - 1 - j] = classes[int(rng.choice(len(classes), p=p))]  # forced places first
         return slots
 
@@ -199,7 +193,7 @@ class BatchSource:
     def batch(self, i: int) -> dict[str, np.ndarray | list[np.ndarray]]:
         rng = self._rng(i)
         n_forced = num_forced(self.batch_size, self.oversample)
-        small = self.small_class_slots(rng, i)
+        small = self.small_class_slots(rng)
         data, seg = [], []
         for j in range(self.batch_size):
             if small[j] is not None:

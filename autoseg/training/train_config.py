@@ -49,9 +49,6 @@ class TrainConfig:
     small_class_shares: Optional[tuple[float, ...]] = None
     small_class_ce_weight: float = 3.0  # cross-entropy weight of small classes (others 1)
     small_class_batch_dice: bool = True  # Dice of small classes pooled over the batch
-    # the last small_class_fade of the schedule's iterations take the emphasis above down linearly
-    # to plain training (share -> 0, CE weight -> 1, Dice per sample); 0: emphasis to the end
-    small_class_fade: float = 0.0
     batch_size: Optional[int] = None  # None: as the plans say
     seed: int = 12345
     checkpoint_every_epochs: int = 50
@@ -90,8 +87,6 @@ class TrainConfig:
             raise ValueError(f"small_classes must be foreground labels (>= 1), found {self.small_classes}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, found {self.precision!r}")
-        if not 0 <= self.small_class_fade <= 1:
-            raise ValueError(f"small_class_fade must be in [0, 1], found {self.small_class_fade}")
         if self.small_class_ce_weight <= 0:
             raise ValueError(f"small_class_ce_weight must be > 0, found {self.small_class_ce_weight}")
 
