@@ -87,6 +87,33 @@ def choose_lower_corner(shape: tuple[int, ...], size: tuple[int, ...], rng: np.r
     return np.array([rng.integers(0, s + 1) if s >= 0 else s // 2 for s in slack])
 
 
+def choose_lower_corner_containing(shape: tuple[int, ...], size: tuple[int, ...], patch: tuple[int, ...],
+                                   voxel: np.ndarray, rng: np.random.Generator, margin_fraction: float = 0.125
+                                   ) -> np.ndarray:
+    """Lower corner of a ``size`` sample whose central ``patch`` (what augmentation keeps) holds
+    ``voxel`` at least ``patch x margin_fraction`` from its faces, placed uniformly among those
+    positions and, where they allow it, among the positions a random sample can take
+    (``choose_lower_corner``: inside the image, centred on an image smaller than the sample).
+
+    Per axis the sample's centre is drawn uniformly from those that contain the voxel, then
+    moved to the nearest centre a random sample can have if that keeps the voxel contained."""
+    shape, size, patch, voxel = (np.asarray(a, int) for a in (shape, size, patch, voxel))
+    margin = np.floor(patch * margin_fraction).astype(int)
+    lo_c = voxel - (patch - 1 - margin) + patch // 2  # centres that keep the voxel inside the patch
+    hi_c = voxel - margin + patch // 2
+    slack = shape - size
+    lo_r = np.where(slack >= 0, size // 2, slack // 2 + size // 2)  # centres of random samples
+    hi_r = np.where(slack >= 0, slack + size // 2, slack // 2 + size // 2)
+    lo, hi = np.maximum(lo_c, lo_r), np.minimum(hi_c, hi_r)
+    centre = np.empty(len(shape), int)
+    for k in range(len(shape)):
+        if lo[k] <= hi[k]:
+            centre[k] = rng.integers(lo[k], hi[k] + 1)
+        else:  # no random position holds the voxel: the containing one nearest to them
+            centre[k] = hi_c[k] if hi_c[k] < lo_r[k] else lo_c[k]
+    return centre - size // 2
+
+
 class BatchSource:
     """Builds batch ``i`` from preprocessed cases; picklable, used inside worker processes."""
 
@@ -104,6 +131,9 @@ class BatchSource:
         size = sum(p.stat().st_size for p in self.folder.glob("*.data.b2")) * 4  # ~compression ratio
         self._cases = {cid: self._load(cid) for cid in self.case_ids} if size < IN_MEMORY_LIMIT_BYTES else None
         self.class_shares, self._cases_with = self._small_classes(class_shares or {})
+        # small-class samples: centred on the component's voxel (False) or placed at random so
+        # that the patch contains it (True, choose_lower_corner_containing)
+        self.small_class_contain = False
         self._components: dict[tuple[str, int], list[np.ndarray]] = {}
 
     def _small_classes(self, shares: dict[int, float]) -> tuple[dict[int, float], dict[int, list[str]]]:
@@ -179,15 +209,20 @@ class BatchSource:
         components = self.component_locations(case_id, case, cls)
         members = components[rng.integers(len(components))]
         voxel = case.locations[cls][members[rng.integers(len(members))]]
-        return self._crop(case, voxel, rng)
+        return self._crop(case, voxel, rng, contain=self.small_class_contain)
 
-    def _crop(self, case: _Case, voxel: np.ndarray | None, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def _crop(self, case: _Case, voxel: np.ndarray | None, rng: np.random.Generator,
+              contain: bool = False) -> tuple[np.ndarray, np.ndarray]:
         data, seg = case.data, case.seg
         if self.dim == 2:
             z = int(voxel[0]) if voxel is not None else int(rng.integers(data.shape[1]))
             data, seg = data[:, z], seg[:, z]
             voxel = voxel[1:] if voxel is not None else None
-        lower = choose_lower_corner(data.shape[1:], self.sample_size, rng, voxel)
+        if contain and voxel is not None:
+            lower = choose_lower_corner_containing(data.shape[1:], self.sample_size, self.patch[-len(self.sample_size):],
+                                                   voxel, rng)
+        else:
+            lower = choose_lower_corner(data.shape[1:], self.sample_size, rng, voxel)
         return crop_with_padding(data, lower, self.sample_size, 0.0), crop_with_padding(seg, lower, self.sample_size, 0)
 
     def batch(self, i: int) -> dict[str, np.ndarray | list[np.ndarray]]:

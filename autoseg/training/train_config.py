@@ -49,6 +49,9 @@ class TrainConfig:
     small_class_shares: Optional[tuple[float, ...]] = None
     small_class_ce_weight: float = 3.0  # cross-entropy weight of small classes (others 1)
     small_class_batch_dice: bool = True  # Dice of small classes pooled over the batch
+    # where a small-class sample's patch goes: "centre" on the component's voxel, or "contain":
+    # at random among the placements of a random patch that hold the voxel away from the faces
+    small_class_placement: str = "centre"
     batch_size: Optional[int] = None  # None: as the plans say
     seed: int = 12345
     checkpoint_every_epochs: int = 50
@@ -87,6 +90,8 @@ class TrainConfig:
             raise ValueError(f"small_classes must be foreground labels (>= 1), found {self.small_classes}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, found {self.precision!r}")
+        if self.small_class_placement not in ("centre", "contain"):
+            raise ValueError(f"small_class_placement must be 'centre' or 'contain', found {self.small_class_placement!r}")
         if self.small_class_ce_weight <= 0:
             raise ValueError(f"small_class_ce_weight must be > 0, found {self.small_class_ce_weight}")
 

@@ -173,6 +173,7 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     total = budget.total_iterations
     train_src = make_source(data_dir, train_ids, cp, batch_size, cfg.oversample_foreground_percent,
                             cfg.augmentation, scales, cfg.seed, small.shares)
+    train_src.small_class_contain = cfg.small_class_placement == "contain"
     val_src = make_source(data_dir, val_ids, cp, batch_size, cfg.oversample_foreground_percent, None, None,
                           cfg.seed + 1)
     schedule = (f"time budget {cfg.time_budget_s:.0f} s (schedule fitted after {WARMUP_ITERATIONS} iterations)"

@@ -72,6 +72,8 @@ def test_overrides_and_variant():
 
 
 def test_override_errors():
+    with pytest.raises(UserFacingError, match="small_class_placement must be 'centre' or 'contain'"):
+        apply_overrides(TrainConfig(), ["small_class_placement=middle"])
     with pytest.raises(UserFacingError, match=r"small_class_oversample must be in \[0, 1\]"):
         apply_overrides(TrainConfig(), ["small_class_oversample=1.5"])
     with pytest.raises(UserFacingError, match="one entry per small class"):
@@ -136,6 +138,39 @@ def test_small_class_samples_take_the_foreground_forced_place_first(tmp_path):
     # with a share above the forced places the random one is taken too
     both = BatchSource(tmp_path, ids, plan(), 2, 0.5, None, None, seed=3, class_shares={3: 1.0})
     assert all((centre_labels(both.batch(i)) == 3).all() for i in range(20))
+
+
+def test_a_containing_placement_is_a_random_one_that_holds_the_voxel():
+    rng = np.random.default_rng(0)
+    size, patch = (56, 72, 56), (40, 56, 40)  # sample (for rotation) and the central patch kept
+    # image smaller than the sample: a random sample is centred, and so is this one when the
+    # centred patch holds the voxel 5 / 7 / 5 voxels (patch / 8) from its faces
+    small = (36, 50, 35)
+    assert dataloader.choose_lower_corner_containing(small, size, patch, np.array([17, 25, 17]), rng).tolist() == \
+        dataloader.choose_lower_corner(small, size, rng).tolist() == [-10, -11, -11]
+    # a voxel in a corner: the patch shifted just enough to hold it 5 / 7 / 5 voxels inside its faces
+    lower = dataloader.choose_lower_corner_containing(small, size, patch, np.array([0, 0, 34]), rng)
+    assert (lower + (np.array(size) - patch) // 2).tolist() == [-5, -7, 0]  # x: 34 = 40 - 1 - 5
+    # a large image: uniform over the containing centres inside the image, else the nearest containing one
+    voxel = np.array([100, 5, 195])
+    lowers = np.array([dataloader.choose_lower_corner_containing((200,) * 3, size, patch, voxel, rng)
+                       for _ in range(3000)])
+    offsets = voxel - (lowers + (np.array(size) - patch) // 2)  # voxel position inside the kept patch
+    assert offsets[:, 0].min() == 5 and offsets[:, 0].max() == 34  # every position from 5 to 40 - 1 - 5
+    assert abs(offsets[:, 0].mean() - 19.5) < 0.5
+    assert (lowers[:, 0] >= 0).all() and (lowers[:, 0] <= 200 - 56).all()  # inside, as a random sample
+    assert (offsets[:, 1] == 7).all()  # 5 voxels from the image face: no sample inside the image holds it
+    assert (offsets[:, 2] == 34).all() and (lowers[:, 2] == 153).all()  # nearest to the image's inside
+
+
+def test_contained_small_class_samples_hold_the_lesion_off_centre(tmp_path):
+    ids = lesion_cases(tmp_path)
+    src = BatchSource(tmp_path, ids, plan(), 2, 0.0, None, None, seed=5, class_shares={3: 0.5})
+    src.small_class_contain = True
+    targets = [src.batch(i)["target"][1, 0] for i in range(200)]  # the second sample is the lesion's
+    assert all((t == 3).any() for t in targets)
+    centred = np.mean([t[4, 4, 4] == 3 for t in targets])
+    assert centred < 0.5  # centring put a lesion voxel at the centre every time
 
 
 def test_components_are_drawn_uniformly_among_cases_that_contain_the_class(tmp_path):
