@@ -11,15 +11,20 @@ two). A forced sample picks a class present in its case at random and centres th
 random stored voxel of that class; the others are placed uniformly at random.
 
 Small classes (``class_shares``, resolved by ``small_classes.resolve_small_classes``): the last
-``k`` samples of each batch are each centred on a connected component of one small class, ``k``
+``k`` samples of each batch each hold a connected component of one small class, ``k``
 being ``B x (sum of shares)`` rounded at random (B=2 and 0.33: one sample in 66% of the batches,
 none in the others, so 33% of all samples). They take the foreground-forced places first and
 the randomly placed ones only when ``k`` exceeds those, so the share of randomly placed patches
 (the only ones placed like the sliding window's tiles: an image smaller than the patch sits in
 its centre) stays that of plain training. The class is drawn with probability share / sum, the case
 drawn among the training cases that contain the class, the component uniformly among its
-components in that case (so a 5-voxel lesion beside a 500-voxel one is centred as often), and the
-voxel among the component's stored locations. Without small classes the batches are exactly those above.
+components in that case (so a 5-voxel lesion beside a 500-voxel one is drawn as often), and the
+voxel among the component's stored locations. The patch is then placed at random among those
+that a random patch could take and that hold the voxel at least an eighth of the patch inside its
+faces (``choose_lower_corner_containing``), not centred on it: a patch always centred on a lesion
+teaches the network that lesions sit in the middle of its view, which the sliding window's tiles
+do not respect (on the implanted Hippocampus data lesion F1 0.16 centred, 0.76 placed so,
+docs/benchmarks.md). Without small classes the batches are exactly those above.
 """
 from __future__ import annotations
 
@@ -131,9 +136,10 @@ class BatchSource:
         size = sum(p.stat().st_size for p in self.folder.glob("*.data.b2")) * 4  # ~compression ratio
         self._cases = {cid: self._load(cid) for cid in self.case_ids} if size < IN_MEMORY_LIMIT_BYTES else None
         self.class_shares, self._cases_with = self._small_classes(class_shares or {})
-        # small-class samples: centred on the component's voxel (False) or placed at random so
-        # that the patch contains it (True, choose_lower_corner_containing)
-        self.small_class_contain = False
+        # small-class samples: placed at random among the patches that hold the component's voxel
+        # (True, choose_lower_corner_containing; TrainConfig.small_class_placement "contain") or
+        # centred on it (False, "centre")
+        self.small_class_contain = True
         self._components: dict[tuple[str, int], list[np.ndarray]] = {}
 
     def _small_classes(self, shares: dict[int, float]) -> tuple[dict[int, float], dict[int, list[str]]]:

@@ -49,9 +49,9 @@ class TrainConfig:
     small_class_shares: Optional[tuple[float, ...]] = None
     small_class_ce_weight: float = 3.0  # cross-entropy weight of small classes (others 1)
     small_class_batch_dice: bool = True  # Dice of small classes pooled over the batch
-    # where a small-class sample's patch goes: "centre" on the component's voxel, or "contain":
-    # at random among the placements of a random patch that hold the voxel away from the faces
-    small_class_placement: str = "centre"
+    # where a small-class sample's patch goes: "contain": at random among the placements of a
+    # random patch that hold the component's voxel away from the faces; "centre": on that voxel
+    small_class_placement: str = "contain"
     batch_size: Optional[int] = None  # None: as the plans say
     seed: int = 12345
     checkpoint_every_epochs: int = 50

@@ -140,9 +140,11 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     small = resolve_small_classes(cfg, cp, plans.num_classes)
     if state is None and cfg.output_prior_init:
         # a source of its own (unaugmented: fast), dropped right after so its cases are not held in memory twice
-        frequencies = class_frequencies(make_source(data_dir, train_ids, cp, batch_size,
-                                                    cfg.oversample_foreground_percent, None, None, cfg.seed + 2,
-                                                    small.shares), plans.num_classes)
+        counted = make_source(data_dir, train_ids, cp, batch_size, cfg.oversample_foreground_percent, None, None,
+                              cfg.seed + 2, small.shares)
+        counted.small_class_contain = cfg.small_class_placement == "contain"
+        frequencies = class_frequencies(counted, plans.num_classes)
+        del counted
         priors = init_output_bias(net, frequencies, cfg.output_prior_min)
         log.info("output biases from class frequencies in training patches: %s",
                  " ".join(f"{p:.4f}" for p in priors))

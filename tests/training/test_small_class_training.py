@@ -43,6 +43,14 @@ def lesion_cases(folder):
     return ids
 
 
+def centred(source: BatchSource) -> BatchSource:
+    """``source`` with its small-class samples centred on their voxel (``small_class_placement``
+    "centre"), so that a sample's centre label tells which slot it filled; the default placement
+    ("contain") has its own tests."""
+    source.small_class_contain = False
+    return source
+
+
 def centre_labels(batch) -> np.ndarray:
     """The label at the patch centre of each sample (a small-class patch is centred on its voxel)."""
     c = [p // 2 for p in PATCH]
@@ -90,7 +98,7 @@ def test_per_class_shares_over_many_batches(tmp_path):
     ids = lesion_cases(tmp_path)
     # shares 0.5 (class 3) + 0.25 (class 1) of a batch of 4: 4 x 0.75 = 3 slots per batch (the last
     # three), each class 3 with probability 2/3 and class 1 with 1/3, so 2 and 1 samples per batch
-    src = BatchSource(tmp_path, ids, plan(), 4, 0.0, None, None, seed=5, class_shares={3: 0.5, 1: 0.25})
+    src = centred(BatchSource(tmp_path, ids, plan(), 4, 0.0, None, None, seed=5, class_shares={3: 0.5, 1: 0.25}))
     n = 300
     centres = np.stack([centre_labels(src.batch(i)) for i in range(n)])  # (n, 4)
     assert (centres[:, 0] == 3).mean() < 0.02  # the first sample is placed at random: rarely on a lesion
@@ -113,7 +121,7 @@ def test_small_class_count_rounds_at_random_to_the_share():
 
 def test_a_batch_of_two_centres_a_third_of_its_samples_on_the_small_class(tmp_path):
     ids = lesion_cases(tmp_path)
-    src = BatchSource(tmp_path, ids, plan(), 2, 0.0, None, None, seed=7, class_shares={3: 0.33})
+    src = centred(BatchSource(tmp_path, ids, plan(), 2, 0.0, None, None, seed=7, class_shares={3: 0.33}))
     n = 400
     centres = np.stack([centre_labels(src.batch(i)) for i in range(n)])  # (n, 2)
     # the slot is the second sample; the first is placed at random (rarely on a 1-36 voxel lesion)
@@ -127,7 +135,7 @@ def test_small_class_samples_take_the_foreground_forced_place_first(tmp_path):
     # B=2, oversample 0.5: the second sample is forced onto foreground, the first placed at random.
     # Share 0.5: one small-class sample in every batch (2 x 0.5 = 1, no draw), in the forced place.
     plain = BatchSource(tmp_path, ids, plan(), 2, 0.5, None, None, seed=3)
-    small = BatchSource(tmp_path, ids, plan(), 2, 0.5, None, None, seed=3, class_shares={3: 0.5})
+    small = centred(BatchSource(tmp_path, ids, plan(), 2, 0.5, None, None, seed=3, class_shares={3: 0.5}))
     n = 200
     plain_centres = np.stack([centre_labels(plain.batch(i)) for i in range(n)])
     small_centres = np.stack([centre_labels(small.batch(i)) for i in range(n)])
@@ -136,7 +144,7 @@ def test_small_class_samples_take_the_foreground_forced_place_first(tmp_path):
     # the first sample stays random in both: seldom on the 27-voxel cube or a lesion (35 of 8,000 voxels)
     assert (plain_centres[:, 0] > 0).mean() < 0.05 and (small_centres[:, 0] > 0).mean() < 0.05
     # with a share above the forced places the random one is taken too
-    both = BatchSource(tmp_path, ids, plan(), 2, 0.5, None, None, seed=3, class_shares={3: 1.0})
+    both = centred(BatchSource(tmp_path, ids, plan(), 2, 0.5, None, None, seed=3, class_shares={3: 1.0}))
     assert all((centre_labels(both.batch(i)) == 3).all() for i in range(20))
 
 
@@ -175,7 +183,7 @@ def test_contained_small_class_samples_hold_the_lesion_off_centre(tmp_path):
 
 def test_components_are_drawn_uniformly_among_cases_that_contain_the_class(tmp_path):
     ids = lesion_cases(tmp_path)
-    src = BatchSource(tmp_path, ids, plan(), 2, 0.0, None, None, seed=1, class_shares={3: 0.5})
+    src = centred(BatchSource(tmp_path, ids, plan(), 2, 0.0, None, None, seed=1, class_shares={3: 0.5}))
     assert src._cases_with[3] == ["c0", "c3"]
     rng = np.random.default_rng(0)
     single = 0

@@ -98,7 +98,8 @@ def test_small_class_settings_reach_the_sampler_and_loss(prepared, monkeypatch):
 
     def source(*args, **kwargs):
         seen.setdefault("shares", []).append(args[8] if len(args) > 8 else kwargs.get("class_shares"))
-        return real_source(*args, **kwargs)
+        seen.setdefault("sources", []).append(real_source(*args, **kwargs))
+        return seen["sources"][-1]
 
     def loss(*args):
         seen["loss_args"] = args
@@ -106,9 +107,13 @@ def test_small_class_settings_reach_the_sampler_and_loss(prepared, monkeypatch):
 
     monkeypatch.setattr(trainer, "BatchSource", source)
     monkeypatch.setattr(trainer, "build_loss", loss)
-    cfg = dataclasses.replace(small_config(1), small_classes=(1,), small_class_ce_weight=3.0)
+    cfg = dataclasses.replace(small_config(1), small_classes=(1,), small_class_ce_weight=3.0,
+                              small_class_placement="centre")
     fold = trainer.train_fold(prepared, "901", "3d_fullres", 0, cfg, variant="s", validate=False)
     assert seen["shares"][0] == {1: pytest.approx(cfg.small_class_oversample)}  # training batches
+    with_shares = [s for s, shares in zip(seen["sources"], seen["shares"]) if shares]  # priors', training's
+    assert len(with_shares) == 2 and not any(s.small_class_contain for s in with_shares)
+    assert TrainConfig().small_class_placement == "contain"
     num_classes = len(seen["loss_args"][5])
     assert seen["loss_args"][5] == tuple(3.0 if k == 1 else 1.0 for k in range(num_classes))
     assert seen["loss_args"][6] == (1,)
