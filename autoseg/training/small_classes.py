@@ -5,7 +5,7 @@ The planner flags classes per configuration (``ConfigurationPlan.small_classes``
 handling off). For the resolved classes:
 
 - **sampling** (``dataloader.BatchSource``): a share ``small_class_oversample`` of the samples is
-  centred on a connected component of a small class, drawn among the training cases that contain
+  placed to hold a connected component of a small class, drawn among the training cases that contain
   it, the classes in proportion to ``small_class_shares`` (equal by default);
 - **loss** (``loss.DiceCELoss``): cross-entropy weight ``small_class_ce_weight`` for those classes
   (others 1), and their soft Dice pooled over the batch (``small_class_batch_dice``).
@@ -32,7 +32,7 @@ from autoseg.training.train_config import TrainConfig
 @dataclass(frozen=True)
 class SmallClassSetup:
     classes: tuple[int, ...]  # labels handled as small/rare (empty: plain training)
-    shares: dict[int, float]  # label -> share of each batch centred on one of its components
+    shares: dict[int, float]  # label -> share of each batch drawn to hold one of its components
     ce_weights: tuple[float, ...] | None  # per output channel (background first); None: unweighted
     batch_dice_classes: tuple[int, ...]  # labels whose Dice is pooled over the batch
 

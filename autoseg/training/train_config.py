@@ -42,7 +42,7 @@ class TrainConfig:
     oversample_foreground_percent: float = 0.33
     # Small/rare classes (autoseg/training/small_classes.py). None: the plans' small_classes of the
     # configuration; (): no special handling. A share small_class_oversample of all samples is
-    # centred on a component of a small class (B=2, 0.33: one sample in 66% of the batches),
+    # drawn to hold a component of a small class (B=2, 0.33: one sample in 66% of the batches),
     # split among the classes in proportion to small_class_shares (None: equally).
     small_classes: Optional[tuple[int, ...]] = None
     small_class_oversample: float = 0.33
