@@ -100,8 +100,9 @@ def choose_lower_corner_containing(shape: tuple[int, ...], size: tuple[int, ...]
     positions and, where they allow it, among the positions a random sample can take
     (``choose_lower_corner``: inside the image, centred on an image smaller than the sample).
 
-    Per axis the sample's centre is drawn uniformly from those that contain the voxel, then
-    moved to the nearest centre a random sample can have if that keeps the voxel contained."""
+    Per axis the sample's centre is drawn uniformly from the centres that both hold the voxel and
+    a random sample can have; where none does both, it is the holding centre nearest to those of
+    random samples (a voxel near the image's face: the patch reaches past the face)."""
     shape, size, patch, voxel = (np.asarray(a, int) for a in (shape, size, patch, voxel))
     margin = np.floor(patch * margin_fraction).astype(int)
     lo_c = voxel - (patch - 1 - margin) + patch // 2  # centres that keep the voxel inside the patch
