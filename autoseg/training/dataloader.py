@@ -125,7 +125,8 @@ class BatchSource:
 
     def __init__(self, folder: str | Path, case_ids: list[str], cfg: ConfigurationPlan, batch_size: int,
                  oversample: float, augmentation: AugmentationConfig | None,
-                 ds_scales: list[tuple[float, ...]] | None, seed: int, class_shares: dict[int, float] | None = None):
+                 ds_scales: list[tuple[float, ...]] | None, seed: int, class_shares: dict[int, float] | None = None,
+                 small_class_contain: bool = True):
         self.folder, self.case_ids = Path(folder), list(case_ids)
         self.dim = cfg.network.dim
         self.patch = tuple(cfg.patch_size)
@@ -140,7 +141,7 @@ class BatchSource:
         # small-class samples: placed at random among the patches that hold the component's voxel
         # (True, choose_lower_corner_containing; TrainConfig.small_class_placement "contain") or
         # centred on it (False, "centre")
-        self.small_class_contain = True
+        self.small_class_contain = small_class_contain
         self._components: dict[tuple[str, int], list[np.ndarray]] = {}
 
     def _small_classes(self, shares: dict[int, float]) -> tuple[dict[int, float], dict[int, list[str]]]:
@@ -226,8 +227,7 @@ class BatchSource:
             data, seg = data[:, z], seg[:, z]
             voxel = voxel[1:] if voxel is not None else None
         if contain and voxel is not None:
-            lower = choose_lower_corner_containing(data.shape[1:], self.sample_size, self.patch[-len(self.sample_size):],
-                                                   voxel, rng)
+            lower = choose_lower_corner_containing(data.shape[1:], self.sample_size, self.patch, voxel, rng)
         else:
             lower = choose_lower_corner(data.shape[1:], self.sample_size, rng, voxel)
         return crop_with_padding(data, lower, self.sample_size, 0.0), crop_with_padding(seg, lower, self.sample_size, 0)

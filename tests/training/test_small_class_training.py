@@ -173,12 +173,12 @@ def test_a_containing_placement_is_a_random_one_that_holds_the_voxel():
 
 def test_contained_small_class_samples_hold_the_lesion_off_centre(tmp_path):
     ids = lesion_cases(tmp_path)
-    src = BatchSource(tmp_path, ids, plan(), 2, 0.0, None, None, seed=5, class_shares={3: 0.5})
-    src.small_class_contain = True
+    src = BatchSource(tmp_path, ids, plan(), 2, 0.0, None, None, seed=5, class_shares={3: 0.5},
+                      small_class_contain=True)
     targets = [src.batch(i)["target"][1, 0] for i in range(200)]  # the second sample is the lesion's
     assert all((t == 3).any() for t in targets)
-    centred = np.mean([t[4, 4, 4] == 3 for t in targets])
-    assert centred < 0.5  # centring put a lesion voxel at the centre every time
+    at_centre = np.mean([t[4, 4, 4] == 3 for t in targets])
+    assert at_centre < 0.5  # centring put a lesion voxel at the centre every time
 
 
 def test_components_are_drawn_uniformly_among_cases_that_contain_the_class(tmp_path):
