@@ -6,8 +6,11 @@ import torch
 from autoseg.inference.sliding_window import (
     gaussian_importance,
     predict_volume,
+    predict_volume_numpy,
     sliding_window_logits,
+    sliding_window_logits_numpy,
     sliding_window_predict,
+    softmax_numpy,
     tile_starts,
 )
 
@@ -146,3 +149,42 @@ def test_mirroring_averages_the_flipped_predictions():
     x = np.zeros((2, 8, 8, 8), np.float32)
     logits = sliding_window_logits(biased, x, (8, 8, 8), 2, gaussian=False, mirror_axes=(2,))
     np.testing.assert_allclose(logits.numpy(), np.full((2, 8, 8, 8), 3.5, np.float32), atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(6, 5, 7), (13, 9, 19)])
+@pytest.mark.parametrize("mirror_axes", [(), (0, 1, 2)])
+def test_numpy_sliding_window_equals_the_torch_one(shape, mirror_axes):
+    """The ONNX backend's numpy implementation: same tiles, padding, weights and mirroring."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(2, 3, 3, padding=1).eval()
+
+    def conv_numpy(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return conv(torch.from_numpy(x)).numpy()
+
+    x = np.random.default_rng(8).normal(size=(2,) + shape).astype(np.float32)
+    expected = sliding_window_logits(conv, x, (8, 8, 8), 3, 0.5, True, mirror_axes, batch_size=2)
+    got = sliding_window_logits_numpy(conv_numpy, x, (8, 8, 8), 3, 0.5, True, mirror_axes, batch_size=2)
+    assert got.dtype == np.float32 and got.shape == (3,) + shape
+    np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)
+
+
+def test_numpy_predict_volume_goes_slice_by_slice_like_the_torch_one():
+    torch.manual_seed(0)
+    conv2d = torch.nn.Conv2d(2, 3, 3, padding=1).eval()
+
+    def conv_numpy(x: np.ndarray) -> np.ndarray:
+        assert x.ndim == 4  # slices, never the volume
+        with torch.no_grad():
+            return conv2d(torch.from_numpy(x)).numpy()
+
+    x = np.random.default_rng(9).normal(size=(2, 4, 12, 19)).astype(np.float32)
+    expected = predict_volume(conv2d, x, (8, 8), 3, mirror=True).numpy()
+    got = predict_volume_numpy(conv_numpy, x, (8, 8), 3, mirror=True)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_allclose(got.sum(0), 1.0, atol=1e-5)
+
+
+def test_numpy_softmax_by_hand():
+    logits = np.array([[0.0, 2.0], [np.log(3.0), 2.0]], np.float32)  # (K=2, 2 voxels)
+    np.testing.assert_allclose(softmax_numpy(logits), [[0.25, 0.5], [0.75, 0.5]], rtol=1e-6)
