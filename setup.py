@@ -23,6 +23,8 @@ setup(
         "blosc2>=2.0",
         "tqdm>=4.60",
         "matplotlib>=3.6",
+        "onnxruntime>=1.17",
+        "onnx>=1.15",
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={"console_scripts": ["autoseg=autoseg.cli:run"]},

@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto: fp16 on CUDA, bf16 on a CPU where it is measured faster than fp32, else fp32")
     p.add_argument("--no-postprocessing", action="store_true", help="skip the learned postprocessing")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
+                   help="auto: ONNX Runtime on a CPU in fp32 (no torch import; each checkpoint exported "
+                        "once beside itself), else torch")
 
     p = add("train_all", "autoseg.training.run:cli_train_all",
             "train all 5 folds of every configuration find_best_config compares, within one time budget")

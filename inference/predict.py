@@ -62,7 +62,7 @@ def _fold_dirs(ws: Workspace, dataset: str, configuration: str, variant: str, fo
 
 
 def load_predictor(ws: Workspace, dataset: str, configuration: str, variant: str, folds, checkpoint: str, device,
-                   step_size: float = 0.5, tta: bool = True, precision: str = "auto"):
+                   step_size: float = 0.5, tta: bool = True, precision: str = "auto", backend: str = "torch"):
     """The ``Predictor`` of a configuration's folds; a cascade stage also gets its previous stage's.
 
     The previous stage (3d_lowres) uses the variant the cascade was trained with
@@ -73,7 +73,7 @@ def load_predictor(ws: Workspace, dataset: str, configuration: str, variant: str
     from autoseg.inference.predictor import Predictor
 
     predictor = Predictor.from_folds(_fold_dirs(ws, dataset, configuration, variant, folds, checkpoint), checkpoint,
-                                     device, step_size, tta, precision)
+                                     device, step_size, tta, precision, backend)
     prev = predictor.configuration.previous_stage
     if prev:
         prev_variant = getattr(predictor.train_config, "previous_stage_variant", None) or variant
@@ -83,7 +83,7 @@ def load_predictor(ws: Workspace, dataset: str, configuration: str, variant: str
             prev_folds = None
         try:
             predictor.previous = load_predictor(ws, dataset, prev, prev_variant, prev_folds, checkpoint, device,
-                                                step_size, tta, precision)
+                                                step_size, tta, precision, backend)
         except UserFacingError as exc:
             raise UserFacingError(f"{configuration} runs {prev} ('{prev_variant}') first, and {exc}") from None
     return predictor
@@ -92,14 +92,16 @@ def load_predictor(ws: Workspace, dataset: str, configuration: str, variant: str
 def predict_folder(input_dir, output_dir, ws: Workspace, dataset: str, configurations=None, folds=None,
                    checkpoint: str = "checkpoint_final", variant: str = "default", step_size: float = 0.5,
                    tta: bool = True, save_probabilities: bool = False, resume: bool = False, device="auto",
-                   postprocess: bool = True, precision: str = "auto") -> int:
-    """Predict every case of ``input_dir`` into ``output_dir``; return the number of failed cases."""
+                   postprocess: bool = True, precision: str = "auto", backend: str = "auto") -> int:
+    """Predict every case of ``input_dir`` into ``output_dir``; return the number of failed cases.
+
+    ``backend``: ``torch``, ``onnx`` or ``auto`` (``onnx_backend.choose_backend``)."""
     from tqdm import tqdm
 
     from autoseg.imageio import read_image, write_image
     from autoseg.inference.validation import save_probabilities as save_probs
     from autoseg.postprocess.components import Postprocessing, apply_postprocessing
-    from autoseg.device import pick_device
+    from autoseg.inference.onnx_backend import choose_backend
 
     name = ws.dataset_name(dataset)
     postprocessing = Postprocessing()
@@ -110,8 +112,15 @@ def predict_folder(input_dir, output_dir, ws: Workspace, dataset: str, configura
         configurations, variant, checkpoint = sel.configurations, sel.variant, sel.checkpoint
         folds = folds or sel.folds
         postprocessing = sel.postprocessing
-    dev = pick_device(device)
-    predictors = [load_predictor(ws, name, c, variant, folds, checkpoint, dev, step_size, tta, precision)
+    backend = choose_backend(backend, device, precision)
+    if backend == "onnx":
+        dev = "cpu"
+    else:
+        from autoseg.device import pick_device
+
+        dev = pick_device(device)
+    log.info("predicting with the %s backend", backend)
+    predictors = [load_predictor(ws, name, c, variant, folds, checkpoint, dev, step_size, tta, precision, backend)
                   for c in configurations]
     num_channels = len(predictors[0].plans.channel_names)
     out = Path(output_dir)
@@ -149,7 +158,7 @@ def cli_predict(args: argparse.Namespace) -> int:
     failed = predict_folder(args.input, args.output, ws, args.dataset, args.configurations, args.folds,
                             args.chk, args.variant or "default", args.step_size, not args.disable_tta,
                             args.save_probabilities, args.resume, args.device or "auto",
-                            not args.no_postprocessing, args.precision)
+                            not args.no_postprocessing, args.precision, args.backend)
     if failed:
         log.error("%d case(s) failed; see the messages above", failed)
         return 1

@@ -1,7 +1,9 @@
 """A trained configuration (one or more folds) that predicts whole cases.
 
 Models are loaded once; each case goes through the training preprocessing, the sliding window
-(every fold, softmax averaged), and back to the original geometry.
+(every fold, softmax averaged), and back to the original geometry. The networks run in torch
+(``backend="torch"``) or as exported ONNX graphs in ONNX Runtime (``backend="onnx"``, a CPU in
+fp32; ``inference/onnx_backend.py``), in which case torch is not imported.
 """
 from __future__ import annotations
 
@@ -10,10 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from autoseg.imageio import ImageGeometry
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -21,17 +27,23 @@ class Predictor:
     networks: list
     plans: object
     configuration: object  # ConfigurationPlan
-    device: torch.device
+    device: "torch.device | str"  # "cpu" with the onnx backend
     step_size: float = 0.5
     mirror: bool = True
     train_config: object = None  # TrainConfig of the first fold
     previous: Optional["Predictor"] = None  # cascade: the stage that runs first and feeds its mask in
     precision: str = "fp32"  # resolved (autoseg.device.resolve_precision)
+    backend: str = "torch"  # or "onnx": networks are onnx_backend.OnnxNetwork
     _forwards: Optional[list] = field(default=None, init=False, repr=False)  # built by forwards()
 
     @classmethod
     def from_folds(cls, fold_dirs: list[Path], checkpoint: str = "checkpoint_final", device="cpu",
-                   step_size: float = 0.5, mirror: bool = True, precision: str = "auto") -> "Predictor":
+                   step_size: float = 0.5, mirror: bool = True, precision: str = "auto",
+                   backend: str = "torch") -> "Predictor":
+        if backend == "onnx":
+            return cls._from_onnx(fold_dirs, checkpoint, step_size, mirror)
+        import torch
+
         from autoseg.device import resolve_precision
         from autoseg.training.checkpoint import load_trained_model
 
@@ -43,8 +55,25 @@ class Predictor:
         return cls([m.network for m in models], first.plans, first.configuration, device, step_size, mirror,
                    first.train_config, precision=resolve_precision(precision, device))
 
+    @classmethod
+    def _from_onnx(cls, fold_dirs: list[Path], checkpoint: str, step_size: float, mirror: bool) -> "Predictor":
+        from autoseg.inference.onnx_backend import load_onnx_network
+        from autoseg.plans import load_plans
+        from autoseg.serialization import load_json_as
+        from autoseg.training.train_config import TrainConfig
+
+        loaded = [load_onnx_network(Path(d), checkpoint) for d in fold_dirs]
+        first = Path(fold_dirs[0])
+        plans = load_plans(first / "plans.json")
+        configuration = plans.configuration(loaded[0][1]["configuration"])
+        train_config = load_json_as(TrainConfig, first / "train_config.json")
+        return cls([net for net, _ in loaded], plans, configuration, "cpu", step_size, mirror, train_config,
+                   precision="fp32", backend="onnx")
+
     def forwards(self) -> list:
         """The networks as inference callables (``fast_forward.inference_forward``), built once."""
+        if self.backend == "onnx":
+            return self.networks
         if self._forwards is None:
             from autoseg.inference.fast_forward import inference_forward
 
@@ -53,6 +82,15 @@ class Predictor:
 
     def predict_preprocessed(self, data: np.ndarray) -> np.ndarray:
         """Softmax (K, z, y, x) at the preprocessed spacing, averaged over folds."""
+        if self.backend == "onnx":
+            from autoseg.inference.sliding_window import predict_volume_numpy
+
+            total = None
+            for forward in self.forwards():
+                p = predict_volume_numpy(forward, data, self.configuration.patch_size, self.plans.num_classes,
+                                         self.step_size, self.mirror)
+                total = p if total is None else total + p
+            return total / len(self.networks)
         from autoseg.inference.sliding_window import predict_volume
 
         total = None

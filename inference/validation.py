@@ -12,9 +12,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from autoseg.inference.fast_forward import inference_forward
 from autoseg.imageio import ImageGeometry, write_image
 from autoseg.paths import Workspace
 from autoseg.serialization import save_json
@@ -36,8 +34,10 @@ def validate_fold(fold_dir: str | Path, model, ws: Workspace, dataset: str, val_
                   device="cpu", step_size: float = 0.5, mirror: bool = True, precision: str = "fp32") -> dict:
     """Predict ``val_ids`` with ``model`` (``precision``: a resolved one, see ``autoseg.device``), write
     the segmentations, probabilities and ``summary.json`` under ``fold_dir/validation``."""
+    import torch
     from tqdm import tqdm
 
+    from autoseg.inference.fast_forward import inference_forward
     from autoseg.inference.sliding_window import predict_volume
     from autoseg.postprocess.evaluate import evaluate_folder
     from autoseg.preprocess.preprocessor import export_to_original

@@ -116,3 +116,54 @@ def test_predict_without_configuration_needs_a_selection(trained_root, images, t
 def test_predict_names_the_missing_fold(trained_root, images, tmp_path, capsys):
     assert predict(trained_root, images, tmp_path / "x", "-c", "3d_fullres", "-f", "3") == 2
     assert "autoseg train 3d_fullres FOLD -d Dataset901_Synth" in capsys.readouterr().err
+
+
+def fold0(root: str) -> Path:
+    return Path(root) / "results" / "Dataset901_Synth" / "3d_fullres" / "default" / "fold_0"
+
+
+def test_onnx_and_torch_backends_agree_and_the_export_follows_its_checkpoint(trained_root, images, tmp_path):
+    from autoseg.inference.onnx_backend import onnx_files, read_export_record
+
+    fold = fold0(trained_root)
+    outs = {b: tmp_path / b for b in ("torch", "onnx")}
+    for backend, out in outs.items():
+        assert predict(trained_root, images, out, "-c", "3d_fullres", "-f", "0", "--save_probabilities",
+                       "--backend", backend) == 1
+    graph, record = onnx_files(fold, "checkpoint_final")
+    info = json.loads(record.read_text())
+    assert graph.is_file() and info["configuration"] == "3d_fullres" and info["in_channels"] == 1
+    for cid in ("good_a", "good_b"):
+        with np.load(outs["torch"] / f"{cid}.npz") as zt, np.load(outs["onnx"] / f"{cid}.npz") as zo:
+            pt, po = zt["probabilities"].astype(np.float32), zo["probabilities"].astype(np.float32)
+        np.testing.assert_allclose(po, pt, atol=2e-3)  # float16 files of float32 results
+        labels = [sitk.GetArrayFromImage(sitk.ReadImage(str(outs[b] / f"{cid}.nii.gz"))) for b in outs]
+        top2 = np.sort(pt, 0)[-2:]
+        clear = top2[1] - top2[0] > 1e-2  # voxels whose best class is not a near-tie
+        assert np.array_equal(labels[0][clear], labels[1][clear])
+        assert_same_geometry(outs["onnx"] / f"{cid}.nii.gz", images / f"{cid}_0000.nii.gz")
+
+    # a retrained (here: touched) checkpoint no longer matches its export, which is redone
+    pth = fold / "checkpoint_final.pth"
+    st = pth.stat()
+    os.utime(pth, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))
+    assert read_export_record(fold, "checkpoint_final") is None
+    assert predict(trained_root, images, tmp_path / "again", "-c", "3d_fullres", "-f", "0", "--disable_tta",
+                   "--backend", "onnx") == 1
+    assert read_export_record(fold, "checkpoint_final")["checkpoint_mtime_ns"] == st.st_mtime_ns + 10 ** 9
+
+
+def test_predict_with_the_onnx_backend_does_not_import_torch(trained_root, images, tmp_path):
+    import subprocess
+    import sys
+
+    from autoseg.inference.onnx_backend import export_fold, read_export_record
+
+    if read_export_record(fold0(trained_root), "checkpoint_final") is None:
+        export_fold(fold0(trained_root))  # the one step that needs torch, done here
+    args = ["predict", "-i", str(images), "-o", str(tmp_path / "p"), "-d", "901", "--root", trained_root,
+            "-c", "3d_fullres", "-f", "0", "--backend", "onnx"]
+    code = f"import sys; from autoseg.cli import main; rc = main({args!r}); print('torch' in sys.modules, rc)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.stdout.split()[-2:] == ["False", "1"], done.stderr  # rc 1: the corrupt case
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["good_a.nii.gz", "good_b.nii.gz"]

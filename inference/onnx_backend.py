@@ -1,0 +1,221 @@
+"""Prediction through ONNX Runtime: the CPU path that does not import torch.
+
+Why: ``import torch`` alone takes 1.2-2.2 s on this project's machines, which is most of what a
+``predict`` run costs before its first case (docs/benchmarks.md, "Predict"); onnxruntime imports
+in about 0.3 s, and on a CPU in fp32 its forward pass of the U-Nets autoseg trains is within
+0.9-1.2x of torch's oneDNN path (the same measurements). So on a CPU in fp32 ``predict`` runs each
+fold's network as an ONNX graph, with the numpy sliding window (``sliding_window_*_numpy``).
+
+Each fold's checkpoint is exported once, next to it: ``{checkpoint}.onnx`` and
+``{checkpoint}.onnx.json`` (the checkpoint's size and modification time, the configuration and
+the number of input channels). An export whose record no longer matches its checkpoint is
+redone; only exporting imports torch. ``autoseg predict --backend torch`` skips all of this.
+
+Where the torch path stays the default (``choose_backend``): a GPU (CUDA or MPS), a precision
+other than fp32 (on CPUs with AMX the bf16 forward is 2-4x faster than any fp32 one), or no
+onnxruntime installed.
+"""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import logging
+import os
+import platform
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from autoseg.errors import UserFacingError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "onnx")
+OPSET = 17
+
+
+def onnx_files(fold_dir: Path, checkpoint: str) -> tuple[Path, Path]:
+    """The exported graph and its record for ``fold_dir/{checkpoint}.pth``."""
+    return fold_dir / f"{checkpoint}.onnx", fold_dir / f"{checkpoint}.onnx.json"
+
+
+def _stamp(path: Path) -> dict:
+    st = path.stat()
+    return {"checkpoint_bytes": st.st_size, "checkpoint_mtime_ns": st.st_mtime_ns}
+
+
+def read_export_record(fold_dir: Path, checkpoint: str) -> dict | None:
+    """The record of an export that still matches its checkpoint, else None."""
+    graph, record = onnx_files(fold_dir, checkpoint)
+    if not (graph.is_file() and record.is_file()):
+        return None
+    try:
+        info = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    stamp = _stamp(fold_dir / f"{checkpoint}.pth")
+    return info if all(info.get(k) == v for k, v in stamp.items()) else None
+
+
+def export_fold(fold_dir: Path, checkpoint: str = "checkpoint_final") -> dict:
+    """Export ``fold_dir/{checkpoint}.pth`` to ONNX (batch size free, the patch size fixed) and
+    write its record; both written to temporary files and renamed. Imports torch."""
+    import torch
+
+    from autoseg.training.checkpoint import load_trained_model
+
+    fold_dir = Path(fold_dir)
+    model = load_trained_model(fold_dir, checkpoint, "cpu")
+    net = model.network.eval()
+    in_channels = _input_channels(net)
+    patch = tuple(int(p) for p in model.configuration.patch_size)
+    graph, record = onnx_files(fold_dir, checkpoint)
+    tmp = graph.with_name(f".{graph.name}.tmp{os.getpid()}")
+    example = torch.zeros((1, in_channels) + patch)
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice and tracer notes
+        warnings.simplefilter("ignore")
+        # the TorchScript exporter: it needs the onnx package only, not onnxscript (torch >= 2.5 has
+        # the dynamo exporter as well, and from 2.9 as its default)
+        kwargs = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+        torch.onnx.export(_first_output(net), (example,), str(tmp), input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=OPSET,
+                          **kwargs)
+    os.replace(tmp, graph)
+    info = {**_stamp(fold_dir / f"{checkpoint}.pth"), "configuration": model.configuration.name,
+            "in_channels": in_channels, "patch_size": list(patch), "opset": OPSET, "torch": torch.__version__}
+    tmp_record = record.with_name(f".{record.name}.tmp{os.getpid()}")
+    tmp_record.write_text(json.dumps(info, indent=1))
+    os.replace(tmp_record, record)
+    return info
+
+
+def _input_channels(net) -> int:
+    import torch
+
+    first = next(m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)))
+    return int(first.in_channels)
+
+
+def _first_output(net):
+    """``net`` wrapped so that its forward returns the full-resolution logits only (a network
+    built with deep supervision returns a list)."""
+    import torch
+
+    class FirstOutput(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            out = self.inner(x)
+            return out[0] if isinstance(out, (list, tuple)) else out
+
+    return FirstOutput(net).eval()
+
+
+@dataclass
+class OnnxNetwork:
+    """One fold's exported network: float32 (B, C, *patch) -> float32 logits (B, K, *patch)."""
+    session: object
+    path: Path
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"image": np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+def load_onnx_network(fold_dir: Path, checkpoint: str = "checkpoint_final", threads: int | None = None
+                      ) -> tuple[OnnxNetwork, dict]:
+    """The fold's ONNX Runtime session (exported first if missing or stale) and its record."""
+    import onnxruntime as ort
+
+    fold_dir = Path(fold_dir)
+    info = read_export_record(fold_dir, checkpoint)
+    if info is None:
+        log.info("exporting %s/%s.pth to ONNX (once per checkpoint)", fold_dir, checkpoint)
+        info = export_fold(fold_dir, checkpoint)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or max(1, os.cpu_count() or 1)
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    graph, _ = onnx_files(fold_dir, checkpoint)
+    session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    return OnnxNetwork(session, graph), info
+
+
+def onnxruntime_available() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def choose_backend(requested: str, device: str | None, precision: str) -> str:
+    """``torch`` or ``onnx`` for a predict run, decided without importing torch.
+
+    ``auto`` picks onnx when onnxruntime is installed, the run is on the CPU (``--device cpu``, or
+    ``auto`` with a torch build that has no GPU support on a machine without Apple's MPS) and the
+    precision is fp32 (``fp32``, or ``auto`` on a CPU without bf16 instructions)."""
+    if requested not in BACKENDS:
+        raise UserFacingError(f"--backend must be one of {', '.join(BACKENDS)}, found {requested!r}")
+    if requested == "torch":
+        return "torch"
+    problem = None
+    if not onnxruntime_available():
+        problem = "onnxruntime is not installed (pip install onnxruntime)"
+    elif device not in (None, "auto", "cpu"):
+        problem = f"the ONNX backend runs on the CPU only, and --device {device} was asked for"
+    elif precision not in ("auto", "fp32"):
+        problem = f"the ONNX backend computes in fp32, and --precision {precision} was asked for"
+    if requested == "onnx":
+        if problem:
+            raise UserFacingError(f"--backend onnx: {problem}; use --backend torch")
+        return "onnx"
+    if problem:
+        return "torch"
+    if device in (None, "auto") and not _cpu_only_torch():
+        return "torch"
+    if precision == "auto" and _cpu_has_bf16() is not False:
+        return "torch"
+    return "onnx"
+
+
+def _cpu_only_torch() -> bool:
+    """Whether the installed torch is a CPU-only build on a machine without MPS, read from
+    ``torch/version.py`` without importing torch (False where it cannot tell)."""
+    if platform.system() == "Darwin" and platform.machine() == "arm64":
+        return False
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    try:
+        text = (Path(list(spec.submodule_search_locations)[0]) / "version.py").read_text()
+    except OSError:
+        return False
+    return version_file_is_cpu_only(text)
+
+
+def version_file_is_cpu_only(text: str) -> bool:
+    """Whether a ``torch/version.py`` names no GPU toolkit: its ``cuda``, ``hip`` (and ``rocm``,
+    ``xpu``, where present) are ``None`` (False if it names none of them). Lines look like
+    ``cuda: Optional[str] = None`` or ``cuda = '12.1'``."""
+    values = {}
+    for line in text.splitlines():
+        target, sep, value = line.partition("=")
+        name = target.split(":")[0].strip()
+        if sep and name in ("cuda", "hip", "rocm", "xpu"):
+            values[name] = value.split("#")[0].strip()
+    return bool(values) and all(v in ("None", "''", '""') for v in values.values())
+
+
+def _cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
+    """Whether the CPU has AMX or AVX512-BF16 (where autoseg computes in bf16 by default), from
+    the kernel's flags; None where they cannot be read (not Linux)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "amx_tile", "avx512_bf16"})
+    except OSError:
+        return None
+    return None
