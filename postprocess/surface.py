@@ -31,7 +31,6 @@ import math
 from typing import Sequence
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 DEFAULT_NSD_TOLERANCE_MM = 1.0
 
@@ -84,6 +83,8 @@ def crop_to_union(a: np.ndarray, b: np.ndarray, margin: int = 1) -> tuple[np.nda
 def directed_surface_distances(ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float]
                                ) -> tuple[np.ndarray, np.ndarray]:
     """(d(S_pred -> S_ref), d(S_ref -> S_pred)) in mm, one value per surface voxel; both masks non-empty."""
+    from scipy.spatial import cKDTree  # here, not at the top: 0.1 s that predict does not need
+
     ref, sp = _squeeze(np.asarray(ref, bool), spacing)
     pred, _ = _squeeze(np.asarray(pred, bool), spacing)
     ref, pred = crop_to_union(ref, pred)

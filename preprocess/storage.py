@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import blosc2
 import numpy as np
 
 from autoseg.serialization import load_json_as, save_json
@@ -71,8 +70,14 @@ def _write_bytes(path: Path, payload: bytes) -> None:
     os.replace(tmp, path)
 
 
+# blosc2 is imported in the functions that use it: predict needs ``CaseProperties`` but not the
+# 0.15 s that importing blosc2 takes.
+
+
 def save_case(folder: str | Path, case_id: str, data: np.ndarray, seg: np.ndarray | None,
               properties: CaseProperties, class_locations: dict[int, np.ndarray]) -> None:
+    import blosc2
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{case_id}.json").unlink(missing_ok=True)  # the case is incomplete until rewritten
@@ -90,6 +95,8 @@ def load_properties(folder: str | Path, case_id: str) -> CaseProperties:
 
 
 def load_case(folder: str | Path, case_id: str, with_seg: bool = True) -> PreprocessedCase:
+    import blosc2
+
     folder = Path(folder)
     props = load_properties(folder, case_id)
     data = blosc2.unpack_array2((folder / f"{case_id}.data.b2").read_bytes())
