@@ -26,8 +26,13 @@ Timed (each in a fresh output folder, tools interleaved), without and with mirro
     nnUNetv2_predict -i IN -o OUT -d 4 -c 3d_fullres -f 0 -npp 1 -nps 1 -device cpu [--disable_tta]
     autoseg predict -i IN -o OUT -d 4 --root R -c 3d_fullres -f 0 --device cpu --precision auto [--disable_tta]
     autoseg predict ... --precision fp32 [--disable_tta]       (unless --no-fp32)
+    autoseg predict ... --backend onnx / torch [--disable_tta]  (with --backends)
 autoseg's ``auto`` precision is bf16 on CPUs that run it faster (AMX); nnU-Net predicts in fp32 on
-a CPU, so the fp32 run is the equal-arithmetic comparison. Both use all CPU cores for torch (each sets its thread count to the core count on the CPU).
+a CPU, so the fp32 run is the equal-arithmetic comparison. On a CPU in fp32 autoseg's ``auto``
+backend picks, per run, ONNX Runtime (torch not imported) or torch, whichever its export record's
+timings say is faster for the run's number of forward passes (the export is made once in the
+set-up, untimed); its 1-image and N-image runs may then use different backends, so its per-case
+and fixed split mixes them. ``--backends`` adds each backend on its own. Both use all CPU cores for torch (each sets its thread count to the core count on the CPU).
 With ``--repeats R`` each run is repeated R times and the fastest counts (memory: the largest).
 From t_1 (1 image) and t_N (N images): per case = (t_N - t_1) / (N - 1), fixed = t_1 - per case
 (process start, imports, model loading, worker start). Peak RSS (MB) is from the N-image run:
@@ -113,10 +118,17 @@ def nnunet_predict_cmd(inp: Path, out: Path, tta: bool) -> list:
     return cmd + ([] if tta else ["--disable_tta"])
 
 
-def autoseg_predict_cmd(inp: Path, out: Path, root: Path, tta: bool, precision: str = "auto") -> list:
+def autoseg_predict_cmd(inp: Path, out: Path, root: Path, tta: bool, precision: str = "auto",
+                        backend: str = "auto") -> list:
     cmd = [AUTOSEG, "predict", "-i", inp, "-o", out, "-d", str(DATASET_ID), "--root", root, "-c", CONFIGURATION,
-           "-f", "0", "--device", "cpu", "--precision", precision]
+           "-f", "0", "--device", "cpu", "--precision", precision, "--backend", backend]
     return cmd + ([] if tta else ["--disable_tta"])
+
+
+# extra autoseg runs: results key -> (column name, precision, backend)
+EXTRA_ARMS = {"autoseg_fp32": ("autoseg fp32", "fp32", "auto"),
+              "autoseg_onnx": ("autoseg onnx backend", "auto", "onnx"),
+              "autoseg_torch": ("autoseg torch backend", "auto", "torch")}
 
 
 def split_cost(t_1: float, t_n: float, n: int) -> tuple[float, float]:
@@ -151,18 +163,20 @@ def time_tool(name: str, cmd_for, inputs: tuple[Path, Path], n: int, out_parent:
 
 
 def table_rows(results: dict) -> list[list]:
-    """Rows: measure, nnU-Net, autoseg (default precision), nnU-Net / autoseg, and, when measured,
-    autoseg in fp32 (nnU-Net's arithmetic on a CPU) and nnU-Net / that."""
+    """Rows: measure, nnU-Net, autoseg (its defaults), nnU-Net / autoseg, and for each extra arm
+    measured (``EXTRA_ARMS``: autoseg in fp32, nnU-Net's arithmetic on a CPU; autoseg through
+    torch) its value and nnU-Net / it."""
     rows = []
+    extras = [k for k in EXTRA_ARMS if results.get(k)]
     for tta in ("no_tta", "tta"):
         a, b = results["nnunet"][tta], results["autoseg"][tta]
-        c = results.get("autoseg_fp32", {}).get(tta)
         for key, label in (("per_case_s", "per case (s)"), ("fixed_s", "fixed cost (s)"),
                            ("t_N_s", f"total, {results['n']} images (s)"),
                            ("peak_tree_rss_mb", "peak RSS, process tree (MB)"),
                            ("max_single_rss_mb", "max single-process RSS (MB)")):
             row = [f"{'TTA' if tta == 'tta' else 'no TTA'}: {label}", a[key], b[key], ratio(a[key], b[key])]
-            if c is not None:
+            for k in extras:
+                c = results[k][tta]
                 row += [c[key], ratio(a[key], c[key])]
             rows.append(row)
     return rows
@@ -180,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-fp32", action="store_true",
                    help="skip the extra autoseg run in fp32 (by default autoseg runs in the precision it picks "
                         "here, bf16 on CPUs with AMX, and once more in fp32, nnU-Net's CPU arithmetic)")
+    p.add_argument("--backends", action="store_true",
+                   help="also time autoseg with --backend onnx and with --backend torch (its default, auto, "
+                        "picks one per run on a CPU in fp32)")
     args = p.parse_args(argv)
     if args.num_images < 2:
         p.error("-n must be at least 2 (the fixed cost needs two runs of different sizes)")
@@ -200,8 +217,12 @@ def main(argv: list[str] | None = None) -> int:
         run_autoseg(task, as_root, args.num_processes, (CONFIGURATION,))
         train_autoseg_one_iteration(as_root)
         inputs = make_input_folders(args.data, work / "inputs", n)
-        results: dict = {"nnunet": {}, "autoseg": {}} if args.no_fp32 else {"nnunet": {}, "autoseg": {},
-                                                                             "autoseg_fp32": {}}
+        # untimed: the ONNX export of the checkpoint, made by the first predict with the onnx backend
+        run_untimed(autoseg_predict_cmd(inputs[0], work / "outputs" / "warm_up", as_root, False),
+                    log_path=work / "warm_up.log")
+        arms = [k for k, on in (("autoseg_fp32", not args.no_fp32), ("autoseg_onnx", args.backends),
+                                ("autoseg_torch", args.backends)) if on]
+        results: dict = {"nnunet": {}, "autoseg": {}, **{k: {} for k in arms}}
         env = nnunet_env(nn_base)
         for tta in (False, True):
             key = "tta" if tta else "no_tta"
@@ -210,10 +231,11 @@ def main(argv: list[str] | None = None) -> int:
                                                n, work / "outputs", env, args.repeats)
             results["autoseg"][key] = time_tool(f"autoseg_{key}", lambda i, o: autoseg_predict_cmd(i, o, as_root, tta),
                                                 inputs, n, work / "outputs", repeats=args.repeats)
-            if not args.no_fp32:
-                results["autoseg_fp32"][key] = time_tool(
-                    f"autoseg_fp32_{key}", lambda i, o: autoseg_predict_cmd(i, o, as_root, tta, "fp32"), inputs, n,
-                    work / "outputs", repeats=args.repeats)
+            for arm in arms:
+                _, precision, backend = EXTRA_ARMS[arm]
+                results[arm][key] = time_tool(
+                    f"{arm}_{key}", lambda i, o: autoseg_predict_cmd(i, o, as_root, tta, precision, backend), inputs,
+                    n, work / "outputs", repeats=args.repeats)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -222,13 +244,17 @@ def main(argv: list[str] | None = None) -> int:
     result = {"benchmark": "predict", "configuration": CONFIGURATION, "data": str(args.data),
               "subset": args.subset, "num_images": n, "repeats": args.repeats, "machine": machine_info(),
               "nnunet": results["nnunet"], "autoseg": results["autoseg"],
-              "autoseg_fp32": results.get("autoseg_fp32"),
-              "ratios_nnunet_over_autoseg": {r[0]: r[3] for r in rows},
-              "ratios_nnunet_over_autoseg_fp32": {r[0]: r[5] for r in rows if len(r) > 4}}
+              **{k: results.get(k) for k in EXTRA_ARMS},
+              "ratios_nnunet_over_autoseg": {r[0]: r[3] for r in rows}}
+    for i, k in enumerate(k for k in EXTRA_ARMS if results.get(k)):
+        result[f"ratios_nnunet_over_{k}"] = {r[0]: r[5 + 2 * i] for r in rows}
     print(json.dumps(result, indent=2, default=lambda o: o.__dict__))
     print()
-    header = ["predict 3d_fullres", "nnU-Net v2", "autoseg (auto precision)", "nnU-Net / autoseg"]
-    print(markdown_table(header + (["autoseg fp32", "nnU-Net / autoseg fp32"] if len(rows[0]) > 4 else []), rows))
+    header = ["predict 3d_fullres", "nnU-Net v2", "autoseg (defaults)", "nnU-Net / autoseg"]
+    for k in EXTRA_ARMS:
+        if results.get(k):
+            header += [EXTRA_ARMS[k][0], f"nnU-Net / {EXTRA_ARMS[k][0]}"]
+    print(markdown_table(header, rows))
     if args.json:
         write_json(result, args.json)
     return 0

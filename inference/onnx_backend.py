@@ -57,7 +57,9 @@ def read_export_record(fold_dir: Path, checkpoint: str) -> dict | None:
     except (OSError, ValueError):
         return None
     stamp = _stamp(fold_dir / f"{checkpoint}.pth")
-    return info if all(info.get(k) == v for k, v in stamp.items()) else None
+    if not all(info.get(k) == v for k, v in stamp.items()) or "onnx_seconds_per_pass" not in info:
+        return None
+    return info
 
 
 def export_fold(fold_dir: Path, checkpoint: str = "checkpoint_final") -> dict:
@@ -85,11 +87,38 @@ def export_fold(fold_dir: Path, checkpoint: str = "checkpoint_final") -> dict:
                           **kwargs)
     os.replace(tmp, graph)
     info = {**_stamp(fold_dir / f"{checkpoint}.pth"), "configuration": model.configuration.name,
-            "in_channels": in_channels, "patch_size": list(patch), "opset": OPSET, "torch": torch.__version__}
+            "in_channels": in_channels, "patch_size": list(patch), "opset": OPSET, "torch": torch.__version__,
+            **_time_both(net, graph, example)}
     tmp_record = record.with_name(f".{record.name}.tmp{os.getpid()}")
     tmp_record.write_text(json.dumps(info, indent=1))
     os.replace(tmp_record, record)
     return info
+
+
+def _time_both(net, graph: Path, example) -> dict:
+    """Seconds per forward pass of one patch on this machine in ONNX Runtime and in torch's fp32
+    CPU inference forward: what ``auto`` weighs against torch's import time."""
+    import torch
+
+    from autoseg.inference.fast_forward import inference_forward
+
+    forward = inference_forward(net, "fp32", torch.device("cpu"))
+    with torch.inference_mode():
+        torch_s = _median_seconds(forward, example)
+    return {"onnx_seconds_per_pass": _median_seconds(_session(graph), example.numpy()),
+            "torch_seconds_per_pass": torch_s}
+
+
+def _median_seconds(run, x, repeats: int = 3) -> float:
+    import time
+
+    run(x)  # untimed: the first call allocates
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run(x)
+        times.append(time.perf_counter() - started)
+    return sorted(times)[len(times) // 2]
 
 
 def _input_channels(net) -> int:
@@ -129,20 +158,22 @@ class OnnxNetwork:
 def load_onnx_network(fold_dir: Path, checkpoint: str = "checkpoint_final", threads: int | None = None
                       ) -> tuple[OnnxNetwork, dict]:
     """The fold's ONNX Runtime session (exported first if missing or stale) and its record."""
-    import onnxruntime as ort
-
     fold_dir = Path(fold_dir)
     info = read_export_record(fold_dir, checkpoint)
     if info is None:
         log.info("exporting %s/%s.pth to ONNX (once per checkpoint)", fold_dir, checkpoint)
         info = export_fold(fold_dir, checkpoint)
+    return _session(onnx_files(fold_dir, checkpoint)[0], threads), info
+
+
+def _session(graph: Path, threads: int | None = None) -> OnnxNetwork:
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or max(1, os.cpu_count() or 1)
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    graph, _ = onnx_files(fold_dir, checkpoint)
-    session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
-    return OnnxNetwork(session, graph), info
+    return OnnxNetwork(ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"]), graph)
 
 
 def onnxruntime_available() -> bool:
@@ -219,3 +250,44 @@ def _cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
     except OSError:
         return None
     return None
+
+
+# What importing torch (and its teardown) costs a predict run that ONNX Runtime spares: 1.2-2.2 s
+# for the import alone on this project's machines (docs/benchmarks.md, "Predict without torch").
+TORCH_FIXED_SECONDS = 1.5
+
+
+def forward_passes(files: list[Path], plans, configuration, mirror: bool) -> int:
+    """Forward passes the sliding window will make over these images (one file per case, header
+    only): the image at the configuration's spacing, tiles at step 0.5 (crop to the nonzero region
+    ignored: an upper bound), times the mirror copies; slice by slice with a 2D patch. Files whose
+    header cannot be read count nothing (they fail when read anyway)."""
+    import SimpleITK as sitk
+
+    from autoseg.inference.sliding_window import _mirror_combinations, tile_starts
+
+    patch = tuple(configuration.patch_size)
+    copies = len(_mirror_combinations(range(len(patch)))) if mirror else 1
+    total = 0
+    for f in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(f))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            continue
+        size, spacing = tuple(reversed(reader.GetSize())), tuple(reversed(reader.GetSpacing()))
+        if len(size) == 2:
+            size, spacing = (1,) + size, (1.0,) + spacing
+        target = tuple(configuration.spacing)
+        if len(patch) == 2:  # in-plane resampling only, slice by slice
+            shape = (size[0],) + tuple(max(1, round(n * s / t)) for n, s, t in zip(size[1:], spacing[1:], target[1:]))
+            slices, plane = shape[0], shape[1:]
+        else:
+            shape = tuple(max(1, round(n * s / t)) for n, s, t in zip(size, spacing, target))
+            slices, plane = 1, shape
+        tiles = 1
+        for n, p in zip(plane, patch):
+            tiles *= len(tile_starts(n, p, 0.5))
+        total += slices * tiles * copies
+    return total

@@ -112,21 +112,32 @@ def predict_folder(input_dir, output_dir, ws: Workspace, dataset: str, configura
         configurations, variant, checkpoint = sel.configurations, sel.variant, sel.checkpoint
         folds = folds or sel.folds
         postprocessing = sel.postprocessing
-    backend = choose_backend(backend, device, precision)
-    if backend == "onnx":
-        dev = "cpu"
-    else:
-        from autoseg.device import pick_device
+    chosen = choose_backend(backend, device, precision)
 
-        dev = pick_device(device)
-    log.info("predicting with the %s backend", backend)
-    predictors = [load_predictor(ws, name, c, variant, folds, checkpoint, dev, step_size, tta, precision, backend)
-                  for c in configurations]
+    def load_all(with_backend: str) -> list:
+        if with_backend == "onnx":
+            dev = "cpu"
+        else:
+            from autoseg.device import pick_device
+
+            dev = pick_device(device)
+        return [load_predictor(ws, name, c, variant, folds, checkpoint, dev, step_size, tta, precision, with_backend)
+                for c in configurations]
+
+    predictors = load_all(chosen)
     num_channels = len(predictors[0].plans.channel_names)
+    cases = find_input_cases(Path(input_dir), num_channels)
     out = Path(output_dir)
+    reason = ""
+    if backend == "auto" and chosen == "onnx":
+        pending = [c for c in cases if not (resume and (out / f"{c.case_id}{c.ending}").is_file())]
+        reason = _torch_pays_off(predictors, pending, tta)
+        if reason:
+            chosen, predictors = "torch", load_all("torch")
+    log.info("predicting with the %s backend%s", chosen, f" ({reason})" if reason else "")
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
-    for case in tqdm(find_input_cases(Path(input_dir), num_channels), desc="predict", unit="case", disable=None):
+    for case in tqdm(cases, desc="predict", unit="case", disable=None):
         target = out / f"{case.case_id}{case.ending}"
         if resume and target.is_file():
             continue
@@ -151,6 +162,32 @@ def predict_folder(input_dir, output_dir, ws: Workspace, dataset: str, configura
             failed += 1
             log.error("case %s failed: %s", case.case_id, exc)
     return failed
+
+
+def _torch_pays_off(predictors: list, cases: list, tta: bool) -> str:
+    """Why torch is the faster backend for this run, or "" (``auto`` has chosen ONNX Runtime).
+
+    torch wins when it has been imported already (to export a network) or when ONNX Runtime's
+    slower forward passes (each fold's export record holds both backends' time per pass on this
+    machine), over all the passes this run will make, cost more than importing torch
+    (``onnx_backend.TORCH_FIXED_SECONDS``)."""
+    import sys
+
+    from autoseg.inference.onnx_backend import TORCH_FIXED_SECONDS, forward_passes
+
+    if "torch" in sys.modules:
+        return "torch was imported to export the networks to ONNX"
+    files = [c.files[0] for c in cases if not c.problem]
+    extra, passes = 0.0, 0
+    chain = [q for p in predictors for q in (p, p.previous) if q is not None]
+    for p in chain:
+        n = forward_passes(files, p.plans, p.configuration, tta)
+        passes += n
+        extra += n * max(0.0, p.onnx_extra_seconds_per_pass())
+    if extra < TORCH_FIXED_SECONDS:
+        return ""
+    return (f"{passes} forward passes would take {extra:.1f} s longer in ONNX Runtime than in torch, more than "
+            f"torch's import (~{TORCH_FIXED_SECONDS:g} s); --backend onnx to use it anyway")
 
 
 def cli_predict(args: argparse.Namespace) -> int:

@@ -34,6 +34,7 @@ class Predictor:
     previous: Optional["Predictor"] = None  # cascade: the stage that runs first and feeds its mask in
     precision: str = "fp32"  # resolved (autoseg.device.resolve_precision)
     backend: str = "torch"  # or "onnx": networks are onnx_backend.OnnxNetwork
+    onnx_records: list = field(default_factory=list)  # onnx: each fold's export record
     _forwards: Optional[list] = field(default=None, init=False, repr=False)  # built by forwards()
 
     @classmethod
@@ -68,7 +69,12 @@ class Predictor:
         configuration = plans.configuration(loaded[0][1]["configuration"])
         train_config = load_json_as(TrainConfig, first / "train_config.json")
         return cls([net for net, _ in loaded], plans, configuration, "cpu", step_size, mirror, train_config,
-                   precision="fp32", backend="onnx")
+                   precision="fp32", backend="onnx", onnx_records=[info for _, info in loaded])
+
+    def onnx_extra_seconds_per_pass(self) -> float:
+        """How much slower one patch runs through all folds in ONNX Runtime than in torch, from the
+        timings in the export records (onnx backend only)."""
+        return sum(r["onnx_seconds_per_pass"] - r["torch_seconds_per_pass"] for r in self.onnx_records)
 
     def forwards(self) -> list:
         """The networks as inference callables (``fast_forward.inference_forward``), built once."""
