@@ -1,19 +1,20 @@
 """Prediction through ONNX Runtime: the CPU path that does not import torch.
 
-Why: ``import torch`` alone takes 1.2-2.2 s on this project's machines, which is most of what a
-``predict`` run costs before its first case (docs/benchmarks.md, "Predict"); onnxruntime imports
-in about 0.3 s, and on a CPU in fp32 its forward pass of the U-Nets autoseg trains is within
-0.9-1.2x of torch's oneDNN path (the same measurements). So on a CPU in fp32 ``predict`` runs each
-fold's network as an ONNX graph, with the numpy sliding window (``sliding_window_*_numpy``).
+Why: ``import torch`` alone takes 1.2-2.2 s on this project's machines, most of what a
+``predict`` run costs before its first case; onnxruntime imports in 0.05 s. Its fp32 3D
+convolutions are slower than torch's oneDNN path (1.1-1.3x per forward pass on the AVX2 machine;
+docs/benchmarks.md, "Predict without torch"), so it pays for short runs only.
 
 Each fold's checkpoint is exported once, next to it: ``{checkpoint}.onnx`` and
-``{checkpoint}.onnx.json`` (the checkpoint's size and modification time, the configuration and
-the number of input channels). An export whose record no longer matches its checkpoint is
-redone; only exporting imports torch. ``autoseg predict --backend torch`` skips all of this.
+``{checkpoint}.onnx.json`` (the checkpoint's size and modification time, the configuration, the
+number of input channels, and one forward pass timed in each backend on this machine). An export
+whose record no longer matches its checkpoint is redone; only exporting imports torch.
 
-Where the torch path stays the default (``choose_backend``): a GPU (CUDA or MPS), a precision
-other than fp32 (on CPUs with AMX the bf16 forward is 2-4x faster than any fp32 one), or no
-onnxruntime installed.
+``choose_backend`` says whether ONNX Runtime can be used at all: not on a GPU (CUDA or MPS), not
+in a precision other than fp32 (on CPUs with AMX the bf16 forward is 2-4x faster than any fp32
+one), not without onnxruntime. ``predict`` (``inference/predict.py``, ``auto``) then weighs it
+against torch for the run: the forward passes it will make (``forward_passes``) times the
+records' per-pass difference, against torch's import (``TORCH_FIXED_SECONDS``).
 """
 from __future__ import annotations
 
@@ -257,17 +258,17 @@ def _cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
 TORCH_FIXED_SECONDS = 1.5
 
 
-def forward_passes(files: list[Path], plans, configuration, mirror: bool) -> int:
+def forward_passes(files: list[Path], configuration, mirror: bool, step_size: float = 0.5) -> int:
     """Forward passes the sliding window will make over these images (one file per case, header
-    only): the image at the configuration's spacing, tiles at step 0.5 (crop to the nonzero region
-    ignored: an upper bound), times the mirror copies; slice by slice with a 2D patch. Files whose
-    header cannot be read count nothing (they fail when read anyway)."""
+    only): the image at the configuration's spacing, tiles at ``step_size`` (crop to the nonzero
+    region ignored: an upper bound), times the 2^axes mirror copies; slice by slice with a 2D
+    patch. Files whose header cannot be read count nothing (they fail when read anyway)."""
     import SimpleITK as sitk
 
-    from autoseg.inference.sliding_window import _mirror_combinations, tile_starts
+    from autoseg.inference.sliding_window import tile_starts
 
     patch = tuple(configuration.patch_size)
-    copies = len(_mirror_combinations(range(len(patch)))) if mirror else 1
+    copies = 2 ** len(patch) if mirror else 1
     total = 0
     for f in files:
         reader = sitk.ImageFileReader()
@@ -288,6 +289,6 @@ def forward_passes(files: list[Path], plans, configuration, mirror: bool) -> int
             slices, plane = 1, shape
         tiles = 1
         for n, p in zip(plane, patch):
-            tiles *= len(tile_starts(n, p, 0.5))
+            tiles *= len(tile_starts(n, p, step_size))
         total += slices * tiles * copies
     return total

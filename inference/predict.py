@@ -181,7 +181,7 @@ def _torch_pays_off(predictors: list, cases: list, tta: bool) -> str:
     extra, passes = 0.0, 0
     chain = [q for p in predictors for q in (p, p.previous) if q is not None]
     for p in chain:
-        n = forward_passes(files, p.plans, p.configuration, tta)
+        n = forward_passes(files, p.configuration, tta, p.step_size)
         passes += n
         extra += n * max(0.0, p.onnx_extra_seconds_per_pass())
     if extra < TORCH_FIXED_SECONDS:

@@ -91,14 +91,15 @@ def test_forward_passes_from_the_header_by_hand(tmp_path):
     image = nifti(tmp_path / "a_0000.nii.gz", (30, 20, 10), (1.0, 1.0, 2.0))  # (z, y, x) 10 x 20 x 30, z 2 mm
     cfg = SimpleNamespace(patch_size=(8, 16, 16), spacing=(2.0, 1.0, 1.0))
     # at (2, 1, 1) mm the image stays 10 x 20 x 30: tiles 2 (z: 0, 2) x 2 (y: 0, 4) x 3 (x: 0, 7, 14)
-    assert forward_passes([image], None, cfg, mirror=False) == 12
-    assert forward_passes([image], None, cfg, mirror=True) == 12 * 8
+    assert forward_passes([image], cfg, mirror=False) == 12
+    assert forward_passes([image], cfg, mirror=True) == 12 * 8
+    assert forward_passes([image], cfg, mirror=False, step_size=1.0) == 2 * 2 * 2  # x: 0, 14
     coarse = SimpleNamespace(patch_size=(8, 16, 16), spacing=(4.0, 2.0, 2.0))  # 5 x 10 x 15: one tile
-    assert forward_passes([image, image], None, coarse, mirror=True) == 2 * 8
+    assert forward_passes([image, image], coarse, mirror=True) == 2 * 8
     flat = SimpleNamespace(patch_size=(16, 16), spacing=(2.0, 1.0, 1.0))  # 2D: 10 slices of 2 x 3 tiles, 4 mirrors
-    assert forward_passes([image], None, flat, mirror=True) == 10 * 6 * 4
+    assert forward_passes([image], flat, mirror=True) == 10 * 6 * 4
     (tmp_path / "bad_0000.nii.gz").write_bytes(b"not an image")
-    assert forward_passes([tmp_path / "bad_0000.nii.gz", image], None, cfg, mirror=False) == 12
+    assert forward_passes([tmp_path / "bad_0000.nii.gz", image], cfg, mirror=False) == 12
 
 
 def test_auto_switches_to_torch_when_the_slower_passes_cost_more_than_its_import(tmp_path, monkeypatch):
@@ -111,7 +112,8 @@ def test_auto_switches_to_torch_when_the_slower_passes_cost_more_than_its_import
     cfg = SimpleNamespace(patch_size=(8, 16, 16), spacing=(2.0, 1.0, 1.0))  # 12 tiles, 96 passes with TTA
 
     def predictor(extra):
-        return SimpleNamespace(plans=None, configuration=cfg, previous=None, onnx_extra_seconds_per_pass=lambda: extra)
+        return SimpleNamespace(configuration=cfg, step_size=0.5, previous=None,
+                               onnx_extra_seconds_per_pass=lambda: extra)
 
     cases = [InputCase("a", (image,), ".nii.gz")]
     monkeypatch.delitem(sys.modules, "torch", raising=False)  # as in a run that has not imported it
