@@ -163,7 +163,11 @@ def load_onnx_network(fold_dir: Path, checkpoint: str = "checkpoint_final", thre
     info = read_export_record(fold_dir, checkpoint)
     if info is None:
         log.info("exporting %s/%s.pth to ONNX (once per checkpoint)", fold_dir, checkpoint)
-        info = export_fold(fold_dir, checkpoint)
+        try:
+            info = export_fold(fold_dir, checkpoint)
+        except OSError as exc:
+            raise UserFacingError(f"cannot write the ONNX export of {fold_dir / checkpoint}.pth beside it ({exc}); "
+                                  "predict with --backend torch, or from a writable copy of the model") from None
     return _session(onnx_files(fold_dir, checkpoint)[0], threads), info
 
 

@@ -124,7 +124,13 @@ def predict_folder(input_dir, output_dir, ws: Workspace, dataset: str, configura
         return [load_predictor(ws, name, c, variant, folds, checkpoint, dev, step_size, tta, precision, with_backend)
                 for c in configurations]
 
-    predictors = load_all(chosen)
+    try:
+        predictors = load_all(chosen)
+    except Exception as exc:  # e.g. a read-only model folder the export cannot be written to
+        if backend != "auto" or chosen != "onnx":
+            raise
+        log.warning("the ONNX backend could not be loaded (%s); predicting with torch", exc)
+        chosen, predictors = "torch", load_all("torch")
     num_channels = len(predictors[0].plans.channel_names)
     cases = find_input_cases(Path(input_dir), num_channels)
     out = Path(output_dir)

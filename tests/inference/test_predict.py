@@ -167,3 +167,23 @@ def test_predict_with_the_onnx_backend_does_not_import_torch(trained_root, image
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.stdout.split()[-2:] == ["False", "1"], done.stderr  # rc 1: the corrupt case
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["good_a.nii.gz", "good_b.nii.gz"]
+
+
+def test_auto_falls_back_to_torch_when_the_export_cannot_be_written(trained_root, images, tmp_path, monkeypatch,
+                                                                     caplog, capsys):
+    from autoseg.inference import onnx_backend
+
+    def read_only(fold_dir, checkpoint="checkpoint_final"):
+        raise PermissionError(f"[Errno 30] Read-only file system: '{fold_dir}/{checkpoint}.onnx'")
+
+    monkeypatch.setattr(onnx_backend, "read_export_record", lambda fold_dir, checkpoint: None)  # needs an export
+    monkeypatch.setattr(onnx_backend, "export_fold", read_only)
+    monkeypatch.setattr(onnx_backend, "choose_backend", lambda requested, device, precision: "onnx")
+    out = tmp_path / "p"
+    assert predict(trained_root, images, out, "-c", "3d_fullres", "-f", "0", "--disable_tta") == 1
+    assert sorted(p.name for p in out.iterdir()) == ["good_a.nii.gz", "good_b.nii.gz"]
+    assert "could not be loaded" in caplog.text and "Read-only file system" in caplog.text
+    # asked for by name: a clear error instead
+    assert predict(trained_root, images, tmp_path / "q", "-c", "3d_fullres", "-f", "0", "--backend", "onnx") == 2
+    err = capsys.readouterr().err
+    assert "cannot write the ONNX export" in err and "--backend torch" in err
