@@ -19,6 +19,8 @@ median of ``--repeats`` calls after 3 untimed ones:
   ``cpu_bf16_is_faster``: elsewhere bf16 is emulated, many times slower);
 - with ``--train``: ``train_fp32`` and ``train_fp32_channels_last``, one SGD step (forward,
   cross-entropy, backward, update) of a training-mode copy, per call;
+- ``onnxruntime_fp32`` (when onnxruntime is installed): the network exported to ONNX as predict
+  exports it (``inference.onnx_backend``), run by ONNX Runtime on all cores, numpy in and out;
 - ``fp32_mirrored_batch`` (batch 1 only): the 8 mirror-TTA copies as one batch of 8, per copy
   (the sliding window runs them as 8 calls of batch 1).
 
@@ -77,7 +79,34 @@ def variants(net: torch.nn.Module, bf16: bool) -> dict[str, object]:
     if bf16:
         fused_bf16 = fuse_norm_activation(net).eval().to(torch.bfloat16).to(memory_format=cl)
         out["bf16_fused_channels_last"] = lambda x: fused_bf16(_channels_last(x.to(torch.bfloat16))).float()
+    onnx = onnx_forward(net)
+    if onnx is not None:
+        out["onnxruntime_fp32"] = onnx
     return out
+
+
+def onnx_forward(net: torch.nn.Module):
+    """``net`` exported to a temporary ONNX file and run by ONNX Runtime (None without onnxruntime)."""
+    import importlib.util
+    import tempfile
+    import warnings
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        return None
+    from autoseg.inference.onnx_backend import OPSET, _first_output, _session
+
+    path = Path(tempfile.mkdtemp(prefix="forward_onnx_")) / "net.onnx"
+    first_conv = next(m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)))
+    dims = 3 if isinstance(first_conv, torch.nn.Conv3d) else 2
+    example = torch.zeros((1, first_conv.in_channels) + (16,) * dims)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_first_output(net), (example,), str(path), input_names=["image"], output_names=["logits"],
+                          dynamic_axes={name: {i: f"d{i}" for i in range(dims + 2) if i != 1}
+                                        for name in ("image", "logits")},
+                          opset_version=OPSET, dynamo=False)
+    session = _session(path)
+    return lambda x: torch.from_numpy(session(x.numpy()))
 
 
 def mirrored_batch(net: torch.nn.Module):
