@@ -59,7 +59,7 @@ def median_ms(fn, x: torch.Tensor, repeats: int, warmup: int = 3, grad: bool = F
     return 1000 * statistics.median(times)
 
 
-def variants(net: torch.nn.Module, bf16: bool) -> dict[str, object]:
+def variants(net: torch.nn.Module, bf16: bool, x: torch.Tensor) -> dict[str, object]:
     fused = fuse_norm_activation(net).eval()
     cl = torch.channels_last_3d
     net_cl = copy.deepcopy(net).eval().to(memory_format=cl)
@@ -79,34 +79,26 @@ def variants(net: torch.nn.Module, bf16: bool) -> dict[str, object]:
     if bf16:
         fused_bf16 = fuse_norm_activation(net).eval().to(torch.bfloat16).to(memory_format=cl)
         out["bf16_fused_channels_last"] = lambda x: fused_bf16(_channels_last(x.to(torch.bfloat16))).float()
-    onnx = onnx_forward(net)
+    onnx = onnx_forward(net, x)
     if onnx is not None:
         out["onnxruntime_fp32"] = onnx
     return out
 
 
-def onnx_forward(net: torch.nn.Module):
-    """``net`` exported to a temporary ONNX file and run by ONNX Runtime (None without onnxruntime)."""
+def onnx_forward(net: torch.nn.Module, x: torch.Tensor):
+    """``net`` exported for inputs shaped like ``x`` to a temporary ONNX file as predict exports
+    it, run by ONNX Runtime (None without onnxruntime)."""
     import importlib.util
     import tempfile
-    import warnings
 
     if importlib.util.find_spec("onnxruntime") is None:
         return None
-    from autoseg.inference.onnx_backend import OPSET, _first_output, _session
+    from autoseg.inference.onnx_backend import _session, export_graph
 
     path = Path(tempfile.mkdtemp(prefix="forward_onnx_")) / "net.onnx"
-    first_conv = next(m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)))
-    dims = 3 if isinstance(first_conv, torch.nn.Conv3d) else 2
-    example = torch.zeros((1, first_conv.in_channels) + (16,) * dims)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(_first_output(net), (example,), str(path), input_names=["image"], output_names=["logits"],
-                          dynamic_axes={name: {i: f"d{i}" for i in range(dims + 2) if i != 1}
-                                        for name in ("image", "logits")},
-                          opset_version=OPSET, dynamo=False)
+    export_graph(net, x, path)
     session = _session(path)
-    return lambda x: torch.from_numpy(session(x.numpy()))
+    return lambda inp: torch.from_numpy(session(inp.numpy()))
 
 
 def mirrored_batch(net: torch.nn.Module):
@@ -168,7 +160,7 @@ def main() -> None:
         with torch.no_grad():
             reference = net(x)
         row = {"features": list(features)}
-        for name, fn in variants(net, bf16).items():
+        for name, fn in variants(net, bf16, x).items():
             with torch.no_grad():
                 diff = float((fn(x).float() - reference).abs().max())
             row[name] = {"ms": median_ms(fn, x, args.repeats), "max_abs_diff": diff}

@@ -78,14 +78,7 @@ def export_fold(fold_dir: Path, checkpoint: str = "checkpoint_final") -> dict:
     graph, record = onnx_files(fold_dir, checkpoint)
     tmp = graph.with_name(f".{graph.name}.tmp{os.getpid()}")
     example = torch.zeros((1, in_channels) + patch)
-    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice and tracer notes
-        warnings.simplefilter("ignore")
-        # the TorchScript exporter: it needs the onnx package only, not onnxscript (torch >= 2.5 has
-        # the dynamo exporter as well, and from 2.9 as its default)
-        kwargs = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-        torch.onnx.export(_first_output(net), (example,), str(tmp), input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=OPSET,
-                          **kwargs)
+    export_graph(net, example, tmp)
     os.replace(tmp, graph)
     info = {**_stamp(fold_dir / f"{checkpoint}.pth"), "configuration": model.configuration.name,
             "in_channels": in_channels, "patch_size": list(patch), "opset": OPSET, "torch": torch.__version__,
@@ -94,6 +87,21 @@ def export_fold(fold_dir: Path, checkpoint: str = "checkpoint_final") -> dict:
     tmp_record.write_text(json.dumps(info, indent=1))
     os.replace(tmp_record, record)
     return info
+
+
+def export_graph(net, example, path: Path) -> None:
+    """Write ``net``'s full-resolution output as an ONNX graph for inputs shaped like ``example``
+    (the batch size left free). Imports torch."""
+    import torch
+
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice and tracer notes
+        warnings.simplefilter("ignore")
+        # the TorchScript exporter: it needs the onnx package only, not onnxscript (torch >= 2.5 has
+        # the dynamo exporter as well, and from 2.9 as its default)
+        kwargs = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+        torch.onnx.export(_first_output(net), (example,), str(path), input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=OPSET,
+                          **kwargs)
 
 
 def _time_both(net, graph: Path, example) -> dict:
@@ -270,6 +278,7 @@ def forward_passes(files: list[Path], configuration, mirror: bool, step_size: fl
     import SimpleITK as sitk
 
     from autoseg.inference.sliding_window import tile_starts
+    from autoseg.preprocess.resampling import compute_new_shape
 
     patch = tuple(configuration.patch_size)
     copies = 2 ** len(patch) if mirror else 1
@@ -284,12 +293,11 @@ def forward_passes(files: list[Path], configuration, mirror: bool, step_size: fl
         size, spacing = tuple(reversed(reader.GetSize())), tuple(reversed(reader.GetSpacing()))
         if len(size) == 2:
             size, spacing = (1,) + size, (1.0,) + spacing
-        target = tuple(configuration.spacing)
-        if len(patch) == 2:  # in-plane resampling only, slice by slice
-            shape = (size[0],) + tuple(max(1, round(n * s / t)) for n, s, t in zip(size[1:], spacing[1:], target[1:]))
+        if len(patch) == 2:  # in-plane resampling only, slice by slice (preprocessor.configuration_spacing)
+            shape = compute_new_shape(size, spacing, (spacing[0],) + tuple(configuration.spacing[1:]))
             slices, plane = shape[0], shape[1:]
         else:
-            shape = tuple(max(1, round(n * s / t)) for n, s, t in zip(size, spacing, target))
+            shape = compute_new_shape(size, spacing, tuple(configuration.spacing))
             slices, plane = 1, shape
         tiles = 1
         for n, p in zip(plane, patch):

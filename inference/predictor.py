@@ -88,23 +88,17 @@ class Predictor:
 
     def predict_preprocessed(self, data: np.ndarray) -> np.ndarray:
         """Softmax (K, z, y, x) at the preprocessed spacing, averaged over folds."""
-        if self.backend == "onnx":
-            from autoseg.inference.sliding_window import predict_volume_numpy
+        from autoseg.inference.sliding_window import predict_volume, predict_volume_numpy
 
-            total = None
-            for forward in self.forwards():
-                p = predict_volume_numpy(forward, data, self.configuration.patch_size, self.plans.num_classes,
-                                         self.step_size, self.mirror)
-                total = p if total is None else total + p
-            return total / len(self.networks)
-        from autoseg.inference.sliding_window import predict_volume
-
+        args = (data, self.configuration.patch_size, self.plans.num_classes, self.step_size, self.mirror)
         total = None
         for forward in self.forwards():
-            p = predict_volume(forward, data, self.configuration.patch_size,
-                               self.plans.num_classes, self.step_size, self.mirror, self.device).float().cpu()
+            if self.backend == "onnx":
+                p = predict_volume_numpy(forward, *args)
+            else:
+                p = predict_volume(forward, *args, self.device).float().cpu().numpy()
             total = p if total is None else total + p
-        return (total / len(self.networks)).numpy()
+        return total / len(self.networks)
 
     def predict_case(self, image: np.ndarray, geometry: ImageGeometry) -> tuple[np.ndarray, np.ndarray]:
         """Label map (Z, Y, X) and probabilities (K, Z, Y, X) in the image's own geometry.

@@ -74,6 +74,26 @@ def _mirror_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:
     return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
 
 
+def _blend_tiles(predictor, x, tiles, combos, weight, acc, norm, batch_size: int, stack, zeros, flip) -> None:
+    """The loop both implementations share, on torch tensors or numpy arrays alike: ``batch_size``
+    tiles at a time, the prediction of every mirror copy flipped back and averaged, each tile's
+    logits added to ``acc`` with ``weight`` and the weights to ``norm``; then ``acc /= norm``.
+    ``stack(list)``, ``zeros(n)`` (logits of n tiles) and ``flip(array, axes)`` are the library's."""
+    for i in range(0, len(tiles), batch_size):
+        slices = tiles[i:i + batch_size]
+        batch = stack([x[(slice(None),) + s] for s in slices])
+        logits = zeros(len(slices))
+        for combo in combos:
+            axes = tuple(a + 2 for a in combo)
+            out = predictor(flip(batch, axes) if axes else batch)
+            logits += flip(out, axes) if axes else out
+        logits /= len(combos)
+        for s, lg in zip(slices, logits):
+            acc[(slice(None),) + s] += lg * weight
+            norm[s] += weight
+    acc /= norm
+
+
 def sliding_window_logits(predictor: Predictor, data: np.ndarray | torch.Tensor, patch_size: Sequence[int],
                           num_classes: int, step_size: float = 0.5, gaussian: bool = True,
                           mirror_axes: Sequence[int] = (), device: str | torch.device = "cpu",
@@ -106,20 +126,9 @@ def _sliding_window_logits_torch(predictor, data, patch_size, num_classes, step_
     norm = torch.zeros(shape, dtype=torch.float32, device=device)
     tiles = _tile_slices(shape, patch, step_size)
     combos = _mirror_combinations(mirror_axes)
-    for i in range(0, len(tiles), batch_size):
-        slices = tiles[i:i + batch_size]
-        batch = torch.stack([x[(slice(None),) + s] for s in slices])
-        logits = torch.zeros((len(slices), num_classes) + patch, dtype=torch.float32, device=device)
-        for combo in combos:
-            dims = [a + 2 for a in combo]
-            inp = torch.flip(batch, dims) if dims else batch
-            out = predictor(inp).float()
-            logits += torch.flip(out, dims) if dims else out
-        logits /= len(combos)
-        for s, lg in zip(slices, logits):
-            acc[(slice(None),) + s] += lg * weight
-            norm[s] += weight
-    acc /= norm
+    _blend_tiles(lambda t: predictor(t).float(), x, tiles, combos, weight, acc, norm, batch_size, torch.stack,
+                 lambda n: torch.zeros((n, num_classes) + patch, dtype=torch.float32, device=device),
+                 lambda t, axes: torch.flip(t, axes))
     if any(pad):
         acc = acc[(slice(None),) + _unpad(spatial, pad)]
     return acc
@@ -168,20 +177,9 @@ def sliding_window_logits_numpy(predictor: NumpyPredictor, data: np.ndarray, pat
     norm = np.zeros(shape, np.float32)
     tiles = _tile_slices(shape, patch, step_size)
     combos = _mirror_combinations(mirror_axes)
-    for i in range(0, len(tiles), batch_size):
-        slices = tiles[i:i + batch_size]
-        batch = np.stack([x[(slice(None),) + s] for s in slices])
-        logits = np.zeros((len(slices), num_classes) + patch, np.float32)
-        for combo in combos:
-            axes = tuple(a + 2 for a in combo)
-            inp = np.ascontiguousarray(np.flip(batch, axes)) if axes else batch
-            out = predictor(inp)
-            logits += np.flip(out, axes) if axes else out
-        logits /= len(combos)
-        for s, lg in zip(slices, logits):
-            acc[(slice(None),) + s] += lg * weight
-            norm[s] += weight
-    acc /= norm
+    _blend_tiles(predictor, x, tiles, combos, weight, acc, norm, batch_size, np.stack,
+                 lambda n: np.zeros((n, num_classes) + patch, np.float32),
+                 lambda a, axes: np.ascontiguousarray(np.flip(a, axes)))
     if any(pad):
         acc = acc[(slice(None),) + _unpad(spatial, pad)]
     return acc
