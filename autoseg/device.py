@@ -56,6 +56,21 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
+MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
+
+
+def torch_memory_format(memory_format: str, dim: int) -> torch.memory_format:
+    """The torch layout of a resolved ``memory_format`` for a ``dim``-D network (2: NCHW / NHWC
+    tensors, 3: NCDHW / NDHWC): ``contiguous`` or ``channels_last``."""
+    import torch
+
+    if memory_format == "contiguous":
+        return torch.contiguous_format
+    if memory_format == "channels_last":
+        return torch.channels_last_3d if dim == 3 else torch.channels_last
+    raise ValueError(f"memory_format must be 'contiguous' or 'channels_last', found {memory_format!r}")
+
+
 def autocast_dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype of a resolved precision (None: plain fp32)."""
     import torch

@@ -143,7 +143,9 @@ def inference_forward(net: nn.Module, precision: str, device: torch.device):
     x86 CPU in fp32 with oneDNN: the fused copy with ``OneDNNConv`` layers (both built now: call
     again after the weights change); elsewhere ``with_autocast``."""
     if device.type == "cpu" and precision == "fp32" and _onednn_on_x86():
-        return _swap_convolutions(fuse_norm_activation(net)).eval()  # one copy: the fusion's
+        # one copy (the fusion's), contiguous whatever layout the network trained in: at batch 1
+        # channels-last was slower here (docs/benchmarks.md, "Predict on an AVX2 CPU")
+        return _swap_convolutions(fuse_norm_activation(net)).to(memory_format=torch.contiguous_format).eval()
     if device.type != "cpu" or precision != "bf16":
         return with_autocast(net, precision, device)
     fast = fuse_norm_activation(net).to(torch.bfloat16)

@@ -243,7 +243,8 @@ def cli_plan(args: argparse.Namespace) -> int:
         save_json(report, folder / "throughput.json")
         for name, r in report["configurations"].items():
             log.info("%-18s width %d chosen from measured steps: %s", name, r["chosen_base_features"],
-                     ", ".join(f"{c['base_features']}: {c['seconds_per_step']:.2f} s" for c in r["candidates"]))
+                     ", ".join(f"{c['base_features']}: {c['seconds_per_step']:.2f} s ({c['memory_format']})"
+                               for c in r["candidates"]))
     save_plans(plans, folder / "plans.json")
     for cfg in plans.configurations.values():
         log.info("%-18s spacing %s patch %s batch %d features %s", cfg.name,

@@ -12,7 +12,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
-from autoseg.device import PRECISIONS
+from autoseg.device import MEMORY_FORMATS, PRECISIONS
 from autoseg.errors import UserFacingError
 from autoseg.registry import Registry
 from autoseg.serialization import from_jsonable
@@ -66,6 +66,11 @@ class TrainConfig:
     # auto: fp16 autocast + gradient scaling on CUDA, bf16 autocast on a CPU where it is measured to
     # be faster (AMX / AVX512-BF16: about 2x per step), else fp32; the trainer saves the one it used
     precision: str = "auto"
+    # layout of the network's weights and activations in training: "contiguous" (NCDHW),
+    # "channels_last" (NDHWC), or "auto": on a cpu the one whose step was faster when the plans
+    # were made (throughput.json: timed for each width; planners/throughput.py), else contiguous;
+    # the trainer saves the one it used
+    memory_format: str = "auto"
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     # cascade: the variant of the previous stage (3d_lowres) whose cross-validation masks feed this
     # one and which predict runs first; None: the same variant as this training
@@ -90,6 +95,8 @@ class TrainConfig:
             raise ValueError(f"small_classes must be foreground labels (>= 1), found {self.small_classes}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, found {self.precision!r}")
+        if self.memory_format not in MEMORY_FORMATS:
+            raise ValueError(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}, found {self.memory_format!r}")
         if self.small_class_placement not in ("centre", "contain"):
             raise ValueError(f"small_class_placement must be 'centre' or 'contain', found {self.small_class_placement!r}")
         if self.small_class_ce_weight <= 0:

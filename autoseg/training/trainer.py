@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autoseg.device import autocast_dtype, pick_device, resolve_precision
+from autoseg.device import autocast_dtype, pick_device, resolve_precision, torch_memory_format
 from autoseg.errors import UserFacingError
 from autoseg.inference.fast_forward import inference_forward
 from autoseg.paths import Workspace
@@ -123,6 +123,7 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     elif cfg.time_budget_s and cfg.fit_width_to_budget and dev.type == "cpu" and (pre / "throughput.json").is_file():
         plans, width_note = _fit_width(plans, configuration, pre / "throughput.json", cfg)
     cp = plans.configuration(configuration)
+    cfg, layout_note = _resolve_memory_format(cfg, plans, configuration, pre / "throughput.json", dev)
     out.mkdir(parents=True, exist_ok=True)
     save_plans(plans, out / "plans.json")
     save_json(cfg, out / "train_config.json")
@@ -131,8 +132,9 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     log.addHandler(handler)
     if log.getEffectiveLevel() > logging.INFO:  # the log file always gets one line per epoch
         log.setLevel(logging.INFO)
-    if width_note:
-        log.info("%s", width_note)
+    for note in (width_note, layout_note):
+        if note:
+            log.info("%s", note)
 
     batch_size = cfg.batch_size or cp.batch_size
     scales = deep_supervision_scales(cp) if cfg.deep_supervision else None
@@ -147,7 +149,8 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
         priors = init_output_bias(net, frequencies, cfg.output_prior_min)
         log.info("output biases from class frequencies in training patches: %s",
                  " ".join(f"{p:.4f}" for p in priors))
-    net = net.to(dev)
+    layout = torch_memory_format(cfg.memory_format, cp.network.dim)
+    net = net.to(dev, memory_format=layout)
     loss_fn = build_loss(cfg.loss, cp.batch_dice if cfg.batch_dice is None else cfg.batch_dice,
                          cfg.ce_weight, cfg.dice_weight, len(scales) if scales else None,
                          small.ce_weights, small.batch_dice_classes)
@@ -209,7 +212,7 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
                     step_started = time.perf_counter()
                     batch = next(batches)
                     waited += time.perf_counter() - step_started
-                    loss, norm = _train_step(net, loss_fn, opt, scaler, batch, dev, cfg.grad_clip, amp_dtype)
+                    loss, norm = _train_step(net, loss_fn, opt, scaler, batch, dev, cfg.grad_clip, amp_dtype, layout)
                     losses.append(loss)
                     norms.append(norm)
                     iteration += 1
@@ -369,10 +372,35 @@ def _fit_width(plans, configuration: str, throughput_path: Path, cfg: TrainConfi
     return plans, None
 
 
-def _train_step(net, loss_fn, opt, scaler, batch, dev, grad_clip, amp_dtype=None) -> tuple[float, float]:
-    """One SGD step; under autocast to ``amp_dtype`` (bf16/fp16) when given, with ``scaler`` for fp16.
-    Returns the loss and the gradients' total norm before clipping to ``grad_clip``."""
+def _resolve_memory_format(cfg: TrainConfig, plans, configuration: str, throughput_path: Path, dev):
+    """``cfg`` with ``memory_format`` resolved (``auto``: on a cpu the layout whose step was faster at
+    planning for this network width and precision, else contiguous), and a line for the log saying
+    why (None when ``cfg`` named the layout)."""
+    if cfg.memory_format != "auto":
+        return cfg, None
+    chosen, why = "contiguous", f"no timings of both layouts on {dev.type}"
+    if dev.type == "cpu" and throughput_path.is_file():
+        from autoseg.planners.throughput import memory_format_for
+
+        throughput = json.loads(throughput_path.read_text())
+        timed = memory_format_for(throughput, plans, configuration)
+        if throughput.get("precision", "fp32") != cfg.precision:
+            why = f"steps were timed in {throughput.get('precision', 'fp32')}, training runs in {cfg.precision}"
+        elif timed is None:
+            why = "this network width's step was not timed in both layouts (throughput.json)"
+        else:
+            chosen, why = timed, "its training step was the faster one at planning (throughput.json)"
+    return dataclasses.replace(cfg, memory_format=chosen), f"memory format {chosen}: {why}"
+
+
+def _train_step(net, loss_fn, opt, scaler, batch, dev, grad_clip, amp_dtype=None,
+                memory_format=None) -> tuple[float, float]:
+    """One SGD step; under autocast to ``amp_dtype`` (bf16/fp16) when given, with ``scaler`` for fp16;
+    the batch in ``memory_format`` (a torch layout; None: as it comes). Returns the loss and the
+    gradients' total norm before clipping to ``grad_clip``."""
     data = batch["data"].to(dev, non_blocking=True)
+    if memory_format is not None:
+        data = data.contiguous(memory_format=memory_format)
     target = batch["target"]
     target = [t.to(dev, non_blocking=True) for t in target] if isinstance(target, list) else target.to(dev)
     opt.zero_grad(set_to_none=True)

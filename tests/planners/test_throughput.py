@@ -8,7 +8,8 @@ from autoseg.cli import main
 from autoseg.fingerprint_types import load_fingerprint
 from autoseg.planners.experiment import plan_experiment
 from autoseg.planners.throughput import (MIN_ITERATIONS, STEP_OVERHEAD, adapt_to_throughput, choose_width,
-                                         fit_width_to_training_budget, measure_step_seconds, width_for_budget)
+                                         fit_width_to_training_budget, measure_step_seconds, memory_format_for,
+                                         width_for_budget)
 from autoseg.plans import NetworkPlan
 
 
@@ -18,7 +19,7 @@ def hippocampus():
 
 
 def per_feature(seconds: float):
-    return lambda net, patch, batch: seconds * net.features_per_stage[0]
+    return lambda net, patch, batch: {"contiguous": seconds * net.features_per_stage[0]}
 
 
 def test_choose_width_example_from_the_docstring(hippocampus):
@@ -54,10 +55,45 @@ def test_cpu_plans_differ_from_gpu_plans_and_fit_the_budget(hippocampus):
     json.dumps(report)
 
 
-def test_measure_step_seconds_runs_a_real_step():
+def test_measure_step_seconds_runs_a_real_step_in_each_layout():
     net = NetworkPlan(dim=2, features_per_stage=(4, 8), kernel_sizes=((3, 3), (3, 3)), strides=((1, 1), (2, 2)))
     seconds = measure_step_seconds(net, (16, 16), 2, in_channels=1, num_classes=3, repeats=1)
-    assert 0 < seconds < 5
+    assert set(seconds) == {"contiguous", "channels_last"}
+    assert all(0 < s < 5 for s in seconds.values())
+    net3d = NetworkPlan(dim=3, features_per_stage=(4, 8), kernel_sizes=((3, 3, 3),) * 2, strides=((1, 1, 1), (2, 2, 2)))
+    assert set(measure_step_seconds(net3d, (8, 8, 8), 2, repeats=1, memory_formats=("channels_last",))) == {
+        "channels_last"}
+
+
+def test_each_width_counts_its_faster_layout_and_records_both(hippocampus):
+    cfg = plan_experiment(hippocampus, "cpu").configuration("3d_fullres")
+
+    def timer(net, patch, batch):  # channels-last faster at width 8 only
+        w = net.features_per_stage[0]
+        return {"contiguous": 0.02 * w, "channels_last": 0.01 * w if w == 8 else 0.03 * w}
+
+    chosen, measured = choose_width(cfg, timer, budget_s=1800)
+    assert [(m.base_features, m.memory_format, m.seconds_per_step) for m in measured] == [
+        (8, "channels_last", 0.08), (16, "contiguous", 0.32), (24, "contiguous", 0.48), (32, "contiguous", 0.64)]
+    assert measured[0].seconds_by_memory_format == {"contiguous": 0.16, "channels_last": 0.08}
+    assert measured[0].iterations_in_budget == int(1800 / (0.08 * STEP_OVERHEAD))
+
+
+def test_memory_format_for_the_trained_width(hippocampus):
+    plans = plan_experiment(hippocampus, "cpu", force_lowres=True)
+    width = plans.configuration("3d_fullres").network.features_per_stage[0]
+    both = {"contiguous": 0.3, "channels_last": 0.2}
+    throughput = {"configurations": {"3d_fullres": {"candidates": [
+        {"base_features": width, "memory_format": "channels_last", "seconds_by_memory_format": both},
+        {"base_features": 2 * width, "memory_format": "contiguous"}]}}}  # one layout timed (older plans)
+    assert memory_format_for(throughput, plans, "3d_fullres") == "channels_last"
+    assert memory_format_for(throughput, plans, "3d_cascade_fullres") == "channels_last"  # its fullres stage's
+    assert memory_format_for(throughput, plans, "2d") is None
+    wider = fit_width_to_training_budget(plans, "3d_fullres", {"precision": "fp32", "configurations": {
+        "3d_fullres": {"candidates": [{"base_features": width, "seconds_per_step": 10.0},
+                                      {"base_features": 2 * width, "seconds_per_step": 0.01}]}}}, 1800, "fp32")[0]
+    assert wider.configuration("3d_fullres").network.features_per_stage[0] == 2 * width
+    assert memory_format_for(throughput, wider, "3d_fullres") is None  # that width was timed in one layout
 
 
 def test_cli_cpu_plan_writes_the_measurements(synth_dataset, workspace):
@@ -70,6 +106,10 @@ def test_cli_cpu_plan_writes_the_measurements(synth_dataset, workspace):
     entry = report["configurations"]["3d_fullres"]
     widths = [c["base_features"] for c in entry["candidates"]]
     assert widths == [8, 16, 24, 32][:len(widths)]
+    for c in entry["candidates"]:  # both layouts timed, the faster one counted
+        timed = c["seconds_by_memory_format"]
+        assert set(timed) == {"contiguous", "channels_last"}
+        assert c["seconds_per_step"] == min(timed.values()) == timed[c["memory_format"]]
     features = plans["configurations"]["3d_fullres"]["network"]["features_per_stage"]
     assert features[0] == entry["chosen_base_features"]
 

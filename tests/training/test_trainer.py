@@ -150,3 +150,47 @@ def test_epoch_line_shows_grad_norm_and_clipped_share():
     assert format_epoch(h, 0).endswith("time 12.0s  data wait 2%  grad norm 3.46 (clipped 25%)")
     del h["grad_norm"], h["clipped"]  # histories saved before the norm was logged
     assert format_epoch(h, 0).endswith("time 12.0s  data wait 2%")
+
+
+def _set_timed_layouts(ws: Workspace, fastest: str, precision: str = "fp32") -> None:
+    """Make throughput.json say that the planned width's step was faster in ``fastest``."""
+    folder = ws.preprocessed / "Dataset901_Synth"
+    path = folder / "throughput.json"
+    throughput = json.loads(path.read_text())
+    width = json.loads((folder / "plans.json").read_text())["configurations"]["3d_fullres"]["network"][
+        "features_per_stage"][0]
+    for c in throughput["configurations"]["3d_fullres"]["candidates"]:
+        c["seconds_by_memory_format"] = {"contiguous": 0.2, "channels_last": 0.1}
+        c["memory_format"] = fastest if c["base_features"] == width else "contiguous"
+    throughput["precision"] = precision
+    path.write_text(json.dumps(throughput))
+
+
+def test_training_runs_in_the_layout_timed_faster_at_planning(prepared):
+    _set_timed_layouts(prepared, "channels_last")
+    fold = trainer.train_fold(prepared, "901", "3d_fullres", 0, small_config(1), variant="cl")
+    assert json.loads((fold / "train_config.json").read_text())["memory_format"] == "channels_last"
+    assert "memory format channels_last: its training step was the faster one" in (fold / "training.log").read_text()
+    conv = weights(fold)["encoder.0.3.weight"]  # (out, in, 3, 3, 3): saved as trained, channels-last
+    assert conv.is_contiguous(memory_format=torch.channels_last_3d) and not conv.is_contiguous()
+    assert (fold / "validation" / "summary.json").is_file()  # the sliding-window validation ran on it
+    # a layout named on the command line wins over the timings
+    fold = trainer.train_fold(prepared, "901", "3d_fullres", 0,
+                              dataclasses.replace(small_config(1), memory_format="contiguous"),
+                              variant="contig", validate=False)
+    assert json.loads((fold / "train_config.json").read_text())["memory_format"] == "contiguous"
+    assert weights(fold)["encoder.0.3.weight"].is_contiguous()
+
+
+def test_layout_timings_of_another_precision_are_not_used(prepared, tmp_path):
+    _set_timed_layouts(prepared, "channels_last", precision="bf16")
+    plans = trainer.load_plans(prepared.preprocessed / "Dataset901_Synth" / "plans.json")
+    path = prepared.preprocessed / "Dataset901_Synth" / "throughput.json"
+    cpu, cfg = torch.device("cpu"), dataclasses.replace(small_config(1), precision="fp32")
+    resolved, note = trainer._resolve_memory_format(cfg, plans, "3d_fullres", path, cpu)
+    assert resolved.memory_format == "contiguous" and "timed in bf16, training runs in fp32" in note
+    resolved, _ = trainer._resolve_memory_format(dataclasses.replace(cfg, precision="bf16"), plans, "3d_fullres",
+                                                 path, cpu)
+    assert resolved.memory_format == "channels_last"
+    resolved, note = trainer._resolve_memory_format(cfg, plans, "3d_fullres", tmp_path / "none.json", cpu)
+    assert resolved.memory_format == "contiguous" and "no timings" in note
