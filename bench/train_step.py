@@ -150,14 +150,16 @@ def nnunet_train_step(data: Path, work: Path, subset: int | None, iterations: in
 
 
 def autoseg_train_step(preprocessed: Path, iterations: int, warmup: int, threads: int, num_workers: int = 1,
-                       batch_size: int | None = None, precision: str = "auto") -> dict:
+                       batch_size: int | None = None, precision: str = "auto",
+                       memory_format: str = "contiguous") -> dict:
     """Time autoseg's training step on ``preprocessed`` (a preprocessed/DatasetXXX folder), in this process,
-    in ``precision`` (auto: what ``autoseg train`` would use on this machine)."""
+    in ``precision`` (auto: what ``autoseg train`` would use on this machine), network and batches in
+    ``memory_format`` (contiguous or channels_last)."""
     import numpy as np
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from autoseg.device import autocast_dtype, resolve_precision
+    from autoseg.device import autocast_dtype, resolve_precision, torch_memory_format
     from autoseg.plans import load_plans
     from autoseg.preprocess.storage import list_cases
     from autoseg.training.dataloader import BatchSource, downsample_seg, iterate
@@ -172,7 +174,8 @@ def autoseg_train_step(preprocessed: Path, iterations: int, warmup: int, threads
     plans = load_plans(preprocessed / "plans.json")
     cp = plans.configuration(CONFIGURATION)
     scales = deep_supervision_scales(cp)
-    net = build_network(plans, CONFIGURATION, deep_supervision=True)
+    layout = torch_memory_format(memory_format, cp.network.dim)
+    net = build_network(plans, CONFIGURATION, deep_supervision=True).to(memory_format=layout)
     net.train()
     loss_fn = build_loss(cfg.loss, cp.batch_dice, cfg.ce_weight, cfg.dice_weight, len(scales))
     opt = torch.optim.SGD(net.parameters(), lr=cfg.initial_lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
@@ -196,17 +199,18 @@ def autoseg_train_step(preprocessed: Path, iterations: int, warmup: int, threads
 
     def timed(get_batch) -> float:
         for _ in range(warmup):
-            _train_step(net, loss_fn, opt, None, get_batch(), device, cfg.grad_clip, amp)
+            _train_step(net, loss_fn, opt, None, get_batch(), device, cfg.grad_clip, amp, layout)
         started = time.perf_counter()
         for _ in range(iterations):
-            _train_step(net, loss_fn, opt, None, get_batch(), device, cfg.grad_clip, amp)
+            _train_step(net, loss_fn, opt, None, get_batch(), device, cfg.grad_clip, amp, layout)
         return (time.perf_counter() - started) / iterations
 
     raw_s = timed(lambda: fixed)
     batches = iterate(source, 0, warmup + iterations, num_workers)
     data_s = timed(lambda: next(batches))
     return {"patch_size": list(cp.patch_size), "batch_size": batch, "flops_per_step": flops,
-            "raw_step_s": raw_s, "step_with_data_s": data_s, "precision": precision, "torch": torch.__version__,
+            "raw_step_s": raw_s, "step_with_data_s": data_s, "precision": precision, "memory_format": memory_format,
+            "torch": torch.__version__,
             "threads": torch.get_num_threads(), "preprocessed": str(preprocessed)}
 
 
@@ -260,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-np", "--num-processes", type=int, default=2, help="processes for nnU-Net's preprocessing")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="autoseg's step (auto: as autoseg train would choose here; nnU-Net runs fp32 on a CPU)")
+    p.add_argument("--memory-format", choices=("contiguous", "channels_last"), default="contiguous",
+                   help="autoseg's network and batches in this layout (autoseg train picks the one timed "
+                        "faster at planning, throughput.json)")
     p.add_argument("--only", choices=("nnunet", "autoseg"), default=None, help="run one tool only")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
@@ -285,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "autoseg"):
         log.info("autoseg: timed steps on %s ...", preprocessed)
         au = add_rates(autoseg_train_step(preprocessed, args.iterations, args.warmup, args.threads,
-                                          batch_size=args.batch_size, precision=args.precision), peak, bf16_peak)
+                                          batch_size=args.batch_size, precision=args.precision,
+                                          memory_format=args.memory_format), peak, bf16_peak)
     rows = table_rows(nn, au)
     result = {"benchmark": "train_step", "configuration": CONFIGURATION, "autoseg_plans": args.plans,
               "iterations": args.iterations, "warmup": args.warmup, "threads": args.threads,
