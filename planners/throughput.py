@@ -155,13 +155,13 @@ def fit_width_to_training_budget(plans, configuration: str, throughput: dict, bu
     second return value. A cascade stage, whose network is its fullres stage's (see
     ``adapt_to_throughput``), uses that stage's timings (its extra one-hot input channels change
     only the first convolution)."""
-    timed = throughput.get("configurations", {})
     cfg = plans.configuration(configuration)
-    report = timed.get(configuration) or (timed.get(cfg.preprocessed_name) if cfg.previous_stage else None)
+    report = _configuration_timings(throughput, plans, configuration)
     if not report:
         return plans, f"no step timings for {configuration} in throughput.json"
-    if throughput.get("precision", "fp32") != precision:
-        return plans, f"steps were timed in {throughput.get('precision', 'fp32')}, training runs in {precision}"
+    mismatch = _precision_mismatch(throughput, precision)
+    if mismatch:
+        return plans, mismatch
     width = width_for_budget(report["candidates"], budget_s)
     if width == cfg.network.features_per_stage[0]:
         return plans, None
@@ -170,19 +170,35 @@ def fit_width_to_training_budget(plans, configuration: str, throughput: dict, bu
     return dataclasses.replace(plans, configurations=configs), None
 
 
-def memory_format_for(throughput: dict, plans, configuration: str) -> Optional[str]:
+def memory_format_for(throughput: dict, plans, configuration: str,
+                      precision: str) -> tuple[Optional[str], Optional[str]]:
     """The memory layout whose training step was faster at planning for ``configuration``'s network
-    width (``throughput.json``; a cascade stage looks at its fullres stage's timings), or None when
-    that width's layouts were not both timed (planned by an older autoseg, another profile, a
-    width not measured)."""
+    width (``throughput.json``; a cascade stage looks at its fullres stage's timings), and None; or
+    None and the reason when they do not say (timed in another precision than the training's
+    ``precision``, or that width's layouts not both timed: planned by an older autoseg, another
+    profile, a width not measured)."""
+    mismatch = _precision_mismatch(throughput, precision)
+    if mismatch:
+        return None, mismatch
+    width = plans.configuration(configuration).network.features_per_stage[0]
+    for c in (_configuration_timings(throughput, plans, configuration) or {}).get("candidates", []):
+        if c["base_features"] == width and len(c.get("seconds_by_memory_format") or {}) > 1:
+            return c["memory_format"], None
+    return None, "this network width's step was not timed in both layouts (throughput.json)"
+
+
+def _configuration_timings(throughput: dict, plans, configuration: str) -> Optional[dict]:
+    """``configuration``'s entry of ``throughput.json``; for a cascade stage, whose network is its
+    fullres stage's (``adapt_to_throughput``), that stage's entry when it has none of its own."""
     timed = throughput.get("configurations", {})
     cfg = plans.configuration(configuration)
-    report = timed.get(configuration) or (timed.get(cfg.preprocessed_name) if cfg.previous_stage else None)
-    width = cfg.network.features_per_stage[0]
-    for c in (report or {}).get("candidates", []):
-        if c["base_features"] == width and len(c.get("seconds_by_memory_format") or {}) > 1:
-            return c["memory_format"]
-    return None
+    return timed.get(configuration) or (timed.get(cfg.preprocessed_name) if cfg.previous_stage else None)
+
+
+def _precision_mismatch(throughput: dict, precision: str) -> Optional[str]:
+    """Why timings of ``throughput.json`` do not describe a training in ``precision`` (None: they do)."""
+    timed = throughput.get("precision", "fp32")
+    return None if timed == precision else f"steps were timed in {timed}, training runs in {precision}"
 
 
 def adapt_to_throughput(plans, step_seconds: StepTimer, budget_s: float = DEFAULT_FOLD_BUDGET_S):

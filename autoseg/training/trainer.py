@@ -118,12 +118,14 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
         raise UserFacingError(f"{out} already holds a finished model; use --continue to extend it, "
                               "or --val to validate it again, or delete the folder to start over")
     width_note = None
+    throughput_path = pre / "throughput.json"  # step timings of the cpu planning
+    throughput = json.loads(throughput_path.read_text()) if dev.type == "cpu" and throughput_path.is_file() else None
     if state is not None and (out / "plans.json").is_file():
         plans = load_plans(out / "plans.json")  # the network this fold started with
-    elif cfg.time_budget_s and cfg.fit_width_to_budget and dev.type == "cpu" and (pre / "throughput.json").is_file():
-        plans, width_note = _fit_width(plans, configuration, pre / "throughput.json", cfg)
+    elif cfg.time_budget_s and cfg.fit_width_to_budget and throughput is not None:
+        plans, width_note = _fit_width(plans, configuration, throughput, cfg)
     cp = plans.configuration(configuration)
-    cfg, layout_note = _resolve_memory_format(cfg, plans, configuration, pre / "throughput.json", dev)
+    cfg, layout_note = _resolve_memory_format(cfg, plans, configuration, throughput, dev)
     out.mkdir(parents=True, exist_ok=True)
     save_plans(plans, out / "plans.json")
     save_json(cfg, out / "train_config.json")
@@ -354,14 +356,13 @@ class _Budget:
                 "elapsed_s": self.elapsed(), "validation_s": self.validation_s}
 
 
-def _fit_width(plans, configuration: str, throughput_path: Path, cfg: TrainConfig):
+def _fit_width(plans, configuration: str, throughput: dict, cfg: TrainConfig):
     """``plans`` with the network width chosen for ``cfg.time_budget_s`` from the planning-time step
-    timings, and a line for the log saying what was chosen (None: nothing to say)."""
+    timings (``throughput.json``), and a line for the log saying what was chosen (None: nothing to say)."""
     from autoseg.planners.throughput import fit_width_to_training_budget
 
     before = plans.configuration(configuration).network.features_per_stage
-    plans, why_not = fit_width_to_training_budget(plans, configuration, json.loads(throughput_path.read_text()),
-                                                  cfg.time_budget_s, cfg.precision)
+    plans, why_not = fit_width_to_training_budget(plans, configuration, throughput, cfg.time_budget_s, cfg.precision)
     after = plans.configuration(configuration).network.features_per_stage
     if why_not:
         return plans, f"network width kept as planned ({why_not})"
@@ -372,23 +373,19 @@ def _fit_width(plans, configuration: str, throughput_path: Path, cfg: TrainConfi
     return plans, None
 
 
-def _resolve_memory_format(cfg: TrainConfig, plans, configuration: str, throughput_path: Path, dev):
+def _resolve_memory_format(cfg: TrainConfig, plans, configuration: str, throughput: dict | None, dev):
     """``cfg`` with ``memory_format`` resolved (``auto``: on a cpu the layout whose step was faster at
-    planning for this network width and precision, else contiguous), and a line for the log saying
-    why (None when ``cfg`` named the layout)."""
+    planning for this network width and precision, by ``throughput`` (throughput.json, None when
+    there is none), else contiguous), and a line for the log saying why (None when ``cfg`` named
+    the layout)."""
     if cfg.memory_format != "auto":
         return cfg, None
     chosen, why = "contiguous", f"no timings of both layouts on {dev.type}"
-    if dev.type == "cpu" and throughput_path.is_file():
+    if dev.type == "cpu" and throughput is not None:
         from autoseg.planners.throughput import memory_format_for
 
-        throughput = json.loads(throughput_path.read_text())
-        timed = memory_format_for(throughput, plans, configuration)
-        if throughput.get("precision", "fp32") != cfg.precision:
-            why = f"steps were timed in {throughput.get('precision', 'fp32')}, training runs in {cfg.precision}"
-        elif timed is None:
-            why = "this network width's step was not timed in both layouts (throughput.json)"
-        else:
+        timed, why = memory_format_for(throughput, plans, configuration, cfg.precision)
+        if timed is not None:
             chosen, why = timed, "its training step was the faster one at planning (throughput.json)"
     return dataclasses.replace(cfg, memory_format=chosen), f"memory format {chosen}: {why}"
 

@@ -83,17 +83,21 @@ def test_memory_format_for_the_trained_width(hippocampus):
     plans = plan_experiment(hippocampus, "cpu", force_lowres=True)
     width = plans.configuration("3d_fullres").network.features_per_stage[0]
     both = {"contiguous": 0.3, "channels_last": 0.2}
-    throughput = {"configurations": {"3d_fullres": {"candidates": [
+    throughput = {"precision": "fp32", "configurations": {"3d_fullres": {"candidates": [
         {"base_features": width, "memory_format": "channels_last", "seconds_by_memory_format": both},
         {"base_features": 2 * width, "memory_format": "contiguous"}]}}}  # one layout timed (older plans)
-    assert memory_format_for(throughput, plans, "3d_fullres") == "channels_last"
-    assert memory_format_for(throughput, plans, "3d_cascade_fullres") == "channels_last"  # its fullres stage's
-    assert memory_format_for(throughput, plans, "2d") is None
+    assert memory_format_for(throughput, plans, "3d_fullres", "fp32") == ("channels_last", None)
+    # the cascade stage reads its fullres stage's timings
+    assert memory_format_for(throughput, plans, "3d_cascade_fullres", "fp32") == ("channels_last", None)
+    assert memory_format_for(throughput, plans, "2d", "fp32")[0] is None
+    assert memory_format_for(throughput, plans, "3d_fullres", "bf16") == (
+        None, "steps were timed in fp32, training runs in bf16")
     wider = fit_width_to_training_budget(plans, "3d_fullres", {"precision": "fp32", "configurations": {
         "3d_fullres": {"candidates": [{"base_features": width, "seconds_per_step": 10.0},
                                       {"base_features": 2 * width, "seconds_per_step": 0.01}]}}}, 1800, "fp32")[0]
     assert wider.configuration("3d_fullres").network.features_per_stage[0] == 2 * width
-    assert memory_format_for(throughput, wider, "3d_fullres") is None  # that width was timed in one layout
+    layout, why_not = memory_format_for(throughput, wider, "3d_fullres", "fp32")
+    assert layout is None and "not timed in both layouts" in why_not  # that width was timed in one layout
 
 
 def test_cli_cpu_plan_writes_the_measurements(synth_dataset, workspace):

@@ -182,15 +182,15 @@ def test_training_runs_in_the_layout_timed_faster_at_planning(prepared):
     assert weights(fold)["encoder.0.3.weight"].is_contiguous()
 
 
-def test_layout_timings_of_another_precision_are_not_used(prepared, tmp_path):
+def test_layout_timings_of_another_precision_are_not_used(prepared):
     _set_timed_layouts(prepared, "channels_last", precision="bf16")
     plans = trainer.load_plans(prepared.preprocessed / "Dataset901_Synth" / "plans.json")
-    path = prepared.preprocessed / "Dataset901_Synth" / "throughput.json"
+    throughput = json.loads((prepared.preprocessed / "Dataset901_Synth" / "throughput.json").read_text())
     cpu, cfg = torch.device("cpu"), dataclasses.replace(small_config(1), precision="fp32")
-    resolved, note = trainer._resolve_memory_format(cfg, plans, "3d_fullres", path, cpu)
+    resolved, note = trainer._resolve_memory_format(cfg, plans, "3d_fullres", throughput, cpu)
     assert resolved.memory_format == "contiguous" and "timed in bf16, training runs in fp32" in note
     resolved, _ = trainer._resolve_memory_format(dataclasses.replace(cfg, precision="bf16"), plans, "3d_fullres",
-                                                 path, cpu)
+                                                 throughput, cpu)
     assert resolved.memory_format == "channels_last"
-    resolved, note = trainer._resolve_memory_format(cfg, plans, "3d_fullres", tmp_path / "none.json", cpu)
+    resolved, note = trainer._resolve_memory_format(cfg, plans, "3d_fullres", None, cpu)  # no throughput.json
     assert resolved.memory_format == "contiguous" and "no timings" in note
