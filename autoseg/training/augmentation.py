@@ -107,22 +107,28 @@ def build_transforms(cfg: AugmentationConfig, patch_size: tuple[int, ...]):
     from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
     from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
 
+    from autoseg.training.spatial import LinearSpatialTransform
+
     dim = len(patch_size)
     angle = math.radians(cfg.rotation_degrees)
     in_plane = dim == 2 or rotation_in_plane_only(patch_size)
     rot_x = (-angle, angle)
     rot_other = (0.0, 0.0) if in_plane else (-angle, angle)
-    transforms = [
-        SpatialTransform(
+    order = 3 if cfg.order_data is None else cfg.order_data  # unresolved: nnU-Net's
+    if order == 1:  # the same transform, interpolated by torch (autoseg/training/spatial.py)
+        spatial = LinearSpatialTransform(
+            patch_size, [rot_x] if dim == 2 else [rot_x, rot_other, rot_other], cfg.scale_range,
+            p_rotation=cfg.p_rotation if cfg.enabled else 0.0, p_scaling=cfg.p_scaling if cfg.enabled else 0.0)
+    else:
+        spatial = SpatialTransform(
             patch_size, patch_center_dist_from_border=None, do_elastic_deform=False,
             do_rotation=cfg.enabled and cfg.p_rotation > 0, angle_x=rot_x, angle_y=rot_other, angle_z=rot_other,
             do_scale=cfg.enabled and cfg.p_scaling > 0, scale=cfg.scale_range,
-            border_mode_data="constant", border_cval_data=0,
-            order_data=3 if cfg.order_data is None else cfg.order_data,  # unresolved: nnU-Net's
+            border_mode_data="constant", border_cval_data=0, order_data=order,
             border_mode_seg="constant", border_cval_seg=-1, order_seg=1,
             random_crop=False, p_rot_per_sample=cfg.p_rotation, p_scale_per_sample=cfg.p_scaling,
         )
-    ]
+    transforms = [spatial]
     if cfg.enabled:
         transforms += [
             GaussianNoiseTransform(cfg.noise_variance, p_per_sample=cfg.p_noise),
