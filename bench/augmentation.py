@@ -3,10 +3,11 @@
 Reproduce (a preprocessed 3d configuration, e.g. the Hippocampus cpu plan of bench/time_to_dice.py):
 
     python bench/augmentation.py --preprocessed WS/preprocessed/Dataset004_Hippocampus \\
-        --json bench/out/augmentation.json [--set order_data=3 ...]
+        --json bench/out/augmentation.json [--set order_data=3 ...] [--set backend=batchgenerators] [--threads 2]
 
 Builds batches exactly as the trainer's workers do on a CPU (``BatchSource.batch``, the
-augmentation settings resolved as for CPU training) with one thread, as a worker runs, and
+augmentation settings resolved as for CPU training) with one thread, as a worker runs (``--threads 2``:
+as batches built inline between steps on a 2-core machine), and
 reports: seconds per batch without augmentation (sampling only), with it, and each transform's
 time, measured by running the transforms one by one on separately drawn batches of the same
 size (so their sum need not match the whole). ``--set`` changes ``AugmentationConfig`` fields
@@ -47,7 +48,8 @@ def augmentation_for(overrides: dict[str, str]):
     return resolve_order_data(cfg.augmentation, "cpu")
 
 
-def measure(preprocessed: Path, configuration: str, overrides: dict[str, str], aug, batches: int, seed: int) -> dict:
+def measure(preprocessed: Path, configuration: str, overrides: dict[str, str], aug, batches: int, seed: int,
+            threads: int = 1) -> dict:
     import torch
 
     from autoseg.plans import load_plans
@@ -56,7 +58,7 @@ def measure(preprocessed: Path, configuration: str, overrides: dict[str, str], a
     from autoseg.training.dataloader import BatchSource
     from autoseg.training.network import deep_supervision_scales
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     plans = load_plans(preprocessed / "plans.json")
     cp = plans.configuration(configuration)
     folder = preprocessed / cp.preprocessed_name
@@ -89,7 +91,7 @@ def measure(preprocessed: Path, configuration: str, overrides: dict[str, str], a
             started = time.perf_counter()
             batch = t(**batch)
             costs[name] += time.perf_counter() - started
-    return {"overrides": overrides, "order_data": aug.order_data, "batch_size": cp.batch_size,
+    return {"overrides": overrides, "backend": aug.backend, "threads": threads, "order_data": aug.order_data, "batch_size": cp.batch_size,
             "patch_size": list(cp.patch_size), "sample_size": list(augmented.sample_size), "sampling_only_s": plain_s, "with_augmentation_s": augmented_s,
             "per_transform_s": {k: v / batches for k, v in costs.items()}}
 
@@ -102,16 +104,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", dest="variants", action="append", default=[], metavar="FIELD=V[,FIELD=V]",
                    help="an AugmentationConfig variant to measure as well (repeatable)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1: as a worker process; 2: inline on a 2-core machine)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     variants = [parse_variant(v) for v in ["", *args.variants]]
     configs = [augmentation_for(v) for v in variants]  # every --set checked before the first measurement
-    rows = [measure(args.preprocessed, args.configuration, v, aug, args.batches, args.seed)
+    rows = [measure(args.preprocessed, args.configuration, v, aug, args.batches, args.seed, args.threads)
             for v, aug in zip(variants, configs)]
     for r in rows:
         label = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "the trainer's defaults on a CPU"
-        label += f" (image spline order {r['order_data']})"
+        label += f" (image spline order {r['order_data']}; "
+        label += f"{'batchgenerators' if r['backend'] == 'batchgenerators' else 'as the trainer'}; {r['threads']} thread(s))"
         print(f"\n{label}: batch {r['batch_size']}, patch {r['patch_size']} (sampled {r['sample_size']})")
         print(f"  sampling only {r['sampling_only_s'] * 1000:.1f} ms/batch, with augmentation "
               f"{r['with_augmentation_s'] * 1000:.1f} ms/batch")

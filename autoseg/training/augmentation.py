@@ -9,6 +9,7 @@ interpolation at the default probabilities).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -43,6 +44,10 @@ class AugmentationConfig:
     # network and order 3 costs twice as much per batch (docs/benchmarks.md); nnU-Net's 3 elsewhere.
     order_data: Optional[int] = None
     low_resolution_order_upsample: int = 3  # the upsampling back in the low-resolution simulation
+    # "auto": rotation/scaling with linear image interpolation and the simulated low resolution run in
+    # autoseg's faster versions (autoseg/training/spatial.py, low_resolution.py: the same random draws
+    # and the same patches as batchgenerators'); "batchgenerators": its own transforms
+    backend: str = "auto"
     # Cascade only (3d_cascade_fullres): the previous stage's one-hot mask channels are imperfect
     # at test time, so each sample's are perturbed (autoseg.training.cascade.augment_previous_stage).
     p_previous_stage_morphology: float = 0.4  # per sample: each label's mask dilated/eroded/opened/closed
@@ -51,6 +56,8 @@ class AugmentationConfig:
     previous_stage_max_component_fraction: float = 0.15  # only components under this fraction of the patch
 
     def __post_init__(self):
+        if self.backend not in ("auto", "batchgenerators"):
+            raise ValueError(f"augmentation.backend must be 'auto' or 'batchgenerators', found {self.backend!r}")
         for name, order in (("order_data", 3 if self.order_data is None else self.order_data),
                             ("low_resolution_order_upsample", self.low_resolution_order_upsample)):
             if order not in range(6):
@@ -96,7 +103,13 @@ def build_transforms(cfg: AugmentationConfig, patch_size: tuple[int, ...]):
     """A batchgenerators ``Compose`` turning a larger sampled patch into an augmented ``patch_size`` one.
 
     Input dict: ``data`` (B, C, *sampling_patch_size) float32, ``seg`` (B, 1, ...) int.
+    ``cfg.backend`` "auto": two transforms run in autoseg's faster versions, which draw the same random
+    numbers and give the same patches: rotation/scaling in torch when the image is interpolated
+    linearly (``spatial.LinearSpatialTransform``; other orders in batchgenerators) and the simulated
+    low resolution as matrix products (``low_resolution.LowResolutionTransform``);
+    "batchgenerators": batchgenerators' own (bench/augmentation.py compares the two).
     """
+    backend = cfg.backend
     from batchgenerators.transforms.abstract_transforms import Compose
     from batchgenerators.transforms.color_transforms import (
         BrightnessMultiplicativeTransform,
@@ -107,6 +120,7 @@ def build_transforms(cfg: AugmentationConfig, patch_size: tuple[int, ...]):
     from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
     from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
 
+    from autoseg.training.low_resolution import LowResolutionTransform
     from autoseg.training.spatial import LinearSpatialTransform
 
     dim = len(patch_size)
@@ -115,12 +129,12 @@ def build_transforms(cfg: AugmentationConfig, patch_size: tuple[int, ...]):
     rot_x = (-angle, angle)
     rot_other = (0.0, 0.0) if in_plane else (-angle, angle)
     order = 3 if cfg.order_data is None else cfg.order_data  # unresolved: nnU-Net's
-    if order == 1:  # the same transform, interpolated by torch (autoseg/training/spatial.py)
-        spatial = LinearSpatialTransform(
+    if order == 1 and backend == "auto":  # the same transform, interpolated by torch (autoseg/training/spatial.py)
+        rotate_scale = LinearSpatialTransform(
             patch_size, [rot_x] if dim == 2 else [rot_x, rot_other, rot_other], cfg.scale_range,
             p_rotation=cfg.p_rotation if cfg.enabled else 0.0, p_scaling=cfg.p_scaling if cfg.enabled else 0.0)
     else:
-        spatial = SpatialTransform(
+        rotate_scale = SpatialTransform(
             patch_size, patch_center_dist_from_border=None, do_elastic_deform=False,
             do_rotation=cfg.enabled and cfg.p_rotation > 0, angle_x=rot_x, angle_y=rot_other, angle_z=rot_other,
             do_scale=cfg.enabled and cfg.p_scaling > 0, scale=cfg.scale_range,
@@ -128,7 +142,9 @@ def build_transforms(cfg: AugmentationConfig, patch_size: tuple[int, ...]):
             border_mode_seg="constant", border_cval_seg=-1, order_seg=1,
             random_crop=False, p_rot_per_sample=cfg.p_rotation, p_scale_per_sample=cfg.p_scaling,
         )
-    transforms = [spatial]
+    transforms = [rotate_scale]
+    low_resolution = LowResolutionTransform if backend == "auto" else functools.partial(
+        SimulateLowResolutionTransform, per_channel=True)
     if cfg.enabled:
         transforms += [
             GaussianNoiseTransform(cfg.noise_variance, p_per_sample=cfg.p_noise),
@@ -136,10 +152,9 @@ def build_transforms(cfg: AugmentationConfig, patch_size: tuple[int, ...]):
                                   p_per_channel=cfg.p_blur_per_channel),
             BrightnessMultiplicativeTransform(cfg.brightness_range, p_per_sample=cfg.p_brightness),
             ContrastAugmentationTransform(cfg.contrast_range, p_per_sample=cfg.p_contrast),
-            SimulateLowResolutionTransform(cfg.low_resolution_zoom, per_channel=True, p_per_channel=0.5,
-                                           order_downsample=0, order_upsample=cfg.low_resolution_order_upsample,
-                                           p_per_sample=cfg.p_low_resolution,
-                                           ignore_axes=(0,) if in_plane and dim == 3 else None),
+            low_resolution(cfg.low_resolution_zoom, p_per_channel=0.5, order_downsample=0,
+                           order_upsample=cfg.low_resolution_order_upsample, p_per_sample=cfg.p_low_resolution,
+                           ignore_axes=(0,) if in_plane and dim == 3 else None),
             GammaTransform(cfg.gamma_range, invert_image=True, per_channel=True, retain_stats=True,
                            p_per_sample=cfg.p_gamma_inverted),
             GammaTransform(cfg.gamma_range, invert_image=False, per_channel=True, retain_stats=True,

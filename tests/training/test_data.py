@@ -125,7 +125,7 @@ def test_spatial_augmentation_interpolates_the_image_with_the_configured_spline_
     assert np.abs(values[1]).max() <= 1.0 + 1e-6 and np.any(np.abs(values[1]) < 0.99)  # linear: in between
     assert np.abs(values[3]).max() > 1.0  # cubic: overshoots
     low_res = [t for t in build_transforms(AugmentationConfig(low_resolution_order_upsample=1), (12, 12, 12)).transforms
-               if type(t).__name__ == "SimulateLowResolutionTransform"]
+               if type(t).__name__ == "LowResolutionTransform"]
     assert [t.order_upsample for t in low_res] == [1]
     with pytest.raises(ValueError, match="order_data must be a spline order 0-5, found 7"):
         AugmentationConfig(order_data=7)
