@@ -109,7 +109,6 @@ def build_transforms(cfg: AugmentationConfig, patch_size: tuple[int, ...]):
     low resolution as matrix products (``low_resolution.LowResolutionTransform``);
     "batchgenerators": batchgenerators' own (bench/augmentation.py compares the two).
     """
-    backend = cfg.backend
     from batchgenerators.transforms.abstract_transforms import Compose
     from batchgenerators.transforms.color_transforms import (
         BrightnessMultiplicativeTransform,
@@ -123,6 +122,7 @@ def build_transforms(cfg: AugmentationConfig, patch_size: tuple[int, ...]):
     from autoseg.training.low_resolution import LowResolutionTransform
     from autoseg.training.spatial import LinearSpatialTransform
 
+    backend = cfg.backend
     dim = len(patch_size)
     angle = math.radians(cfg.rotation_degrees)
     in_plane = dim == 2 or rotation_in_plane_only(patch_size)

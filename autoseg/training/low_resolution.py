@@ -1,4 +1,4 @@
-"""Simulated low resolution (nnU-Net's augmentation) as three small matrix products per channel.
+"""Simulated low resolution (nnU-Net's augmentation) as small matrix products along each axis.
 
 batchgenerators' ``SimulateLowResolutionTransform`` shrinks a channel by a random factor with
 nearest-neighbour sampling and enlarges it back with cubic splines (``skimage.transform.resize``,
