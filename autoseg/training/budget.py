@@ -11,14 +11,17 @@ sliding-window validation. The schedule is fitted in two steps:
 
    where ``v`` is the share of patch validation per epoch. Epochs are sized so that the poly
    learning rate steps about ``TARGET_EPOCHS`` times (``iterations // TARGET_EPOCHS`` per epoch,
-   between the warm-up length and 250).
-2. At the end of every epoch the number of epochs is re-fitted from the measured epoch times, so
-   a machine that slows down (other jobs) or speeds up still ends on time. The poly schedule
-   follows the new length from the next epoch on.
+   between the warm-up length and 250); the last epoch may be shorter, so the run stops at the
+   iteration the time allows rather than at the end of the last whole epoch that fits
+   (``TrainConfig.num_iterations``).
+2. At the end of every epoch the number of iterations is re-fitted from the measured seconds per
+   iteration of the recent epochs (their patch validation included), so a machine that slows down
+   (other jobs) or speeds up still ends on time. The poly schedule follows the new length from the
+   next epoch on.
 
 Example: a 30-minute budget, 2.0 s spent before the warm-up ended, 0.6 s per iteration, an
 estimated 60 s final validation and a 2% margin (36 s) leave 1,702 s, so about 2,700 iterations
-at v = 0.05: 25 epochs of 108 iterations.
+at v = 0.05: 2,711 iterations with the warm-up, 25 epochs of 108 and a 26th of 11.
 """
 from __future__ import annotations
 
@@ -95,10 +98,11 @@ class FittedSchedule:
     num_epochs: int
     num_iterations_per_epoch: int
     num_val_iterations_per_epoch: int
+    num_iterations: int  # in all; the last epoch holds what is left of it
 
     @property
     def total_iterations(self) -> int:
-        return self.num_epochs * self.num_iterations_per_epoch
+        return self.num_iterations
 
 
 def fit_schedule(budget_s: float, elapsed_s: float, seconds_per_iteration: float, validation_s: float,
@@ -109,20 +113,23 @@ def fit_schedule(budget_s: float, elapsed_s: float, seconds_per_iteration: float
     when not even the warm-up fits, training stops after it (one epoch of ``done_iterations``)."""
     left = budget_s - elapsed_s - validation_s - MARGIN_FRACTION * budget_s
     more = max(0, int(left / (seconds_per_iteration * (1 + val_share))))
-    total = done_iterations + more
+    total = max(1, done_iterations + more)
     per_epoch = min(MAX_ITERATIONS_PER_EPOCH, max(done_iterations, total // TARGET_EPOCHS, 1))
-    epochs = max(1, total // per_epoch)
+    epochs = math.ceil(total / per_epoch)
     val_its = max(1, round(per_epoch * val_share * 3))  # a forward pass costs about 1/3 of a step
-    return FittedSchedule(epochs, per_epoch, val_its)
+    return FittedSchedule(epochs, per_epoch, val_its, max(total, done_iterations))
 
 
-def refit_epochs(budget_s: float, elapsed_s: float, completed_epochs: int, recent_epoch_s: Sequence[float],
-                 validation_s: float, num_epochs: int) -> int:
-    """Total number of epochs, re-fitted after ``completed_epochs`` from the recent epoch times.
+def refit_iterations(budget_s: float, elapsed_s: float, done_iterations: int, recent_epoch_s: Sequence[float],
+                     recent_epoch_iterations: Sequence[int], validation_s: float, num_iterations: int) -> int:
+    """Total number of iterations, re-fitted after ``done_iterations`` from the recent epochs' times
+    (each with its patch validation) and iterations: what the rest of the budget holds at their
+    seconds per iteration. Never fewer than those done; training ends when the value equals them.
 
-    Never fewer than the epochs already done; training ends when the returned value equals them."""
-    if not recent_epoch_s:
-        return num_epochs
-    per_epoch = sum(recent_epoch_s) / len(recent_epoch_s)
+    ``refit_iterations(1000, 400, 200, [50, 50], [50, 50], 80, 1000)``: 1 s per iteration, 500 s
+    left after validation and the 20 s margin -> 700."""
+    if not recent_epoch_s or not sum(recent_epoch_iterations):
+        return num_iterations
+    per_iteration = sum(recent_epoch_s) / sum(recent_epoch_iterations)
     left = budget_s - elapsed_s - validation_s - MARGIN_FRACTION * budget_s
-    return completed_epochs + max(0, int(left / per_epoch))
+    return done_iterations + max(0, int(left / per_iteration))

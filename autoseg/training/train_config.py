@@ -24,6 +24,9 @@ class TrainConfig:
     num_epochs: int = 1000
     num_iterations_per_epoch: int = 250
     num_val_iterations_per_epoch: int = 50
+    # iterations in all; None: num_epochs x num_iterations_per_epoch. Fewer end the run inside its
+    # last epoch (a time budget sets it to what the time allows; the poly schedule spans num_epochs)
+    num_iterations: Optional[int] = None
     initial_lr: float = 1e-2
     weight_decay: float = 3e-5
     momentum: float = 0.99
@@ -79,6 +82,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.num_epochs < 1 or self.num_iterations_per_epoch < 1:
             raise ValueError("num_epochs and num_iterations_per_epoch must be >= 1")
+        if self.num_iterations is not None and self.num_iterations < 1:
+            raise ValueError(f"num_iterations must be >= 1 (or None: all epochs), found {self.num_iterations}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ValueError("time_budget_s must be positive (or None for the epoch schedule)")
         if not 0 <= self.oversample_foreground_percent <= 1:

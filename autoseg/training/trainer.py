@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -27,7 +28,7 @@ from autoseg.serialization import save_json, to_jsonable
 from autoseg.preprocess.storage import load_properties
 from autoseg.training.augmentation import resolve_order_data
 from autoseg.training.budget import (WARMUP_ITERATIONS, VALIDATION_SAFETY, estimate_validation_seconds, fit_schedule,
-                                     refit_epochs)
+                                     refit_iterations)
 from autoseg.training.checkpoint import load_checkpoint, save_checkpoint
 from autoseg.training.dataloader import BatchSource, class_frequencies, iterate
 from autoseg.training.loss import build_loss
@@ -169,7 +170,7 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
         history, best_ema, iteration = state["history"], float(state["best_ema"]), int(state["iteration"])
         if cfg.time_budget_s and state.get("budget", {}).get("fitted"):  # keep the fitted schedule, time spent
             b = state["budget"]
-            cfg = dataclasses.replace(cfg, num_epochs=int(b["num_epochs"]),
+            cfg = dataclasses.replace(cfg, num_epochs=int(b["num_epochs"]), num_iterations=b.get("num_iterations"),
                                       num_iterations_per_epoch=int(b["num_iterations_per_epoch"]),
                                       num_val_iterations_per_epoch=int(b["num_val_iterations_per_epoch"]))
             started_at -= float(b["elapsed_s"])
@@ -210,7 +211,7 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
                 losses, norms, waited, trained = [], [], 0.0, 0.0
                 bar = tqdm(total=n_it, initial=iteration % n_it, desc=f"epoch {epoch}", unit="it", leave=False,
                            disable=None)
-                while iteration < (epoch + 1) * n_it:
+                while iteration < min((epoch + 1) * n_it, total):
                     step_started = time.perf_counter()
                     batch = next(batches)
                     waited += time.perf_counter() - step_started
@@ -240,13 +241,14 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
                 for key, value in (("train_loss", float(np.mean(losses))), ("val_loss", val_loss),
                                    ("pseudo_dice", [float(d) for d in dice]), ("ema_dice", float(ema)),
                                    ("lr", lr), ("epoch_time", time.perf_counter() - started),
+                                   ("epoch_iterations", len(losses)),
                                    ("data_wait", waited / max(trained, 1e-9)),
                                    ("grad_norm", float(np.median(norms))),
                                    ("clipped", float(np.mean(np.array(norms) > cfg.grad_clip)))):
                     history.setdefault(key, []).append(value)
                 log.info(format_epoch(history, epoch))
                 if budget.active:
-                    budget.refit(epoch + 1, history["epoch_time"], forward_s)
+                    budget.refit(iteration, history["epoch_time"], history.get("epoch_iterations", []), forward_s)
                     total = budget.total_iterations
                     save_json(budget.cfg, out / "train_config.json")
                 if ema > best_ema:
@@ -293,7 +295,8 @@ class _Budget:
 
     @property
     def total_iterations(self) -> int:
-        return self.cfg.num_epochs * self.cfg.num_iterations_per_epoch
+        whole = self.cfg.num_epochs * self.cfg.num_iterations_per_epoch
+        return whole if self.cfg.num_iterations is None else min(whole, self.cfg.num_iterations)
 
     @property
     def max_iterations(self) -> int:
@@ -322,7 +325,7 @@ class _Budget:
         self.validation_s = VALIDATION_SAFETY * estimate_validation_seconds(
             self.val_shapes, self.patch, self.cfg.validation_mirroring, self.cfg.validation_step_size, per_forward)
         sched = fit_schedule(self.cfg.time_budget_s, self.elapsed(), per_it, self.validation_s, iteration)
-        self.cfg = dataclasses.replace(self.cfg, num_epochs=sched.num_epochs,
+        self.cfg = dataclasses.replace(self.cfg, num_epochs=sched.num_epochs, num_iterations=sched.num_iterations,
                                        num_iterations_per_epoch=sched.num_iterations_per_epoch,
                                        num_val_iterations_per_epoch=sched.num_val_iterations_per_epoch)
         self.fitted = True
@@ -330,8 +333,10 @@ class _Budget:
                  "-> %d epochs x %d iterations (%d in all)", self.cfg.time_budget_s, per_it, per_forward,
                  self.validation_s, sched.num_epochs, sched.num_iterations_per_epoch, sched.total_iterations)
 
-    def refit(self, completed_epochs: int, epoch_times: list[float], forward_s: float | None = None) -> None:
-        """Re-fit the number of epochs; ``forward_s`` (seconds per sample in this epoch's patch
+    def refit(self, done_iterations: int, epoch_times: list[float], epoch_iterations: list[int],
+              forward_s: float | None = None) -> None:
+        """Re-fit the number of iterations (and so of epochs, the last one holding the rest) from the
+        recent epochs' times and iterations; ``forward_s`` (seconds per sample in this epoch's patch
         validation) re-estimates the final validation from the median of the last three epochs'
         readings, so a slow spell (during the warm-up's measurement or one epoch's validation, e.g.
         another job on the machine) neither shortens the whole run nor the run's end."""
@@ -340,18 +345,24 @@ class _Budget:
             typical = float(np.median(self.forward_readings[-3:]))
             self.validation_s = VALIDATION_SAFETY * estimate_validation_seconds(
                 self.val_shapes, self.patch, self.cfg.validation_mirroring, self.cfg.validation_step_size, typical)
-        recent = epoch_times[1:][-3:] or epoch_times[-1:]  # epoch 0 includes start-up and the warm-up
-        epochs = refit_epochs(self.cfg.time_budget_s, self.elapsed(), completed_epochs, recent,
-                              self.validation_s, self.cfg.num_epochs)
-        if epochs != self.cfg.num_epochs:
-            log.info("time budget: %d epochs instead of %d (%.0f s left)", epochs, self.cfg.num_epochs,
+        # the last three epochs, not epoch 0 (start-up and warm-up) once there are others; a history
+        # from before epoch_iterations was recorded has it for the epochs since the resume only
+        k = min(3, len(epoch_iterations), max(1, len(epoch_times) - 1))
+        recent, recent_its = epoch_times[len(epoch_times) - k:], epoch_iterations[len(epoch_iterations) - k:]
+        before = self.total_iterations
+        total = refit_iterations(self.cfg.time_budget_s, self.elapsed(), done_iterations, recent, recent_its,
+                                 self.validation_s, before)
+        if total != before:
+            epochs = max(1, math.ceil(total / self.cfg.num_iterations_per_epoch))
+            log.info("time budget: %d iterations in %d epochs instead of %d (%.0f s left)", total, epochs, before,
                      self.cfg.time_budget_s - self.elapsed())
-            self.cfg = dataclasses.replace(self.cfg, num_epochs=epochs)
+            self.cfg = dataclasses.replace(self.cfg, num_epochs=epochs, num_iterations=total)
 
     def state(self) -> dict:
         if not self.active:
             return {}
-        return {"fitted": self.fitted, "num_epochs": self.cfg.num_epochs, "num_iterations_per_epoch": self.cfg.num_iterations_per_epoch,
+        return {"fitted": self.fitted, "num_epochs": self.cfg.num_epochs, "num_iterations": self.cfg.num_iterations,
+                "num_iterations_per_epoch": self.cfg.num_iterations_per_epoch,
                 "num_val_iterations_per_epoch": self.cfg.num_val_iterations_per_epoch,
                 "elapsed_s": self.elapsed(), "validation_s": self.validation_s}
 
