@@ -115,9 +115,14 @@ def fit_schedule(budget_s: float, elapsed_s: float, seconds_per_iteration: float
     more = max(0, int(left / (seconds_per_iteration * (1 + val_share))))
     total = max(1, done_iterations + more)
     per_epoch = min(MAX_ITERATIONS_PER_EPOCH, max(done_iterations, total // TARGET_EPOCHS, 1))
-    epochs = math.ceil(total / per_epoch)
     val_its = max(1, round(per_epoch * val_share * 3))  # a forward pass costs about 1/3 of a step
-    return FittedSchedule(epochs, per_epoch, val_its, max(total, done_iterations))
+    return FittedSchedule(epochs_holding(total, per_epoch), per_epoch, val_its, total)
+
+
+def epochs_holding(total_iterations: int, per_epoch: int) -> int:
+    """Epochs of ``per_epoch`` iterations that hold ``total_iterations``, the last one holding the
+    rest: ``epochs_holding(2711, 108) == 26`` (25 whole, 11 in the last)."""
+    return max(1, math.ceil(total_iterations / per_epoch))
 
 
 def refit_iterations(budget_s: float, elapsed_s: float, done_iterations: int, recent_epoch_s: Sequence[float],

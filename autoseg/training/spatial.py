@@ -82,15 +82,14 @@ def reach(patch: Sequence[int], sampled: Sequence[int], matrix: np.ndarray) -> t
     return lo, hi
 
 
-def sample_grid(patch: Sequence[int], sampled: Sequence[int], matrix: np.ndarray,
-                lo: Sequence[int] | None = None, hi: Sequence[int] | None = None) -> torch.Tensor:
+def sample_grid(patch: Sequence[int], sampled: Sequence[int], matrix: np.ndarray, lo: Sequence[int],
+                hi: Sequence[int]) -> torch.Tensor:
     """``grid_sample`` points (voxels, dim) float32, ``align_corners=True``, last axis first as
     ``grid_sample`` expects: output voxel ``o`` (centred: ``c``) reads the sampled patch at
-    ``c @ matrix + (sampled - 1) / 2``, given relative to its window ``lo:hi`` (default: all of it),
-    so ``-1`` and ``1`` are the window's first and last voxel."""
-    lo = np.zeros(len(patch), int) if lo is None else np.asarray(lo)
-    hi = np.asarray(sampled) if hi is None else np.asarray(hi)
-    n = hi - lo
+    ``c @ matrix + (sampled - 1) / 2``, given relative to its window ``lo:hi`` (``reach``), so ``-1``
+    and ``1`` are the window's first and last voxel."""
+    lo = np.asarray(lo)
+    n = np.asarray(hi) - lo
     factor = np.where(n > 1, 2.0 / np.maximum(n - 1, 1), 0.0)
     offset = ((np.asarray(sampled, float) - 1) / 2 - lo) * factor - 1
     # columns reversed: the last axis first

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import signal
 import time
@@ -27,8 +26,8 @@ from autoseg.plans import load_plans, save_plans
 from autoseg.serialization import save_json, to_jsonable
 from autoseg.preprocess.storage import load_properties
 from autoseg.training.augmentation import resolve_order_data
-from autoseg.training.budget import (WARMUP_ITERATIONS, VALIDATION_SAFETY, estimate_validation_seconds, fit_schedule,
-                                     refit_iterations)
+from autoseg.training.budget import (WARMUP_ITERATIONS, VALIDATION_SAFETY, epochs_holding,
+                                     estimate_validation_seconds, fit_schedule, refit_iterations)
 from autoseg.training.checkpoint import load_checkpoint, save_checkpoint
 from autoseg.training.dataloader import BatchSource, class_frequencies, iterate
 from autoseg.training.loss import build_loss
@@ -353,7 +352,7 @@ class _Budget:
         total = refit_iterations(self.cfg.time_budget_s, self.elapsed(), done_iterations, recent, recent_its,
                                  self.validation_s, before)
         if total != before:
-            epochs = max(1, math.ceil(total / self.cfg.num_iterations_per_epoch))
+            epochs = epochs_holding(total, self.cfg.num_iterations_per_epoch)
             log.info("time budget: %d iterations in %d epochs instead of %d (%.0f s left)", total, epochs, before,
                      self.cfg.time_budget_s - self.elapsed())
             self.cfg = dataclasses.replace(self.cfg, num_epochs=epochs, num_iterations=total)
