@@ -69,6 +69,18 @@ def test_extending_a_finished_run(prepared):
     assert len(load_checkpoint(fold_c / "checkpoint_final.pth")["history"]["train_loss"]) == 2
 
 
+def test_progress_plot_is_throttled_and_drawn_at_the_end(prepared, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(trainer, "plot_progress", lambda history, path: drawn.append(len(history["train_loss"])))
+    monkeypatch.setattr(trainer, "PLOT_EVERY_S", 1e9)  # never during training: once, after the last epoch
+    trainer.train_fold(prepared, "901", "3d_fullres", 0, small_config(3), variant="p", validate=False)
+    assert drawn == [3]
+    drawn.clear()
+    monkeypatch.setattr(trainer, "PLOT_EVERY_S", 0.0)  # after every epoch, and once more at the end
+    trainer.train_fold(prepared, "901", "3d_fullres", 0, small_config(2), variant="q", validate=False)
+    assert drawn == [1, 2, 2]
+
+
 def test_cli_train_writes_every_artifact_and_validation(prepared):
     root = str(prepared.root)
     code = main(["train", "3d_fullres", "1", "-d", "901", "--root", root, "-np", "0",
