@@ -35,7 +35,7 @@ from autoseg.training.network import build_network, deep_supervision_scales, ini
 from autoseg.training.progress import format_epoch, plot_progress
 from autoseg.training.small_classes import resolve_small_classes
 from autoseg.training.splits import get_split
-from autoseg.training.train_config import TrainConfig
+from autoseg.training.train_config import TrainConfig, resolve_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +108,6 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     dev = pick_device(device)
     if dev.type == "cpu":
         torch.set_num_threads(max(1, os.cpu_count() or 1))
-    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, dev),
-                              augmentation=resolve_order_data(cfg.augmentation, dev.type))
-    torch.manual_seed(cfg.seed)
-
     state = None
     if resume and (out / "checkpoint_latest.pth").is_file():
         state = load_checkpoint(out / "checkpoint_latest.pth", dev)
@@ -121,6 +117,13 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     elif not resume and (out / "checkpoint_final.pth").is_file():
         raise UserFacingError(f"{out} already holds a finished model; use --continue to extend it, "
                               "or --val to validate it again, or delete the folder to start over")
+    if state is not None and cfg.optimizer == "auto":  # go on with the optimizer the run started with
+        saved = state.get("train_config", {})
+        cfg = dataclasses.replace(cfg, optimizer=saved.get("optimizer", "sgd"),  # SGD before the choice existed
+                                  initial_lr=cfg.initial_lr if cfg.initial_lr is not None else saved.get("initial_lr"))
+    cfg = dataclasses.replace(resolve_optimizer(cfg), precision=resolve_precision(cfg.precision, dev),
+                              augmentation=resolve_order_data(cfg.augmentation, dev.type))
+    torch.manual_seed(cfg.seed)
     width_note = None
     throughput_path = pre / "throughput.json"  # step timings of the cpu planning
     throughput = json.loads(throughput_path.read_text()) if dev.type == "cpu" and throughput_path.is_file() else None
@@ -160,8 +163,11 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     loss_fn = build_loss(cfg.loss, cp.batch_dice if cfg.batch_dice is None else cfg.batch_dice,
                          cfg.ce_weight, cfg.dice_weight, len(scales) if scales else None,
                          small.ce_weights, small.batch_dice_classes)
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.initial_lr, momentum=cfg.momentum,
-                          nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(net.parameters(), lr=cfg.initial_lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(net.parameters(), lr=cfg.initial_lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                              weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
     amp_dtype = autocast_dtype(cfg.precision)
     history, best_ema, iteration = _empty_history(), -1.0, 0
@@ -187,8 +193,9 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
                           cfg.seed + 1)
     schedule = (f"time budget {cfg.time_budget_s:.0f} s (schedule fitted after {WARMUP_ITERATIONS} iterations)"
                 if budget.active and not budget.fitted else f"{budget.cfg.num_epochs} epochs x {n_it} iterations")
-    log.info("training %s %s fold %s on %s: %s, batch %d, patch %s, %d train / %d val cases",
-             name, configuration, fold, dev, schedule, batch_size, cp.patch_size, len(train_ids), len(val_ids))
+    log.info("training %s %s fold %s on %s: %s, batch %d, patch %s, %d train / %d val cases, %s from lr %g",
+             name, configuration, fold, dev, schedule, batch_size, cp.patch_size, len(train_ids), len(val_ids),
+             "AdamW" if cfg.optimizer == "adamw" else "SGD", cfg.initial_lr)
     if small.active:
         log.info("%s", small.describe())
 

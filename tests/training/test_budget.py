@@ -116,6 +116,8 @@ def test_budget_is_respected_on_a_simulated_clock(prepared, monkeypatch):
     state = load_checkpoint(fold_dir / "checkpoint_final.pth")
     assert saved["time_budget_s"] == budget
     assert saved["augmentation"]["order_data"] == 1  # resolved for the cpu and saved
+    assert (saved["optimizer"], saved["initial_lr"]) == ("adamw", 1e-3)  # "auto" with a time budget
+    assert all("exp_avg" in s for s in state["optimizer"]["state"].values())
     assert state["iteration"] == saved["num_iterations"] <= saved["num_epochs"] * saved["num_iterations_per_epoch"]
     # 200 s at 2 s per step, less validation and margin: about 90 iterations, not the default 250,000
     assert 80 <= state["iteration"] <= 100

@@ -29,3 +29,29 @@ def test_variant_then_overrides_and_json_round_trip():
     cfg = resolve_train_config("no_deep_supervision", ["num_epochs=7"])
     assert not cfg.deep_supervision and cfg.num_epochs == 7
     assert from_jsonable(TrainConfig, to_jsonable(cfg)) == cfg
+
+
+def test_optimizer_auto_is_adamw_for_short_runs_and_sgd_for_long_ones():
+    from autoseg.training.train_config import resolve_optimizer
+
+    plain = resolve_optimizer(TrainConfig())
+    assert (plain.optimizer, plain.initial_lr) == ("sgd", 1e-2)  # nnU-Net's 1000 x 250 iterations
+    # 5,000 iterations or fewer count as short, whether as epochs or as a cap on the total
+    assert resolve_optimizer(TrainConfig(num_epochs=50, num_iterations_per_epoch=100)).optimizer == "adamw"
+    assert resolve_optimizer(TrainConfig(num_epochs=50, num_iterations_per_epoch=101)).optimizer == "sgd"
+    assert resolve_optimizer(TrainConfig(num_iterations=5000)).optimizer == "adamw"
+    budgeted = resolve_optimizer(TrainConfig(time_budget_s=600))
+    assert (budgeted.optimizer, budgeted.initial_lr) == ("adamw", 1e-3)
+    # an explicit choice wins either way, and an explicit learning rate is kept
+    chosen = resolve_optimizer(apply_overrides(TrainConfig(time_budget_s=600), ["optimizer=sgd"]))
+    assert (chosen.optimizer, chosen.initial_lr) == ("sgd", 1e-2)
+    chosen = resolve_optimizer(apply_overrides(TrainConfig(), ["optimizer=adamw", "initial_lr=0.002"]))
+    assert (chosen.optimizer, chosen.initial_lr) == ("adamw", 0.002)
+    assert resolve_optimizer(chosen) == chosen
+
+
+def test_bad_optimizer_settings_say_what_is_allowed():
+    with pytest.raises(UserFacingError, match="optimizer must be one of auto, sgd, adamw, found 'adam'"):
+        apply_overrides(TrainConfig(), ["optimizer=adam"])
+    with pytest.raises(UserFacingError, match="initial_lr must be positive"):
+        apply_overrides(TrainConfig(), ["initial_lr=0"])

@@ -81,6 +81,17 @@ def test_progress_plot_is_throttled_and_drawn_at_the_end(prepared, monkeypatch):
     assert drawn == [1, 2, 2]
 
 
+def test_resuming_goes_on_with_the_optimizer_the_run_started_with(prepared):
+    started = dataclasses.replace(small_config(1), optimizer="sgd")
+    fold = trainer.train_fold(prepared, "901", "3d_fullres", 0, started, variant="o", validate=False)
+    # extended with the default "auto", which for a new run this short would start AdamW
+    trainer.train_fold(prepared, "901", "3d_fullres", 0, small_config(2), variant="o", resume=True, validate=False)
+    state = load_checkpoint(fold / "checkpoint_final.pth")
+    assert state["iteration"] == 6 and all("momentum_buffer" in s for s in state["optimizer"]["state"].values())
+    saved = json.loads((fold / "train_config.json").read_text())
+    assert (saved["optimizer"], saved["initial_lr"]) == ("sgd", 1e-2)
+
+
 def test_cli_train_writes_every_artifact_and_validation(prepared):
     root = str(prepared.root)
     code = main(["train", "3d_fullres", "1", "-d", "901", "--root", root, "-np", "0",
