@@ -170,7 +170,7 @@ def autoseg_train_step(preprocessed: Path, iterations: int, warmup: int, threads
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    cfg = TrainConfig()
+    cfg = TrainConfig(optimizer="sgd", initial_lr=1e-2)  # nnU-Net's optimizer, as in the step compared
     plans = load_plans(preprocessed / "plans.json")
     cp = plans.configuration(CONFIGURATION)
     scales = deep_supervision_scales(cp)
