@@ -91,6 +91,13 @@ class TrainConfig:
     # one and which predict runs first; None: the same variant as this training
     previous_stage_variant: Optional[str] = None
 
+    @property
+    def total_iterations(self) -> int:
+        """Iterations the schedule trains: ``num_epochs`` x ``num_iterations_per_epoch``, capped by
+        ``num_iterations`` when set (the last epoch then holds what is left)."""
+        whole = self.num_epochs * self.num_iterations_per_epoch
+        return whole if self.num_iterations is None else min(whole, self.num_iterations)
+
     def __post_init__(self):
         if self.num_epochs < 1 or self.num_iterations_per_epoch < 1:
             raise ValueError("num_epochs and num_iterations_per_epoch must be >= 1")
@@ -210,10 +217,7 @@ def resolve_optimizer(cfg: TrainConfig) -> TrainConfig:
     250,000 iterations); an unset ``initial_lr`` is that optimizer's ``DEFAULT_LR``."""
     optimizer = cfg.optimizer
     if optimizer == "auto":
-        scheduled = cfg.num_epochs * cfg.num_iterations_per_epoch
-        if cfg.num_iterations is not None:
-            scheduled = min(scheduled, cfg.num_iterations)
-        short = cfg.time_budget_s is not None or scheduled <= ADAMW_MAX_ITERATIONS
+        short = cfg.time_budget_s is not None or cfg.total_iterations <= ADAMW_MAX_ITERATIONS
         optimizer = "adamw" if short else "sgd"
     lr = DEFAULT_LR[optimizer] if cfg.initial_lr is None else cfg.initial_lr
     return dataclasses.replace(cfg, optimizer=optimizer, initial_lr=lr)

@@ -312,8 +312,7 @@ class _Budget:
 
     @property
     def total_iterations(self) -> int:
-        whole = self.cfg.num_epochs * self.cfg.num_iterations_per_epoch
-        return whole if self.cfg.num_iterations is None else min(whole, self.cfg.num_iterations)
+        return self.cfg.total_iterations
 
     @property
     def max_iterations(self) -> int:
