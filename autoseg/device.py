@@ -6,6 +6,7 @@ precision name (``PRECISIONS``) without importing it."""
 from __future__ import annotations
 
 import functools
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,16 @@ from autoseg.errors import UserFacingError
 
 if TYPE_CHECKING:
     import torch
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask where the system has one (``taskset``, a
+    Slurm job's cores, a container's cpuset), else every CPU of the machine. ``os.cpu_count()``
+    counts the machine's CPUs, so two runs pinned to one core each would each start two threads."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS and Windows have no affinity mask
+        return max(1, os.cpu_count() or 1)
 
 
 def pick_device(name: str | None) -> torch.device:

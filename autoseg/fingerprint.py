@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import os
 import zlib
 from multiprocessing import get_context
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.dataset import Case, DatasetSpec
+from autoseg.device import usable_cpus
 from autoseg.fingerprint_types import (
     FINGERPRINT_SCHEMA_VERSION,
     CaseFingerprint,
@@ -120,7 +120,7 @@ def extract_fingerprint(spec: DatasetSpec, num_processes: int | None = None, see
 
     cases = spec.training_cases()
     jobs = [(c, spec.foreground_labels, seed) for c in cases]
-    n = max(1, min(num_processes or os.cpu_count() or 1, len(jobs)))
+    n = max(1, min(num_processes or usable_cpus(), len(jobs)))
     results = []
     bar = tqdm(total=len(jobs), desc="fingerprint", unit="case", disable=None)
     if n == 1:

@@ -7,6 +7,10 @@ Reproduce (from the repository root; the lead's run, ~25 min on this machine):
 
 Smoke test (about 3 minutes on a quiet machine): ``--max-cases 24 --iterations 2``.
 
+Repeats that the machine's load does not move: a fixed ``--schedule`` (e.g. ``20x95``, about what
+20 minutes give the 8-64 network on a 2-core CPU) with ``--width 8``, one arm and seed per ROOT
+(copies of one planned ROOT), each pinned to a core with ``taskset`` so that they run side by side.
+
 Steps, all through the ``autoseg`` CLI in subprocesses (logs in ``ROOT/bench_small/``):
 1. ``bench/implant_lesions.py`` builds ``Dataset104_HippocampusLesions`` (skipped when it exists):
    Hippocampus with bright blobs of label 3 in about a third of the cases, a held-out test part
@@ -32,6 +36,7 @@ copied beside its predictions.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -121,6 +126,32 @@ def markdown(results: dict, labels: dict[int, str]) -> str:
     return "\n".join(lines)
 
 
+def parse_schedule(text: str) -> tuple[int, int]:
+    """``"20x95"`` -> ``(20, 95)``: epochs and iterations per epoch."""
+    try:
+        epochs, per_epoch = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"--schedule expects EPOCHSxITERATIONS such as 20x95, got {text!r}") from None
+    if epochs < 1 or per_epoch < 1:
+        raise SystemExit(f"--schedule needs at least one epoch of one iteration, got {text!r}")
+    return epochs, per_epoch
+
+
+def set_width(plans_path: Path, configuration: str, width: int) -> None:
+    """Re-widen ``configuration``'s network in ``plans_path`` to ``width`` first-stage features
+    (the planner's ``widen``: same patch, strides and kernels, at most 10x the width), in place."""
+    from autoseg.plans import load_plans, save_plans
+    from autoseg.planners.throughput import widen
+
+    plans = load_plans(plans_path)
+    configs = dict(plans.configurations)
+    configs[configuration] = widen(configs[configuration], width, width * 10)
+    tmp = plans_path.with_name(f".{plans_path.name}.tmp{os.getpid()}")
+    save_plans(dataclasses.replace(plans, configurations=configs), tmp)
+    os.replace(tmp, plans_path)
+    log.info("%s: %s network %s", plans_path, configuration, configs[configuration].network.features_per_stage)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--source", type=Path, default=HERE.parents[1] / "shared" / "data" / "Task04_Hippocampus")
@@ -134,6 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--time-budget", help="per arm, e.g. 10m (autoseg train --time-budget)")
     budget.add_argument("--iterations", type=int, help="smoke test: one epoch of this many iterations per fold")
+    budget.add_argument("--schedule", metavar="EPOCHSxITERATIONS",
+                        help="a fixed schedule instead of a time budget, e.g. 20x95: every arm trains the same "
+                             "iterations whatever the machine's load, so runs made at different times or side by "
+                             "side (in separate ROOTs, pinned with taskset) are comparable")
+    p.add_argument("--width", type=int, default=None,
+                   help="first-stage features of the network both arms train: the plans' configuration is "
+                        "re-widened in ROOT (a time-budgeted run re-chooses the width from its budget, e.g. 8 for "
+                        "20 minutes on a 2-core CPU; use this to train that network on a fixed --schedule)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="TrainConfig override for both arms (repeatable)")
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
@@ -145,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                         "invocations); use it to compare a variant with an arm of an earlier run")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = p.parse_args(argv)
+    schedule = parse_schedule(args.schedule) if args.schedule else None
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     root = args.root.resolve()
@@ -163,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         autoseg(["plan_and_preprocess", "-d", ds, *common, "-c", args.configuration, "--device-profile",
                  args.device_profile], work / "plan_and_preprocess.log")
+    if args.width:
+        set_width(plans_path, args.configuration, args.width)
     plans = json.loads(plans_path.read_text())
     flagged = plans["configurations"][args.configuration].get("small_classes", [])
     if LESION not in flagged:
@@ -174,9 +216,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.iterations:
         train_opts = [*train_opts, "num_epochs=1", f"num_iterations_per_epoch={args.iterations}",
                       "num_val_iterations_per_epoch=1"]
+    if args.width:  # the network of the plans, not one re-chosen from a time budget
+        train_opts = [*train_opts, "fit_width_to_budget=false"]
+    if schedule:
+        epochs, per_epoch = schedule
+        # validation as a time-budgeted schedule has it (autoseg.training.budget.fit_schedule)
+        train_opts = [*train_opts, f"num_epochs={epochs}", f"num_iterations_per_epoch={per_epoch}",
+                      f"num_val_iterations_per_epoch={max(1, round(per_epoch * 0.15))}"]
     device = ["--device", args.device] if args.device else []
     results = {"dataset": raw.name, "configuration": args.configuration, "folds": args.folds,
-               "budget": args.time_budget or f"1 epoch x {args.iterations} iterations", "overrides": args.overrides,
+               "budget": args.time_budget or args.schedule or f"1 x {args.iterations}", "overrides": args.overrides,
+               "width": args.width,
                "small_classes": flagged, "labels": labels, "arms": {}}
     for arm in args.arms:
         variant = ARMS[arm]

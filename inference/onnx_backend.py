@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from autoseg.device import usable_cpus
 from autoseg.errors import UserFacingError
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ def _session(graph: Path, threads: int | None = None) -> OnnxNetwork:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or max(1, os.cpu_count() or 1)
+    options.intra_op_num_threads = threads or usable_cpus()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     return OnnxNetwork(ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"]), graph)

@@ -7,7 +7,6 @@ fp32; ``inference/onnx_backend.py``), in which case torch is not imported.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -45,12 +44,12 @@ class Predictor:
             return cls._from_onnx(fold_dirs, checkpoint, step_size, mirror)
         import torch
 
-        from autoseg.device import resolve_precision
+        from autoseg.device import resolve_precision, usable_cpus
         from autoseg.training.checkpoint import load_trained_model
 
         device = torch.device(device)
         if device.type == "cpu":
-            torch.set_num_threads(max(1, os.cpu_count() or 1))
+            torch.set_num_threads(usable_cpus())
         models = [load_trained_model(d, checkpoint, device) for d in fold_dirs]
         first = models[0]
         return cls([m.network for m in models], first.plans, first.configuration, device, step_size, mirror,

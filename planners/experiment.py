@@ -9,7 +9,6 @@ import argparse
 import dataclasses
 import logging
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -229,10 +228,10 @@ def cli_plan(args: argparse.Namespace) -> int:
     if profile == "cpu":  # width from the speed measured on this machine (planners/throughput.py)
         import torch
 
-        from autoseg.device import resolve_precision
+        from autoseg.device import resolve_precision, usable_cpus
         from autoseg.serialization import save_json
 
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        torch.set_num_threads(usable_cpus())
         in_ch, n_cls = len(plans.channel_names), plans.num_classes
         budget = parse_duration(args.time_budget) if getattr(args, "time_budget", None) else DEFAULT_FOLD_BUDGET_S
         precision = resolve_precision("auto", torch.device("cpu"))  # what training will use here

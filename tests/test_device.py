@@ -72,3 +72,19 @@ def test_the_cpu_measurement_answers_a_bool_once():
     assert device_module.cpu_bf16_is_faster.cache_info().hits == 0
     assert device_module.cpu_bf16_is_faster() is first
     assert device_module.cpu_bf16_is_faster.cache_info().hits == 1
+
+
+def test_usable_cpus_counts_the_affinity_mask_not_the_machine(monkeypatch):
+    monkeypatch.setattr(device_module.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(device_module.os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert device_module.usable_cpus() == 1  # pinned to one core of 16 (taskset -c 3, a Slurm job)
+    monkeypatch.setattr(device_module.os, "sched_getaffinity", lambda pid: {0, 1, 2, 5}, raising=False)
+    assert device_module.usable_cpus() == 4
+
+
+def test_usable_cpus_without_an_affinity_mask_counts_the_machine(monkeypatch):
+    monkeypatch.delattr(device_module.os, "sched_getaffinity", raising=False)  # macOS, Windows
+    monkeypatch.setattr(device_module.os, "cpu_count", lambda: 6)
+    assert device_module.usable_cpus() == 6
+    monkeypatch.setattr(device_module.os, "cpu_count", lambda: None)  # unknown
+    assert device_module.usable_cpus() == 1

@@ -39,6 +39,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from autoseg.device import usable_cpus
 from autoseg.plans import ConfigurationPlan
 from autoseg.preprocess.storage import load_case
 from autoseg.training.augmentation import AugmentationConfig, build_transforms, sampling_patch_size
@@ -314,7 +315,7 @@ def default_num_workers() -> int:
     same two cores, and the threads' stalls cost more than building the batch inline: Hippocampus
     3d_fullres (16-128, batch 2, bf16) 190-198 ms per iteration with one worker, 178-183 ms inline;
     2d (batch 64) 317 against 300 ms (docs/benchmarks.md)."""
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()
     return 0 if cores <= 2 else min(8, cores // 2)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import signal
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autoseg.device import autocast_dtype, pick_device, resolve_precision, torch_memory_format
+from autoseg.device import autocast_dtype, pick_device, resolve_precision, torch_memory_format, usable_cpus
 from autoseg.errors import UserFacingError
 from autoseg.inference.fast_forward import inference_forward
 from autoseg.paths import Workspace
@@ -107,7 +106,7 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     out = fold_directory(ws, name, configuration, fold, variant)
     dev = pick_device(device)
     if dev.type == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        torch.set_num_threads(usable_cpus())
     state = None
     if resume and (out / "checkpoint_latest.pth").is_file():
         state = load_checkpoint(out / "checkpoint_latest.pth", dev)

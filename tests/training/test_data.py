@@ -146,5 +146,5 @@ def test_default_workers_build_batches_inline_on_two_cores(monkeypatch):
 
     expected = {1: 0, 2: 0, 4: 2, 6: 3, 32: 8}  # one per two cores above two, at most 8
     for cores, workers in expected.items():
-        monkeypatch.setattr(dataloader.os, "cpu_count", lambda c=cores: c)
+        monkeypatch.setattr(dataloader, "usable_cpus", lambda c=cores: c)
         assert dataloader.default_num_workers() == workers
