@@ -16,7 +16,7 @@ import shutil
 from multiprocessing import get_context
 from pathlib import Path
 
-from autoseg.device import usable_cpus
+from autoseg.device import pool_size
 from autoseg.errors import UserFacingError
 from autoseg.paths import Workspace, dataset_folder_name
 
@@ -95,7 +95,7 @@ def convert_msd(task_dir: str | Path, raw_root: str | Path, dataset_id: int | No
             if not p.name.startswith("._"):
                 jobs.append((_case_id(p.name), p, tmp / "imagesTs", None, tmp / "labelsTr"))
     try:
-        n = max(1, min(num_processes or usable_cpus(), len(jobs)))
+        n = pool_size(num_processes, len(jobs))
         if n == 1:
             for j in jobs:
                 _convert_one(j)

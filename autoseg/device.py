@@ -26,6 +26,12 @@ def usable_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def pool_size(requested: int | None, tasks: int) -> int:
+    """Worker processes for ``tasks`` independent jobs: ``requested`` (``-np``), else one per usable
+    CPU, never more than the jobs and never fewer than one."""
+    return max(1, min(requested or usable_cpus(), tasks))
+
+
 def pick_device(name: str | None) -> torch.device:
     import torch
 

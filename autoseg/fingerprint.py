@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.dataset import Case, DatasetSpec
-from autoseg.device import usable_cpus
+from autoseg.device import pool_size
 from autoseg.fingerprint_types import (
     FINGERPRINT_SCHEMA_VERSION,
     CaseFingerprint,
@@ -120,7 +120,7 @@ def extract_fingerprint(spec: DatasetSpec, num_processes: int | None = None, see
 
     cases = spec.training_cases()
     jobs = [(c, spec.foreground_labels, seed) for c in cases]
-    n = max(1, min(num_processes or usable_cpus(), len(jobs)))
+    n = pool_size(num_processes, len(jobs))
     results = []
     bar = tqdm(total=len(jobs), desc="fingerprint", unit="case", disable=None)
     if n == 1:

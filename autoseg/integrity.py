@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.dataset import Case, DatasetError, DatasetSpec, group_channel_files, parse_dataset_json
-from autoseg.device import usable_cpus
+from autoseg.device import pool_size
 from autoseg.imageio import ImageReadError, _read_one, read_label
 
 
@@ -30,7 +30,7 @@ def verify_dataset(spec: DatasetSpec, num_processes: int | None = None) -> None:
     problems = _check_layout(spec)
     cases = [c for c in spec.training_cases() if c.images and c.label.is_file()]
     if cases:
-        n = max(1, min(num_processes or usable_cpus(), len(cases)))
+        n = pool_size(num_processes, len(cases))
         jobs = [(c, spec.num_channels, set(spec.labels.values())) for c in cases]
         if n == 1:
             results = [_check_case(*j) for j in jobs]

@@ -36,7 +36,6 @@ copied beside its predictions.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import math
@@ -139,17 +138,14 @@ def parse_schedule(text: str) -> tuple[int, int]:
 
 def set_width(plans_path: Path, configuration: str, width: int) -> None:
     """Re-widen ``configuration``'s network in ``plans_path`` to ``width`` first-stage features
-    (the planner's ``widen``: same patch, strides and kernels, at most 10x the width), in place."""
+    (the planner's ``with_width``: same patch, strides and kernels, at most 10x the width), in place."""
     from autoseg.plans import load_plans, save_plans
-    from autoseg.planners.throughput import widen
+    from autoseg.planners.throughput import with_width
 
-    plans = load_plans(plans_path)
-    configs = dict(plans.configurations)
-    configs[configuration] = widen(configs[configuration], width, width * 10)
-    tmp = plans_path.with_name(f".{plans_path.name}.tmp{os.getpid()}")
-    save_plans(dataclasses.replace(plans, configurations=configs), tmp)
-    os.replace(tmp, plans_path)
-    log.info("%s: %s network %s", plans_path, configuration, configs[configuration].network.features_per_stage)
+    plans = with_width(load_plans(plans_path), configuration, width)
+    save_plans(plans, plans_path)  # atomic (save_json)
+    log.info("%s: %s network %s", plans_path, configuration,
+             plans.configuration(configuration).network.features_per_stage)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,9 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         train_opts = [*train_opts, "fit_width_to_budget=false"]
     if schedule:
         epochs, per_epoch = schedule
-        # validation as a time-budgeted schedule has it (autoseg.training.budget.fit_schedule)
+        from autoseg.training.budget import validation_iterations  # as a time-budgeted schedule has it
+
         train_opts = [*train_opts, f"num_epochs={epochs}", f"num_iterations_per_epoch={per_epoch}",
-                      f"num_val_iterations_per_epoch={max(1, round(per_epoch * 0.15))}"]
+                      f"num_val_iterations_per_epoch={validation_iterations(per_epoch)}"]
     device = ["--device", args.device] if args.device else []
     results = {"dataset": raw.name, "configuration": args.configuration, "folds": args.folds,
                "budget": args.time_budget or args.schedule or f"1 x {args.iterations}", "overrides": args.overrides,

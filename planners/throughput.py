@@ -165,9 +165,15 @@ def fit_width_to_training_budget(plans, configuration: str, throughput: dict, bu
     width = width_for_budget(report["candidates"], budget_s)
     if width == cfg.network.features_per_stage[0]:
         return plans, None
+    return with_width(plans, configuration, width), None
+
+
+def with_width(plans, configuration: str, base_features: int):
+    """``plans`` with ``configuration``'s network ``widen``-ed to ``base_features`` first-stage
+    features (at most 10x that deeper down), everything else kept."""
     configs = dict(plans.configurations)
-    configs[configuration] = widen(cfg, width, width * 10)
-    return dataclasses.replace(plans, configurations=configs), None
+    configs[configuration] = widen(configs[configuration], base_features, base_features * 10)
+    return dataclasses.replace(plans, configurations=configs)
 
 
 def memory_format_for(throughput: dict, plans, configuration: str,

@@ -16,7 +16,7 @@ import math
 from multiprocessing import get_context
 from pathlib import Path
 
-from autoseg.device import usable_cpus
+from autoseg.device import pool_size
 from autoseg.errors import UserFacingError
 from autoseg.imageio import SUPPORTED_ENDINGS, read_label
 from autoseg.postprocess.lesions import LESION_COUNT_KEYS, detection_scores
@@ -146,7 +146,7 @@ def evaluate_pairs(pairs: dict[str, tuple[Path, Path]], labels: list[int], num_p
     if not nsd_tolerance_mm >= 0:
         raise UserFacingError(f"the NSD tolerance must be a distance in mm >= 0, got {nsd_tolerance_mm}")
     jobs = [(c, ref, pred, list(labels), float(nsd_tolerance_mm), surface) for c, (ref, pred) in sorted(pairs.items())]
-    n = max(1, min(num_processes or usable_cpus(), len(jobs)))
+    n = pool_size(num_processes, len(jobs))
     if n == 1 or len(jobs) < 8:
         per_case = [_evaluate_case(j) for j in jobs]
     else:

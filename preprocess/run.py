@@ -17,7 +17,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from autoseg.dataset import Case, load_dataset
-from autoseg.device import usable_cpus
+from autoseg.device import pool_size
 from autoseg.errors import UserFacingError
 from autoseg.paths import Workspace
 from autoseg.plans import Plans, load_plans
@@ -112,7 +112,7 @@ def preprocess_dataset(workspace: Workspace, dataset: str, configurations: list[
         log.info("%d of %d cases already up to date", skipped, len(cases))
     if not jobs:
         return
-    n = max(1, min(num_processes or usable_cpus(), len(jobs)))
+    n = pool_size(num_processes, len(jobs))
     bar = tqdm(total=len(jobs), desc=f"preprocess {'+'.join(folders)}", unit="case", disable=None)
     if n == 1:
         for j in jobs:

@@ -88,3 +88,11 @@ def test_usable_cpus_without_an_affinity_mask_counts_the_machine(monkeypatch):
     assert device_module.usable_cpus() == 6
     monkeypatch.setattr(device_module.os, "cpu_count", lambda: None)  # unknown
     assert device_module.usable_cpus() == 1
+
+
+def test_pool_size_asks_for_no_more_processes_than_jobs(monkeypatch):
+    monkeypatch.setattr(device_module, "usable_cpus", lambda: 4)
+    assert device_module.pool_size(None, 10) == 4  # one per usable CPU
+    assert device_module.pool_size(None, 3) == 3  # no more than the jobs
+    assert device_module.pool_size(8, 10) == 8  # -np wins over the CPU count
+    assert device_module.pool_size(None, 0) == 1  # never none

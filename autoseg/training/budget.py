@@ -115,8 +115,14 @@ def fit_schedule(budget_s: float, elapsed_s: float, seconds_per_iteration: float
     more = max(0, int(left / (seconds_per_iteration * (1 + val_share))))
     total = max(1, done_iterations + more)
     per_epoch = min(MAX_ITERATIONS_PER_EPOCH, max(done_iterations, total // TARGET_EPOCHS, 1))
-    val_its = max(1, round(per_epoch * val_share * 3))  # a forward pass costs about 1/3 of a step
+    val_its = validation_iterations(per_epoch, val_share)
     return FittedSchedule(epochs_holding(total, per_epoch), per_epoch, val_its, total)
+
+
+def validation_iterations(per_epoch: int, val_share: float = 0.05) -> int:
+    """Validation forward passes per epoch that take about ``val_share`` of its training time (a
+    forward pass costs about 1/3 of a step): ``validation_iterations(95) == 14``."""
+    return max(1, round(per_epoch * val_share * 3))
 
 
 def epochs_holding(total_iterations: int, per_epoch: int) -> int:

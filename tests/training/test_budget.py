@@ -213,3 +213,12 @@ def test_final_validation_estimate_ignores_one_slow_epoch_but_follows_a_lasting_
     for forward_s, expected in ((0.1, 100), (0.1, 100), (0.5, 100), (0.5, 500), (0.1, 500), (0.1, 100)):
         budget.refit(10, [10.0, 10.0], [10, 10], forward_s)  # medians of the last three: 0.1 0.1 0.1 0.5 0.5 0.1
         assert budget.validation_s == pytest.approx(safety * expected)
+
+
+def test_validation_iterations_take_a_twentieth_of_the_epoch():
+    from autoseg.training.budget import validation_iterations
+
+    # a forward pass costs 1/3 of a step, so 5% of the time is 15% as many passes as steps
+    assert validation_iterations(95) == 14  # 14.25
+    assert validation_iterations(250) == 38  # 37.5, rounded to even
+    assert validation_iterations(2) == 1  # never none
