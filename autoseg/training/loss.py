@@ -82,35 +82,23 @@ def deep_supervision_weights(n: int) -> list[float]:
 
 
 class DeepSupervisionLoss(nn.Module):
-    """The weighted sum of ``loss`` over the outputs (full resolution first); ``lower``, when given,
-    replaces ``loss`` on every output but the full-resolution one."""
-
-    def __init__(self, loss: nn.Module, n_outputs: int, lower: nn.Module | None = None):
+    def __init__(self, loss: nn.Module, n_outputs: int):
         super().__init__()
-        self.loss, self.lower = loss, lower
+        self.loss = loss
         self.weights = deep_supervision_weights(n_outputs)
 
     def forward(self, outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
         total = outputs[0].new_zeros(())
-        for i, (w, o, t) in enumerate(zip(self.weights, outputs, targets)):
+        for w, o, t in zip(self.weights, outputs, targets):
             if w:
-                fn = self.loss if i == 0 or self.lower is None else self.lower
-                total = total + w * fn(o, t)
+                total = total + w * self.loss(o, t)
         return total
 
 
 def build_loss(name: str, batch_dice: bool, ce_weight: float, dice_weight: float, n_outputs: int | None,
-               ce_class_weights: tuple[float, ...] | None = None, batch_dice_classes: tuple[int, ...] = (),
-               small_class_outputs: str = "all") -> nn.Module:
-    """The named loss, wrapped for deep supervision when ``n_outputs`` is given. ``ce_class_weights``
-    and ``batch_dice_classes`` are the small-class settings (``SmallClassSetup``); with
-    ``small_class_outputs="full"`` they apply to the full-resolution output only, the lower ones
-    getting the plain loss."""
-    make = LOSSES.get(name)
-    base = make(batch_dice, ce_weight, dice_weight, ce_class_weights=ce_class_weights,
-                batch_dice_classes=tuple(batch_dice_classes))
-    if not n_outputs:
-        return base
-    emphasis = ce_class_weights is not None or bool(batch_dice_classes)
-    lower = make(batch_dice, ce_weight, dice_weight) if small_class_outputs == "full" and emphasis else None
-    return DeepSupervisionLoss(base, n_outputs, lower)
+               ce_class_weights: tuple[float, ...] | None = None, batch_dice_classes: tuple[int, ...] = ()) -> nn.Module:
+    """The named loss, wrapped for deep supervision when ``n_outputs`` is given; the last two
+    arguments are the small-class settings (``SmallClassSetup.ce_weights``, ``.batch_dice_classes``)."""
+    base = LOSSES.get(name)(batch_dice, ce_weight, dice_weight, ce_class_weights=ce_class_weights,
+                            batch_dice_classes=tuple(batch_dice_classes))
+    return DeepSupervisionLoss(base, n_outputs) if n_outputs else base

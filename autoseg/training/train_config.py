@@ -64,9 +64,6 @@ class TrainConfig:
     small_class_shares: Optional[tuple[float, ...]] = None
     small_class_ce_weight: float = 3.0  # cross-entropy weight of small classes (others 1)
     small_class_batch_dice: bool = True  # Dice of small classes pooled over the batch
-    # which deep-supervision outputs get the CE weight and pooled Dice: "all", or "full" (the
-    # full-resolution output only; the lower ones train with the plain loss)
-    small_class_outputs: str = "all"
     # where a small-class sample's patch goes: "contain": at random among the placements of a
     # random patch that hold the component's voxel away from the faces; "centre": on that voxel
     small_class_placement: str = "contain"
@@ -130,8 +127,6 @@ class TrainConfig:
             raise ValueError(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}, found {self.memory_format!r}")
         if self.small_class_placement not in ("centre", "contain"):
             raise ValueError(f"small_class_placement must be 'centre' or 'contain', found {self.small_class_placement!r}")
-        if self.small_class_outputs not in ("all", "full"):
-            raise ValueError(f"small_class_outputs must be 'all' or 'full', found {self.small_class_outputs!r}")
         if self.small_class_ce_weight <= 0:
             raise ValueError(f"small_class_ce_weight must be > 0, found {self.small_class_ce_weight}")
 

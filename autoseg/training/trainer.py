@@ -161,7 +161,7 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     net = net.to(dev, memory_format=layout)
     loss_fn = build_loss(cfg.loss, cp.batch_dice if cfg.batch_dice is None else cfg.batch_dice,
                          cfg.ce_weight, cfg.dice_weight, len(scales) if scales else None,
-                         small.ce_weights, small.batch_dice_classes, cfg.small_class_outputs)
+                         small.ce_weights, small.batch_dice_classes)
     if cfg.optimizer == "adamw":
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.initial_lr, weight_decay=cfg.weight_decay)
     else:

@@ -249,20 +249,3 @@ def test_build_loss_passes_the_small_class_settings():
     loss = build_loss("dice_ce", False, 1.0, 1.0, 3, ce_class_weights=(1.0, 3.0), batch_dice_classes=(1,))
     assert loss.loss.batch_dice_classes == (1,) and loss.loss.class_weights.tolist() == [1.0, 3.0]
     assert build_loss("ce", False, 1.0, 1.0, None).class_weights is None
-
-
-def test_small_class_emphasis_on_the_full_resolution_output_only():
-    # Three outputs, weights [2/3, 1/3, 0] (deep_supervision_weights(3)). Each output: one class-1 voxel with p = 1/6 and one background voxel with uniform logits;
-    # CE alone: weighted (ln 2 + 3 ln 6) / 4 with the class weight, plain (ln 2 + ln 6) / 2 without.
-    logits = torch.tensor([[[0.0, 0.0], [0.0, -math.log(5)]]])  # (B=1, K=2, 2): voxel 1 p(class 1) = 1/6
-    target = torch.tensor([[[0, 1]]])
-    weighted, plain = (math.log(2) + 3 * math.log(6)) / 4, (math.log(2) + math.log(6)) / 2
-    outputs, targets = [logits] * 3, [target] * 3
-    everywhere = build_loss("ce", False, 1.0, 1.0, 3, ce_class_weights=(1.0, 3.0))
-    full_only = build_loss("ce", False, 1.0, 1.0, 3, ce_class_weights=(1.0, 3.0), small_class_outputs="full")
-    assert float(everywhere(outputs, targets)) == pytest.approx(weighted)
-    assert float(full_only(outputs, targets)) == pytest.approx(2 / 3 * weighted + 1 / 3 * plain)
-    assert full_only.lower.class_weights is None and full_only.lower.batch_dice_classes == ()
-    assert build_loss("ce", False, 1.0, 1.0, 3, small_class_outputs="full").lower is None  # nothing to confine
-    with pytest.raises(ValueError, match="small_class_outputs"):
-        TrainConfig(small_class_outputs="lowest")
