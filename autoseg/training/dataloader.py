@@ -10,21 +10,23 @@ contain foreground (p = ``oversample_foreground_percent``; B=2 and p=0.33 force 
 two). A forced sample picks a class present in its case at random and centres the patch on a
 random stored voxel of that class; the others are placed uniformly at random.
 
-Small classes (``class_shares``, resolved by ``small_classes.resolve_small_classes``): the last
-``k`` samples of each batch each hold a connected component of one small class, ``k``
-being ``B x (sum of shares)`` rounded at random (B=2 and 0.33: one sample in 66% of the batches,
-none in the others, so 33% of all samples). They take the foreground-forced places first and
-the randomly placed ones only when ``k`` exceeds those, so the share of randomly placed patches
-(the only ones placed like the sliding window's tiles: an image smaller than the patch sits in
-its centre) stays that of plain training. The class is drawn with probability share / sum, the case
-drawn among the training cases that contain the class, the component uniformly among its
-components in that case (so a 5-voxel lesion beside a 500-voxel one is drawn as often), and the
-voxel among the component's stored locations. The patch is then placed at random among those
-that a random patch could take and that hold the voxel at least an eighth of the patch inside its
-faces (``choose_lower_corner_containing``), not centred on it: a patch always centred on a lesion
-teaches the network that lesions sit in the middle of its view, which the sliding window's tiles
-do not respect (on the implanted Hippocampus data lesion F1 0.16 centred, 0.76 placed so,
-docs/benchmarks.md). Without small classes the batches are exactly those above.
+Small classes (``class_shares``, resolved by ``small_classes.resolve_small_classes``): ``k``
+samples of each batch each hold a connected component of one small class, ``k`` being ``B x (sum
+of shares)`` rounded at random (B=2 and 0.33: one sample in 66% of the batches, none in the
+others, so 33% of all samples). By default (``small_class_first`` "forced") they take the
+foreground-forced places first and the randomly placed ones only when ``k`` exceeds those, so
+the share of randomly placed patches (the only ones placed like the sliding window's tiles: an
+image smaller than the patch sits in its centre) stays that of plain training; "random" does the
+other way round and keeps the share of foreground-forced patches. The class is drawn with
+probability share / sum, the case drawn among the training cases that contain the class, the
+component uniformly among its components in that case (so a 5-voxel lesion beside a 500-voxel
+one is drawn as often), and the voxel among the component's stored locations. The patch is then
+placed at random among those that a random patch could take and that hold the voxel at least an
+eighth of the patch inside its faces (``choose_lower_corner_containing``), not centred on it: a
+patch always centred on a lesion teaches the network that lesions sit in the middle of its view,
+which the sliding window's tiles do not respect (on the implanted Hippocampus data lesion F1
+0.16 centred, 0.76 placed so, docs/benchmarks.md). Without small classes the batches are exactly
+those above.
 """
 from __future__ import annotations
 
@@ -127,7 +129,7 @@ class BatchSource:
     def __init__(self, folder: str | Path, case_ids: list[str], cfg: ConfigurationPlan, batch_size: int,
                  oversample: float, augmentation: AugmentationConfig | None,
                  ds_scales: list[tuple[float, ...]] | None, seed: int, class_shares: dict[int, float] | None = None,
-                 small_class_contain: bool = True):
+                 small_class_contain: bool = True, small_class_first: str = "forced"):
         self.folder, self.case_ids = Path(folder), list(case_ids)
         self.dim = cfg.network.dim
         self.patch = tuple(cfg.patch_size)
@@ -143,6 +145,9 @@ class BatchSource:
         # (True, choose_lower_corner_containing; TrainConfig.small_class_placement "contain") or
         # centred on it (False, "centre")
         self.small_class_contain = small_class_contain
+        # which places small-class samples take first: the foreground-forced ones ("forced") or the
+        # randomly placed ones ("random"); TrainConfig.small_class_slots
+        self.small_class_first = small_class_first
         self._components: dict[tuple[str, int], list[np.ndarray]] = {}
 
     def _small_classes(self, shares: dict[int, float]) -> tuple[dict[int, float], dict[int, list[str]]]:
@@ -193,7 +198,8 @@ class BatchSource:
         total = sum(self.class_shares.values())
         p = np.array([self.class_shares[c] / total for c in classes])
         for j in range(small_class_count(self.batch_size, min(1.0, total), rng)):
-            slots[self.batch_size - 1 - j] = classes[int(rng.choice(len(classes), p=p))]  # forced places first
+            place = self.batch_size - 1 - j if self.small_class_first == "forced" else j  # forced places last
+            slots[place] = classes[int(rng.choice(len(classes), p=p))]
         return slots
 
     def component_locations(self, case_id: str, case: _Case, cls: int) -> list[np.ndarray]:

@@ -67,6 +67,9 @@ class TrainConfig:
     # where a small-class sample's patch goes: "contain": at random among the placements of a
     # random patch that hold the component's voxel away from the faces; "centre": on that voxel
     small_class_placement: str = "contain"
+    # which samples of a batch the small-class ones replace: "forced" (the foreground-forced ones
+    # first) or "random" (the randomly placed ones first)
+    small_class_slots: str = "forced"
     batch_size: Optional[int] = None  # None: as the plans say
     seed: int = 12345
     checkpoint_every_epochs: int = 50
@@ -127,6 +130,8 @@ class TrainConfig:
             raise ValueError(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}, found {self.memory_format!r}")
         if self.small_class_placement not in ("centre", "contain"):
             raise ValueError(f"small_class_placement must be 'centre' or 'contain', found {self.small_class_placement!r}")
+        if self.small_class_slots not in ("forced", "random"):
+            raise ValueError(f"small_class_slots must be 'forced' or 'random', found {self.small_class_slots!r}")
         if self.small_class_ce_weight <= 0:
             raise ValueError(f"small_class_ce_weight must be > 0, found {self.small_class_ce_weight}")
 

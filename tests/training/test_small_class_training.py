@@ -82,6 +82,8 @@ def test_overrides_and_variant():
 def test_override_errors():
     with pytest.raises(UserFacingError, match="small_class_placement must be 'centre' or 'contain'"):
         apply_overrides(TrainConfig(), ["small_class_placement=middle"])
+    with pytest.raises(UserFacingError, match="small_class_slots must be 'forced' or 'random'"):
+        apply_overrides(TrainConfig(), ["small_class_slots=first"])
     with pytest.raises(UserFacingError, match=r"small_class_oversample must be in \[0, 1\]"):
         apply_overrides(TrainConfig(), ["small_class_oversample=1.5"])
     with pytest.raises(UserFacingError, match="one entry per small class"):
@@ -146,6 +148,17 @@ def test_small_class_samples_take_the_foreground_forced_place_first(tmp_path):
     # with a share above the forced places the random one is taken too
     both = centred(BatchSource(tmp_path, ids, plan(), 2, 0.5, None, None, seed=3, class_shares={3: 1.0}))
     assert all((centre_labels(both.batch(i)) == 3).all() for i in range(20))
+
+
+def test_small_class_samples_can_take_the_random_place_first(tmp_path):
+    ids = lesion_cases(tmp_path)
+    # as above, but small_class_slots "random": the lesion replaces the randomly placed first sample
+    # and the second stays forced onto foreground (the cube, or a lesion drawn as any present class)
+    small = centred(BatchSource(tmp_path, ids, plan(), 2, 0.5, None, None, seed=3, class_shares={3: 0.5},
+                                small_class_first="random"))
+    centres = np.stack([centre_labels(small.batch(i)) for i in range(200)])
+    assert (centres[:, 0] == 3).all()
+    assert (centres[:, 1] > 0).all() and (centres[:, 1] == 1).mean() > 0.5
 
 
 def test_a_containing_placement_is_a_random_one_that_holds_the_voxel():
