@@ -1,12 +1,20 @@
 """Two models scored on the same cases: their Dice differences case by case, with a bootstrap interval.
 
     python bench/paired.py A/summary.json B/summary.json      # two `autoseg evaluate` summaries
+    python bench/paired.py A1.json,A2.json,A3.json B1.json,B2.json   # several training runs per arm
 
 prints, per foreground label, the mean and median of Dice(A) - Dice(B) over the cases, a 95%
 interval of the mean (bootstrap over the cases, 10,000 resamples, seeded) and in how many cases
 each model is higher. The interval says whether a difference is larger than the spread over the
 cases for these two trained models; it does not include what another training seed would change.
 Used by ``bench/small_structures.py`` (small-class arm against plain) and for the time-to-Dice runs.
+
+With several runs per arm (comma-separated; e.g. the same training with other seeds) it also
+prints each run's mean Dice, each arm's mean and standard deviation over its runs, and a 95%
+interval of the difference of the arm means that resamples the runs of each arm as well as the
+cases (``run_differences``): the interval to read when asking whether another set of training
+runs would give the difference again. The per-case lines then compare the arms' Dice averaged
+over their runs.
 """
 from __future__ import annotations
 
@@ -50,6 +58,57 @@ def paired_differences(summary_a: dict, summary_b: dict, labels: list[str], n_bo
     return out
 
 
+def run_differences(runs_a: list[dict], runs_b: list[dict], labels: list[str], n_boot: int = 10000,
+                    seed: int = 0) -> dict[str, dict]:
+    """Per label, two arms of training runs (``autoseg evaluate`` summaries of the same cases)
+    compared at the level of runs: ``a_runs`` / ``b_runs`` (each run's mean Dice over the cases),
+    ``a_mean`` / ``b_mean`` and ``a_sd`` / ``b_sd`` (over the runs; sample SD, 0 for one run),
+    ``diff`` (``a_mean - b_mean``) and ``ci95``: the 2.5 and 97.5 percentiles of that difference
+    over ``n_boot`` resamples that draw, with replacement, the runs of each arm and the cases (the
+    same cases for both arms: a two-level bootstrap), seeded. Only the cases whose Dice is defined
+    in every run count (``cases``).
+
+    Example: A's runs score 0.80 and 0.90 on every case, B's one run 0.85 -> diff 0, and the
+    interval reaches from -0.05 (both draws the first run, a quarter of the resamples) to +0.05.
+    """
+    per_run = [{c["case_id"]: c["metrics"] for c in s["per_case"]} for s in (*runs_a, *runs_b)]
+    cases = sorted(per_run[0])
+    if any(sorted(r) != cases for r in per_run):
+        raise ValueError("every run must score the same cases; evaluate all models on the same folder of references")
+    rng = np.random.default_rng(seed)
+    out = {}
+    for label in labels:
+        d = np.array([[r[k][label]["dice"] for k in cases] for r in per_run], float)  # None -> NaN
+        d = d[:, np.isfinite(d).all(axis=0)]
+        if not d.shape[1]:
+            continue
+        a, b = d[:len(runs_a)], d[len(runs_a):]
+        boot = np.empty(n_boot)
+        for i in range(n_boot):
+            c = rng.integers(0, d.shape[1], d.shape[1])
+            boot[i] = (a[rng.integers(0, len(a), len(a))][:, c].mean()
+                       - b[rng.integers(0, len(b), len(b))][:, c].mean())
+        ma, mb = a.mean(axis=1), b.mean(axis=1)
+        out[label] = {"a_runs": ma.tolist(), "b_runs": mb.tolist(), "a_mean": float(ma.mean()),
+                      "b_mean": float(mb.mean()), "a_sd": float(ma.std(ddof=1)) if len(ma) > 1 else 0.0,
+                      "b_sd": float(mb.std(ddof=1)) if len(mb) > 1 else 0.0, "diff": float(ma.mean() - mb.mean()),
+                      "ci95": [float(x) for x in np.percentile(boot, [2.5, 97.5])], "cases": int(d.shape[1])}
+    return out
+
+
+def averaged(runs: list[dict]) -> dict:
+    """One summary whose per-case Dice is the mean over ``runs`` (undefined in any run: undefined)."""
+    first = runs[0]["per_case"]
+    out = []
+    for i, case in enumerate(first):
+        metrics = {}
+        for label in case["metrics"]:
+            values = [r["per_case"][i]["metrics"][label]["dice"] for r in runs]
+            metrics[label] = {"dice": None if any(v is None for v in values) else float(np.mean(values))}
+        out.append({"case_id": case["case_id"], "metrics": metrics})
+    return {"per_case": out}
+
+
 def describe(name: str, d: dict) -> str:
     """One line for a label's entry of ``paired_differences`` (A and B as the caller names them in ``name``)."""
     return (f"{name} per case: mean {d['mean']:+.4f}, median {d['median']:+.4f}, 95% interval "
@@ -59,14 +118,22 @@ def describe(name: str, d: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("summary_a", type=Path, help="autoseg evaluate summary of model A")
-    p.add_argument("summary_b", type=Path, help="the same cases scored for model B")
+    p.add_argument("summary_a", help="autoseg evaluate summary of model A (several runs: comma-separated)")
+    p.add_argument("summary_b", help="the same cases scored for model B (several runs: comma-separated)")
     p.add_argument("--boot", type=int, default=10000, help="bootstrap resamples")
     args = p.parse_args(argv)
-    first, second = (json.loads(path.read_text()) for path in (args.summary_a, args.summary_b))
-    labels = [str(k) for k in first["labels"] if int(k)]
+    runs_a, runs_b = ([json.loads(Path(path).read_text()) for path in arg.split(",")]
+                      for arg in (args.summary_a, args.summary_b))
+    labels = [str(k) for k in runs_a[0]["labels"] if int(k)]
+    if len(runs_a) > 1 or len(runs_b) > 1:
+        for label, d in run_differences(runs_a, runs_b, labels, n_boot=args.boot).items():
+            print(f"Dice of label {label}, runs: A {' '.join(f'{x:.4f}' for x in d['a_runs'])} -> mean {d['a_mean']:.4f} "
+                  f"(SD {d['a_sd']:.4f}); B {' '.join(f'{x:.4f}' for x in d['b_runs'])} -> mean {d['b_mean']:.4f} "
+                  f"(SD {d['b_sd']:.4f}); A - B {d['diff']:+.4f}, 95% interval over runs and cases "
+                  f"{d['ci95'][0]:+.4f} .. {d['ci95'][1]:+.4f} ({d['cases']} cases)")
+    first, second = averaged(runs_a), averaged(runs_b)
     for label, d in paired_differences(first, second, labels, n_boot=args.boot).items():
-        print(describe(f"Dice of label {label}, A - B", d))
+        print(describe(f"Dice of label {label}, A - B" + (" (averaged over runs)" if len(runs_a) + len(runs_b) > 2 else ""), d))
     return 0
 
 

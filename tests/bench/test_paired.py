@@ -7,7 +7,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from paired import paired_differences  # noqa: E402
+import json  # noqa: E402
+
+from paired import averaged, main, paired_differences, run_differences  # noqa: E402
 
 
 def summary(dice: dict[str, list[float]]) -> dict:
@@ -47,3 +49,53 @@ def test_paired_differences_needs_the_same_cases():
     b = summary({"1": [0.8, 0.9, 0.5]})
     with pytest.raises(ValueError, match="same cases.*only in the second: \\['case_2'\\]"):
         paired_differences(a, b, ["1"])
+
+
+def test_run_differences_resample_the_runs():
+    # A's two runs score 0.80 and 0.90 on every case, B's one run 0.85: the arm means differ by 0,
+    # and a resample draws A's first run twice (-0.05) or its second twice (+0.05) a quarter of the time each
+    a = [summary({"1": [0.8, 0.8, 0.8]}), summary({"1": [0.9, 0.9, 0.9]})]
+    b = [summary({"1": [0.85, 0.85, 0.85]})]
+    out = run_differences(a, b, ["1"], n_boot=2000)["1"]
+    assert out["a_runs"] == pytest.approx([0.8, 0.9]) and out["b_runs"] == pytest.approx([0.85])
+    assert out["a_mean"] == pytest.approx(0.85) and out["diff"] == pytest.approx(0.0)
+    assert out["a_sd"] == pytest.approx(math.sqrt(2 * 0.05 ** 2)) and out["b_sd"] == 0.0
+    assert out["ci95"] == pytest.approx([-0.05, 0.05])
+
+
+def test_run_differences_with_one_run_each_is_the_case_bootstrap():
+    a = [summary({"1": [0.81, 0.71, 0.51, 0.91]})]
+    b = [summary({"1": [0.80, 0.70, 0.50, 0.90]})]
+    out = run_differences(a, b, ["1"], n_boot=500)["1"]
+    assert out["diff"] == pytest.approx(0.01)
+    assert out["ci95"] == pytest.approx([0.01, 0.01])  # every case differs by 0.01
+    assert out["cases"] == 4
+
+
+def test_run_differences_keep_the_cases_defined_in_every_run():
+    a = [summary({"1": [0.8, math.nan, 0.6]}), summary({"1": [0.6, 0.5, 0.4]})]
+    b = [summary({"1": [0.7, 0.7, None]})]
+    out = run_differences(a, b, ["1"], n_boot=100)["1"]
+    assert out["cases"] == 1  # only the first case is defined in all three runs
+    assert out["a_runs"] == pytest.approx([0.8, 0.6]) and out["diff"] == pytest.approx(0.7 - 0.7)
+    with pytest.raises(ValueError, match="same cases"):
+        run_differences(a, [summary({"1": [0.7, 0.7]})], ["1"])
+
+
+def test_averaged_runs():
+    runs = [summary({"1": [0.8, None]}), summary({"1": [0.6, None]})]
+    avg = averaged(runs)
+    assert [c["metrics"]["1"]["dice"] for c in avg["per_case"]] == [pytest.approx(0.7), None]
+
+
+def test_cli_with_several_runs(tmp_path, capsys):
+    paths = []
+    for name, values in [("a1", [0.8, 0.8]), ("a2", [0.9, 0.9]), ("b1", [0.7, 0.8])]:
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"labels": {"0": "background", "1": "x"}, **summary({"1": values})}))
+        paths.append(str(path))
+    assert main([f"{paths[0]},{paths[1]}", paths[2], "--boot", "200"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    # arm means 0.85 and 0.75; averaged over runs the cases differ by 0.15 and 0.05
+    assert "A 0.8000 0.9000 -> mean 0.8500 (SD 0.0707); B 0.7500 -> mean 0.7500 (SD 0.0000); A - B +0.1000" in out[0]
+    assert "(averaged over runs) per case: mean +0.1000, median +0.1000" in out[1]
