@@ -230,14 +230,13 @@ class CascadeBatchSource(BatchSource):
     """
 
     def __init__(self, folder, case_ids, cfg, batch_size, oversample, augmentation, ds_scales, seed,
-                 class_shares=None, small_class_contain=True, small_class_first="forced", *,
-                 previous: PreviousStage):
+                 class_shares=None, *, previous: PreviousStage, **small_class_options):
         self.previous = previous
         self.cascade_scales = ds_scales
         spacing = np.asarray(cfg.spacing[-cfg.network.dim:], float)
         self.voxel_size = tuple(spacing / spacing.min())
         super().__init__(folder, case_ids, cfg, batch_size, oversample, augmentation, None, seed, class_shares,
-                         small_class_contain, small_class_first)
+                         **small_class_options)
 
     def _load(self, case_id: str):
         case = super()._load(case_id)

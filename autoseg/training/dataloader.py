@@ -129,7 +129,7 @@ class BatchSource:
     def __init__(self, folder: str | Path, case_ids: list[str], cfg: ConfigurationPlan, batch_size: int,
                  oversample: float, augmentation: AugmentationConfig | None,
                  ds_scales: list[tuple[float, ...]] | None, seed: int, class_shares: dict[int, float] | None = None,
-                 small_class_contain: bool = True, small_class_first: str = "forced"):
+                 small_class_contain: bool = True, small_class_first: str = "forced", balance_cases: bool = False):
         self.folder, self.case_ids = Path(folder), list(case_ids)
         self.dim = cfg.network.dim
         self.patch = tuple(cfg.patch_size)
@@ -148,6 +148,9 @@ class BatchSource:
         # which places small-class samples take first: the foreground-forced ones ("forced") or the
         # randomly placed ones ("random"); TrainConfig.small_class_slots
         self.small_class_first = small_class_first
+        # the other samples' cases drawn so that each case keeps its plain-training share of all
+        # samples as far as the small-class samples leave room (None: uniform); TrainConfig.small_class_balance_cases
+        self._case_weights = self.case_weights() if balance_cases and self.class_shares else None
         self._components: dict[tuple[str, int], list[np.ndarray]] = {}
 
     def _small_classes(self, shares: dict[int, float]) -> tuple[dict[int, float], dict[int, list[str]]]:
@@ -159,6 +162,25 @@ class BatchSource:
                 log.warning("small class %d is in none of the %d cases in %s; its patches are sampled as usual",
                             cls, len(self.case_ids), self.folder)
         return {c: s for c, s in shares.items() if cases_with[c] and s > 0}, cases_with
+
+    def case_weights(self) -> np.ndarray:
+        """Probabilities, over ``case_ids``, of the case of a sample that is not a small-class one,
+        such that each case's expected share of all samples is ``1 / N`` as in plain training where
+        the small-class samples allow it. A case gets ``q`` = the expected share of all samples that
+        the small-class draws give it; the others fill ``1 / N - q``, floored at 0 (a case with a
+        small class already drawn more often than ``1 / N`` gets no other samples), normalised.
+
+        Example: 6 cases, a small class in 2 of them with share 0.1: q = 0.05 each, weights
+        (1/6 - 0.05) / 0.9 = 0.130 for those two and (1/6) / 0.9 = 0.185 for the others."""
+        n = len(self.case_ids)
+        total = sum(self.class_shares.values())
+        q = np.zeros(n)
+        index = {cid: i for i, cid in enumerate(self.case_ids)}
+        for cls, share in self.class_shares.items():
+            for cid in self._cases_with[cls]:
+                q[index[cid]] += min(1.0, total) * share / total / len(self._cases_with[cls])
+        w = np.clip(1.0 / n - q, 0.0, None)
+        return w / w.sum() if w.sum() > 0 else np.full(n, 1.0 / n)
 
     def _locations(self, case_id: str) -> dict[int, np.ndarray]:
         if self._cases is not None:
@@ -248,7 +270,9 @@ class BatchSource:
             if small[j] is not None:
                 d, s = self.sample_component(small[j], rng)
             else:
-                case = self._case(self.case_ids[rng.integers(len(self.case_ids))])
+                pick = (rng.integers(len(self.case_ids)) if self._case_weights is None
+                        else rng.choice(len(self.case_ids), p=self._case_weights))
+                case = self._case(self.case_ids[pick])
                 d, s = self.sample(case, forced=j >= self.batch_size - n_forced, rng=rng)
             data.append(d)
             seg.append(s)

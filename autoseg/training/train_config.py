@@ -70,6 +70,9 @@ class TrainConfig:
     # which samples of a batch the small-class ones replace: "forced" (the foreground-forced ones
     # first) or "random" (the randomly placed ones first)
     small_class_slots: str = "forced"
+    # draw the other samples' cases so that every training case keeps the share of all samples it
+    # has in plain training, as far as the small-class samples leave room (false: uniformly)
+    small_class_balance_cases: bool = False
     batch_size: Optional[int] = None  # None: as the plans say
     seed: int = 12345
     checkpoint_every_epochs: int = 50

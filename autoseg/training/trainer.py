@@ -148,12 +148,13 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     scales = deep_supervision_scales(cp) if cfg.deep_supervision else None
     net = build_network(plans, configuration, cfg.deep_supervision)
     small = resolve_small_classes(cfg, cp, plans.num_classes)
-    contain = cfg.small_class_placement == "contain"
+    options = dict(small_class_contain=cfg.small_class_placement == "contain", small_class_first=cfg.small_class_slots,
+                   balance_cases=cfg.small_class_balance_cases)
     if state is None and cfg.output_prior_init:
         # a source of its own (unaugmented: fast), dropped right after so its cases are not held in memory twice
         frequencies = class_frequencies(make_source(data_dir, train_ids, cp, batch_size,
                                                     cfg.oversample_foreground_percent, None, None, cfg.seed + 2,
-                                                    small.shares, contain, cfg.small_class_slots), plans.num_classes)
+                                                    small.shares, **options), plans.num_classes)
         priors = init_output_bias(net, frequencies, cfg.output_prior_min)
         log.info("output biases from class frequencies in training patches: %s",
                  " ".join(f"{p:.4f}" for p in priors))
@@ -187,7 +188,7 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     n_it, n_val = budget.cfg.num_iterations_per_epoch, budget.cfg.num_val_iterations_per_epoch
     total = budget.total_iterations
     train_src = make_source(data_dir, train_ids, cp, batch_size, cfg.oversample_foreground_percent,
-                            cfg.augmentation, scales, cfg.seed, small.shares, contain, cfg.small_class_slots)
+                            cfg.augmentation, scales, cfg.seed, small.shares, **options)
     val_src = make_source(data_dir, val_ids, cp, batch_size, cfg.oversample_foreground_percent, None, None,
                           cfg.seed + 1)
     schedule = (f"time budget {cfg.time_budget_s:.0f} s (schedule fitted after {WARMUP_ITERATIONS} iterations)"

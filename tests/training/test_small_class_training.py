@@ -262,3 +262,34 @@ def test_build_loss_passes_the_small_class_settings():
     loss = build_loss("dice_ce", False, 1.0, 1.0, 3, ce_class_weights=(1.0, 3.0), batch_dice_classes=(1,))
     assert loss.loss.batch_dice_classes == (1,) and loss.loss.class_weights.tolist() == [1.0, 3.0]
     assert build_loss("ce", False, 1.0, 1.0, None).class_weights is None
+
+
+def test_case_weights_keep_each_case_share_by_hand(tmp_path):
+    ids = lesion_cases(tmp_path)  # class 3 in c0 and c3 of six cases
+    src = BatchSource(tmp_path, ids, plan(), 2, 0.0, None, None, seed=1, class_shares={3: 0.1}, balance_cases=True)
+    # small-class draws give c0 and c3 0.1 / 2 = 0.05 of all samples each; the other 90% of the samples
+    # fill up to 1/6: (1/6 - 0.05) / 0.9 for c0 and c3, (1/6) / 0.9 for the rest
+    expected = np.array([1 / 6 - 0.05, 1 / 6, 1 / 6, 1 / 6 - 0.05, 1 / 6, 1 / 6]) / 0.9
+    assert src.case_weights() == pytest.approx(expected)
+    assert np.isclose(expected.sum(), 1.0)
+    # off by default, and without small classes
+    assert BatchSource(tmp_path, ids, plan(), 2, 0.0, None, None, seed=1, class_shares={3: 0.1})._case_weights is None
+    assert BatchSource(tmp_path, ids, plan(), 2, 0.0, None, None, seed=1, balance_cases=True)._case_weights is None
+
+
+def test_balanced_cases_over_many_batches(tmp_path):
+    ids = lesion_cases(tmp_path)
+    # share 0.5 with B=2: one small-class sample per batch, from c0 or c3 (0.25 of all samples each,
+    # above 1/6), so the other sample never comes from them and is spread evenly over the other four
+    src = BatchSource(tmp_path, ids, plan(), 2, 0.0, None, None, seed=2, class_shares={3: 0.5}, balance_cases=True)
+    assert src.case_weights() == pytest.approx([0, 0.25, 0.25, 0, 0.25, 0.25])
+    drawn = []
+    original = src._case
+    src._case = lambda cid: drawn.append(cid) or original(cid)
+    n = 400
+    for i in range(n):
+        src.batch(i)
+    counts = {cid: drawn.count(cid) for cid in ids}
+    assert counts["c0"] + counts["c3"] == n  # exactly the small-class samples
+    for cid in ("c1", "c2", "c4", "c5"):
+        assert abs(counts[cid] / n - 0.25) < 4 * math.sqrt(0.25 * 0.75 / n)
