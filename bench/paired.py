@@ -69,7 +69,7 @@ def run_differences(runs_a: list[dict], runs_b: list[dict], labels: list[str], n
     in every run count (``cases``).
 
     Example: A's runs score 0.80 and 0.90 on every case, B's one run 0.85 -> diff 0, and the
-    interval reaches from -0.05 (both draws the first run, a quarter of the resamples) to +0.05.
+    interval reaches from -0.05 (both draws are the first run, a quarter of the resamples) to +0.05.
     """
     per_run = [{c["case_id"]: c["metrics"] for c in s["per_case"]} for s in (*runs_a, *runs_b)]
     cases = sorted(per_run[0])

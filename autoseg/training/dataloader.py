@@ -25,8 +25,10 @@ placed at random among those that a random patch could take and that hold the vo
 eighth of the patch inside its faces (``choose_lower_corner_containing``), not centred on it: a
 patch always centred on a lesion teaches the network that lesions sit in the middle of its view,
 which the sliding window's tiles do not respect (on the implanted Hippocampus data lesion F1
-0.16 centred, 0.76 placed so, docs/benchmarks.md). Without small classes the batches are exactly
-those above.
+0.16 centred, 0.76 placed so, docs/benchmarks.md). With ``balance_cases`` the other samples'
+cases are drawn so that every case keeps its plain-training share of all samples where the
+small-class samples leave room (``case_weights``), instead of uniformly. Without small classes
+the batches are exactly those above.
 """
 from __future__ import annotations
 
@@ -220,7 +222,7 @@ class BatchSource:
         total = sum(self.class_shares.values())
         p = np.array([self.class_shares[c] / total for c in classes])
         for j in range(small_class_count(self.batch_size, min(1.0, total), rng)):
-            place = self.batch_size - 1 - j if self.small_class_first == "forced" else j  # forced places last
+            place = self.batch_size - 1 - j if self.small_class_first == "forced" else j  # forced samples come last
             slots[place] = classes[int(rng.choice(len(classes), p=p))]
         return slots
 
