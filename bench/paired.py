@@ -26,6 +26,18 @@ from pathlib import Path
 import numpy as np
 
 
+def per_case_metrics(summaries: list[dict]) -> list[dict[str, dict]]:
+    """Each summary's ``{case_id: metrics}``; all must score the same cases."""
+    per_case = [{c["case_id"]: c["metrics"] for c in s["per_case"]} for s in summaries]
+    for i, other in enumerate(per_case[1:], 1):
+        if other.keys() != per_case[0].keys():
+            only_first, only_other = sorted(per_case[0].keys() - other.keys()), sorted(other.keys() - per_case[0].keys())
+            name = "the second" if i == 1 else f"summary {i + 1}"
+            raise ValueError(f"the summaries must score the same cases; only in the first: {only_first[:5]}, "
+                             f"only in {name}: {only_other[:5]}; evaluate all models on the same folder of references")
+    return per_case
+
+
 def paired_differences(summary_a: dict, summary_b: dict, labels: list[str], n_boot: int = 10000,
                        seed: int = 0) -> dict[str, dict[str, float]]:
     """Per label, the Dice of A minus the Dice of B case by case (two ``autoseg evaluate``
@@ -37,12 +49,7 @@ def paired_differences(summary_a: dict, summary_b: dict, labels: list[str], n_bo
     Example: Dice of A 0.8, 0.9 and of B 0.7, 0.9 over two cases -> mean 0.05, median 0.05,
     a_higher 1, b_higher 0.
     """
-    a = {c["case_id"]: c["metrics"] for c in summary_a["per_case"]}
-    b = {c["case_id"]: c["metrics"] for c in summary_b["per_case"]}
-    if a.keys() != b.keys():
-        only_a, only_b = sorted(a.keys() - b.keys()), sorted(b.keys() - a.keys())
-        raise ValueError(f"the two summaries must score the same cases; only in the first: {only_a[:5]}, "
-                         f"only in the second: {only_b[:5]}; evaluate both models on the same folder of references")
+    a, b = per_case_metrics([summary_a, summary_b])
     rng = np.random.default_rng(seed)
     out = {}
     for label in labels:
@@ -71,10 +78,8 @@ def run_differences(runs_a: list[dict], runs_b: list[dict], labels: list[str], n
     Example: A's runs score 0.80 and 0.90 on every case, B's one run 0.85 -> diff 0, and the
     interval reaches from -0.05 (both draws are the first run, a quarter of the resamples) to +0.05.
     """
-    per_run = [{c["case_id"]: c["metrics"] for c in s["per_case"]} for s in (*runs_a, *runs_b)]
+    per_run = per_case_metrics([*runs_a, *runs_b])
     cases = sorted(per_run[0])
-    if any(sorted(r) != cases for r in per_run):
-        raise ValueError("every run must score the same cases; evaluate all models on the same folder of references")
     rng = np.random.default_rng(seed)
     out = {}
     for label in labels:
@@ -97,15 +102,16 @@ def run_differences(runs_a: list[dict], runs_b: list[dict], labels: list[str], n
 
 
 def averaged(runs: list[dict]) -> dict:
-    """One summary whose per-case Dice is the mean over ``runs`` (undefined in any run: undefined)."""
-    first = runs[0]["per_case"]
+    """One summary whose per-case Dice is the mean over ``runs`` (undefined in any run: undefined),
+    cases matched by id."""
+    per_run = per_case_metrics(runs)
     out = []
-    for i, case in enumerate(first):
-        metrics = {}
-        for label in case["metrics"]:
-            values = [r["per_case"][i]["metrics"][label]["dice"] for r in runs]
-            metrics[label] = {"dice": None if any(v is None for v in values) else float(np.mean(values))}
-        out.append({"case_id": case["case_id"], "metrics": metrics})
+    for case_id, metrics in per_run[0].items():
+        mean = {}
+        for label in metrics:
+            values = [r[case_id][label]["dice"] for r in per_run]
+            mean[label] = {"dice": None if any(v is None for v in values) else float(np.mean(values))}
+        out.append({"case_id": case_id, "metrics": mean})
     return {"per_case": out}
 
 

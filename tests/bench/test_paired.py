@@ -86,6 +86,10 @@ def test_averaged_runs():
     runs = [summary({"1": [0.8, None]}), summary({"1": [0.6, None]})]
     avg = averaged(runs)
     assert [c["metrics"]["1"]["dice"] for c in avg["per_case"]] == [pytest.approx(0.7), None]
+    # cases are matched by id, not by their order in the summaries
+    second = summary({"1": [0.6, None]})
+    second["per_case"].reverse()
+    assert [c["metrics"]["1"]["dice"] for c in averaged([runs[0], second])["per_case"]] == [pytest.approx(0.7), None]
 
 
 def test_cli_with_several_runs(tmp_path, capsys):
