@@ -10,6 +10,12 @@ held-out ``imagesTs/`` with its references in ``labelsTs/``, ``dataset.json`` an
 ``implants.json`` (every blob: case, centre voxel (z, y, x), voxels, contrast). ``--max-cases N``
 takes a seeded subset for quick runs.
 
+``--swap-test OUT`` (after a build, same ``--root``, ``--dataset-id`` and ``--source``) writes the
+held-out cases with their blobs swapped, to ask whether a trained model's anatomy depends on a blob
+being in the image: ``OUT/removed/`` holds the cases that have blobs as the source had them (no
+blobs), ``OUT/added/`` the cases without blobs with 1 to ``--max-blobs`` implanted (seeded by
+``--seed``, anatomy kept), each with ``images/`` and ``labels/``.
+
 What it does, seeded by ``--seed`` (same arguments, same files):
 - the cases are shuffled; ``--test-fraction`` of them (default 0.2) form the held-out part;
 - in ``round(--lesion-fraction x cases)`` of the cases of each part (default 1/3), drawn at
@@ -175,6 +181,43 @@ def build(source: Path, out_root: Path, dataset_id: int = 104, seed: int = 0, te
     return folder
 
 
+def swap_test_blobs(source: Path, folder: Path, out: Path, seed: int = 0, max_blobs: int = 3,
+                    contrast: tuple[float, float] = (1.0, 3.0)) -> dict[str, list[str]]:
+    """Write ``out/{removed,added}/{images,labels}`` from the held-out cases of ``folder`` (a
+    ``build`` output): the cases with blobs as in ``source``, the others with blobs implanted."""
+    import SimpleITK as sitk
+
+    manifest = json.loads((folder / "implants.json").read_text())["cases"]
+    if out.exists():
+        raise SystemExit(f"{out} exists; remove it or choose another output folder")
+    tmp = out.with_name(f".{out.name}.building{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for sub in ("removed/images", "removed/labels", "added/images", "added/labels"):
+        (tmp / sub).mkdir(parents=True)
+    written: dict[str, list[str]] = {"removed": [], "added": []}
+    try:
+        for k, entry in enumerate(manifest):
+            if entry["part"] != "Ts":
+                continue
+            case = entry["case"]
+            img = sitk.ReadImage(str(source / "imagesTr" / f"{case}.nii.gz"))
+            lab = sitk.ReadImage(str(source / "labelsTr" / f"{case}.nii.gz"))
+            image, label = sitk.GetArrayFromImage(img), sitk.GetArrayFromImage(lab)
+            kind = "removed" if entry["blobs"] else "added"
+            if kind == "added":
+                rng = np.random.default_rng([seed, 1, k])  # not the build's stream for this case
+                image, label, _ = implant(image, label, int(rng.integers(1, max_blobs + 1)), contrast, rng)
+            _write(image, img, tmp / kind / "images" / f"{case}_0000.nii.gz")
+            _write(label.astype(np.uint8), lab, tmp / kind / "labels" / f"{case}.nii.gz")
+            written[kind].append(case)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("wrote %s: %d held-out cases with their blobs removed, %d with blobs added", out,
+             len(written["removed"]), len(written["added"]))
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--source", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -188,11 +231,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--contrast", type=float, nargs=2, default=(1.0, 3.0), metavar=("LOW", "HIGH"),
                    help="blob brightness in robust SDs of the case's intensities")
     p.add_argument("--max-cases", type=int, default=None, help="a seeded subset of this many cases")
+    p.add_argument("--swap-test", type=Path, metavar="OUT", default=None,
+                   help="instead of building: write the built dataset's held-out cases with blobs removed "
+                        "(OUT/removed) and added (OUT/added)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not (args.source / "dataset.json").is_file():
         print(f"{args.source} is not a Decathlon task folder (no dataset.json); pass --source", file=sys.stderr)
         return 2
+    if args.swap_test:
+        folder = args.root / "raw" / f"Dataset{args.dataset_id:03d}_HippocampusLesions"
+        if not (folder / "implants.json").is_file():
+            print(f"{folder} has no implants.json: build the dataset first (the same command without "
+                  f"--swap-test)", file=sys.stderr)
+            return 2
+        swap_test_blobs(args.source, folder, args.swap_test, args.seed, args.max_blobs, tuple(args.contrast))
+        return 0
     build(args.source, args.root, args.dataset_id, args.seed, args.test_fraction, args.lesion_fraction,
           args.max_blobs, tuple(args.contrast), args.max_cases)
     return 0

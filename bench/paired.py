@@ -15,6 +15,10 @@ interval of the difference of the arm means that resamples the runs of each arm 
 cases (``run_differences``): the interval to read when asking whether another set of training
 runs would give the difference again. The per-case lines then compare the arms' Dice averaged
 over their runs.
+
+``--common`` compares only the cases that every summary scores (e.g. a model evaluated on all
+held-out cases against the same model on a part of them, changed); without it, different cases
+are an error.
 """
 from __future__ import annotations
 
@@ -36,6 +40,15 @@ def per_case_metrics(summaries: list[dict]) -> list[dict[str, dict]]:
             raise ValueError(f"the summaries must score the same cases; only in the first: {only_first[:5]}, "
                              f"only in {name}: {only_other[:5]}; evaluate all models on the same folder of references")
     return per_case
+
+
+def common_cases(summaries: list[dict]) -> list[dict]:
+    """The summaries with ``per_case`` cut to the cases (by id) that all of them score, in the
+    first summary's order. Example: cases a, b, c and b, c, d -> b, c in both."""
+    shared = set.intersection(*({c["case_id"] for c in s["per_case"]} for s in summaries))
+    if not shared:
+        raise ValueError("the summaries have no case in common; evaluate the models on the same references")
+    return [{**s, "per_case": [c for c in s["per_case"] if c["case_id"] in shared]} for s in summaries]
 
 
 def paired_differences(summary_a: dict, summary_b: dict, labels: list[str], n_boot: int = 10000,
@@ -127,9 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("summary_a", help="autoseg evaluate summary of model A (several runs: comma-separated)")
     p.add_argument("summary_b", help="the same cases scored for model B (several runs: comma-separated)")
     p.add_argument("--boot", type=int, default=10000, help="bootstrap resamples")
+    p.add_argument("--common", action="store_true", help="compare only the cases that all summaries score")
     args = p.parse_args(argv)
     runs_a, runs_b = ([json.loads(Path(path).read_text()) for path in arg.split(",")]
                       for arg in (args.summary_a, args.summary_b))
+    if args.common:
+        cut = common_cases([*runs_a, *runs_b])
+        runs_a, runs_b = cut[:len(runs_a)], cut[len(runs_a):]
+        print(f"{len(cut[0]['per_case'])} cases in common")
     labels = [str(k) for k in runs_a[0]["labels"] if int(k)]
     if len(runs_a) > 1 or len(runs_b) > 1:
         for label, d in run_differences(runs_a, runs_b, labels, n_boot=args.boot).items():

@@ -5,11 +5,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from implant_lesions import LESION, build  # noqa: E402
+from implant_lesions import LESION, build, swap_test_blobs  # noqa: E402
 from synthetic import ellipsoid_case, write_nifti  # noqa: E402
 
 from autoseg.dataset import load_dataset  # noqa: E402
@@ -69,3 +70,29 @@ def test_implanted_dataset(tmp_path):
     # the outer ellipsoid (~10% of the image) is not flagged; the blobs are. (The synthetic inner
     # ellipsoid, a few voxels in radius, is flagged too: ~0.2% of the patch, below the 0.5% rule.)
     assert LESION in small and 1 not in small
+
+
+def test_swap_test_blobs(tmp_path):
+    """The held-out cases with blobs come back as the source had them; the others gain blobs on
+    their background, anatomy kept; a second swap into the same folder is refused."""
+    task = decathlon_task(tmp_path, n=8)
+    folder = build(task, tmp_path / "ws", dataset_id=990, seed=3, test_fraction=0.5)  # 4 held out
+    manifest = {m["case"]: m for m in json.loads((folder / "implants.json").read_text())["cases"]}
+    out = tmp_path / "swap"
+    written = swap_test_blobs(task, folder, out, seed=1)
+    held_out = sorted(c for c, m in manifest.items() if m["part"] == "Ts")
+    assert sorted(written["removed"] + written["added"]) == held_out
+    assert written["removed"] == [c for c in held_out if manifest[c]["blobs"]] and len(written["removed"]) == 1
+    for case in written["removed"]:
+        assert np.array_equal(read(out / "removed/images" / f"{case}_0000.nii.gz"), read(task / "imagesTr" / f"{case}.nii.gz"))
+        assert np.array_equal(read(out / "removed/labels" / f"{case}.nii.gz"), read(task / "labelsTr" / f"{case}.nii.gz"))
+    for case in written["added"]:
+        lab = read(out / "added/labels" / f"{case}.nii.gz")
+        original = read(task / "labelsTr" / f"{case}.nii.gz")
+        assert (lab == LESION).sum() >= 4  # at least one blob
+        assert np.array_equal(lab[lab != LESION], original[lab != LESION]) and not original[lab == LESION].any()
+        image, source = read(out / "added/images" / f"{case}_0000.nii.gz"), read(task / "imagesTr" / f"{case}.nii.gz")
+        assert (image[lab == LESION] > source[lab == LESION]).all()
+        assert np.array_equal(image[original > 0], source[original > 0])  # the anatomy's voxels untouched
+    with pytest.raises(SystemExit, match="exists"):
+        swap_test_blobs(task, folder, out, seed=1)

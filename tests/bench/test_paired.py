@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 import json  # noqa: E402
 
-from paired import averaged, main, paired_differences, run_differences  # noqa: E402
+from paired import averaged, common_cases, main, paired_differences, run_differences  # noqa: E402
 
 
 def summary(dice: dict[str, list[float]]) -> dict:
@@ -103,3 +103,25 @@ def test_cli_with_several_runs(tmp_path, capsys):
     # arm means 0.85 and 0.75; averaged over runs the cases differ by 0.15 and 0.05
     assert "A 0.8000 0.9000 -> mean 0.8500 (SD 0.0707); B 0.7500 -> mean 0.7500 (SD 0.0000); A - B +0.1000" in out[0]
     assert "(averaged over runs) per case: mean +0.1000, median +0.1000" in out[1]
+
+
+def test_common_cases_and_the_cli_flag(tmp_path, capsys):
+    a = summary({"1": [0.8, 0.9, 0.6]})  # case_0, case_1, case_2
+    b = {"per_case": [{"case_id": f"case_{i}", "metrics": {"1": {"dice": v}}} for i, v in ((2, 0.5), (1, 0.7), (3, 0.1))]}
+    cut_a, cut_b = common_cases([a, b])
+    assert [c["case_id"] for c in cut_a["per_case"]] == ["case_1", "case_2"]
+    assert [c["case_id"] for c in cut_b["per_case"]] == ["case_2", "case_1"]
+    with pytest.raises(ValueError, match="no case in common"):
+        common_cases([a, {"per_case": [{"case_id": "other", "metrics": {}}]}])
+    paths = []
+    for name, s in (("a", a), ("b", b)):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"labels": {"0": "background", "1": "x"}, **s}))
+        paths.append(str(path))
+    with pytest.raises(ValueError, match="same cases"):
+        main(paths + ["--boot", "50"])
+    assert main(paths + ["--boot", "50", "--common"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    # case_1: 0.9 - 0.7 = 0.2, case_2: 0.6 - 0.5 = 0.1 -> mean 0.15
+    assert out[0] == "2 cases in common"
+    assert "per case: mean +0.1500, median +0.1500" in out[1] and "A higher in 2 and B in 0 of 2" in out[1]
