@@ -18,7 +18,9 @@ over their runs.
 
 ``--common`` compares only the cases that every summary scores (e.g. a model evaluated on all
 held-out cases against the same model on a part of them, changed); without it, different cases
-are an error.
+are an error. ``--with-label L`` / ``--without-label L`` keep only the cases whose reference
+holds / lacks label L (read from the first summary), e.g. the held-out cases with and without
+lesions.
 """
 from __future__ import annotations
 
@@ -49,6 +51,20 @@ def common_cases(summaries: list[dict]) -> list[dict]:
     if not shared:
         raise ValueError("the summaries have no case in common; evaluate the models on the same references")
     return [{**s, "per_case": [c for c in s["per_case"] if c["case_id"] in shared]} for s in summaries]
+
+
+def cases_by_label(summaries: list[dict], label: str, present: bool) -> list[dict]:
+    """The summaries with ``per_case`` cut to the cases whose reference holds (``present``) or
+    lacks label ``label``, as the first summary's ``n_ref`` says."""
+    first = summaries[0]["per_case"]
+    missing = [c["case_id"] for c in first if "n_ref" not in c["metrics"].get(label, {})]
+    if missing:
+        raise ValueError(f"label {label} has no reference voxel count (n_ref) in case(s) {missing[:5]}; "
+                         f"choose a label of the dataset and summaries written by autoseg evaluate")
+    keep = {c["case_id"] for c in first if (c["metrics"][label]["n_ref"] > 0) == present}
+    if not keep:
+        raise ValueError(f"no case {'holds' if present else 'lacks'} label {label} in its reference")
+    return [{**s, "per_case": [c for c in s["per_case"] if c["case_id"] in keep]} for s in summaries]
 
 
 def paired_differences(summary_a: dict, summary_b: dict, labels: list[str], n_boot: int = 10000,
@@ -141,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("summary_b", help="the same cases scored for model B (several runs: comma-separated)")
     p.add_argument("--boot", type=int, default=10000, help="bootstrap resamples")
     p.add_argument("--common", action="store_true", help="compare only the cases that all summaries score")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--with-label", metavar="L", help="only the cases whose reference holds label L")
+    which.add_argument("--without-label", metavar="L", help="only the cases whose reference lacks label L")
     args = p.parse_args(argv)
     runs_a, runs_b = ([json.loads(Path(path).read_text()) for path in arg.split(",")]
                       for arg in (args.summary_a, args.summary_b))
@@ -148,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
         cut = common_cases([*runs_a, *runs_b])
         runs_a, runs_b = cut[:len(runs_a)], cut[len(runs_a):]
         print(f"{len(cut[0]['per_case'])} cases in common")
+    if args.with_label or args.without_label:
+        cut = cases_by_label([*runs_a, *runs_b], args.with_label or args.without_label, bool(args.with_label))
+        runs_a, runs_b = cut[:len(runs_a)], cut[len(runs_a):]
+        print(f"{len(cut[0]['per_case'])} cases {'with' if args.with_label else 'without'} label "
+              f"{args.with_label or args.without_label}")
     labels = [str(k) for k in runs_a[0]["labels"] if int(k)]
     if len(runs_a) > 1 or len(runs_b) > 1:
         for label, d in run_differences(runs_a, runs_b, labels, n_boot=args.boot).items():

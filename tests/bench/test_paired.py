@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 import json  # noqa: E402
 
-from paired import averaged, common_cases, main, paired_differences, run_differences  # noqa: E402
+from paired import averaged, cases_by_label, common_cases, main, paired_differences, run_differences  # noqa: E402
 
 
 def summary(dice: dict[str, list[float]]) -> dict:
@@ -125,3 +125,27 @@ def test_common_cases_and_the_cli_flag(tmp_path, capsys):
     # case_1: 0.9 - 0.7 = 0.2, case_2: 0.6 - 0.5 = 0.1 -> mean 0.15
     assert out[0] == "2 cases in common"
     assert "per case: mean +0.1500, median +0.1500" in out[1] and "A higher in 2 and B in 0 of 2" in out[1]
+
+
+def test_cases_by_label(tmp_path, capsys):
+    def case(i, dice, lesion_voxels):
+        return {"case_id": f"case_{i}", "metrics": {"1": {"dice": dice, "n_ref": 100},
+                                                    "3": {"dice": None, "n_ref": lesion_voxels}}}
+    a = {"labels": {"0": "background", "1": "x", "3": "lesion"},
+         "per_case": [case(0, 0.8, 0), case(1, 0.9, 12), case(2, 0.6, 0)]}
+    b = {**a, "per_case": [case(0, 0.7, 0), case(1, 0.5, 12), case(2, 0.6, 0)]}
+    with_, without = cases_by_label([a, b], "3", True), cases_by_label([a, b], "3", False)
+    assert [c["case_id"] for c in with_[1]["per_case"]] == ["case_1"]
+    assert [c["case_id"] for c in without[0]["per_case"]] == ["case_0", "case_2"]
+    with pytest.raises(ValueError, match="no reference voxel count"):
+        cases_by_label([a, b], "7", True)
+    paths = []
+    for name, s in (("a", a), ("b", b)):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(s))
+        paths.append(str(path))
+    assert main(paths + ["--boot", "50", "--without-label", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    # label 1 on case_0 (0.8 - 0.7) and case_2 (0.6 - 0.6): mean 0.05; label 3 is undefined throughout
+    assert out[0] == "2 cases without label 3"
+    assert "label 1, A - B per case: mean +0.0500" in out[1] and len(out) == 2
