@@ -116,6 +116,18 @@ def _write(arr: np.ndarray, reference, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _building_folder(folder: Path, subfolders: tuple[str, ...], alternative: str) -> Path:
+    """An empty sibling of ``folder`` with ``subfolders``, to be renamed onto ``folder`` when
+    complete; refuses an existing ``folder``."""
+    if folder.exists():
+        raise SystemExit(f"{folder} exists; remove it or {alternative}")
+    tmp = folder.with_name(f".{folder.name}.building{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for sub in subfolders:
+        (tmp / sub).mkdir(parents=True)
+    return tmp
+
+
 def build(source: Path, out_root: Path, dataset_id: int = 104, seed: int = 0, test_fraction: float = 0.2,
           lesion_fraction: float = 1 / 3, max_blobs: int = 3, contrast: tuple[float, float] = (1.0, 3.0),
           max_cases: int | None = None) -> Path:
@@ -135,12 +147,7 @@ def build(source: Path, out_root: Path, dataset_id: int = 104, seed: int = 0, te
         n = int(round(lesion_fraction * len(part)))
         with_blobs |= {part[i] for i in rng.permutation(len(part))[:n]}
     folder = out_root / "raw" / f"Dataset{dataset_id:03d}_HippocampusLesions"
-    if folder.exists():
-        raise SystemExit(f"{folder} exists; remove it or choose another --dataset-id")
-    tmp = folder.with_name(f".{folder.name}.building{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-        (tmp / sub).mkdir(parents=True)
+    tmp = _building_folder(folder, ("imagesTr", "labelsTr", "imagesTs", "labelsTs"), "choose another --dataset-id")
     manifest = []
     try:
         for k, case in enumerate(cases):
@@ -188,12 +195,8 @@ def swap_test_blobs(source: Path, folder: Path, out: Path, seed: int = 0, max_bl
     import SimpleITK as sitk
 
     manifest = json.loads((folder / "implants.json").read_text())["cases"]
-    if out.exists():
-        raise SystemExit(f"{out} exists; remove it or choose another output folder")
-    tmp = out.with_name(f".{out.name}.building{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for sub in ("removed/images", "removed/labels", "added/images", "added/labels"):
-        (tmp / sub).mkdir(parents=True)
+    tmp = _building_folder(out, ("removed/images", "removed/labels", "added/images", "added/labels"),
+                           "choose another output folder")
     written: dict[str, list[str]] = {"removed": [], "added": []}
     try:
         for k, entry in enumerate(manifest):
