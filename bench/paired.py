@@ -45,8 +45,8 @@ def per_case_metrics(summaries: list[dict]) -> list[dict[str, dict]]:
 
 
 def common_cases(summaries: list[dict]) -> list[dict]:
-    """The summaries with ``per_case`` cut to the cases (by id) that all of them score, in the
-    first summary's order. Example: cases a, b, c and b, c, d -> b, c in both."""
+    """The summaries with ``per_case`` cut to the cases (by id) that all of them score, each in
+    its own order. Example: cases a, b, c and c, b, d -> b, c and c, b."""
     shared = set.intersection(*({c["case_id"] for c in s["per_case"]} for s in summaries))
     if not shared:
         raise ValueError("the summaries have no case in common; evaluate the models on the same references")
