@@ -116,6 +116,20 @@ def _write(arr: np.ndarray, reference, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def dataset_folder(root: Path, dataset_id: int) -> Path:
+    """Where ``build`` writes the dataset under the workspace ``root``."""
+    return root / "raw" / f"Dataset{dataset_id:03d}_HippocampusLesions"
+
+
+def _read_source_case(source: Path, case: str):
+    """The Decathlon case's image and label as SimpleITK images and (z, y, x) arrays."""
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(str(source / "imagesTr" / f"{case}.nii.gz"))
+    lab = sitk.ReadImage(str(source / "labelsTr" / f"{case}.nii.gz"))
+    return img, lab, sitk.GetArrayFromImage(img), sitk.GetArrayFromImage(lab)
+
+
 def _building_folder(folder: Path, subfolders: tuple[str, ...], alternative: str) -> Path:
     """An empty sibling of ``folder`` with ``subfolders``, to be renamed onto ``folder`` when
     complete; refuses an existing ``folder``."""
@@ -132,8 +146,6 @@ def build(source: Path, out_root: Path, dataset_id: int = 104, seed: int = 0, te
           lesion_fraction: float = 1 / 3, max_blobs: int = 3, contrast: tuple[float, float] = (1.0, 3.0),
           max_cases: int | None = None) -> Path:
     """Write ``out_root/raw/Dataset{id:03d}_HippocampusLesions`` from the Decathlon task ``source``."""
-    import SimpleITK as sitk
-
     meta = json.loads((source / "dataset.json").read_text())
     cases = sorted(Path(e["image"]).name[: -len(".nii.gz")] for e in meta["training"]
                    if not Path(e["image"]).name.startswith("._"))
@@ -146,15 +158,13 @@ def build(source: Path, out_root: Path, dataset_id: int = 104, seed: int = 0, te
     for part in (cases[:n_test], cases[n_test:]):  # the same fraction in both parts
         n = int(round(lesion_fraction * len(part)))
         with_blobs |= {part[i] for i in rng.permutation(len(part))[:n]}
-    folder = out_root / "raw" / f"Dataset{dataset_id:03d}_HippocampusLesions"
+    folder = dataset_folder(out_root, dataset_id)
     tmp = _building_folder(folder, ("imagesTr", "labelsTr", "imagesTs", "labelsTs"), "choose another --dataset-id")
     manifest = []
     try:
         for k, case in enumerate(cases):
             part = "Ts" if k < n_test else "Tr"
-            img = sitk.ReadImage(str(source / "imagesTr" / f"{case}.nii.gz"))
-            lab = sitk.ReadImage(str(source / "labelsTr" / f"{case}.nii.gz"))
-            image, label = sitk.GetArrayFromImage(img), sitk.GetArrayFromImage(lab)
+            img, lab, image, label = _read_source_case(source, case)
             case_rng = np.random.default_rng([seed, k])
             blobs = []
             if case in with_blobs:
@@ -192,8 +202,6 @@ def swap_test_blobs(source: Path, folder: Path, out: Path, seed: int = 0, max_bl
                     contrast: tuple[float, float] = (1.0, 3.0)) -> dict[str, list[str]]:
     """Write ``out/{removed,added}/{images,labels}`` from the held-out cases of ``folder`` (a
     ``build`` output): the cases with blobs as in ``source``, the others with blobs implanted."""
-    import SimpleITK as sitk
-
     manifest = json.loads((folder / "implants.json").read_text())["cases"]
     tmp = _building_folder(out, ("removed/images", "removed/labels", "added/images", "added/labels"),
                            "choose another output folder")
@@ -203,9 +211,7 @@ def swap_test_blobs(source: Path, folder: Path, out: Path, seed: int = 0, max_bl
             if entry["part"] != "Ts":
                 continue
             case = entry["case"]
-            img = sitk.ReadImage(str(source / "imagesTr" / f"{case}.nii.gz"))
-            lab = sitk.ReadImage(str(source / "labelsTr" / f"{case}.nii.gz"))
-            image, label = sitk.GetArrayFromImage(img), sitk.GetArrayFromImage(lab)
+            img, lab, image, label = _read_source_case(source, case)
             kind = "removed" if entry["blobs"] else "added"
             if kind == "added":
                 rng = np.random.default_rng([seed, 1, k])  # not the build's stream for this case
@@ -243,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.source} is not a Decathlon task folder (no dataset.json); pass --source", file=sys.stderr)
         return 2
     if args.swap_test:
-        folder = args.root / "raw" / f"Dataset{args.dataset_id:03d}_HippocampusLesions"
+        folder = dataset_folder(args.root, args.dataset_id)
         if not (folder / "implants.json").is_file():
             print(f"{folder} has no implants.json: build the dataset first (the same command without "
                   f"--swap-test)", file=sys.stderr)

@@ -50,7 +50,7 @@ def common_cases(summaries: list[dict]) -> list[dict]:
     shared = set.intersection(*({c["case_id"] for c in s["per_case"]} for s in summaries))
     if not shared:
         raise ValueError("the summaries have no case in common; evaluate the models on the same references")
-    return [{**s, "per_case": [c for c in s["per_case"] if c["case_id"] in shared]} for s in summaries]
+    return _only(summaries, shared)
 
 
 def cases_by_label(summaries: list[dict], label: str, present: bool) -> list[dict]:
@@ -64,7 +64,12 @@ def cases_by_label(summaries: list[dict], label: str, present: bool) -> list[dic
     keep = {c["case_id"] for c in first if (c["metrics"][label]["n_ref"] > 0) == present}
     if not keep:
         raise ValueError(f"no case {'holds' if present else 'lacks'} label {label} in its reference")
-    return [{**s, "per_case": [c for c in s["per_case"] if c["case_id"] in keep]} for s in summaries]
+    return _only(summaries, keep)
+
+
+def _only(summaries: list[dict], case_ids: set[str]) -> list[dict]:
+    """The summaries with ``per_case`` cut to ``case_ids``."""
+    return [{**s, "per_case": [c for c in s["per_case"] if c["case_id"] in case_ids]} for s in summaries]
 
 
 def paired_differences(summary_a: dict, summary_b: dict, labels: list[str], n_boot: int = 10000,
@@ -163,15 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     runs_a, runs_b = ([json.loads(Path(path).read_text()) for path in arg.split(",")]
                       for arg in (args.summary_a, args.summary_b))
+    runs, n_a = [*runs_a, *runs_b], len(runs_a)
     if args.common:
-        cut = common_cases([*runs_a, *runs_b])
-        runs_a, runs_b = cut[:len(runs_a)], cut[len(runs_a):]
-        print(f"{len(cut[0]['per_case'])} cases in common")
-    if args.with_label or args.without_label:
-        cut = cases_by_label([*runs_a, *runs_b], args.with_label or args.without_label, bool(args.with_label))
-        runs_a, runs_b = cut[:len(runs_a)], cut[len(runs_a):]
-        print(f"{len(cut[0]['per_case'])} cases {'with' if args.with_label else 'without'} label "
-              f"{args.with_label or args.without_label}")
+        runs = common_cases(runs)
+        print(f"{len(runs[0]['per_case'])} cases in common")
+    split_label = args.with_label or args.without_label
+    if split_label:
+        runs = cases_by_label(runs, split_label, bool(args.with_label))
+        print(f"{len(runs[0]['per_case'])} cases {'with' if args.with_label else 'without'} label {split_label}")
+    runs_a, runs_b = runs[:n_a], runs[n_a:]
     labels = [str(k) for k in runs_a[0]["labels"] if int(k)]
     if len(runs_a) > 1 or len(runs_b) > 1:
         for label, d in run_differences(runs_a, runs_b, labels, n_boot=args.boot).items():
