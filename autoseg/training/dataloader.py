@@ -27,10 +27,8 @@ patch always centred on a lesion teaches the network that lesions sit in the mid
 which the sliding window's tiles do not respect (on the implanted Hippocampus data lesion F1
 0.16 centred, 0.76 placed so, docs/benchmarks.md). With ``balance_cases`` the other samples'
 cases are drawn so that every case keeps its plain-training share of all samples where the
-small-class samples leave room (``case_weights``), instead of uniformly. With a fade window
-(``fade_window``, set by the trainer from ``small_class_fade``) the small-class share is scaled by
-``small_classes.emphasis(i, window)``, so batch ``i`` stays a function of the seed, ``i`` and the
-window. Without small classes the batches are exactly those above.
+small-class samples leave room (``case_weights``), instead of uniformly. Without small classes
+the batches are exactly those above.
 """
 from __future__ import annotations
 
@@ -49,7 +47,6 @@ from autoseg.device import usable_cpus
 from autoseg.plans import ConfigurationPlan
 from autoseg.preprocess.storage import load_case
 from autoseg.training.augmentation import AugmentationConfig, build_transforms, sampling_patch_size
-from autoseg.training.small_classes import emphasis
 
 IN_MEMORY_LIMIT_BYTES = 2e9
 log = logging.getLogger(__name__)
@@ -156,7 +153,6 @@ class BatchSource:
         # the other samples' cases drawn so that each case keeps its plain-training share of all
         # samples as far as the small-class samples leave room (None: uniform); TrainConfig.small_class_balance_cases
         self._case_weights = self.case_weights() if balance_cases and self.class_shares else None
-        self.fade_window: tuple[int, int] | None = None  # iterations over which the shares fall to 0
         self._components: dict[tuple[str, int], list[np.ndarray]] = {}
 
     def _small_classes(self, shares: dict[int, float]) -> tuple[dict[int, float], dict[int, list[str]]]:
@@ -217,16 +213,15 @@ class BatchSource:
             voxel = locs[rng.integers(len(locs))]
         return self._crop(case, voxel, rng)
 
-    def small_class_slots(self, rng: np.random.Generator, iteration: int = 0) -> list[int | None]:
-        """Per sample of batch ``iteration``, the small class to centre it on (None: the usual sampling)."""
+    def small_class_slots(self, rng: np.random.Generator) -> list[int | None]:
+        """Per sample of a batch, the small class to centre it on (None: the usual sampling)."""
         slots: list[int | None] = [None] * self.batch_size
         if not self.class_shares:
             return slots
         classes = list(self.class_shares)
         total = sum(self.class_shares.values())
         p = np.array([self.class_shares[c] / total for c in classes])
-        share = min(1.0, total) * emphasis(iteration, self.fade_window)
-        for j in range(small_class_count(self.batch_size, share, rng)):
+        for j in range(small_class_count(self.batch_size, min(1.0, total), rng)):
             place = self.batch_size - 1 - j if self.small_class_first == "forced" else j  # forced samples come last
             slots[place] = classes[int(rng.choice(len(classes), p=p))]
         return slots
@@ -271,7 +266,7 @@ class BatchSource:
     def batch(self, i: int) -> dict[str, np.ndarray | list[np.ndarray]]:
         rng = self._rng(i)
         n_forced = num_forced(self.batch_size, self.oversample)
-        small = self.small_class_slots(rng, i)
+        small = self.small_class_slots(rng)
         data, seg = [], []
         for j in range(self.batch_size):
             if small[j] is not None:

@@ -8,8 +8,6 @@ classes absent from a patch do not blow up. A perfect prediction has loss 0 (plu
 Small classes (see ``small_classes``): ``ce_class_weights`` (one per output channel) weight the
 cross-entropy (a weighted mean over voxels, as ``torch.nn.functional.cross_entropy``), and the
 Dice of the classes in ``batch_dice_classes`` is pooled over the batch even when the rest is not.
-``set_emphasis(e)`` scales both towards plain training (``small_classes.emphasis``): class weights
-``1 + (w - 1) * e``, and those classes' Dice ``e * pooled + (1 - e) * per-sample mean``.
 """
 from __future__ import annotations
 
@@ -25,12 +23,11 @@ SMOOTH = 1e-5
 
 
 def soft_dice(probs: torch.Tensor, target: torch.Tensor, batch_dice: bool,
-              batch_dice_classes: tuple[int, ...] = (), pooled_share: float = 1.0) -> torch.Tensor:
+              batch_dice_classes: tuple[int, ...] = ()) -> torch.Tensor:
     """Mean soft Dice over foreground classes. ``probs`` (B, K, ...), ``target`` (B, 1, ...) int.
 
     Each class contributes the mean of its per-sample Dice, or its Dice over the whole batch when
-    ``batch_dice`` is set or the class is in ``batch_dice_classes`` (for those, ``pooled_share`` x
-    the pooled Dice + (1 - ``pooled_share``) x the per-sample mean); the result is the mean over classes.
+    ``batch_dice`` is set or the class is in ``batch_dice_classes``; the result is the mean over classes.
     """
     onehot = torch.zeros_like(probs).scatter_(1, target.long(), 1.0)
     probs, onehot = probs[:, 1:], onehot[:, 1:]
@@ -42,8 +39,7 @@ def soft_dice(probs: torch.Tensor, target: torch.Tensor, batch_dice: bool,
     if batch_dice:
         return pooled.mean()
     chosen = torch.tensor([k in batch_dice_classes for k in range(1, probs.shape[1] + 1)], device=probs.device)
-    mean = per_sample.mean(0)
-    return torch.where(chosen, pooled_share * pooled + (1 - pooled_share) * mean, mean).mean()
+    return torch.where(chosen, pooled, per_sample.mean(0)).mean()
 
 
 class DiceCELoss(nn.Module):
@@ -54,22 +50,15 @@ class DiceCELoss(nn.Module):
         self.batch_dice_classes = tuple(batch_dice_classes)
         self.register_buffer("class_weights", None if ce_class_weights is None
                              else torch.tensor(ce_class_weights, dtype=torch.float32), persistent=False)
-        self.emphasis = 1.0
-
-    def set_emphasis(self, emphasis: float) -> None:
-        self.emphasis = float(emphasis)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = logits.new_zeros(())
         if self.ce_weight:
-            weight = None
-            if self.class_weights is not None:
-                weight = (1 + (self.class_weights - 1) * self.emphasis).to(logits.device)
+            weight = None if self.class_weights is None else self.class_weights.to(logits.device)
             loss = loss + self.ce_weight * F.cross_entropy(logits.float(), target[:, 0].long(), weight=weight)
         if self.dice_weight:
             probs = torch.softmax(logits.float(), 1)
-            dice = soft_dice(probs, target, self.batch_dice, self.batch_dice_classes, self.emphasis)
-            loss = loss + self.dice_weight * (1 - dice)
+            loss = loss + self.dice_weight * (1 - soft_dice(probs, target, self.batch_dice, self.batch_dice_classes))
         return loss
 
 
@@ -97,9 +86,6 @@ class DeepSupervisionLoss(nn.Module):
         super().__init__()
         self.loss = loss
         self.weights = deep_supervision_weights(n_outputs)
-
-    def set_emphasis(self, emphasis: float) -> None:
-        self.loss.set_emphasis(emphasis)
 
     def forward(self, outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
         total = outputs[0].new_zeros(())

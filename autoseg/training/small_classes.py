@@ -19,11 +19,6 @@ voxels, where the implanted Hippocampus blobs (median 32 voxels) are 0.036% of a
 patch; a weight w multiplies their share and moves cross-entropy's decision threshold for the
 class from 0.5 to 1 / (1 + w) (0.25 for w = 3): more lesion recall for some precision, which the
 selection's learned size/presence rules can win back.
-
-Fade (``small_class_fade``): over the last part of the schedule the emphasis falls linearly to
-plain training, so that the low-learning-rate end of training, where the anatomy's boundaries
-settle, sees the plain batches and loss while the small class has been learned with the emphasis
-before. ``emphasis`` gives the factor (1: full emphasis, 0: plain) at an iteration.
 """
 from __future__ import annotations
 
@@ -51,36 +46,6 @@ class SmallClassSetup:
         shares = ", ".join(f"{c}: {s:.2f}" for c, s in self.shares.items())
         return (f"small classes {self.classes}: batch shares {{{shares}}}, CE weight "
                 f"{max(self.ce_weights) if self.ce_weights else 1.0:g}, batch Dice for {self.batch_dice_classes}")
-
-
-def fade_window(total_iterations: int, fade: float, delay: float = 0.0) -> tuple[int, int, int] | None:
-    """Iterations (on, start, end): the emphasis is 0 before ``on`` (the first ``delay`` of the
-    schedule), 1 from ``on`` to ``start``, and falls linearly to 0 at ``end`` (over the last ``fade``);
-    None: emphasis throughout.
-
-    ``fade_window(1000, 0.25) == (0, 750, 1000)``, ``fade_window(1000, 0.0, 0.5) == (500, 1000, 1000)``."""
-    if (fade <= 0 and delay <= 0) or total_iterations <= 0:
-        return None
-    total = int(total_iterations)
-    return int(round(total * delay)), int(round(total * (1 - fade))), total
-
-
-def emphasis(iteration: int, window: tuple[int, int, int] | None) -> float:
-    """The small-class emphasis at ``iteration``: 0 before ``on``, 1 from there to ``start``, 0 from
-    ``end``, linear between ``start`` and ``end``.
-
-    With window (0, 750, 1000): 1.0 at 750, 0.5 at 875, 0.0 at 1000 and after; with (500, 1000,
-    1000): 0.0 at 499, 1.0 from 500 to 1000."""
-    if window is None:
-        return 1.0
-    on, start, end = window
-    if iteration < on:
-        return 0.0
-    if iteration <= start:
-        return 1.0
-    if iteration >= end:
-        return 0.0
-    return (end - iteration) / (end - start)
 
 
 def resolve_small_classes(cfg: TrainConfig, plan: ConfigurationPlan, num_classes: int) -> SmallClassSetup:

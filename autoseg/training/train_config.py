@@ -73,11 +73,6 @@ class TrainConfig:
     # draw the other samples' cases so that every training case keeps the share of all samples it
     # has in plain training, as far as the small-class samples leave room (false: uniformly)
     small_class_balance_cases: bool = False
-    # the last small_class_fade of the schedule's iterations take the emphasis above down linearly
-    # to plain training (share -> 0, CE weight -> 1, Dice per sample); 0: emphasis to the end
-    small_class_fade: float = 0.0
-    # the first small_class_delay of the schedule's iterations train plainly; the emphasis starts after
-    small_class_delay: float = 0.0
     batch_size: Optional[int] = None  # None: as the plans say
     seed: int = 12345
     checkpoint_every_epochs: int = 50
@@ -140,10 +135,6 @@ class TrainConfig:
             raise ValueError(f"small_class_placement must be 'centre' or 'contain', found {self.small_class_placement!r}")
         if self.small_class_slots not in ("forced", "random"):
             raise ValueError(f"small_class_slots must be 'forced' or 'random', found {self.small_class_slots!r}")
-        if not 0 <= self.small_class_fade <= 1:
-            raise ValueError(f"small_class_fade must be in [0, 1], found {self.small_class_fade}")
-        if not 0 <= self.small_class_delay < 1 or self.small_class_delay > 1 - self.small_class_fade:
-            raise ValueError(f"small_class_delay must be in [0, 1 - small_class_fade], found {self.small_class_delay}")
         if self.small_class_ce_weight <= 0:
             raise ValueError(f"small_class_ce_weight must be > 0, found {self.small_class_ce_weight}")
 

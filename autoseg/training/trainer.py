@@ -32,7 +32,7 @@ from autoseg.training.dataloader import BatchSource, class_frequencies, iterate
 from autoseg.training.loss import build_loss
 from autoseg.training.network import build_network, deep_supervision_scales, init_output_bias
 from autoseg.training.progress import format_epoch, plot_progress
-from autoseg.training.small_classes import emphasis, fade_window, resolve_small_classes
+from autoseg.training.small_classes import resolve_small_classes
 from autoseg.training.splits import get_split
 from autoseg.training.train_config import TrainConfig, resolve_optimizer
 
@@ -211,21 +211,6 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     batches = iterate(train_src, iteration, budget.max_iterations - iteration, cfg.num_workers)
     num_classes = plans.num_classes
     plotted_at = time.perf_counter()
-
-    def follow_schedule() -> None:
-        """Place the small-class fade on the current schedule; restart the batches if it moved."""
-        nonlocal batches
-        window = (fade_window(total, cfg.small_class_fade, cfg.small_class_delay)
-                  if small.active and budget.fitted_or_fixed else None)
-        if window != train_src.fade_window:
-            train_src.fade_window = window
-            if window is not None and window[0] > 0:
-                log.info("small-class emphasis starts at iteration %d", window[0])
-            if window is not None and window[1] < window[2]:
-                log.info("small-class emphasis fades to plain training over iterations %d-%d", *window[1:])
-            batches = iterate(train_src, iteration, budget.max_iterations - iteration, cfg.num_workers)
-
-    follow_schedule()
     with _StopRequest() as stop:
         try:
             while iteration < total:
@@ -241,7 +226,6 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
                     step_started = time.perf_counter()
                     batch = next(batches)
                     waited += time.perf_counter() - step_started
-                    loss_fn.set_emphasis(emphasis(iteration, train_src.fade_window))
                     loss, norm = _train_step(net, loss_fn, opt, scaler, batch, dev, cfg.grad_clip, amp_dtype, layout)
                     losses.append(loss)
                     norms.append(norm)
@@ -259,7 +243,6 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
                         n_it, n_val = budget.cfg.num_iterations_per_epoch, budget.cfg.num_val_iterations_per_epoch
                         total = budget.total_iterations
                         save_json(budget.cfg, out / "train_config.json")
-                        follow_schedule()
                 bar.close()
                 val_loss, dice, forward_total = _validate_patches(net, loss_fn, val_src, epoch * n_val, n_val, dev,
                                                                   num_classes, scales, cfg.precision)
@@ -279,7 +262,6 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
                     budget.refit(iteration, history["epoch_time"], history.get("epoch_iterations", []), forward_s)
                     total = budget.total_iterations
                     save_json(budget.cfg, out / "train_config.json")
-                    follow_schedule()
                 if ema > best_ema:
                     best_ema = float(ema)
                     checkpoint("checkpoint_best")
@@ -331,11 +313,6 @@ class _Budget:
     @property
     def total_iterations(self) -> int:
         return self.cfg.total_iterations
-
-    @property
-    def fitted_or_fixed(self) -> bool:
-        """Whether ``total_iterations`` is the run's schedule (not the warm-up's placeholder)."""
-        return not self.active or self.fitted
 
     @property
     def max_iterations(self) -> int:

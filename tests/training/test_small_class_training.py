@@ -12,7 +12,7 @@ from autoseg.preprocess.storage import CaseProperties, sample_class_locations, s
 from autoseg.training import dataloader
 from autoseg.training.dataloader import BatchSource
 from autoseg.training.loss import DiceCELoss, build_loss, soft_dice
-from autoseg.training.small_classes import emphasis, fade_window, resolve_small_classes
+from autoseg.training.small_classes import resolve_small_classes
 from autoseg.training.train_config import TrainConfig, apply_overrides, resolve_train_config
 
 SHAPE = (20, 20, 20)
@@ -194,36 +194,6 @@ def test_contained_small_class_samples_hold_the_lesion_off_centre(tmp_path):
     assert at_centre < 0.5  # centring put a lesion voxel at the centre every time
 
 
-def test_the_fade_window_and_the_emphasis_by_hand():
-    assert fade_window(1000, 0.25) == (0, 750, 1000) and fade_window(90, 1.0) == (0, 0, 90)
-    assert fade_window(1000, 0.0) is None and fade_window(0, 0.5) is None
-    assert fade_window(1000, 0.0, 0.5) == (500, 1000, 1000) and fade_window(1000, 0.25, 0.25) == (250, 750, 1000)
-    assert [emphasis(i, (500, 1000, 1000)) for i in (0, 499, 500, 999, 1000)] == [0.0, 0.0, 1.0, 1.0, 1.0]
-    window = (0, 750, 1000)
-    assert [emphasis(i, window) for i in (0, 750, 800, 875, 999, 1000, 5000)] == \
-        [1.0, 1.0, 0.8, 0.5, pytest.approx(0.004), 0.0, 0.0]
-    assert emphasis(10 ** 6, None) == 1.0
-    with pytest.raises(UserFacingError, match=r"small_class_fade must be in \[0, 1\]"):
-        apply_overrides(TrainConfig(), ["small_class_fade=1.5"])
-
-
-def test_the_small_class_share_fades_with_the_window(tmp_path):
-    ids = lesion_cases(tmp_path)
-    # B=2, no foreground forcing, share 0.5: one lesion-centred sample (the second) in every batch
-    src = centred(BatchSource(tmp_path, ids, plan(), 2, 0.0, None, None, seed=5, class_shares={3: 0.5}))
-    unfaded = [src.batch(i)["data"] for i in range(3)]
-    src.fade_window = (0, 100, 300)
-    assert all(np.array_equal(src.batch(i)["data"], unfaded[i]) for i in range(3))  # before the window
-    assert all(centre_labels(src.batch(i))[1] == 3 for i in range(90, 100))
-    # none from its end on (a random placement lands on the 35 lesion voxels of 8,000 seldom)
-    assert np.mean([centre_labels(src.batch(i))[1] == 3 for i in range(300, 400)]) < 0.05
-    # emphasis 0.25 (iterations around 3/4 of a long window): a lesion slot in 2 x 0.5 x 0.25 of the batches
-    src.fade_window = (0, 0, 1_000_000)
-    n = 400
-    share = np.mean([centre_labels(src.batch(750_000 + k))[1] == 3 for k in range(-n // 2, n // 2)])
-    assert abs(share - 0.25) < 4 * math.sqrt(0.25 * 0.75 / n) + 0.02
-
-
 def test_components_are_drawn_uniformly_among_cases_that_contain_the_class(tmp_path):
     ids = lesion_cases(tmp_path)
     src = centred(BatchSource(tmp_path, ids, plan(), 2, 0.0, None, None, seed=1, class_shares={3: 0.5}))
@@ -286,24 +256,6 @@ def test_batch_dice_for_chosen_classes_by_hand():
     assert float(soft_dice(probs, target, False, (2,))) == pytest.approx((5 / 6 + 2 / 3) / 2, abs=1e-4)
     assert float(soft_dice(probs, target, True)) == pytest.approx(2 / 3, abs=1e-4)
     assert float(soft_dice(probs, target, True, (2,))) == pytest.approx(2 / 3, abs=1e-4)
-
-
-def test_the_emphasis_scales_the_class_weights_and_the_pooled_dice_by_hand():
-    logits = torch.tensor([[[0.0, math.log(3)], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])  # as above
-    target = torch.tensor([[[0, 3]]])
-    loss = DiceCELoss(False, 1.0, 0.0, ce_class_weights=(1.0, 1.0, 1.0, 3.0))
-    loss.set_emphasis(0.5)  # class 3 weight 1 + 2 x 0.5 = 2
-    assert float(loss(logits, target)) == pytest.approx((math.log(4) + 2 * math.log(6)) / 3)
-    loss.set_emphasis(0.0)  # plain cross-entropy
-    assert float(loss(logits, target)) == pytest.approx((math.log(4) + math.log(6)) / 2)
-    # the Dice example above: class 2 pooled 2/3, per-sample mean 1/2; halfway 7/12
-    target = torch.tensor([[[1, 1, 0, 0]], [[2, 0, 0, 0]]])
-    probs = torch.zeros(2, 3, 4).scatter_(1, torch.tensor([[[1, 0, 2, 0]], [[2, 0, 0, 0]]]), 1.0)
-    assert float(soft_dice(probs, target, False, (2,), 0.5)) == pytest.approx((5 / 6 + 7 / 12) / 2, abs=1e-4)
-    assert float(soft_dice(probs, target, False, (2,), 0.0)) == pytest.approx((5 / 6 + 1 / 2) / 2, abs=1e-4)
-    wrapped = build_loss("dice_ce", False, 1.0, 1.0, 2, ce_class_weights=(1.0, 3.0), batch_dice_classes=(1,))
-    wrapped.set_emphasis(0.25)
-    assert wrapped.loss.emphasis == 0.25
 
 
 def test_build_loss_passes_the_small_class_settings():

@@ -143,22 +143,6 @@ def test_small_class_settings_reach_the_sampler_and_loss(prepared, monkeypatch):
     assert "small classes (1,)" in (fold / "training.log").read_text()
 
 
-def test_the_small_class_emphasis_fades_over_the_end_of_the_schedule(prepared, monkeypatch):
-    seen = []
-    real_step = trainer._train_step
-
-    def step(net, loss_fn, *args, **kwargs):
-        seen.append(loss_fn.loss.emphasis)
-        return real_step(net, loss_fn, *args, **kwargs)
-
-    monkeypatch.setattr(trainer, "_train_step", step)
-    # 2 epochs x 3 iterations, the last half fading: window (3, 6), emphasis 1, 1, 1, 1, 2/3, 1/3
-    cfg = dataclasses.replace(small_config(2), small_classes=(1,), small_class_fade=0.5)
-    fold = trainer.train_fold(prepared, "901", "3d_fullres", 0, cfg, variant="f", validate=False)
-    assert seen == pytest.approx([1, 1, 1, 1, 2 / 3, 1 / 3])
-    assert "fades to plain training over iterations 3-6" in (fold / "training.log").read_text()
-
-
 def test_train_step_reports_the_norm_before_clipping():
     # loss = w . x with x = (3, 4): gradient x, norm 5; clipped to 1 the step is lr * x / 5
     w = torch.nn.Parameter(torch.zeros(2))
