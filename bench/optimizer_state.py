@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 
 def gradient_sizes(state: dict) -> list[tuple[str, int, float]]:
     """(parameter name, its number of dimensions, root mean square of ``exp_avg_sq``) per tensor
@@ -49,20 +51,19 @@ def compare(a: list[tuple[str, int, float]], b: list[tuple[str, int, float]]
 
 
 def main(argv: list[str] | None = None) -> None:
-    import torch
+    from autoseg.training.checkpoint import load_checkpoint
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("a", type=Path, help="checkpoint A (.pth)")
     p.add_argument("b", type=Path, help="checkpoint B (.pth)")
     args = p.parse_args(argv)
-    rows = compare(*(gradient_sizes(torch.load(path, map_location="cpu", weights_only=False))
-                     for path in (args.a, args.b)))
+    rows = compare(*(gradient_sizes(load_checkpoint(path)) for path in (args.a, args.b)))
     for name, _, sa, sb, ratio in rows:
         print(f"{name:50s} {sa:.3e} {sb:.3e} {ratio:6.2f}")
     weights = [ratio for _, ndim, *_, ratio in rows if ndim >= 2]
     if weights:
-        print(f"convolution weights: median A/B {np.median(weights):.2f}, range {min(weights):.2f} .. {max(weights):.2f} "
-              f"({len(weights)} tensors)")
+        print(f"convolution weights: median A/B {np.median(weights):.2f}, "
+              f"range {min(weights):.2f} .. {max(weights):.2f} ({len(weights)} tensors)")
 
 
 if __name__ == "__main__":
