@@ -68,7 +68,7 @@ class TrainConfig:
     # random patch that hold the component's voxel away from the faces; "centre": on that voxel
     small_class_placement: str = "contain"
     # which samples of a batch the small-class ones replace: "forced" (the foreground-forced ones
-    # first) or "random" (the randomly placed ones first)
+    # first), "random" (the randomly placed ones first) or "extra" (none: they are added to the batch)
     small_class_slots: str = "forced"
     # draw the other samples' cases so that every training case keeps the share of all samples it
     # has in plain training, as far as the small-class samples leave room (false: uniformly)
@@ -133,8 +133,9 @@ class TrainConfig:
             raise ValueError(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}, found {self.memory_format!r}")
         if self.small_class_placement not in ("centre", "contain"):
             raise ValueError(f"small_class_placement must be 'centre' or 'contain', found {self.small_class_placement!r}")
-        if self.small_class_slots not in ("forced", "random"):
-            raise ValueError(f"small_class_slots must be 'forced' or 'random', found {self.small_class_slots!r}")
+        if self.small_class_slots not in ("forced", "random", "extra"):
+            raise ValueError(f"small_class_slots must be 'forced', 'random' or 'extra', "
+                             f"found {self.small_class_slots!r}")
         if self.small_class_ce_weight <= 0:
             raise ValueError(f"small_class_ce_weight must be > 0, found {self.small_class_ce_weight}")
 

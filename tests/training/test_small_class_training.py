@@ -82,7 +82,7 @@ def test_overrides_and_variant():
 def test_override_errors():
     with pytest.raises(UserFacingError, match="small_class_placement must be 'centre' or 'contain'"):
         apply_overrides(TrainConfig(), ["small_class_placement=middle"])
-    with pytest.raises(UserFacingError, match="small_class_slots must be 'forced' or 'random'"):
+    with pytest.raises(UserFacingError, match="small_class_slots must be 'forced', 'random' or 'extra'"):
         apply_overrides(TrainConfig(), ["small_class_slots=first"])
     with pytest.raises(UserFacingError, match=r"small_class_oversample must be in \[0, 1\]"):
         apply_overrides(TrainConfig(), ["small_class_oversample=1.5"])
@@ -159,6 +159,27 @@ def test_small_class_samples_can_take_the_random_place_first(tmp_path):
     centres = np.stack([centre_labels(small.batch(i)) for i in range(200)])
     assert (centres[:, 0] == 3).all()
     assert (centres[:, 1] > 0).all() and (centres[:, 1] == 1).mean() > 0.5
+
+
+def test_extra_small_class_samples_are_added_to_the_plain_batch(tmp_path):
+    ids = lesion_cases(tmp_path)
+    # small_class_slots "extra": the batch of two keeps its random first and forced second sample
+    # and a lesion sample is appended; share 0.5 of B=2 gives one in every batch (no draw), 0.33
+    # one in 66% of the batches (a batch of 3) and none in the rest (a batch of 2)
+    plain = centred(BatchSource(tmp_path, ids, plan(), 2, 0.5, None, None, seed=3))
+    extra = centred(BatchSource(tmp_path, ids, plan(), 2, 0.5, None, None, seed=3, class_shares={3: 0.5},
+                                small_class_first="extra"))
+    centres = np.stack([centre_labels(extra.batch(i)) for i in range(200)])  # (200, 3)
+    plain_centres = np.stack([centre_labels(plain.batch(i)) for i in range(200)])
+    assert (centres[:, 2] == 3).all()
+    assert (centres[:, 1] > 0).all() and (centres[:, 1] == 1).mean() > 0.5  # still forced: mostly the cube
+    assert (centres[:, 0] > 0).mean() < 0.05  # still random
+    assert abs((centres[:, 1] == 1).mean() - (plain_centres[:, 1] == 1).mean()) < 0.15
+    third = BatchSource(tmp_path, ids, plan(), 2, 0.5, None, None, seed=3, class_shares={3: 0.33},
+                        small_class_first="extra")
+    sizes = np.array([len(third.batch(i)["data"]) for i in range(300)])
+    assert set(sizes) == {2, 3}
+    assert abs((sizes == 3).mean() - 0.66) < 4 * math.sqrt(0.66 * 0.34 / 300)
 
 
 def test_a_containing_placement_is_a_random_one_that_holds_the_voxel():
