@@ -285,6 +285,7 @@ class BatchSource:
             data.append(d)
             seg.append(s)
         batch = {"data": np.stack(data).astype(np.float32), "seg": np.stack(seg).astype(np.int16)}
+        plain = self.batch_size if len(small) > self.batch_size else None  # samples before the added ones
         if self.augmentation is not None:
             if self._transforms is None:
                 self._transforms = build_transforms(self.augmentation, self.patch)
@@ -297,7 +298,8 @@ class BatchSource:
         target = batch["seg"]
         if self.ds_scales is not None:
             target = [downsample_seg(target, s) for s in self.ds_scales]
-        return {"data": batch["data"].astype(np.float32), "target": target}
+        out = {"data": batch["data"].astype(np.float32), "target": target}
+        return out if plain is None else {**out, "plain": plain}
 
 
 def class_frequencies(source: BatchSource, num_classes: int, num_batches: int = 25) -> np.ndarray:
@@ -324,10 +326,11 @@ def downsample_seg(seg: np.ndarray, scale: tuple[float, ...]) -> np.ndarray:
 
 def _to_torch(batch: dict) -> dict:
     target = batch["target"]
-    return {
+    out = {
         "data": torch.from_numpy(batch["data"]),
         "target": [torch.from_numpy(t) for t in target] if isinstance(target, list) else torch.from_numpy(target),
     }
+    return out if "plain" not in batch else {**out, "plain": int(batch["plain"])}
 
 
 class _Iterations(torch.utils.data.Dataset):
