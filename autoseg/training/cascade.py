@@ -255,10 +255,9 @@ class CascadeBatchSource(BatchSource):
             rng = np.random.default_rng([self.seed, i, 1])  # its own stream: patch sampling is unchanged
             masks = np.stack([augment_previous_stage(m, rng, self.augmentation, self.voxel_size) for m in masks])
         data = np.concatenate([b["data"], masks], 1).astype(np.float32)
-        extra = {"plain": b["plain"]} if "plain" in b else {}  # small-class samples added after these
         if self.cascade_scales is not None:
-            return {"data": data, "target": [downsample_seg(target, s) for s in self.cascade_scales], **extra}
-        return {"data": data, "target": target, **extra}
+            return {"data": data, "target": [downsample_seg(target, s) for s in self.cascade_scales]}
+        return {"data": data, "target": target}
 
 
 def cascade_batch_source(ws: Workspace, dataset: str, plans: Plans, configuration: str, variant: str, cfg,

@@ -17,8 +17,7 @@ others, so 33% of all samples). By default (``small_class_first`` "forced") they
 foreground-forced places first and the randomly placed ones only when ``k`` exceeds those, so
 the share of randomly placed patches (the only ones placed like the sliding window's tiles: an
 image smaller than the patch sits in its centre) stays that of plain training; "random" does the
-other way round and keeps the share of foreground-forced patches; "extra" replaces none and
-appends them, so the batch holds the ``B`` samples of plain training and ``k`` more. The class is drawn with
+other way round and keeps the share of foreground-forced patches. The class is drawn with
 probability share / sum, the case drawn among the training cases that contain the class, the
 component uniformly among its components in that case (so a 5-voxel lesion beside a 500-voxel
 one is drawn as often), and the voxel among the component's stored locations. The patch is then
@@ -215,8 +214,7 @@ class BatchSource:
         return self._crop(case, voxel, rng)
 
     def small_class_slots(self, rng: np.random.Generator) -> list[int | None]:
-        """Per sample of a batch, the small class to centre it on (None: the usual sampling); with
-        ``small_class_first`` "extra" the list is longer than the batch by the small-class samples."""
+        """Per sample of a batch, the small class to centre it on (None: the usual sampling)."""
         slots: list[int | None] = [None] * self.batch_size
         if not self.class_shares:
             return slots
@@ -224,12 +222,8 @@ class BatchSource:
         total = sum(self.class_shares.values())
         p = np.array([self.class_shares[c] / total for c in classes])
         for j in range(small_class_count(self.batch_size, min(1.0, total), rng)):
-            cls = classes[int(rng.choice(len(classes), p=p))]
-            if self.small_class_first == "extra":
-                slots.append(cls)
-                continue
             place = self.batch_size - 1 - j if self.small_class_first == "forced" else j  # forced samples come last
-            slots[place] = cls
+            slots[place] = classes[int(rng.choice(len(classes), p=p))]
         return slots
 
     def component_locations(self, case_id: str, case: _Case, cls: int) -> list[np.ndarray]:
@@ -274,18 +268,17 @@ class BatchSource:
         n_forced = num_forced(self.batch_size, self.oversample)
         small = self.small_class_slots(rng)
         data, seg = [], []
-        for j in range(len(small)):
+        for j in range(self.batch_size):
             if small[j] is not None:
                 d, s = self.sample_component(small[j], rng)
             else:
                 pick = (rng.integers(len(self.case_ids)) if self._case_weights is None
                         else rng.choice(len(self.case_ids), p=self._case_weights))
                 case = self._case(self.case_ids[pick])
-                d, s = self.sample(case, forced=self.batch_size - n_forced <= j < self.batch_size, rng=rng)
+                d, s = self.sample(case, forced=j >= self.batch_size - n_forced, rng=rng)
             data.append(d)
             seg.append(s)
         batch = {"data": np.stack(data).astype(np.float32), "seg": np.stack(seg).astype(np.int16)}
-        plain = self.batch_size if len(small) > self.batch_size else None  # samples before the added ones
         if self.augmentation is not None:
             if self._transforms is None:
                 self._transforms = build_transforms(self.augmentation, self.patch)
@@ -298,8 +291,7 @@ class BatchSource:
         target = batch["seg"]
         if self.ds_scales is not None:
             target = [downsample_seg(target, s) for s in self.ds_scales]
-        out = {"data": batch["data"].astype(np.float32), "target": target}
-        return out if plain is None else {**out, "plain": plain}
+        return {"data": batch["data"].astype(np.float32), "target": target}
 
 
 def class_frequencies(source: BatchSource, num_classes: int, num_batches: int = 25) -> np.ndarray:
@@ -326,11 +318,10 @@ def downsample_seg(seg: np.ndarray, scale: tuple[float, ...]) -> np.ndarray:
 
 def _to_torch(batch: dict) -> dict:
     target = batch["target"]
-    out = {
+    return {
         "data": torch.from_numpy(batch["data"]),
         "target": [torch.from_numpy(t) for t in target] if isinstance(target, list) else torch.from_numpy(target),
     }
-    return out if "plain" not in batch else {**out, "plain": int(batch["plain"])}
 
 
 class _Iterations(torch.utils.data.Dataset):

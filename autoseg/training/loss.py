@@ -8,9 +8,6 @@ classes absent from a patch do not blow up. A perfect prediction has loss 0 (plu
 Small classes (see ``small_classes``): ``ce_class_weights`` (one per output channel) weight the
 cross-entropy (a weighted mean over voxels, as ``torch.nn.functional.cross_entropy``), and the
 Dice of the classes in ``batch_dice_classes`` is pooled over the batch even when the rest is not.
-With small-class samples added to the batch (``TrainConfig.small_class_slots`` "extra") and
-``small_class_extra_loss`` "small", ``SplitBatchLoss`` trains the batch's plain samples with the
-plain loss and the added ones only on the small classes, each against everything else.
 """
 from __future__ import annotations
 
@@ -54,7 +51,7 @@ class DiceCELoss(nn.Module):
         self.register_buffer("class_weights", None if ce_class_weights is None
                              else torch.tensor(ce_class_weights, dtype=torch.float32), persistent=False)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, plain: int | None = None) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = logits.new_zeros(())
         if self.ce_weight:
             weight = None if self.class_weights is None else self.class_weights.to(logits.device)
@@ -63,46 +60,6 @@ class DiceCELoss(nn.Module):
             probs = torch.softmax(logits.float(), 1)
             loss = loss + self.dice_weight * (1 - soft_dice(probs, target, self.batch_dice, self.batch_dice_classes))
         return loss
-
-
-def small_class_only_loss(logits: torch.Tensor, target: torch.Tensor, classes: tuple[int, ...],
-                          positive_weight: float) -> torch.Tensor:
-    """Each class ``c`` of ``classes`` against all the others, on its softmax probability ``p_c``:
-    binary cross-entropy with the class's voxels weighted ``positive_weight`` (a weighted mean, as
-    ``cross_entropy``'s class weights) plus 1 - soft Dice of ``p_c`` pooled over the batch; the mean
-    over the classes. Only how much of the softmax goes to ``c`` is trained, not how the rest is split
-    among the other classes. ``logits`` (B, K, ...), ``target`` (B, 1, ...) int."""
-    logp = torch.log_softmax(logits.float(), 1)
-    terms = []
-    for c in classes:
-        y = (target[:, 0] == c).float()
-        log_p = logp[:, c]
-        log_rest = torch.logsumexp(torch.cat([logp[:, :c], logp[:, c + 1:]], 1), 1)  # log(1 - p_c)
-        w = 1 + (positive_weight - 1) * y
-        bce = -(w * (y * log_p + (1 - y) * log_rest)).sum() / w.sum()
-        p = log_p.exp()
-        dice = (2 * (p * y).sum() + SMOOTH) / (p.sum() + y.sum() + SMOOTH)
-        terms.append(bce + 1 - dice)
-    return torch.stack(terms).mean()
-
-
-class SplitBatchLoss(nn.Module):
-    """``loss`` on the first ``plain`` samples of the batch, and on the rest (small-class samples
-    added to a plain batch) ``small_class_only_loss``, weighted by their number over ``plain`` (one
-    added sample beside two plain ones: 0.5). The plain samples get exactly the plain loss; without
-    ``plain`` (validation, or a batch with nothing added) the whole batch does."""
-
-    def __init__(self, loss: nn.Module, classes: tuple[int, ...], positive_weight: float):
-        super().__init__()
-        self.loss, self.classes, self.positive_weight = loss, tuple(classes), positive_weight
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, plain: int | None = None) -> torch.Tensor:
-        if plain is None or plain >= logits.shape[0]:
-            return self.loss(logits, target)
-        added = logits.shape[0] - plain
-        return (self.loss(logits[:plain], target[:plain])
-                + added / plain * small_class_only_loss(logits[plain:], target[plain:], self.classes,
-                                                       self.positive_weight))
 
 
 LOSSES: Registry[Callable[..., nn.Module]] = Registry("loss")
@@ -130,26 +87,18 @@ class DeepSupervisionLoss(nn.Module):
         self.loss = loss
         self.weights = deep_supervision_weights(n_outputs)
 
-    def forward(self, outputs: list[torch.Tensor], targets: list[torch.Tensor], **kwargs) -> torch.Tensor:
+    def forward(self, outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
         total = outputs[0].new_zeros(())
         for w, o, t in zip(self.weights, outputs, targets):
             if w:
-                total = total + w * self.loss(o, t, **kwargs)
+                total = total + w * self.loss(o, t)
         return total
 
 
 def build_loss(name: str, batch_dice: bool, ce_weight: float, dice_weight: float, n_outputs: int | None,
-               ce_class_weights: tuple[float, ...] | None = None, batch_dice_classes: tuple[int, ...] = (),
-               added_samples_classes: tuple[int, ...] = (), added_samples_weight: float = 1.0) -> nn.Module:
-    """The named loss, wrapped for deep supervision when ``n_outputs`` is given; the other arguments
-    are the small-class settings (``SmallClassSetup.ce_weights``, ``.batch_dice_classes``), or, with
-    ``added_samples_classes``, a ``SplitBatchLoss``: the plain loss for the plain samples and, for the
-    small-class samples added to the batch, those classes alone with positive weight
-    ``added_samples_weight``."""
-    if added_samples_classes:
-        base = SplitBatchLoss(LOSSES.get(name)(batch_dice, ce_weight, dice_weight), tuple(added_samples_classes),
-                              added_samples_weight)
-    else:
-        base = LOSSES.get(name)(batch_dice, ce_weight, dice_weight, ce_class_weights=ce_class_weights,
-                                batch_dice_classes=tuple(batch_dice_classes))
+               ce_class_weights: tuple[float, ...] | None = None, batch_dice_classes: tuple[int, ...] = ()) -> nn.Module:
+    """The named loss, wrapped for deep supervision when ``n_outputs`` is given; the last two
+    arguments are the small-class settings (``SmallClassSetup.ce_weights``, ``.batch_dice_classes``)."""
+    base = LOSSES.get(name)(batch_dice, ce_weight, dice_weight, ce_class_weights=ce_class_weights,
+                            batch_dice_classes=tuple(batch_dice_classes))
     return DeepSupervisionLoss(base, n_outputs) if n_outputs else base

@@ -68,12 +68,8 @@ class TrainConfig:
     # random patch that hold the component's voxel away from the faces; "centre": on that voxel
     small_class_placement: str = "contain"
     # which samples of a batch the small-class ones replace: "forced" (the foreground-forced ones
-    # first), "random" (the randomly placed ones first) or "extra" (none: they are added to the batch)
+    # first) or "random" (the randomly placed ones first)
     small_class_slots: str = "forced"
-    # with small_class_slots "extra": the loss of the added samples, "all" (the batch's, small-class
-    # weights included) or "small" (the small classes alone, each against the rest; the plain
-    # samples then get the plain loss)
-    small_class_extra_loss: str = "all"
     # draw the other samples' cases so that every training case keeps the share of all samples it
     # has in plain training, as far as the small-class samples leave room (false: uniformly)
     small_class_balance_cases: bool = False
@@ -137,11 +133,8 @@ class TrainConfig:
             raise ValueError(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}, found {self.memory_format!r}")
         if self.small_class_placement not in ("centre", "contain"):
             raise ValueError(f"small_class_placement must be 'centre' or 'contain', found {self.small_class_placement!r}")
-        if self.small_class_slots not in ("forced", "random", "extra"):
-            raise ValueError(f"small_class_slots must be 'forced', 'random' or 'extra', "
-                             f"found {self.small_class_slots!r}")
-        if self.small_class_extra_loss not in ("all", "small"):
-            raise ValueError(f"small_class_extra_loss must be 'all' or 'small', found {self.small_class_extra_loss!r}")
+        if self.small_class_slots not in ("forced", "random"):
+            raise ValueError(f"small_class_slots must be 'forced' or 'random', found {self.small_class_slots!r}")
         if self.small_class_ce_weight <= 0:
             raise ValueError(f"small_class_ce_weight must be > 0, found {self.small_class_ce_weight}")
 

@@ -162,9 +162,7 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     net = net.to(dev, memory_format=layout)
     loss_fn = build_loss(cfg.loss, cp.batch_dice if cfg.batch_dice is None else cfg.batch_dice,
                          cfg.ce_weight, cfg.dice_weight, len(scales) if scales else None,
-                         small.ce_weights, small.batch_dice_classes,
-                         small.classes if cfg.small_class_slots == "extra" and cfg.small_class_extra_loss == "small"
-                         else (), cfg.small_class_ce_weight)
+                         small.ce_weights, small.batch_dice_classes)
     if cfg.optimizer == "adamw":
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.initial_lr, weight_decay=cfg.weight_decay)
     else:
@@ -199,10 +197,7 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
              name, configuration, fold, dev, schedule, batch_size, cp.patch_size, len(train_ids), len(val_ids),
              "AdamW" if cfg.optimizer == "adamw" else "SGD", cfg.initial_lr)
     if small.active:
-        extra = ("added to the batch" + (", trained on the small classes alone beside the plain loss"
-                                          if cfg.small_class_extra_loss == "small" else ""))
-        log.info("%s; small-class samples %s", small.describe(),
-                 extra if cfg.small_class_slots == "extra" else f"replace {cfg.small_class_slots} ones")
+        log.info("%s", small.describe())
 
     def checkpoint(path_name: str) -> None:
         save_checkpoint({
@@ -435,7 +430,7 @@ def _train_step(net, loss_fn, opt, scaler, batch, dev, grad_clip, amp_dtype=None
     opt.zero_grad(set_to_none=True)
     with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         out = net(data)
-        loss = loss_fn(out, target, **({"plain": batch["plain"]} if "plain" in batch else {}))
+        loss = loss_fn(out, target)
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.unscale_(opt)

@@ -11,7 +11,7 @@ from autoseg.plans import ConfigurationPlan, NetworkPlan
 from autoseg.preprocess.storage import CaseProperties, sample_class_locations, save_case
 from autoseg.training import dataloader
 from autoseg.training.dataloader import BatchSource
-from autoseg.training.loss import DiceCELoss, SplitBatchLoss, build_loss, small_class_only_loss, soft_dice
+from autoseg.training.loss import DiceCELoss, build_loss, soft_dice
 from autoseg.training.small_classes import resolve_small_classes
 from autoseg.training.train_config import TrainConfig, apply_overrides, resolve_train_config
 
@@ -82,7 +82,7 @@ def test_overrides_and_variant():
 def test_override_errors():
     with pytest.raises(UserFacingError, match="small_class_placement must be 'centre' or 'contain'"):
         apply_overrides(TrainConfig(), ["small_class_placement=middle"])
-    with pytest.raises(UserFacingError, match="small_class_slots must be 'forced', 'random' or 'extra'"):
+    with pytest.raises(UserFacingError, match="small_class_slots must be 'forced' or 'random'"):
         apply_overrides(TrainConfig(), ["small_class_slots=first"])
     with pytest.raises(UserFacingError, match=r"small_class_oversample must be in \[0, 1\]"):
         apply_overrides(TrainConfig(), ["small_class_oversample=1.5"])
@@ -159,27 +159,6 @@ def test_small_class_samples_can_take_the_random_place_first(tmp_path):
     centres = np.stack([centre_labels(small.batch(i)) for i in range(200)])
     assert (centres[:, 0] == 3).all()
     assert (centres[:, 1] > 0).all() and (centres[:, 1] == 1).mean() > 0.5
-
-
-def test_extra_small_class_samples_are_added_to_the_plain_batch(tmp_path):
-    ids = lesion_cases(tmp_path)
-    # small_class_slots "extra": the batch of two keeps its random first and forced second sample
-    # and a lesion sample is appended; share 0.5 of B=2 gives one in every batch (no draw), 0.33
-    # one in 66% of the batches (a batch of 3) and none in the rest (a batch of 2)
-    plain = centred(BatchSource(tmp_path, ids, plan(), 2, 0.5, None, None, seed=3))
-    extra = centred(BatchSource(tmp_path, ids, plan(), 2, 0.5, None, None, seed=3, class_shares={3: 0.5},
-                                small_class_first="extra"))
-    centres = np.stack([centre_labels(extra.batch(i)) for i in range(200)])  # (200, 3)
-    plain_centres = np.stack([centre_labels(plain.batch(i)) for i in range(200)])
-    assert (centres[:, 2] == 3).all()
-    assert (centres[:, 1] > 0).all() and (centres[:, 1] == 1).mean() > 0.5  # still forced: mostly the cube
-    assert (centres[:, 0] > 0).mean() < 0.05  # still random
-    assert abs((centres[:, 1] == 1).mean() - (plain_centres[:, 1] == 1).mean()) < 0.15
-    third = BatchSource(tmp_path, ids, plan(), 2, 0.5, None, None, seed=3, class_shares={3: 0.33},
-                        small_class_first="extra")
-    sizes = np.array([len(third.batch(i)["data"]) for i in range(300)])
-    assert set(sizes) == {2, 3}
-    assert abs((sizes == 3).mean() - 0.66) < 4 * math.sqrt(0.66 * 0.34 / 300)
 
 
 def test_a_containing_placement_is_a_random_one_that_holds_the_voxel():
@@ -283,54 +262,6 @@ def test_build_loss_passes_the_small_class_settings():
     loss = build_loss("dice_ce", False, 1.0, 1.0, 3, ce_class_weights=(1.0, 3.0), batch_dice_classes=(1,))
     assert loss.loss.batch_dice_classes == (1,) and loss.loss.class_weights.tolist() == [1.0, 3.0]
     assert build_loss("ce", False, 1.0, 1.0, None).class_weights is None
-
-
-def test_small_class_only_loss_by_hand():
-    # equal logits over 3 classes: p = 1/3 everywhere; class 2 in one of 4 voxels, positive weight 3
-    logits = torch.zeros(1, 3, 4)
-    target = torch.tensor([[[0, 2, 1, 0]]])
-    # weighted BCE: (3 x -log 1/3 + 3 x -log 2/3) / (3 + 3); Dice of p_2: 2 x 1/3 / (4/3 + 1) = 2/7
-    expected = (math.log(3) + math.log(1.5)) / 2 + 1 - 2 / 7
-    assert float(small_class_only_loss(logits, target, (2,), 3.0)) == pytest.approx(expected, abs=1e-4)
-    # only p_2 counts: how the rest is split between classes 0 and 1 changes nothing
-    skewed = logits.clone()
-    skewed[0, 0] = torch.tensor([0.5, -1.0, 0.3, 0.6])
-    skewed[0, 1] = torch.log(2 - torch.exp(skewed[0, 0]))  # e^l0 + e^l1 = 2, as with zeros
-    assert float(small_class_only_loss(skewed, target, (2,), 3.0)) == pytest.approx(expected, abs=1e-4)
-
-
-def test_split_batch_loss_gives_the_plain_samples_the_plain_loss():
-    torch.manual_seed(0)
-    logits = torch.randn(3, 4, 6, 6, 6)
-    target = torch.randint(0, 4, (3, 1, 6, 6, 6))
-    plain = DiceCELoss(batch_dice=False)
-    split = SplitBatchLoss(plain, (3,), 3.0)
-    # two plain samples and one added: plain loss of the first two + 1/2 x the class-3 loss of the third
-    expected = plain(logits[:2], target[:2]) + 0.5 * small_class_only_loss(logits[2:], target[2:], (3,), 3.0)
-    assert float(split(logits, target, plain=2)) == pytest.approx(float(expected), rel=1e-6)
-    assert float(split(logits, target)) == pytest.approx(float(plain(logits, target)), rel=1e-6)  # validation
-    # the plain samples' gradient is exactly the plain loss's on them alone
-    a = logits.clone().requires_grad_()
-    split(a, target, plain=2).backward()
-    b = logits[:2].clone().requires_grad_()
-    plain(b, target[:2]).backward()
-    assert torch.allclose(a.grad[:2], b.grad, atol=1e-7)
-    # the deep-supervision wrapper hands the split on
-    ds = build_loss("dice_ce", False, 1.0, 1.0, 2, added_samples_classes=(3,), added_samples_weight=3.0)
-    assert isinstance(ds.loss, SplitBatchLoss) and ds.loss.loss.class_weights is None
-    assert float(ds([logits, logits[..., ::2, ::2, ::2]], [target, target[..., ::2, ::2, ::2]], plain=2)) == \
-        pytest.approx(float(expected), rel=1e-6)  # weights 1, 0: the full-resolution output alone
-
-
-def test_batches_with_added_samples_say_where_they_start(tmp_path):
-    ids = lesion_cases(tmp_path)
-    src = BatchSource(tmp_path, ids, plan(), 2, 0.5, None, None, seed=3, class_shares={3: 0.33},
-                      small_class_first="extra")
-    batches = [src.batch(i) for i in range(40)]
-    assert all(b.get("plain") == 2 for b in batches if len(b["data"]) == 3)
-    assert all("plain" not in b for b in batches if len(b["data"]) == 2)
-    assert {len(b["data"]) for b in batches} == {2, 3}
-    assert dataloader._to_torch(batches[[len(b["data"]) for b in batches].index(3)])["plain"] == 2
 
 
 def test_case_weights_keep_each_case_share_by_hand(tmp_path):

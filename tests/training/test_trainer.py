@@ -143,32 +143,6 @@ def test_small_class_settings_reach_the_sampler_and_loss(prepared, monkeypatch):
     assert "small classes (1,)" in (fold / "training.log").read_text()
 
 
-def test_added_small_class_samples_train_with_the_split_loss(prepared, monkeypatch):
-    seen = {"plain": []}
-    real_loss, real_step = trainer.build_loss, trainer._train_step
-
-    def loss(*args):
-        seen["loss"] = real_loss(*args)
-        return seen["loss"]
-
-    def step(net, loss_fn, opt, scaler, batch, *rest):
-        seen["plain"].append((len(batch["data"]), batch.get("plain")))
-        return real_step(net, loss_fn, opt, scaler, batch, *rest)
-
-    monkeypatch.setattr(trainer, "build_loss", loss)
-    monkeypatch.setattr(trainer, "_train_step", step)
-    cfg = dataclasses.replace(small_config(1), small_classes=(1,), small_class_oversample=0.5,
-                              small_class_slots="extra", small_class_extra_loss="small")
-    fold = trainer.train_fold(prepared, "901", "3d_fullres", 0, cfg, variant="x", validate=False)
-    # share 0.5 of a batch of two: one sample added to every batch, the first two trained as plain
-    assert seen["plain"] == [(3, 2)] * 3
-    split = seen["loss"].loss if hasattr(seen["loss"], "weights") else seen["loss"]
-    assert split.classes == (1,) and split.positive_weight == cfg.small_class_ce_weight
-    assert split.loss.class_weights is None and split.loss.batch_dice_classes == ()
-    assert "trained on the small classes alone" in (fold / "training.log").read_text()
-    assert (fold / "checkpoint_final.pth").is_file()
-
-
 def test_train_step_reports_the_norm_before_clipping():
     # loss = w . x with x = (3, 4): gradient x, norm 5; clipped to 1 the step is lr * x / 5
     w = torch.nn.Parameter(torch.zeros(2))
