@@ -190,8 +190,9 @@ def _set_timed_layouts(ws: Workspace, fastest: str, precision: str = "fp32") -> 
 
 
 def test_training_runs_in_the_layout_timed_faster_at_planning(prepared):
-    _set_timed_layouts(prepared, "channels_last")
-    fold = trainer.train_fold(prepared, "901", "3d_fullres", 0, small_config(1), variant="cl")
+    _set_timed_layouts(prepared, "channels_last")  # timed in fp32, so training must run in fp32 to use them
+    fp32 = dataclasses.replace(small_config(1), precision="fp32")  # 'auto' may pick bf16 on an AVX512-BF16 CPU
+    fold = trainer.train_fold(prepared, "901", "3d_fullres", 0, fp32, variant="cl")
     assert json.loads((fold / "train_config.json").read_text())["memory_format"] == "channels_last"
     assert "memory format channels_last: its training step was the faster one" in (fold / "training.log").read_text()
     conv = weights(fold)["encoder.0.3.weight"]  # (out, in, 3, 3, 3): saved as trained, channels-last
@@ -199,7 +200,7 @@ def test_training_runs_in_the_layout_timed_faster_at_planning(prepared):
     assert (fold / "validation" / "summary.json").is_file()  # the sliding-window validation ran on it
     # a layout named on the command line wins over the timings
     fold = trainer.train_fold(prepared, "901", "3d_fullres", 0,
-                              dataclasses.replace(small_config(1), memory_format="contiguous"),
+                              dataclasses.replace(fp32, memory_format="contiguous"),
                               variant="contig", validate=False)
     assert json.loads((fold / "train_config.json").read_text())["memory_format"] == "contiguous"
     assert weights(fold)["encoder.0.3.weight"].is_contiguous()
