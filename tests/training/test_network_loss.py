@@ -84,3 +84,71 @@ def test_poly_schedule():
     assert poly_lr(0.01, 0, 100) == 0.01
     assert poly_lr(0.01, 50, 100) == pytest.approx(0.01 * 0.5 ** 0.9)
     assert poly_lr(0.01, 99, 100) == pytest.approx(0.01 * 0.01 ** 0.9)
+
+
+NET3 = NetworkPlan(3, (4, 8, 16), ((3, 3, 3),) * 3, ((1, 1, 1), (2, 2, 2), (2, 2, 2)))
+
+
+def _set_head_biases(net, others, small):
+    """Zero weights and given biases: the softmax of the other classes is softmax(others), the
+    small head's softmax(small), at every voxel."""
+    with torch.no_grad():
+        for heads, bias in ((net.heads, others), (net.small_heads, small)):
+            for head in heads:
+                head.weight.zero_()
+                head.bias.copy_(torch.tensor(bias))
+
+
+def test_small_head_output_is_the_composed_distribution_by_hand():
+    """Classes 0-3, small head for 2: others (0, 1, 3) with softmax s = (1/2, 1/4, 1/4), small head
+    q = (none 3/4, class 2 1/4). p = (3/4 * 1/2, 3/4 * 1/4, 1/4, 3/4 * 1/4) = (3/8, 3/16, 1/4, 3/16)."""
+    net = UNet(NET3, 1, 4, True, small_head=(2,))
+    _set_head_biases(net, [math.log(2), 0.0, 0.0], [math.log(3), 0.0])
+    for out in net(torch.randn(1, 1, 8, 8, 8)):
+        assert out.shape[1] == 4
+        assert torch.exp(out)[0, :, 1, 2, 3].tolist() == pytest.approx([3 / 8, 3 / 16, 1 / 4, 3 / 16], rel=1e-5)
+        assert torch.softmax(out, 1)[0, :, 1, 2, 3].tolist() == pytest.approx([3 / 8, 3 / 16, 1 / 4, 3 / 16], rel=1e-5)
+
+
+def test_small_head_cross_entropy_of_a_small_class_voxel_is_its_own_heads_alone():
+    """Label 2 (the small class): CE = -log q_2 = -log(1/4), whatever the other head says; label 1:
+    -log(3/4 * s_1)."""
+    net = UNet(NET3, 1, 4, False, small_head=(2,))
+    _set_head_biases(net, [math.log(2), 0.0, 0.0], [math.log(3), 0.0])
+    out = net(torch.randn(1, 1, 8, 8, 8))
+    for label, expected in ((2, math.log(4)), (1, -math.log(3 / 16))):
+        ce = torch.nn.functional.cross_entropy(out, torch.full((1, 8, 8, 8), label))
+        assert ce.item() == pytest.approx(expected, rel=1e-5)
+    # a small-class label trains the other classes' head on nothing: its gradient there is zero
+    # (up to float rounding: the softmax of the composed output gives back p, and sum p_c (delta - s) = 0)
+    torch.nn.functional.cross_entropy(net(torch.randn(1, 1, 8, 8, 8)), torch.full((1, 8, 8, 8), 2)).backward()
+    assert net.heads[-1].weight.grad.abs().max() < 1e-6 < net.small_heads[-1].weight.grad.abs().max()
+
+
+def test_small_head_gradient_into_the_shared_layers_is_scaled():
+    """A loss of the small head alone (its class's log-probability): the shared layers' gradient is
+    small_trunk_grad times the unscaled one; at 0 they get none. The forward is the same."""
+    x = torch.randn(1, 1, 8, 8, 8)
+    grads, outs = {}, {}
+    for scale in (1.0, 0.25, 0.0):
+        torch.manual_seed(3)
+        net = UNet(NET3, 1, 3, False, small_head=(2,), small_trunk_grad=scale)
+        out = net(x)
+        out[:, 2].sum().backward()  # log q_2 depends on the small head alone
+        grads[scale], outs[scale] = net.encoder[0][0].weight.grad.clone(), out.detach()
+    assert torch.equal(outs[1.0], outs[0.25]) and torch.equal(outs[1.0], outs[0.0])
+    torch.testing.assert_close(grads[0.25], 0.25 * grads[1.0])
+    assert grads[0.0].abs().max() == 0 and grads[1.0].abs().max() > 0
+
+
+def test_output_bias_prior_with_a_small_head_starts_at_the_priors():
+    """Priors (0.6, 0.2, 0.2) with class 2 small: others' head (0.75, 0.25), small head (0.8, 0.2);
+    composed: (0.8 * 0.75, 0.8 * 0.25, 0.2) = the priors."""
+    net = UNet(NET3, 1, 3, True, small_head=(2,))
+    for head in [*net.heads, *net.small_heads]:
+        torch.nn.init.zeros_(head.weight)
+    assert init_output_bias(net, [0.6, 0.2, 0.2]) == pytest.approx([0.6, 0.2, 0.2])
+    for out in net(torch.randn(1, 1, 8, 8, 8)):
+        assert torch.softmax(out, 1)[0, :, 0, 0, 0].tolist() == pytest.approx([0.6, 0.2, 0.2], rel=1e-5)
+    with pytest.raises(ValueError, match="small_head must be distinct foreground labels below 3"):
+        UNet(NET3, 1, 3, True, small_head=(3,))
