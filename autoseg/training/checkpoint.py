@@ -51,8 +51,7 @@ def load_trained_model(fold_dir: str | Path, checkpoint: str = "checkpoint_final
     cfg = load_json_as(TrainConfig, fold_dir / "train_config.json")
     state = load_checkpoint(fold_dir / f"{checkpoint}.pth", device)
     configuration = state["configuration"]
-    net = build_network(plans, configuration, deep_supervision=False, in_channels=state.get("in_channels"),
-                        small_head=tuple(state.get("small_head", ())))
+    net = build_network(plans, configuration, deep_supervision=False, in_channels=state.get("in_channels"))
     net.load_state_dict(state["network"])
     net.to(device).eval()
     return TrainedModel(net, plans, plans.configuration(configuration), cfg, fold_dir)

@@ -5,15 +5,6 @@ stage strided (downsampling by strided convolution). Decoder: transposed convolu
 (kernel = stride), concatenation with the skip, ``n_conv_decoder`` x (conv -> norm ->
 LeakyReLU), and a 1x1 segmentation head at every resolution for deep supervision. With deep
 supervision off, only the full-resolution head runs.
-
-Small classes may get a head of their own (``small_head``): at each resolution one 1x1 head scores
-the other classes (a softmax over them) and another scores "none of the small classes" against each
-small class (a softmax over those). The output is then the log of the composed distribution,
-p(small k) = q_k and p(other c) = q_none * s_c, which sums to 1, so the softmax of the output is
-those probabilities and every loss and the inference read it as ordinary logits. The cross-entropy
-of a small-class voxel is then -log q_k alone: the other classes' head is not trained on those
-voxels. ``small_trunk_grad`` scales the gradient that the small head sends into the shared layers
-(1: all of it; 0: the shared layers learn from the other classes alone).
 """
 from __future__ import annotations
 
@@ -45,20 +36,11 @@ class ConvBlock(nn.Sequential):
 
 
 class UNet(nn.Module):
-    def __init__(self, net: NetworkPlan, in_channels: int, num_classes: int, deep_supervision: bool,
-                 small_head: tuple[int, ...] = (), small_trunk_grad: float = 1.0):
+    def __init__(self, net: NetworkPlan, in_channels: int, num_classes: int, deep_supervision: bool):
         super().__init__()
         dim, feats = net.dim, net.features_per_stage
         conv, transp, _ = _ops(dim)
         self.deep_supervision = deep_supervision
-        self.small_head = tuple(int(c) for c in small_head)
-        self.small_trunk_grad = float(small_trunk_grad)
-        if any(not 1 <= c < num_classes for c in self.small_head) or len(set(self.small_head)) < len(self.small_head):
-            raise ValueError(f"small_head must be distinct foreground labels below {num_classes}, found {small_head}")
-        others = [c for c in range(num_classes) if c not in self.small_head]
-        # output channel c is the composed column order[c] of [others..., small...]
-        order = [(others + list(self.small_head)).index(c) for c in range(num_classes)]
-        self.register_buffer("order", torch.tensor(order), persistent=False)
         self.encoder = nn.ModuleList()
         cin = in_channels
         for f, k, s in zip(feats, net.kernel_sizes, net.strides):
@@ -71,20 +53,8 @@ class UNet(nn.Module):
             self.up.append(transp(feats[i], feats[i - 1], net.strides[i], net.strides[i], bias=False))
             self.decoder.append(ConvBlock(dim, 2 * feats[i - 1], feats[i - 1], net.kernel_sizes[i - 1], 1,
                                           net.n_conv_per_stage_decoder))
-            self.heads.append(conv(feats[i - 1], len(others), 1, 1, 0, bias=True))
-        self.small_heads = nn.ModuleList(conv(feats[i - 1], len(self.small_head) + 1, 1, 1, 0, bias=True)
-                                         for i in range(len(feats) - 1, 0, -1)) if self.small_head else None
+            self.heads.append(conv(feats[i - 1], num_classes, 1, 1, 0, bias=True))
         self.apply(_init_weights)
-
-    def _output(self, level: int, x: torch.Tensor) -> torch.Tensor:
-        """Logits at decoder ``level``: the head's, or the composed log-probabilities (module docstring)."""
-        if self.small_heads is None:
-            return self.heads[level](x)
-        grad = self.small_trunk_grad
-        xs = x if grad == 1 or not self.training else x * grad + x.detach() * (1 - grad)
-        others = torch.log_softmax(self.heads[level](x).float(), 1)
-        small = torch.log_softmax(self.small_heads[level](xs).float(), 1)
-        return torch.cat([others + small[:, :1], small[:, 1:]], 1).index_select(1, self.order)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         skips = []
@@ -94,10 +64,10 @@ class UNet(nn.Module):
         x = skips.pop()
         outputs = []
         last = len(self.decoder) - 1
-        for i, (up, dec) in enumerate(zip(self.up, self.decoder)):
+        for i, (up, dec, head) in enumerate(zip(self.up, self.decoder, self.heads)):
             x = dec(torch.cat([up(x), skips.pop()], 1))
             if self.deep_supervision or i == last:
-                outputs.append(self._output(i, x))
+                outputs.append(head(x))
         if not self.deep_supervision:
             return outputs[-1]
         return outputs[::-1]  # full resolution first
@@ -111,15 +81,14 @@ def _init_weights(m: nn.Module) -> None:
 
 
 def build_network(plans: Plans, configuration: str, deep_supervision: bool,
-                  in_channels: int | None = None, small_head: tuple[int, ...] = (),
-                  small_trunk_grad: float = 1.0) -> UNet:
+                  in_channels: int | None = None) -> UNet:
     """The U-Net for ``configuration`` of ``plans``; input channels default to the dataset's image
     channels, plus one per foreground label for a cascade stage (the previous stage's one-hot mask)."""
     from autoseg.preprocess.previous_stage import num_input_channels
 
     cfg = plans.configuration(configuration)
     channels = in_channels if in_channels is not None else num_input_channels(plans, configuration)
-    return UNet(cfg.network, channels, plans.num_classes, deep_supervision, small_head, small_trunk_grad)
+    return UNet(cfg.network, channels, plans.num_classes, deep_supervision)
 
 
 def init_output_bias(net: UNet, priors, min_prior: float = 1e-3) -> list[float]:
@@ -134,18 +103,11 @@ def init_output_bias(net: UNet, priors, min_prior: float = 1e-3) -> list[float]:
     """
     p = np.maximum(np.asarray(priors, dtype=np.float64), min_prior)
     p = p / p.sum()
-    if len(p) != len(net.order):
-        raise ValueError(f"{len(p)} class priors for a network with {len(net.order)} outputs")
-    small = list(net.small_head)
-    others = np.delete(p, small)
-    # with a small head the composed distribution starts at p: q = (p_others summed, p_small...), s = p_others / sum
-    biases = [(net.heads, others / others.sum())]
-    if net.small_heads is not None:
-        biases.append((net.small_heads, np.concatenate([[others.sum()], p[small]])))
+    if len(p) != net.heads[0].out_channels:
+        raise ValueError(f"{len(p)} class priors for a network with {net.heads[0].out_channels} outputs")
     with torch.no_grad():
-        for heads, q in biases:
-            for head in heads:
-                head.bias.copy_(torch.from_numpy(np.log(q)).to(head.bias))
+        for head in net.heads:
+            head.bias.copy_(torch.from_numpy(np.log(p)).to(head.bias))
     return [float(x) for x in p]
 
 

@@ -73,11 +73,6 @@ class TrainConfig:
     # draw the other samples' cases so that every training case keeps the share of all samples it
     # has in plain training, as far as the small-class samples leave room (false: uniformly)
     small_class_balance_cases: bool = False
-    # "shared": small classes are channels of the one softmax head; "own": they get a head of their
-    # own (autoseg/training/network.py), whose gradient into the shared layers is scaled by
-    # small_class_trunk_grad (1: all of it, 0: none)
-    small_class_head: str = "shared"
-    small_class_trunk_grad: float = 1.0
     batch_size: Optional[int] = None  # None: as the plans say
     seed: int = 12345
     checkpoint_every_epochs: int = 50
@@ -140,10 +135,6 @@ class TrainConfig:
             raise ValueError(f"small_class_placement must be 'centre' or 'contain', found {self.small_class_placement!r}")
         if self.small_class_slots not in ("forced", "random"):
             raise ValueError(f"small_class_slots must be 'forced' or 'random', found {self.small_class_slots!r}")
-        if self.small_class_head not in ("shared", "own"):
-            raise ValueError(f"small_class_head must be 'shared' or 'own', found {self.small_class_head!r}")
-        if not 0 <= self.small_class_trunk_grad <= 1:
-            raise ValueError(f"small_class_trunk_grad must be in [0, 1], found {self.small_class_trunk_grad}")
         if self.small_class_ce_weight <= 0:
             raise ValueError(f"small_class_ce_weight must be > 0, found {self.small_class_ce_weight}")
 

@@ -146,10 +146,8 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
 
     batch_size = cfg.batch_size or cp.batch_size
     scales = deep_supervision_scales(cp) if cfg.deep_supervision else None
+    net = build_network(plans, configuration, cfg.deep_supervision)
     small = resolve_small_classes(cfg, cp, plans.num_classes)
-    small_head = small.classes if cfg.small_class_head == "own" else ()
-    net = build_network(plans, configuration, cfg.deep_supervision, small_head=small_head,
-                        small_trunk_grad=cfg.small_class_trunk_grad)
     options = dict(small_class_contain=cfg.small_class_placement == "contain", small_class_first=cfg.small_class_slots,
                    balance_cases=cfg.small_class_balance_cases)
     if state is None and cfg.output_prior_init:
@@ -200,16 +198,13 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
              "AdamW" if cfg.optimizer == "adamw" else "SGD", cfg.initial_lr)
     if small.active:
         log.info("%s", small.describe())
-    if small_head:
-        log.info("small classes %s scored by a head of their own, its gradient into the shared layers x %g",
-                 small_head, cfg.small_class_trunk_grad)
 
     def checkpoint(path_name: str) -> None:
         save_checkpoint({
             "network": net.state_dict(), "optimizer": opt.state_dict(),
             "grad_scaler": scaler.state_dict() if scaler is not None else {},
             "epoch": iteration // n_it, "iteration": iteration, "history": history, "best_ema": best_ema,
-            "configuration": configuration, "train_config": to_jsonable(budget.cfg), "small_head": list(small_head),
+            "configuration": configuration, "train_config": to_jsonable(budget.cfg),
             "budget": budget.state(),
         }, out / f"{path_name}.pth")
 

@@ -218,20 +218,3 @@ def test_layout_timings_of_another_precision_are_not_used(prepared):
     assert resolved.memory_format == "channels_last"
     resolved, note = trainer._resolve_memory_format(cfg, plans, "3d_fullres", None, cpu)  # no throughput.json
     assert resolved.memory_format == "contiguous" and "no timings" in note
-
-
-def test_small_classes_with_a_head_of_their_own_train_save_and_load(prepared):
-    """Dataset901's plans flag class 2 as small: with small_class_head=own the network scores it with
-    its own head, the checkpoint says so, and the rebuilt network gives the trained one's output."""
-    cfg = dataclasses.replace(small_config(1), small_class_head="own", small_class_trunk_grad=0.25)
-    fold = trainer.train_fold(prepared, "901", "3d_fullres", 0, cfg, variant="own_head")
-    state = load_checkpoint(fold / "checkpoint_final.pth")
-    assert state["small_head"] == [2] and "small_heads.0.weight" in state["network"]
-    assert "small classes (2,) scored by a head of their own" in (fold / "training.log").read_text()
-    model = load_trained_model(fold)
-    assert model.network.small_head == (2,) and model.network.heads[-1].out_channels == 2
-    x = torch.randn(1, 1, 20, 20, 20)
-    with torch.no_grad():
-        probs = torch.softmax(model.network(x), 1)
-    assert probs.shape[1] == 3 and torch.allclose(probs.sum(1), torch.ones(1))
-    assert (fold / "validation" / "summary.json").is_file()  # validation predicted through it
