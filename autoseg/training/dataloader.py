@@ -131,12 +131,8 @@ class BatchSource:
     def __init__(self, folder: str | Path, case_ids: list[str], cfg: ConfigurationPlan, batch_size: int,
                  oversample: float, augmentation: AugmentationConfig | None,
                  ds_scales: list[tuple[float, ...]] | None, seed: int, class_shares: dict[int, float] | None = None,
-                 small_class_contain: bool = True, small_class_first: str = "forced", balance_cases: bool = False,
-                 keep_labels: tuple[int, ...] | None = None):
+                 small_class_contain: bool = True, small_class_first: str = "forced", balance_cases: bool = False):
         self.folder, self.case_ids = Path(folder), list(case_ids)
-        # the labels the targets keep, every other one becoming background (None: all);
-        # TrainConfig.small_classes_only
-        self.keep_labels = None if keep_labels is None else tuple(int(k) for k in keep_labels)
         self.dim = cfg.network.dim
         self.patch = tuple(cfg.patch_size)
         self.batch_size, self.oversample = batch_size, oversample
@@ -293,9 +289,6 @@ class BatchSource:
             batch = self._transforms(data=batch["data"], seg=batch["seg"].astype(np.float32))
             batch["seg"] = np.clip(np.rint(batch["seg"]), 0, None).astype(np.int16)
         target = batch["seg"]
-        if self.keep_labels is not None:  # the label channel only (a cascade's second one is its input mask)
-            target = target.copy()
-            target[:, 0] = np.where(np.isin(target[:, 0], self.keep_labels), target[:, 0], 0)
         if self.ds_scales is not None:
             target = [downsample_seg(target, s) for s in self.ds_scales]
         return {"data": batch["data"].astype(np.float32), "target": target}

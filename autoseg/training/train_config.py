@@ -73,9 +73,6 @@ class TrainConfig:
     # draw the other samples' cases so that every training case keeps the share of all samples it
     # has in plain training, as far as the small-class samples leave room (false: uniformly)
     small_class_balance_cases: bool = False
-    # train the small classes alone, every other label being background: a network for the small
-    # classes that find_best_config composes with the anatomy model (variant small_classes_only)
-    small_classes_only: bool = False
     batch_size: Optional[int] = None  # None: as the plans say
     seed: int = 12345
     checkpoint_every_epochs: int = 50
@@ -149,7 +146,6 @@ VARIANTS.add("ce_only", {"loss": "ce"})
 VARIANTS.add("no_augmentation", {"augmentation.enabled": "false"})
 VARIANTS.add("short", {"num_epochs": "50"})
 VARIANTS.add("no_small_classes", {"small_classes": "()"})  # plain training, whatever the plans flag
-VARIANTS.add("small_classes_only", {"small_classes_only": "true"})  # the small classes' own network
 
 
 def _parse(value: str, tp, key: str):

@@ -148,12 +148,8 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     scales = deep_supervision_scales(cp) if cfg.deep_supervision else None
     net = build_network(plans, configuration, cfg.deep_supervision)
     small = resolve_small_classes(cfg, cp, plans.num_classes)
-    if cfg.small_classes_only and not small.active:
-        raise UserFacingError(f"small_classes_only trains the small classes alone, and {configuration} of {name} has "
-                              "none: the plans flag no class as small and no --set small_classes=... names one")
-    keep = small.classes if cfg.small_classes_only else None
     options = dict(small_class_contain=cfg.small_class_placement == "contain", small_class_first=cfg.small_class_slots,
-                   balance_cases=cfg.small_class_balance_cases, keep_labels=keep)
+                   balance_cases=cfg.small_class_balance_cases)
     if state is None and cfg.output_prior_init:
         # a source of its own (unaugmented: fast), dropped right after so its cases are not held in memory twice
         frequencies = class_frequencies(make_source(data_dir, train_ids, cp, batch_size,
@@ -194,7 +190,7 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     train_src = make_source(data_dir, train_ids, cp, batch_size, cfg.oversample_foreground_percent,
                             cfg.augmentation, scales, cfg.seed, small.shares, **options)
     val_src = make_source(data_dir, val_ids, cp, batch_size, cfg.oversample_foreground_percent, None, None,
-                          cfg.seed + 1, keep_labels=keep)
+                          cfg.seed + 1)
     schedule = (f"time budget {cfg.time_budget_s:.0f} s (schedule fitted after {WARMUP_ITERATIONS} iterations)"
                 if budget.active and not budget.fitted else f"{budget.cfg.num_epochs} epochs x {n_it} iterations")
     log.info("training %s %s fold %s on %s: %s, batch %d, patch %s, %d train / %d val cases, %s from lr %g",
@@ -202,9 +198,6 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
              "AdamW" if cfg.optimizer == "adamw" else "SGD", cfg.initial_lr)
     if small.active:
         log.info("%s", small.describe())
-    if keep:
-        log.info("small classes only: labels %s trained, every other label is background (the validation Dice of "
-                 "the other classes is 0)", keep)
 
     def checkpoint(path_name: str) -> None:
         save_checkpoint({

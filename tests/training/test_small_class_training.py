@@ -293,25 +293,3 @@ def test_balanced_cases_over_many_batches(tmp_path):
     assert counts["c0"] + counts["c3"] == n  # exactly the small-class samples
     for cid in ("c1", "c2", "c4", "c5"):
         assert abs(counts[cid] / n - 0.25) < 4 * math.sqrt(0.25 * 0.75 / n)
-
-
-def test_small_classes_only_keeps_their_labels_and_makes_the_others_background(tmp_path):
-    """The same batches, with every class-1 voxel (the cube) background and the class-3 voxels kept;
-    with deep supervision each scale's target is the kept labels, downsampled."""
-    ids = lesion_cases(tmp_path)
-    shares = {3: 0.5}
-    plain = BatchSource(tmp_path, ids, plan(), 2, 0.5, None, None, seed=7, class_shares=shares)
-    only = BatchSource(tmp_path, ids, plan(), 2, 0.5, None, None, seed=7, class_shares=shares, keep_labels=(3,))
-    scaled = BatchSource(tmp_path, ids, plan(), 2, 0.5, None, [(1.0,) * 3, (0.5,) * 3], seed=7, class_shares=shares,
-                         keep_labels=(3,))
-    seen = set()
-    for i in range(6):
-        a, b = plain.batch(i), only.batch(i)
-        assert np.array_equal(a["data"], b["data"])
-        expected = np.where(a["target"] == 3, 3, 0)
-        assert np.array_equal(b["target"], expected)
-        assert np.array_equal(scaled.batch(i)["target"][1], expected[:, :, 1::2, 1::2, 1::2])
-        seen |= set(np.unique(a["target"]).tolist())
-    assert {1, 3} <= seen  # the batches did hold both, so the mapping was exercised
-    assert resolve_train_config("small_classes_only").small_classes_only
-    assert not resolve_train_config("default").small_classes_only

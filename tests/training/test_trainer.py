@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from autoseg.cli import main
-from autoseg.errors import UserFacingError
 from autoseg.paths import Workspace
 from autoseg.training import trainer
 from autoseg.training.checkpoint import load_checkpoint, load_trained_model
@@ -219,26 +218,3 @@ def test_layout_timings_of_another_precision_are_not_used(prepared):
     assert resolved.memory_format == "channels_last"
     resolved, note = trainer._resolve_memory_format(cfg, plans, "3d_fullres", None, cpu)  # no throughput.json
     assert resolved.memory_format == "contiguous" and "no timings" in note
-
-
-def test_small_classes_only_trains_them_alone(prepared):
-    """Dataset901's plans flag class 2: variant small_classes_only learns it with class 1 as
-    background, so no validation prediction holds label 1; without a small class it is an error."""
-    import numpy as np
-
-    from autoseg.imageio import read_label
-
-    cfg = dataclasses.replace(small_config(1), small_classes_only=True)
-    fold = trainer.train_fold(prepared, "901", "3d_fullres", 0, cfg, variant="small_classes_only")
-    log = (fold / "training.log").read_text()
-    assert "small classes only: labels (2,) trained" in log
-    # the training patches hold no class 1 any more: its output bias starts at the floor prior, 1e-3
-    priors = [float(v) for v in log.split("output biases from class frequencies in training patches: ")[1].split()[:3]]
-    assert priors[1] == pytest.approx(1e-3, abs=1e-4) and priors[2] > 2e-3
-    predictions = sorted((fold / "validation").glob("*.nii.gz"))
-    assert predictions
-    for path in predictions:
-        assert 1 not in np.unique(read_label(path)[0][0])
-    with pytest.raises(UserFacingError, match="small_classes_only trains the small classes alone"):
-        trainer.train_fold(prepared, "901", "3d_fullres", 0, dataclasses.replace(cfg, small_classes=()),
-                           variant="none_small")
