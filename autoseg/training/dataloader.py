@@ -47,6 +47,7 @@ from autoseg.device import usable_cpus
 from autoseg.plans import ConfigurationPlan
 from autoseg.preprocess.storage import load_case
 from autoseg.training.augmentation import AugmentationConfig, build_transforms, sampling_patch_size
+from autoseg.training.paste import Piece, cut_pieces, paste_piece
 
 IN_MEMORY_LIMIT_BYTES = 2e9
 log = logging.getLogger(__name__)
@@ -131,7 +132,8 @@ class BatchSource:
     def __init__(self, folder: str | Path, case_ids: list[str], cfg: ConfigurationPlan, batch_size: int,
                  oversample: float, augmentation: AugmentationConfig | None,
                  ds_scales: list[tuple[float, ...]] | None, seed: int, class_shares: dict[int, float] | None = None,
-                 small_class_contain: bool = True, small_class_first: str = "forced", balance_cases: bool = False):
+                 small_class_contain: bool = True, small_class_first: str = "forced", balance_cases: bool = False,
+                 paste_shares: dict[int, float] | None = None):
         self.folder, self.case_ids = Path(folder), list(case_ids)
         self.dim = cfg.network.dim
         self.patch = tuple(cfg.patch_size)
@@ -154,6 +156,10 @@ class BatchSource:
         # samples as far as the small-class samples leave room (None: uniform); TrainConfig.small_class_balance_cases
         self._case_weights = self.case_weights() if balance_cases and self.class_shares else None
         self._components: dict[tuple[str, int], list[np.ndarray]] = {}
+        # copy-paste (TrainConfig.small_class_paste, autoseg/training/paste.py): per sample, the
+        # probability that a component of each class is pasted into it; classes in no case dropped
+        self.paste_shares, self._paste_cases = self._small_classes(paste_shares or {})
+        self._pieces: dict[tuple[str, int], list[Piece]] = {}
 
     def _small_classes(self, shares: dict[int, float]) -> tuple[dict[int, float], dict[int, list[str]]]:
         """Keep the small classes that some case contains; list those cases per class."""
@@ -203,8 +209,9 @@ class BatchSource:
     def _rng(self, i: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, i])
 
-    def sample(self, case: _Case, forced: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """One (data, seg) patch of ``sample_size`` (2D configurations: one slice)."""
+    def sample(self, case: _Case, forced: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, tuple]:
+        """One (data, seg, inside) patch of ``sample_size`` (2D configurations: one slice); ``inside``
+        is the (lower, upper) corners of the part that lies in the image, in the patch's voxels."""
         present = [k for k, v in case.locations.items() if len(v)] if forced else []
         voxel = None
         if present:
@@ -240,8 +247,9 @@ class BatchSource:
             self._components[key] = [np.flatnonzero(ids == k) for k in np.unique(ids)]
         return self._components[key]
 
-    def sample_component(self, cls: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """A patch centred on a random component of small class ``cls`` of a case that contains it."""
+    def sample_component(self, cls: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, tuple]:
+        """A (data, seg, inside) patch holding a random component of small class ``cls`` of a case
+        that contains it (see ``sample``)."""
         cases = self._cases_with[cls]
         case_id = cases[rng.integers(len(cases))]
         case = self._case(case_id)
@@ -251,7 +259,7 @@ class BatchSource:
         return self._crop(case, voxel, rng, contain=self.small_class_contain)
 
     def _crop(self, case: _Case, voxel: np.ndarray | None, rng: np.random.Generator,
-              contain: bool = False) -> tuple[np.ndarray, np.ndarray]:
+              contain: bool = False) -> tuple[np.ndarray, np.ndarray, tuple]:
         data, seg = case.data, case.seg
         if self.dim == 2:
             z = int(voxel[0]) if voxel is not None else int(rng.integers(data.shape[1]))
@@ -261,21 +269,52 @@ class BatchSource:
             lower = choose_lower_corner_containing(data.shape[1:], self.sample_size, self.patch, voxel, rng)
         else:
             lower = choose_lower_corner(data.shape[1:], self.sample_size, rng, voxel)
-        return crop_with_padding(data, lower, self.sample_size, 0.0), crop_with_padding(seg, lower, self.sample_size, 0)
+        inside = (np.maximum(-lower, 0), np.minimum(np.array(data.shape[1:]) - lower, self.sample_size))
+        return (crop_with_padding(data, lower, self.sample_size, 0.0), crop_with_padding(seg, lower, self.sample_size, 0),
+                inside)
+
+    def pieces(self, case_id: str, cls: int) -> list[Piece]:
+        """The components of ``cls`` in a case, cut for pasting; cached per case."""
+        key = (case_id, cls)
+        if key not in self._pieces:
+            case = self._case(case_id)
+            self._pieces[key] = cut_pieces(case.data, case.seg[0], cls)
+        return self._pieces[key]
+
+    def paste(self, data: np.ndarray, seg: np.ndarray, inside: tuple, rng: np.random.Generator) -> bool:
+        """Paste one component of a small class (drawn by ``paste_shares``; the case among those that
+        hold it, then the component uniformly) into a sample, inside the image and the central
+        ``patch`` that augmentation keeps. Returns whether a place was found (``paste_piece``)."""
+        classes = list(self.paste_shares)
+        weights = np.array([self.paste_shares[c] for c in classes])
+        cls = classes[int(rng.choice(len(classes), p=weights / weights.sum()))]
+        cases = self._paste_cases[cls]
+        pieces = self.pieces(cases[rng.integers(len(cases))], cls)
+        piece = pieces[rng.integers(len(pieces))]
+        if self.dim == 2:
+            sections = np.flatnonzero(piece.mask.any(axis=(1, 2)))
+            piece = piece.section(int(sections[rng.integers(len(sections))]))
+        margin = (np.array(self.sample_size) - np.array(self.patch)) // 2
+        lower = np.maximum(inside[0], margin)
+        upper = np.minimum(inside[1], margin + np.array(self.patch))
+        return paste_piece(data, seg[0], piece, lower, upper, rng)
 
     def batch(self, i: int) -> dict[str, np.ndarray | list[np.ndarray]]:
         rng = self._rng(i)
         n_forced = num_forced(self.batch_size, self.oversample)
         small = self.small_class_slots(rng)
         data, seg = [], []
+        paste_rate = min(1.0, sum(self.paste_shares.values()))
         for j in range(self.batch_size):
             if small[j] is not None:
-                d, s = self.sample_component(small[j], rng)
+                d, s, inside = self.sample_component(small[j], rng)
             else:
                 pick = (rng.integers(len(self.case_ids)) if self._case_weights is None
                         else rng.choice(len(self.case_ids), p=self._case_weights))
                 case = self._case(self.case_ids[pick])
-                d, s = self.sample(case, forced=j >= self.batch_size - n_forced, rng=rng)
+                d, s, inside = self.sample(case, forced=j >= self.batch_size - n_forced, rng=rng)
+            if paste_rate and rng.random() < paste_rate:
+                self.paste(d, s, inside, rng)
             data.append(d)
             seg.append(s)
         batch = {"data": np.stack(data).astype(np.float32), "seg": np.stack(seg).astype(np.int16)}

@@ -7,6 +7,8 @@ handling off). For the resolved classes:
 - **sampling** (``dataloader.BatchSource``): a share ``small_class_oversample`` of the samples is
   placed to hold a connected component of a small class, drawn among the training cases that contain
   it, the classes in proportion to ``small_class_shares`` (equal by default);
+- **copy-paste** (``paste``, off by default): with probability ``small_class_paste`` a sample gets
+  a component of a small class pasted in where its surroundings match (same split among classes);
 - **loss** (``loss.DiceCELoss``): cross-entropy weight ``small_class_ce_weight`` for those classes
   (others 1), and their soft Dice pooled over the batch (``small_class_batch_dice``).
 
@@ -22,7 +24,7 @@ selection's learned size/presence rules can win back.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from autoseg.errors import UserFacingError
 from autoseg.plans import ConfigurationPlan
@@ -35,6 +37,7 @@ class SmallClassSetup:
     shares: dict[int, float]  # label -> share of each batch drawn to hold one of its components
     ce_weights: tuple[float, ...] | None  # per output channel (background first); None: unweighted
     batch_dice_classes: tuple[int, ...]  # labels whose Dice is pooled over the batch
+    paste: dict[int, float] = field(default_factory=dict)  # label -> probability that a sample gets one of its components pasted
 
     @property
     def active(self) -> bool:
@@ -44,8 +47,11 @@ class SmallClassSetup:
         if not self.active:
             return "no small classes"
         shares = ", ".join(f"{c}: {s:.2f}" for c, s in self.shares.items())
-        return (f"small classes {self.classes}: batch shares {{{shares}}}, CE weight "
+        text = (f"small classes {self.classes}: batch shares {{{shares}}}, CE weight "
                 f"{max(self.ce_weights) if self.ce_weights else 1.0:g}, batch Dice for {self.batch_dice_classes}")
+        if self.paste:
+            text += ", pasted into " + ", ".join(f"{c}: {p:.2f}" for c, p in self.paste.items()) + " of the samples"
+        return text
 
 
 def resolve_small_classes(cfg: TrainConfig, plan: ConfigurationPlan, num_classes: int) -> SmallClassSetup:
@@ -60,7 +66,7 @@ def resolve_small_classes(cfg: TrainConfig, plan: ConfigurationPlan, num_classes
         raise UserFacingError(f"small_classes {bad} are not foreground labels of this dataset (1..{num_classes - 1}); "
                               f"set e.g. --set small_classes={','.join(str(c) for c in range(1, num_classes))}")
     if not classes:
-        return SmallClassSetup((), {}, None, ())
+        return SmallClassSetup((), {}, None, (), {})
     weights = cfg.small_class_shares if cfg.small_class_shares is not None else (1.0,) * len(classes)
     if len(weights) != len(classes):
         raise UserFacingError(f"small_class_shares has {len(weights)} entries but the small classes are {classes}; "
@@ -72,4 +78,5 @@ def resolve_small_classes(cfg: TrainConfig, plan: ConfigurationPlan, num_classes
         classes=classes, shares=shares,
         ce_weights=None if all(w == 1.0 for w in ce) else ce,
         batch_dice_classes=classes if cfg.small_class_batch_dice else (),
+        paste={c: cfg.small_class_paste * w / total for c, w in zip(classes, weights)} if cfg.small_class_paste else {},
     )

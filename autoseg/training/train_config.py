@@ -73,6 +73,9 @@ class TrainConfig:
     # draw the other samples' cases so that every training case keeps the share of all samples it
     # has in plain training, as far as the small-class samples leave room (false: uniformly)
     small_class_balance_cases: bool = False
+    # probability that a sample gets one small-class component pasted into it from another training
+    # case, where its surroundings match (autoseg/training/paste.py); 0: no pasting
+    small_class_paste: float = 0.0
     batch_size: Optional[int] = None  # None: as the plans say
     seed: int = 12345
     checkpoint_every_epochs: int = 50
@@ -119,6 +122,8 @@ class TrainConfig:
             raise ValueError("oversample_foreground_percent must be in [0, 1]")
         if not 0 <= self.small_class_oversample <= 1:
             raise ValueError(f"small_class_oversample must be in [0, 1], found {self.small_class_oversample}")
+        if not 0 <= self.small_class_paste <= 1:
+            raise ValueError(f"small_class_paste must be in [0, 1], found {self.small_class_paste}")
         if self.small_class_shares is not None:
             if any(s < 0 for s in self.small_class_shares) or not sum(self.small_class_shares) > 0:
                 raise ValueError(f"small_class_shares must be >= 0 with a positive sum, found {self.small_class_shares}")

@@ -149,7 +149,7 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     net = build_network(plans, configuration, cfg.deep_supervision)
     small = resolve_small_classes(cfg, cp, plans.num_classes)
     options = dict(small_class_contain=cfg.small_class_placement == "contain", small_class_first=cfg.small_class_slots,
-                   balance_cases=cfg.small_class_balance_cases)
+                   balance_cases=cfg.small_class_balance_cases, paste_shares=small.paste)
     if state is None and cfg.output_prior_init:
         # a source of its own (unaugmented: fast), dropped right after so its cases are not held in memory twice
         frequencies = class_frequencies(make_source(data_dir, train_ids, cp, batch_size,

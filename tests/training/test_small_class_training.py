@@ -201,7 +201,7 @@ def test_components_are_drawn_uniformly_among_cases_that_contain_the_class(tmp_p
     rng = np.random.default_rng(0)
     single = 0
     for _ in range(600):
-        data, seg = src.sample_component(3, rng)
+        data, seg, _ = src.sample_component(3, rng)
         c = tuple(p // 2 for p in PATCH)
         assert seg[(0,) + c] == 3
         single += int((seg == 3).sum() == 1)  # the 1-voxel lesion of c0; the others hold 27 or 8
