@@ -66,7 +66,7 @@ def cut_pieces(data: np.ndarray, seg: np.ndarray, cls: int) -> list[Piece]:
         around = seg[window][shell]
         around = around[around != cls]
         host = int(np.bincount(around.astype(np.int64).clip(0)).argmax()) if around.size else 0
-        smooth = ndimage.gaussian_filter(mask.astype(np.float32), SHELL_SIGMA)
+        smooth = ndimage.gaussian_filter(mask.astype(np.float32), SHELL_SIGMA, mode="constant")
         alpha = np.where(mask, 1.0, np.where(shell, smooth, 0.0)).astype(np.float32)
         shell_values = data[(0,) + window][shell]
         context = float(shell_values.mean()) if shell_values.size else float("nan")
