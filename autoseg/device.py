@@ -73,6 +73,23 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
+def cpu_identity() -> str:
+    """This CPU as the OS names it, to tell whether timings were taken on the same kind of CPU:
+    Linux's ``/proc/cpuinfo`` model name (e.g. "AMD EPYC 9R14 96-Core Processor"), else
+    ``platform.processor()``; "" where neither says."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor().strip()
+
+
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 
 

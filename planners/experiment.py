@@ -228,7 +228,7 @@ def cli_plan(args: argparse.Namespace) -> int:
     if profile == "cpu":  # width from the speed measured on this machine (planners/throughput.py)
         import torch
 
-        from autoseg.device import resolve_precision, usable_cpus
+        from autoseg.device import cpu_identity, resolve_precision, usable_cpus
         from autoseg.serialization import save_json
 
         torch.set_num_threads(usable_cpus())
@@ -239,6 +239,7 @@ def cli_plan(args: argparse.Namespace) -> int:
             plans, lambda net, patch, batch: measure_step_seconds(net, patch, batch, in_ch, n_cls,
                                                                   precision=precision), budget)
         report["precision"] = precision
+        report["cpu"] = cpu_identity()  # training with precision auto on this CPU reuses the choice
         save_json(report, folder / "throughput.json")
         for name, r in report["configurations"].items():
             log.info("%-18s width %d chosen from measured steps: %s", name, r["chosen_base_features"],

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autoseg.device import autocast_dtype, pick_device, resolve_precision, torch_memory_format, usable_cpus
+from autoseg.device import (autocast_dtype, cpu_identity, pick_device, resolve_precision, torch_memory_format,
+                            usable_cpus)
 from autoseg.errors import UserFacingError
 from autoseg.inference.fast_forward import inference_forward
 from autoseg.paths import Workspace
@@ -120,12 +121,13 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
         saved = state.get("train_config", {})
         cfg = dataclasses.replace(cfg, optimizer=saved.get("optimizer", "sgd"),  # SGD before the choice existed
                                   initial_lr=cfg.initial_lr if cfg.initial_lr is not None else saved.get("initial_lr"))
-    cfg = dataclasses.replace(resolve_optimizer(cfg), precision=resolve_precision(cfg.precision, dev),
+    throughput_path = pre / "throughput.json"  # step timings of the cpu planning
+    throughput = json.loads(throughput_path.read_text()) if dev.type == "cpu" and throughput_path.is_file() else None
+    precision, precision_note = _auto_precision(cfg.precision, dev, state, throughput)
+    cfg = dataclasses.replace(resolve_optimizer(cfg), precision=precision,
                               augmentation=resolve_order_data(cfg.augmentation, dev.type))
     torch.manual_seed(cfg.seed)
     width_note = None
-    throughput_path = pre / "throughput.json"  # step timings of the cpu planning
-    throughput = json.loads(throughput_path.read_text()) if dev.type == "cpu" and throughput_path.is_file() else None
     if state is not None and (out / "plans.json").is_file():
         plans = load_plans(out / "plans.json")  # the network this fold started with
     elif cfg.time_budget_s and cfg.fit_width_to_budget and throughput is not None:
@@ -140,7 +142,7 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     log.addHandler(handler)
     if log.getEffectiveLevel() > logging.INFO:  # the log file always gets one line per epoch
         log.setLevel(logging.INFO)
-    for note in (width_note, layout_note):
+    for note in (precision_note, width_note, layout_note):
         if note:
             log.info("%s", note)
 
@@ -381,6 +383,27 @@ class _Budget:
                 "num_iterations_per_epoch": self.cfg.num_iterations_per_epoch,
                 "num_val_iterations_per_epoch": self.cfg.num_val_iterations_per_epoch,
                 "elapsed_s": self.elapsed(), "validation_s": self.validation_s}
+
+
+def _auto_precision(precision: str, dev, state: dict | None, throughput: dict | None) -> tuple[str, str | None]:
+    """The precision a run computes in, and a line for the log (None: nothing to say).
+
+    A named precision is checked and kept (``resolve_precision``). ``auto`` is decided once and then
+    kept: a resumed run goes on in the precision it started with (its checkpoint's train_config), and
+    on a CPU a new run takes the one the planning chose on this same CPU (``throughput.json``'s
+    ``precision`` and ``cpu``), since the planning timed its steps (width, memory layout) in it. On a
+    CPU with AVX512-BF16 but no AMX, ``auto`` times bf16 against fp32 (``cpu_bf16_is_faster``), and
+    a second probe on a loaded machine can answer otherwise; training would then run in a precision
+    its layout was not timed in. Anything else: ``resolve_precision`` decides here."""
+    if precision != "auto":
+        return resolve_precision(precision, dev), None
+    saved = (state or {}).get("train_config", {}).get("precision")
+    if saved in ("fp32", "bf16") or (saved == "fp16" and dev.type == "cuda"):
+        return resolve_precision(saved, dev), f"precision {saved}, as the run started"
+    planned = (throughput or {}).get("precision")
+    if dev.type == "cpu" and planned in ("fp32", "bf16") and throughput.get("cpu") and throughput["cpu"] == cpu_identity():
+        return planned, f"precision {planned}: chosen when planning on this CPU (throughput.json)"
+    return resolve_precision(precision, dev), None
 
 
 def _fit_width(plans, configuration: str, throughput: dict, cfg: TrainConfig):

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from autoseg import device as device_module
 from autoseg.cli import main
 from autoseg.paths import Workspace
 from autoseg.training import trainer
@@ -189,12 +190,17 @@ def _set_timed_layouts(ws: Workspace, fastest: str, precision: str = "fp32") -> 
     path.write_text(json.dumps(throughput))
 
 
-def test_training_runs_in_the_layout_timed_faster_at_planning(prepared):
+def test_training_runs_in_the_layout_timed_faster_at_planning(prepared, monkeypatch):
     _set_timed_layouts(prepared, "channels_last")  # timed in fp32, so training must run in fp32 to use them
-    fp32 = dataclasses.replace(small_config(1), precision="fp32")  # 'auto' may pick bf16 on an AVX512-BF16 CPU
-    fold = trainer.train_fold(prepared, "901", "3d_fullres", 0, fp32, variant="cl")
-    assert json.loads((fold / "train_config.json").read_text())["memory_format"] == "channels_last"
-    assert "memory format channels_last: its training step was the faster one" in (fold / "training.log").read_text()
+    # precision auto takes the planning's choice on this CPU, even where a new probe would say bf16
+    monkeypatch.setattr(device_module, "cpu_bf16_is_faster", lambda: True)
+    fold = trainer.train_fold(prepared, "901", "3d_fullres", 0, small_config(1), variant="cl")
+    saved = json.loads((fold / "train_config.json").read_text())
+    assert saved["precision"] == "fp32" and saved["memory_format"] == "channels_last"
+    log = (fold / "training.log").read_text()
+    assert "precision fp32: chosen when planning on this CPU (throughput.json)" in log
+    assert "memory format channels_last: its training step was the faster one" in log
+    fp32 = dataclasses.replace(small_config(1), precision="fp32")
     conv = weights(fold)["encoder.0.3.weight"]  # (out, in, 3, 3, 3): saved as trained, channels-last
     assert conv.is_contiguous(memory_format=torch.channels_last_3d) and not conv.is_contiguous()
     assert (fold / "validation" / "summary.json").is_file()  # the sliding-window validation ran on it
@@ -204,6 +210,24 @@ def test_training_runs_in_the_layout_timed_faster_at_planning(prepared):
                               variant="contig", validate=False)
     assert json.loads((fold / "train_config.json").read_text())["memory_format"] == "contiguous"
     assert weights(fold)["encoder.0.3.weight"].is_contiguous()
+
+
+def test_precision_auto_is_decided_once(monkeypatch):
+    """``auto`` keeps a resumed run's precision and takes the planning's on the CPU it was planned
+    on; only otherwise does this process decide (here: a probe that says bf16)."""
+    monkeypatch.setattr(device_module, "cpu_bf16_is_faster", lambda: True)
+    monkeypatch.setattr(trainer, "cpu_identity", lambda: "CPU A")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    planned_here = {"precision": "fp32", "cpu": "CPU A"}
+    assert trainer._auto_precision("auto", cpu, None, planned_here)[0] == "fp32"
+    assert trainer._auto_precision("auto", cpu, None, {"precision": "fp32", "cpu": "CPU B"}) == ("bf16", None)
+    assert trainer._auto_precision("auto", cpu, None, {"precision": "fp32"})[0] == "bf16"  # planned before "cpu"
+    assert trainer._auto_precision("auto", cpu, None, None)[0] == "bf16"
+    resumed = {"train_config": {"precision": "bf16"}}
+    assert trainer._auto_precision("auto", cpu, resumed, planned_here) == ("bf16", "precision bf16, as the run started")
+    assert trainer._auto_precision("auto", cpu, {"train_config": {"precision": "fp16"}}, None)[0] == "bf16"  # GPU run
+    assert trainer._auto_precision("auto", cuda, None, planned_here)[0] == "fp16"  # the cpu timings are not cuda's
+    assert trainer._auto_precision("fp32", cpu, resumed, {"precision": "bf16", "cpu": "CPU A"}) == ("fp32", None)
 
 
 def test_layout_timings_of_another_precision_are_not_used(prepared):
