@@ -27,8 +27,11 @@ patch always centred on a lesion teaches the network that lesions sit in the mid
 which the sliding window's tiles do not respect (on the implanted Hippocampus data lesion F1
 0.16 centred, 0.76 placed so, docs/benchmarks.md). With ``balance_cases`` the other samples'
 cases are drawn so that every case keeps its plain-training share of all samples where the
-small-class samples leave room (``case_weights``), instead of uniformly. Without small classes
-the batches are exactly those above.
+small-class samples leave room (``case_weights``), instead of uniformly. Copy-paste
+(``paste_shares``, ``paste.py``): after a sample is drawn, with probability the sum of the shares
+a component of a small class from another case is pasted into it; where no place matches, the
+sample is replaced by one that holds that component in its own case. Without small classes the
+batches are exactly those above.
 """
 from __future__ import annotations
 
@@ -247,10 +250,11 @@ class BatchSource:
             self._components[key] = [np.flatnonzero(ids == k) for k in np.unique(ids)]
         return self._components[key]
 
-    def sample_component(self, cls: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, tuple]:
+    def sample_component(self, cls: int, rng: np.random.Generator, cases: list[str] | None = None
+                         ) -> tuple[np.ndarray, np.ndarray, tuple]:
         """A (data, seg, inside) patch holding a random component of small class ``cls`` of a case
-        that contains it (see ``sample``)."""
-        cases = self._cases_with[cls]
+        that contains it (``cases``, by default those found for the sampler; see ``sample``)."""
+        cases = self._cases_with[cls] if cases is None else cases
         case_id = cases[rng.integers(len(cases))]
         case = self._case(case_id)
         components = self.component_locations(case_id, case, cls)
@@ -281,13 +285,16 @@ class BatchSource:
             self._pieces[key] = cut_pieces(case.data, case.seg[0], cls)
         return self._pieces[key]
 
-    def paste(self, data: np.ndarray, seg: np.ndarray, inside: tuple, rng: np.random.Generator) -> bool:
-        """Paste one component of a small class (drawn by ``paste_shares``; the case among those that
-        hold it, then the component uniformly) into a sample, inside the image and the central
-        ``patch`` that augmentation keeps. Returns whether a place was found (``paste_piece``)."""
+    def paste_class(self, rng: np.random.Generator) -> int:
+        """A small class to paste, drawn in proportion to ``paste_shares``."""
         classes = list(self.paste_shares)
         weights = np.array([self.paste_shares[c] for c in classes])
-        cls = classes[int(rng.choice(len(classes), p=weights / weights.sum()))]
+        return classes[int(rng.choice(len(classes), p=weights / weights.sum()))]
+
+    def paste(self, data: np.ndarray, seg: np.ndarray, inside: tuple, cls: int, rng: np.random.Generator) -> bool:
+        """Paste one component of small class ``cls`` (the case drawn among those that hold it, then
+        the component uniformly) into a sample, inside the image and the central ``patch`` that
+        augmentation keeps. Returns whether a place was found (``paste_piece``)."""
         cases = self._paste_cases[cls]
         pieces = self.pieces(cases[rng.integers(len(cases))], cls)
         piece = pieces[rng.integers(len(pieces))]
@@ -314,7 +321,9 @@ class BatchSource:
                 case = self._case(self.case_ids[pick])
                 d, s, inside = self.sample(case, forced=j >= self.batch_size - n_forced, rng=rng)
             if paste_rate and rng.random() < paste_rate:
-                self.paste(d, s, inside, rng)
+                cls = self.paste_class(rng)
+                if not self.paste(d, s, inside, cls, rng):  # no place matches: a patch of a case that has it
+                    d, s, inside = self.sample_component(cls, rng, self._paste_cases[cls])
             data.append(d)
             seg.append(s)
         batch = {"data": np.stack(data).astype(np.float32), "seg": np.stack(seg).astype(np.int16)}

@@ -8,7 +8,10 @@ and the mean intensity of the first channel on the shell differs from the source
 ``tolerance`` (in the preprocessed, normalised units). The component's voxels take the source's
 values and the class's label; the shell is blended (weight from the component's mask smoothed with a
 Gaussian of sigma 0.7 voxel: partial volume), so the piece carries no hard edge. The other labels are
-never overwritten: the host label stays outside the component.
+never overwritten: the host label stays outside the component. Where no place in the sample
+matches (e.g. a structure with no room of its host in the patch), the batch source draws instead a
+patch that holds the component in its own case, as the sampler does, so the class is not shown
+less for it.
 
 Why: the sampler (``small_class_oversample``) shows the network lesions by drawing the cases that
 hold them more often, which also shifts how often each case's anatomy is seen (on the implanted
