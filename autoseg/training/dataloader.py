@@ -70,6 +70,13 @@ def small_class_count(batch_size: int, share: float, rng: np.random.Generator) -
     return whole + int(rng.random() < expected - whole)
 
 
+def draw_class(shares: dict[int, float], rng: np.random.Generator) -> int:
+    """A class of ``shares`` drawn with probability share / sum of the shares."""
+    classes = list(shares)
+    total = sum(shares.values())
+    return classes[int(rng.choice(len(classes), p=np.array([shares[c] / total for c in classes])))]
+
+
 @dataclass
 class _Case:
     data: np.ndarray  # (C, Z, Y, X)
@@ -228,12 +235,10 @@ class BatchSource:
         slots: list[int | None] = [None] * self.batch_size
         if not self.class_shares:
             return slots
-        classes = list(self.class_shares)
         total = sum(self.class_shares.values())
-        p = np.array([self.class_shares[c] / total for c in classes])
         for j in range(small_class_count(self.batch_size, min(1.0, total), rng)):
             place = self.batch_size - 1 - j if self.small_class_first == "forced" else j  # forced samples come last
-            slots[place] = classes[int(rng.choice(len(classes), p=p))]
+            slots[place] = draw_class(self.class_shares, rng)
         return slots
 
     def component_locations(self, case_id: str, case: _Case, cls: int) -> list[np.ndarray]:
@@ -285,12 +290,6 @@ class BatchSource:
             self._pieces[key] = cut_pieces(case.data, case.seg[0], cls)
         return self._pieces[key]
 
-    def paste_class(self, rng: np.random.Generator) -> int:
-        """A small class to paste, drawn in proportion to ``paste_shares``."""
-        classes = list(self.paste_shares)
-        weights = np.array([self.paste_shares[c] for c in classes])
-        return classes[int(rng.choice(len(classes), p=weights / weights.sum()))]
-
     def paste(self, data: np.ndarray, seg: np.ndarray, inside: tuple, cls: int, rng: np.random.Generator) -> bool:
         """Paste one component of small class ``cls`` (the case drawn among those that hold it, then
         the component uniformly) into a sample, inside the image and the central ``patch`` that
@@ -321,7 +320,7 @@ class BatchSource:
                 case = self._case(self.case_ids[pick])
                 d, s, inside = self.sample(case, forced=j >= self.batch_size - n_forced, rng=rng)
             if paste_rate and rng.random() < paste_rate:
-                cls = self.paste_class(rng)
+                cls = draw_class(self.paste_shares, rng)
                 if not self.paste(d, s, inside, cls, rng):  # no place matches: a patch of a case that has it
                     d, s, inside = self.sample_component(cls, rng, self._paste_cases[cls])
             data.append(d)
