@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autoseg.device import (autocast_dtype, cpu_identity, pick_device, resolve_precision, torch_memory_format,
-                            usable_cpus)
+from autoseg.device import autocast_dtype, pick_device, resolve_precision, torch_memory_format, usable_cpus
 from autoseg.errors import UserFacingError
 from autoseg.inference.fast_forward import inference_forward
 from autoseg.paths import Workspace
@@ -33,6 +32,7 @@ from autoseg.training.dataloader import BatchSource, class_frequencies, iterate
 from autoseg.training.loss import build_loss
 from autoseg.training.network import build_network, deep_supervision_scales, init_output_bias
 from autoseg.training.progress import format_epoch, plot_progress
+from autoseg.training.resolve import auto_precision, fit_width, resolve_memory_format
 from autoseg.training.small_classes import resolve_small_classes
 from autoseg.training.splits import get_split
 from autoseg.training.train_config import TrainConfig, resolve_optimizer
@@ -123,7 +123,7 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
                                   initial_lr=cfg.initial_lr if cfg.initial_lr is not None else saved.get("initial_lr"))
     throughput_path = pre / "throughput.json"  # step timings of the cpu planning
     throughput = json.loads(throughput_path.read_text()) if dev.type == "cpu" and throughput_path.is_file() else None
-    precision, precision_note = _auto_precision(cfg.precision, dev, state, throughput)
+    precision, precision_note = auto_precision(cfg.precision, dev, state, throughput)
     cfg = dataclasses.replace(resolve_optimizer(cfg), precision=precision,
                               augmentation=resolve_order_data(cfg.augmentation, dev.type))
     torch.manual_seed(cfg.seed)
@@ -131,9 +131,9 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     if state is not None and (out / "plans.json").is_file():
         plans = load_plans(out / "plans.json")  # the network this fold started with
     elif cfg.time_budget_s and cfg.fit_width_to_budget and throughput is not None:
-        plans, width_note = _fit_width(plans, configuration, throughput, cfg)
+        plans, width_note = fit_width(plans, configuration, throughput, cfg)
     cp = plans.configuration(configuration)
-    cfg, layout_note = _resolve_memory_format(cfg, plans, configuration, throughput, dev)
+    cfg, layout_note = resolve_memory_format(cfg, plans, configuration, throughput, dev)
     out.mkdir(parents=True, exist_ok=True)
     save_plans(plans, out / "plans.json")
     save_json(cfg, out / "train_config.json")
@@ -383,61 +383,6 @@ class _Budget:
                 "num_iterations_per_epoch": self.cfg.num_iterations_per_epoch,
                 "num_val_iterations_per_epoch": self.cfg.num_val_iterations_per_epoch,
                 "elapsed_s": self.elapsed(), "validation_s": self.validation_s}
-
-
-def _auto_precision(precision: str, dev, state: dict | None, throughput: dict | None) -> tuple[str, str | None]:
-    """The precision a run computes in, and a line for the log (None: nothing to say).
-
-    A named precision is checked and kept (``resolve_precision``). ``auto`` is decided once and then
-    kept: a resumed run goes on in the precision it started with (its checkpoint's train_config), and
-    on a CPU a new run takes the one the planning chose on this same CPU (``throughput.json``'s
-    ``precision`` and ``cpu``), since the planning timed its steps (width, memory layout) in it. On a
-    CPU with AVX512-BF16 but no AMX, ``auto`` times bf16 against fp32 (``cpu_bf16_is_faster``), and
-    a second probe on a loaded machine can answer otherwise; training would then run in a precision
-    its layout was not timed in. Anything else: ``resolve_precision`` decides here."""
-    if precision != "auto":
-        return resolve_precision(precision, dev), None
-    saved = (state or {}).get("train_config", {}).get("precision")
-    if saved in ("fp32", "bf16") or (saved == "fp16" and dev.type == "cuda"):
-        return resolve_precision(saved, dev), f"precision {saved}, as the run started"
-    planned = (throughput or {}).get("precision")
-    if dev.type == "cpu" and planned in ("fp32", "bf16") and throughput.get("cpu") and throughput["cpu"] == cpu_identity():
-        return planned, f"precision {planned}: chosen when planning on this CPU (throughput.json)"
-    return resolve_precision(precision, dev), None
-
-
-def _fit_width(plans, configuration: str, throughput: dict, cfg: TrainConfig):
-    """``plans`` with the network width chosen for ``cfg.time_budget_s`` from the planning-time step
-    timings (``throughput.json``), and a line for the log saying what was chosen (None: nothing to say)."""
-    from autoseg.planners.throughput import fit_width_to_training_budget
-
-    before = plans.configuration(configuration).network.features_per_stage
-    plans, why_not = fit_width_to_training_budget(plans, configuration, throughput, cfg.time_budget_s, cfg.precision)
-    after = plans.configuration(configuration).network.features_per_stage
-    if why_not:
-        return plans, f"network width kept as planned ({why_not})"
-    if after != before:
-        return plans, (f"network features {list(after)} instead of the planned {list(before)}: the widest that "
-                       f"trains enough iterations in {cfg.time_budget_s:.0f} s by the steps timed at planning "
-                       "(throughput.json)")
-    return plans, None
-
-
-def _resolve_memory_format(cfg: TrainConfig, plans, configuration: str, throughput: dict | None, dev):
-    """``cfg`` with ``memory_format`` resolved (``auto``: on a cpu the layout whose step was faster at
-    planning for this network width and precision, by ``throughput`` (throughput.json, None when
-    there is none), else contiguous), and a line for the log saying why (None when ``cfg`` named
-    the layout)."""
-    if cfg.memory_format != "auto":
-        return cfg, None
-    chosen, why = "contiguous", f"no timings of both layouts on {dev.type}"
-    if dev.type == "cpu" and throughput is not None:
-        from autoseg.planners.throughput import memory_format_for
-
-        timed, why = memory_format_for(throughput, plans, configuration, cfg.precision)
-        if timed is not None:
-            chosen, why = timed, "its training step was the faster one at planning (throughput.json)"
-    return dataclasses.replace(cfg, memory_format=chosen), f"memory format {chosen}: {why}"
 
 
 def _train_step(net, loss_fn, opt, scaler, batch, dev, grad_clip, amp_dtype=None,

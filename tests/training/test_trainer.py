@@ -8,7 +8,7 @@ import torch
 from autoseg import device as device_module
 from autoseg.cli import main
 from autoseg.paths import Workspace
-from autoseg.training import trainer
+from autoseg.training import resolve, trainer
 from autoseg.training.checkpoint import load_checkpoint, load_trained_model
 from autoseg.training.train_config import TrainConfig
 
@@ -216,18 +216,18 @@ def test_precision_auto_is_decided_once(monkeypatch):
     """``auto`` keeps a resumed run's precision and takes the planning's on the CPU it was planned
     on; only otherwise does this process decide (here: a probe that says bf16)."""
     monkeypatch.setattr(device_module, "cpu_bf16_is_faster", lambda: True)
-    monkeypatch.setattr(trainer, "cpu_identity", lambda: "CPU A")
+    monkeypatch.setattr(resolve, "cpu_identity", lambda: "CPU A")
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     planned_here = {"precision": "fp32", "cpu": "CPU A"}
-    assert trainer._auto_precision("auto", cpu, None, planned_here)[0] == "fp32"
-    assert trainer._auto_precision("auto", cpu, None, {"precision": "fp32", "cpu": "CPU B"}) == ("bf16", None)
-    assert trainer._auto_precision("auto", cpu, None, {"precision": "fp32"})[0] == "bf16"  # planned before "cpu"
-    assert trainer._auto_precision("auto", cpu, None, None)[0] == "bf16"
+    assert resolve.auto_precision("auto", cpu, None, planned_here)[0] == "fp32"
+    assert resolve.auto_precision("auto", cpu, None, {"precision": "fp32", "cpu": "CPU B"}) == ("bf16", None)
+    assert resolve.auto_precision("auto", cpu, None, {"precision": "fp32"})[0] == "bf16"  # planned before "cpu"
+    assert resolve.auto_precision("auto", cpu, None, None)[0] == "bf16"
     resumed = {"train_config": {"precision": "bf16"}}
-    assert trainer._auto_precision("auto", cpu, resumed, planned_here) == ("bf16", "precision bf16, as the run started")
-    assert trainer._auto_precision("auto", cpu, {"train_config": {"precision": "fp16"}}, None)[0] == "bf16"  # GPU run
-    assert trainer._auto_precision("auto", cuda, None, planned_here)[0] == "fp16"  # the cpu timings are not cuda's
-    assert trainer._auto_precision("fp32", cpu, resumed, {"precision": "bf16", "cpu": "CPU A"}) == ("fp32", None)
+    assert resolve.auto_precision("auto", cpu, resumed, planned_here) == ("bf16", "precision bf16, as the run started")
+    assert resolve.auto_precision("auto", cpu, {"train_config": {"precision": "fp16"}}, None)[0] == "bf16"  # GPU run
+    assert resolve.auto_precision("auto", cuda, None, planned_here)[0] == "fp16"  # the cpu timings are not cuda's
+    assert resolve.auto_precision("fp32", cpu, resumed, {"precision": "bf16", "cpu": "CPU A"}) == ("fp32", None)
 
 
 def test_layout_timings_of_another_precision_are_not_used(prepared):
@@ -235,10 +235,10 @@ def test_layout_timings_of_another_precision_are_not_used(prepared):
     plans = trainer.load_plans(prepared.preprocessed / "Dataset901_Synth" / "plans.json")
     throughput = json.loads((prepared.preprocessed / "Dataset901_Synth" / "throughput.json").read_text())
     cpu, cfg = torch.device("cpu"), dataclasses.replace(small_config(1), precision="fp32")
-    resolved, note = trainer._resolve_memory_format(cfg, plans, "3d_fullres", throughput, cpu)
+    resolved, note = resolve.resolve_memory_format(cfg, plans, "3d_fullres", throughput, cpu)
     assert resolved.memory_format == "contiguous" and "timed in bf16, training runs in fp32" in note
-    resolved, _ = trainer._resolve_memory_format(dataclasses.replace(cfg, precision="bf16"), plans, "3d_fullres",
+    resolved, _ = resolve.resolve_memory_format(dataclasses.replace(cfg, precision="bf16"), plans, "3d_fullres",
                                                  throughput, cpu)
     assert resolved.memory_format == "channels_last"
-    resolved, note = trainer._resolve_memory_format(cfg, plans, "3d_fullres", None, cpu)  # no throughput.json
+    resolved, note = resolve.resolve_memory_format(cfg, plans, "3d_fullres", None, cpu)  # no throughput.json
     assert resolved.memory_format == "contiguous" and "no timings" in note
