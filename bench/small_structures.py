@@ -18,8 +18,9 @@ Steps, all through the ``autoseg`` CLI in subprocesses (logs in ``ROOT/bench_sma
 2. ``autoseg plan_and_preprocess -c CONFIG --device-profile PROFILE`` (the planner flags class 3
    small and rare; the script stops if it does not);
 3. per arm, the same budget (``--time-budget``, or ``--iterations`` per epoch for one epoch):
-   ``small``: variant ``default`` (the plans' small classes: oversampled, weighted in the loss);
+   ``small``: variant ``default`` (the plans' small classes: their components pasted into every sample);
    ``plain``: variant ``no_small_classes`` (``small_classes=()``, everything else equal);
+   ``sampler`` (only with ``--arms``): variant ``small_class_sampler``, the handling before copy-paste;
    ``autoseg train CONFIG FOLDS --variant V``, ``autoseg find_best_config -c CONFIG -f FOLDS --variant V``
    (selection and postprocessing learned on that arm's cross-validation), ``autoseg predict`` on
    ``imagesTs/`` and ``autoseg evaluate`` against ``labelsTs/``;
@@ -52,7 +53,8 @@ sys.path.insert(0, str(HERE))
 from paired import describe, paired_differences  # noqa: E402
 
 log = logging.getLogger("small_structures")
-ARMS = {"small": "default", "plain": "no_small_classes"}
+# arm -> training variant; "sampler" (not run unless named) is the handling before copy-paste
+ARMS = {"small": "default", "plain": "no_small_classes", "sampler": "small_class_sampler"}
 LESION = 3
 
 
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                         "20 minutes on a 2-core CPU; use this to train that network on a fixed --schedule)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="TrainConfig override for both arms (repeatable)")
-    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    p.add_argument("--arms", nargs="+", default=["small", "plain"], choices=list(ARMS))
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("-np", "--num-workers", type=int, default=None, help="augmentation workers for training")
     p.add_argument("--reuse-plans", action="store_true",

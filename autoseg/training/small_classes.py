@@ -4,23 +4,24 @@ The planner flags classes per configuration (``ConfigurationPlan.small_classes``
 ``planners/classes.py``); ``TrainConfig.small_classes`` overrides that list (``()`` turns the
 handling off). For the resolved classes:
 
-- **sampling** (``dataloader.BatchSource``): a share ``small_class_oversample`` of the samples is
-  placed to hold a connected component of a small class, drawn among the training cases that contain
-  it, the classes in proportion to ``small_class_shares`` (equal by default);
-- **copy-paste** (``paste``, off by default): with probability ``small_class_paste`` a sample gets
-  a component of a small class pasted in where its surroundings match (same split among classes);
-- **loss** (``loss.DiceCELoss``): cross-entropy weight ``small_class_ce_weight`` for those classes
-  (others 1), and their soft Dice pooled over the batch (``small_class_batch_dice``).
+- **copy-paste** (``paste``): with probability ``small_class_paste`` (default 1: every sample) a
+  sample drawn as in plain training gets a component of a small class, cut from a training case
+  that holds one, pasted in where its surroundings match, the classes in proportion to
+  ``small_class_shares`` (equal by default);
+- **sampling** (``dataloader.BatchSource``, off by default): a share ``small_class_oversample`` of
+  the samples is placed to hold a connected component of a small class, drawn among the training
+  cases that contain it (same split among classes);
+- **loss** (``loss.DiceCELoss``, plain by default): cross-entropy weight ``small_class_ce_weight``
+  for those classes (others 1), and their soft Dice pooled over the batch (``small_class_batch_dice``).
 
-Why this loss (numbers in docs/small_structures.md): the soft-Dice term already gives every
-class the same weight whatever its size, but the 3d plans average it per sample, so a sample
-without the class adds an absent-class term (about 1, with almost no gradient) that halves a
-batch of two's Dice gradient for the class; pooled over the batch, it is one Dice over every
-component in the batch, which the sampler puts there in most batches. Cross-entropy is a mean over
-voxels, where the implanted Hippocampus blobs (median 32 voxels) are 0.036% of a 89,600-voxel
-patch; a weight w multiplies their share and moves cross-entropy's decision threshold for the
-class from 0.5 to 1 / (1 + w) (0.25 for w = 3): more lesion recall for some precision, which the
-selection's learned size/presence rules can win back.
+Why these defaults (numbers in docs/small_structures.md and docs/benchmarks.md): the soft-Dice term
+already gives every class the same weight whatever its size, as long as the class is in the sample;
+per sample, a sample without it adds an absent-class term (about 1, with almost no gradient). With
+every sample holding a pasted component that term never arises, so neither a pooled Dice nor a
+cross-entropy weight is needed to keep the class from being swamped. Drawing the lesion cases more
+often (the sampler) with a cross-entropy weight of 3 and a pooled Dice (``--variant
+small_class_sampler``) finds about as many implanted Hippocampus lesions, but shifts how often each case's
+anatomy is seen and the share of the gradient the anatomy gets, and cost the anatomy about twice the Dice.
 """
 from __future__ import annotations
 
@@ -46,18 +47,21 @@ class SmallClassSetup:
     def describe(self) -> str:
         if not self.active:
             return "no small classes"
-        shares = ", ".join(f"{c}: {s:.2f}" for c, s in self.shares.items())
-        text = (f"small classes {self.classes}: batch shares {{{shares}}}, CE weight "
-                f"{max(self.ce_weights) if self.ce_weights else 1.0:g}, batch Dice for {self.batch_dice_classes}")
+        parts = []
+        if any(self.shares.values()):
+            parts.append("batch shares {" + ", ".join(f"{c}: {s:.2f}" for c, s in self.shares.items()) + "}")
         if self.paste:
-            text += ", pasted into " + ", ".join(f"{c}: {p:.2f}" for c, p in self.paste.items()) + " of the samples"
-        return text
+            parts.append("pasted into " + ", ".join(f"{c}: {p:.2f}" for c, p in self.paste.items()) + " of the samples")
+        parts.append(f"CE weight {max(self.ce_weights) if self.ce_weights else 1.0:g}")
+        parts.append(f"batch Dice for {self.batch_dice_classes}" if self.batch_dice_classes else "Dice per sample")
+        return f"small classes {self.classes}: " + ", ".join(parts)
 
 
 def resolve_small_classes(cfg: TrainConfig, plan: ConfigurationPlan, num_classes: int) -> SmallClassSetup:
     """The small-class handling for training ``plan`` with ``cfg`` (``num_classes`` includes background).
 
-    Example: plans flag (3,), defaults -> shares {3: 0.33}, CE weights (1, 1, 1, 3), batch Dice for (3,).
+    Example: plans flag (3,), defaults -> paste {3: 1.0}, shares {3: 0.0}, no CE weights, no batch Dice;
+    ``--variant small_class_sampler`` -> shares {3: 0.33}, CE weights (1, 1, 1, 3), batch Dice for (3,).
     """
     classes = plan.small_classes if cfg.small_classes is None else cfg.small_classes
     classes = tuple(int(c) for c in classes)

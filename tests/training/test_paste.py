@@ -196,6 +196,6 @@ def test_paste_setting_is_resolved_per_class_and_checked():
     setup = resolve_small_classes(cfg, plan((3,)), 4)
     assert setup.paste == {1: pytest.approx(0.1), 3: pytest.approx(0.3)}
     assert "pasted into 1: 0.10, 3: 0.30 of the samples" in setup.describe()
-    assert resolve_small_classes(TrainConfig(), plan((3,)), 4).paste == {}  # off by default
+    assert resolve_small_classes(apply_overrides(TrainConfig(), ["small_class_paste=0"]), plan((3,)), 4).paste == {}
     with pytest.raises(UserFacingError, match=r"small_class_paste must be in \[0, 1\], found 1.5"):
         apply_overrides(TrainConfig(), ["small_class_paste=1.5"])

@@ -60,10 +60,17 @@ def centre_labels(batch) -> np.ndarray:
 # --- TrainConfig and resolution -------------------------------------------------------------------
 
 def test_defaults_come_from_the_plans():
+    """By default the flagged classes are pasted into every sample, with the plain sampler and loss;
+    the variant small_class_sampler is the former handling (sampler, CE weight 3, pooled Dice)."""
     setup = resolve_small_classes(TrainConfig(), plan((3,)), num_classes=4)
-    assert setup.classes == (3,) and setup.shares == {3: pytest.approx(0.33)}
-    assert setup.ce_weights == (1.0, 1.0, 1.0, 3.0) and setup.batch_dice_classes == (3,)
+    assert setup.classes == (3,) and setup.paste == {3: 1.0} and setup.shares == {3: 0.0}
+    assert setup.ce_weights is None and setup.batch_dice_classes == ()
+    assert setup.describe() == "small classes (3,): pasted into 3: 1.00 of the samples, CE weight 1, Dice per sample"
     assert not resolve_small_classes(TrainConfig(), plan(()), 4).active
+    sampler = resolve_small_classes(resolve_train_config("small_class_sampler"), plan((3,)), 4)
+    assert sampler.paste == {} and sampler.shares == {3: pytest.approx(0.33)}
+    assert sampler.ce_weights == (1.0, 1.0, 1.0, 3.0) and sampler.batch_dice_classes == (3,)
+    assert sampler.describe() == "small classes (3,): batch shares {3: 0.33}, CE weight 3, batch Dice for (3,)"
 
 
 def test_overrides_and_variant():

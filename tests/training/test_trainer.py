@@ -132,7 +132,7 @@ def test_small_class_settings_reach_the_sampler_and_loss(prepared, monkeypatch):
     monkeypatch.setattr(trainer, "BatchSource", source)
     monkeypatch.setattr(trainer, "build_loss", loss)
     cfg = dataclasses.replace(small_config(1), small_classes=(1,), small_class_ce_weight=3.0,
-                              small_class_placement="centre")
+                              small_class_placement="centre", small_class_oversample=0.33, small_class_batch_dice=True)
     fold = trainer.train_fold(prepared, "901", "3d_fullres", 0, cfg, variant="s", validate=False)
     assert seen["shares"][0] == {1: pytest.approx(cfg.small_class_oversample)}  # training batches
     with_shares = [s for s, shares in zip(seen["sources"], seen["shares"]) if shares]  # priors', training's
