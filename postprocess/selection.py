@@ -219,6 +219,13 @@ def format_selection(sel: Selection, names: dict[int, str], small_classes: tuple
             rows.append(f"  {names.get(int(k), k)}: Dice {_fmt(eff['dice_before'].get(k))} -> "
                         f"{_fmt(eff['dice_after'].get(k))}, lesion F1 {_fmt(eff['lesion_f1_before'].get(k))} -> "
                         f"{_fmt(eff['lesion_f1_after'].get(k))}")
+    chosen_f1 = f1.get(_candidate_name(sel.configurations), {})
+    for k in classes:
+        if int(k) in small_classes and chosen_f1.get(k) == 0:
+            rows.append(f"warning: {names.get(int(k), k)} (small/rare): not one of its lesions found in the "
+                        "cross-validation cases (lesion F1 0): the network did not learn it. Train longer or with "
+                        "another seed (--set seed=N); see docs/small_structures.md, 'When a small class is not "
+                        "learned'")
     if small_classes:
         rows.append("* small/rare class (planner)")
     return "\n".join(rows)

@@ -84,3 +84,27 @@ def resolve_small_classes(cfg: TrainConfig, plan: ConfigurationPlan, num_classes
         batch_dice_classes=classes if cfg.small_class_batch_dice else (),
         paste={c: cfg.small_class_paste * w / total for c, w in zip(classes, weights)} if cfg.small_class_paste else {},
     )
+
+
+def unlearned_classes(summary: dict, classes: tuple[int, ...]) -> dict[int, int]:
+    """The classes among ``classes`` that a validation ``summary`` (summary.json) shows the network
+    never predicts although the references hold them: label -> number of reference lesions (pooled
+    over the cases) of which not one is found and none is predicted. A run can end there: on the
+    implanted Hippocampus data one training seed in eight learned no blob in any arm, plain
+    training included (docs/small_structures.md, "When a small class is not learned").
+
+    Example: pooled {"3": {"n_ref_lesions": 9, "n_pred_lesions": 0}} -> {3: 9}; a class with no
+    reference lesion in the validation cases, or with any prediction, is not listed."""
+    pooled = summary.get("pooled", {})
+    out = {}
+    for c in classes:
+        stats = pooled.get(str(c), {})
+        if stats.get("n_ref_lesions", 0) > 0 and stats.get("n_pred_lesions", 0) == 0:
+            out[c] = int(stats["n_ref_lesions"])
+    return out
+
+
+def unlearned_message(cls: int, n_ref: int, where: str) -> str:
+    return (f"small class {cls} was never predicted on {where}, which hold {n_ref} of its lesions: the "
+            f"network did not learn it. Train longer (--time-budget or --set num_epochs=N) or with another "
+            f"seed (--set seed=N); see docs/small_structures.md, 'When a small class is not learned'")

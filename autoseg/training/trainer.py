@@ -33,7 +33,7 @@ from autoseg.training.loss import build_loss
 from autoseg.training.network import build_network, deep_supervision_scales, init_output_bias
 from autoseg.training.progress import format_epoch, plot_progress
 from autoseg.training.resolve import auto_precision, fit_width, resolve_memory_format
-from autoseg.training.small_classes import resolve_small_classes
+from autoseg.training.small_classes import resolve_small_classes, unlearned_classes, unlearned_message
 from autoseg.training.splits import get_split
 from autoseg.training.train_config import TrainConfig, resolve_optimizer
 
@@ -287,7 +287,9 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     log.info("training done: %s (%d iterations)", out / "checkpoint_final.pth", iteration)
     if validate:
         validation_started = time.perf_counter()
-        run_validation(out, ws, name, val_ids, dev, budget.cfg)
+        summary = run_validation(out, ws, name, val_ids, dev, budget.cfg)
+        for c, n_ref in unlearned_classes(summary, small.classes).items():
+            log.warning("%s", unlearned_message(c, n_ref, f"the {len(val_ids)} validation cases of {out.name}"))
         if budget.active:
             log.info("final validation took %.0f s (estimated %.0f s); total %.0f s of a %.0f s budget",
                      time.perf_counter() - validation_started, budget.validation_s,

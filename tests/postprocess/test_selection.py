@@ -136,9 +136,10 @@ def test_without_a_selection_the_error_says_what_to_run(tmp_path):
 LESION_CASES = ("p0", "p1", "p2", "n0", "n1", "n2")
 
 
-def lesion_workspace(root: Path) -> Workspace:
+def lesion_workspace(root: Path, learned: bool = True) -> Workspace:
     """One configuration. p*: a 4-voxel lesion, predicted at probability 0.9; n*: no lesion, a
-    4-voxel spurious blob predicted at 0.6. Probabilities saved as validation writes them."""
+    4-voxel spurious blob predicted at 0.6. Probabilities saved as validation writes them.
+    ``learned=False``: the lesion predicted nowhere (a network that did not learn the class)."""
     ws = Workspace(root)
     base = make_plans()
     cfg = dataclasses.replace(base.configurations["3d_fullres"], small_classes=(1,))
@@ -155,6 +156,8 @@ def lesion_workspace(root: Path) -> Workspace:
             pred[1, 1, 1:5] = 1
         else:
             pred[4, 4, 1:5] = 1
+        if not learned:
+            pred[:] = 0
         probs = np.stack([np.full(ref.shape, 0.95, np.float32), np.full(ref.shape, 0.05, np.float32)])
         top = 0.9 if case.startswith("p") else 0.6
         probs[1][pred == 1], probs[0][pred == 1] = top, 1 - top
@@ -205,6 +208,20 @@ def test_selection_learns_a_presence_rule_from_the_saved_probabilities(tmp_path,
     assert main(["apply_postprocessing", "-i", str(validation), "-o", str(tmp_path / "pp2"), "-d", "998",
                  "--root", str(tmp_path)]) == 2
     assert "n0.npz not found" in capsys.readouterr().err
+
+
+def test_a_small_class_found_in_no_case_is_flagged(tmp_path, capsys):
+    """No lesion predicted: 3 reference lesions, 0 found -> lesion F1 0, and find_best_config says
+    that the network did not learn the class; with the lesions found (F1 2/3) it says nothing."""
+    from autoseg.cli import main
+
+    lesion_workspace(tmp_path / "a", learned=False)
+    assert main(["find_best_config", "-d", "998", "-f", "0", "--root", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "warning: lesion (small/rare): not one of its lesions found" in out and "--set seed=N" in out
+    lesion_workspace(tmp_path / "b")
+    assert main(["find_best_config", "-d", "998", "-f", "0", "--root", str(tmp_path / "b")]) == 0
+    assert "warning" not in capsys.readouterr().out
 
 
 def test_without_saved_probabilities_the_rule_is_size_only(tmp_path, caplog):

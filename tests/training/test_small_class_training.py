@@ -12,7 +12,7 @@ from autoseg.preprocess.storage import CaseProperties, sample_class_locations, s
 from autoseg.training import dataloader
 from autoseg.training.dataloader import BatchSource
 from autoseg.training.loss import DiceCELoss, build_loss, soft_dice
-from autoseg.training.small_classes import resolve_small_classes
+from autoseg.training.small_classes import resolve_small_classes, unlearned_classes, unlearned_message
 from autoseg.training.train_config import TrainConfig, apply_overrides, resolve_train_config
 
 SHAPE = (20, 20, 20)
@@ -99,6 +99,17 @@ def test_override_errors():
         resolve_small_classes(apply_overrides(TrainConfig(), ["small_class_shares=1,1"]), plan((3,)), 4)
     with pytest.raises(UserFacingError, match=r"small_classes \[7\] are not foreground labels"):
         resolve_small_classes(apply_overrides(TrainConfig(), ["small_classes=7"]), plan((3,)), 4)
+
+
+def test_a_class_predicted_nowhere_is_reported_as_not_learned():
+    summary = {"pooled": {"1": {"n_ref_lesions": 40, "n_pred_lesions": 41},
+                          "3": {"n_ref_lesions": 9, "n_pred_lesions": 0},
+                          "4": {"n_ref_lesions": 0, "n_pred_lesions": 0},  # in no validation case
+                          "5": {"n_ref_lesions": 2, "n_pred_lesions": 1}}}  # predicted, even if wrongly
+    assert unlearned_classes(summary, (3, 4, 5)) == {3: 9}
+    assert unlearned_classes(summary, ()) == {}
+    assert "never predicted on the 34 validation cases of fold_0, which hold 9 of its lesions" in \
+        unlearned_message(3, 9, "the 34 validation cases of fold_0")
 
 
 # --- the sampler ----------------------------------------------------------------------------------

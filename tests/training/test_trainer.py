@@ -133,7 +133,12 @@ def test_small_class_settings_reach_the_sampler_and_loss(prepared, monkeypatch):
     monkeypatch.setattr(trainer, "build_loss", loss)
     cfg = dataclasses.replace(small_config(1), small_classes=(1,), small_class_ce_weight=3.0,
                               small_class_placement="centre", small_class_oversample=0.33, small_class_batch_dice=True)
-    fold = trainer.train_fold(prepared, "901", "3d_fullres", 0, cfg, variant="s", validate=False)
+    # a validation that found none of the 5 reference lesions of class 1: the log says it was not learned
+    monkeypatch.setattr(trainer, "run_validation", lambda *args: {"pooled": {"1": {"n_ref_lesions": 5,
+                                                                                   "n_pred_lesions": 0}}})
+    fold = trainer.train_fold(prepared, "901", "3d_fullres", 0, cfg, variant="s")
+    assert "small class 1 was never predicted on the 2 validation cases of fold_0, which hold 5" in \
+        (fold / "training.log").read_text()
     assert seen["shares"][0] == {1: pytest.approx(cfg.small_class_oversample)}  # training batches
     with_shares = [s for s, shares in zip(seen["sources"], seen["shares"]) if shares]  # priors', training's
     assert len(with_shares) == 2 and not any(s.small_class_contain for s in with_shares)
