@@ -73,6 +73,13 @@ def test_each_case_gets_the_mask_of_the_fold_that_held_it_out(cascade_ws):
         inside = b["data"][0, 0] != 0  # the normalised noisy image; the padding is exactly 0
         assert np.array_equal(b["data"][0, expected], inside.astype(np.float32))
         assert not b["data"][0, 3 - expected].any()
+        # copy-paste (the small-class default) writes image and target only, never the mask channels
+        pasted = CascadeBatchSource(data_dir, [c], plans.configuration("3d_cascade_fullres"), 1, 0.0, None, None,
+                                    0, previous=prev, paste_shares={1: 1.0}).batch(0)
+        assert (pasted["target"] == 1).any()
+        inside = pasted["data"][0, 0] != 0
+        assert np.array_equal(pasted["data"][0, expected], inside.astype(np.float32))
+        assert not pasted["data"][0, 3 - expected].any()
 
     # a lowres fold retrained (new file) replaces the cached mask; unchanged cases are kept
     before = (prev.folder / "case_004.seg.b2").stat().st_mtime_ns
