@@ -287,9 +287,7 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     log.info("training done: %s (%d iterations)", out / "checkpoint_final.pth", iteration)
     if validate:
         validation_started = time.perf_counter()
-        summary = run_validation(out, ws, name, val_ids, dev, budget.cfg)
-        for c, n_ref in unlearned_classes(summary, small.classes).items():
-            log.warning("%s", unlearned_message(c, n_ref, f"the {len(val_ids)} validation cases of {out.name}"))
+        run_validation(out, ws, name, val_ids, dev, budget.cfg)
         if budget.active:
             log.info("final validation took %.0f s (estimated %.0f s); total %.0f s of a %.0f s budget",
                      time.perf_counter() - validation_started, budget.validation_s,
@@ -452,7 +450,8 @@ def _validate_patches(net, loss_fn, src: BatchSource, start: int, count: int, de
 
 
 def run_validation(fold_dir: Path, ws: Workspace, dataset: str, val_ids: list[str], dev, cfg: TrainConfig) -> dict:
-    """Predict every validation case with the sliding window and write validation/summary.json."""
+    """Predict every validation case with the sliding window and write validation/summary.json; warn
+    about a small class the network never predicts (``unlearned_classes``)."""
     from autoseg.inference.validation import validate_fold
     from autoseg.training.checkpoint import load_trained_model
 
@@ -461,5 +460,8 @@ def run_validation(fold_dir: Path, ws: Workspace, dataset: str, val_ids: list[st
                             cfg.validation_mirroring, resolve_precision(cfg.precision, dev))
     log.info("validation mean Dice %s over %d cases: %.4f", fold_dir.name, len(val_ids),
              summary["foreground_mean"]["dice"])
+    small = resolve_small_classes(model.train_config, model.configuration, model.plans.num_classes)
+    for c, n_ref in unlearned_classes(summary, small.classes).items():
+        log.warning("%s", unlearned_message(c, n_ref, f"the {len(val_ids)} validation cases of {fold_dir.name}"))
     return summary
 

@@ -134,8 +134,10 @@ def test_small_class_settings_reach_the_sampler_and_loss(prepared, monkeypatch):
     cfg = dataclasses.replace(small_config(1), small_classes=(1,), small_class_ce_weight=3.0,
                               small_class_placement="centre", small_class_oversample=0.33, small_class_batch_dice=True)
     # a validation that found none of the 5 reference lesions of class 1: the log says it was not learned
-    monkeypatch.setattr(trainer, "run_validation", lambda *args: {"pooled": {"1": {"n_ref_lesions": 5,
-                                                                                   "n_pred_lesions": 0}}})
+    from autoseg.inference import validation
+
+    monkeypatch.setattr(validation, "validate_fold", lambda *args: {
+        "foreground_mean": {"dice": 0.5}, "pooled": {"1": {"n_ref_lesions": 5, "n_pred_lesions": 0}}})
     fold = trainer.train_fold(prepared, "901", "3d_fullres", 0, cfg, variant="s")
     assert "small class 1 was never predicted on the 2 validation cases of fold_0, which hold 5" in \
         (fold / "training.log").read_text()
