@@ -154,7 +154,9 @@ class BatchSource:
         self._transforms = None
         size = sum(p.stat().st_size for p in self.folder.glob("*.data.b2")) * 4  # ~compression ratio
         self._cases = {cid: self._load(cid) for cid in self.case_ids} if size < IN_MEMORY_LIMIT_BYTES else None
-        self.class_shares, self._cases_with = self._small_classes(class_shares or {})
+        # per small class (sampled or pasted), the cases that hold it: one scan of the locations
+        self._cases_with = self._cases_holding([*(class_shares or {}), *(paste_shares or {})])
+        self.class_shares = self._held(class_shares or {})
         # small-class samples: placed at random among the patches that hold the component's voxel
         # (True, choose_lower_corner_containing; TrainConfig.small_class_placement "contain") or
         # centred on it (False, "centre")
@@ -168,18 +170,22 @@ class BatchSource:
         self._components: dict[tuple[str, int], list[np.ndarray]] = {}
         # copy-paste (TrainConfig.small_class_paste, autoseg/training/paste.py): per sample, the
         # probability that a component of each class is pasted into it; classes in no case dropped
-        self.paste_shares, self._paste_cases = self._small_classes(paste_shares or {})
+        self.paste_shares = self._held(paste_shares or {})
         self._pieces: dict[tuple[str, int], list[Piece]] = {}
 
-    def _small_classes(self, shares: dict[int, float]) -> tuple[dict[int, float], dict[int, list[str]]]:
-        """Keep the small classes that some case contains; list those cases per class."""
+    def _cases_holding(self, classes: list[int]) -> dict[int, list[str]]:
+        """Per small class, the cases that contain it (a warning for a class in none)."""
         cases_with: dict[int, list[str]] = {}
-        for cls in shares:
+        for cls in dict.fromkeys(classes):
             cases_with[cls] = [cid for cid in self.case_ids if len(self._locations(cid).get(cls, ()))]
             if not cases_with[cls]:
                 log.warning("small class %d is in none of the %d cases in %s; its patches are sampled as usual",
                             cls, len(self.case_ids), self.folder)
-        return {c: s for c, s in shares.items() if cases_with[c] and s > 0}, cases_with
+        return cases_with
+
+    def _held(self, shares: dict[int, float]) -> dict[int, float]:
+        """``shares`` without the classes of zero share or in no case."""
+        return {c: s for c, s in shares.items() if self._cases_with[c] and s > 0}
 
     def case_weights(self) -> np.ndarray:
         """Probabilities, over ``case_ids``, of the case of a sample that is not a small-class one,
@@ -255,11 +261,10 @@ class BatchSource:
             self._components[key] = [np.flatnonzero(ids == k) for k in np.unique(ids)]
         return self._components[key]
 
-    def sample_component(self, cls: int, rng: np.random.Generator, cases: list[str] | None = None
-                         ) -> tuple[np.ndarray, np.ndarray, tuple]:
+    def sample_component(self, cls: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, tuple]:
         """A (data, seg, inside) patch holding a random component of small class ``cls`` of a case
-        that contains it (``cases``, by default those found for the sampler; see ``sample``)."""
-        cases = self._cases_with[cls] if cases is None else cases
+        that contains it (see ``sample``)."""
+        cases = self._cases_with[cls]
         case_id = cases[rng.integers(len(cases))]
         case = self._case(case_id)
         components = self.component_locations(case_id, case, cls)
@@ -294,7 +299,7 @@ class BatchSource:
         """Paste one component of small class ``cls`` (the case drawn among those that hold it, then
         the component uniformly) into a sample, inside the image and the central ``patch`` that
         augmentation keeps. Returns whether a place was found (``paste_piece``)."""
-        cases = self._paste_cases[cls]
+        cases = self._cases_with[cls]
         pieces = self.pieces(cases[rng.integers(len(cases))], cls)
         piece = pieces[rng.integers(len(pieces))]
         if self.dim == 2:
@@ -322,7 +327,7 @@ class BatchSource:
             if paste_rate and rng.random() < paste_rate:
                 cls = draw_class(self.paste_shares, rng)
                 if not self.paste(d, s, inside, cls, rng):  # no place matches: a patch of a case that has it
-                    d, s, inside = self.sample_component(cls, rng, self._paste_cases[cls])
+                    d, s, inside = self.sample_component(cls, rng)
             data.append(d)
             seg.append(s)
         batch = {"data": np.stack(data).astype(np.float32), "seg": np.stack(seg).astype(np.int16)}
