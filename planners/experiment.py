@@ -18,8 +18,9 @@ from autoseg.imageio import NATURAL_2D_ENDINGS
 from autoseg.plans import PLANS_SCHEMA_VERSION, ConfigurationPlan, NetworkPlan, Plans
 from autoseg.registry import Registry
 from autoseg.planners.classes import class_sizes, flag_small_classes
-from autoseg.planners.throughput import (DEFAULT_FOLD_BUDGET_S, adapt_to_throughput, detect_profile,
-                                         measure_step_seconds)
+from autoseg.planners.throughput import (DEFAULT_FOLD_BUDGET_S, QUIET_PARALLEL_SHARE, CappedStepTimer,
+                                         adapt_to_throughput, detect_profile, precisions_to_time,
+                                         step_cap_seconds)
 from autoseg.planners.topology import estimate_memory_bytes, fit_topology
 from autoseg.training.budget import parse_duration
 
@@ -225,26 +226,8 @@ def cli_plan(args: argparse.Namespace) -> int:
     fingerprint = load_fingerprint(fp_path)
     profile = args.device_profile or detect_profile()
     plans = plan_experiment(fingerprint, profile, args.force_lowres)
-    if profile == "cpu":  # width from the speed measured on this machine (planners/throughput.py)
-        import torch
-
-        from autoseg.device import cpu_identity, resolve_precision, usable_cpus
-        from autoseg.serialization import save_json
-
-        torch.set_num_threads(usable_cpus())
-        in_ch, n_cls = len(plans.channel_names), plans.num_classes
-        budget = parse_duration(args.time_budget) if getattr(args, "time_budget", None) else DEFAULT_FOLD_BUDGET_S
-        precision = resolve_precision("auto", torch.device("cpu"))  # what training will use here
-        plans, report = adapt_to_throughput(
-            plans, lambda net, patch, batch: measure_step_seconds(net, patch, batch, in_ch, n_cls,
-                                                                  precision=precision), budget)
-        report["precision"] = precision
-        report["cpu"] = cpu_identity()  # training with precision auto on this CPU reuses the choice
-        save_json(report, folder / "throughput.json")
-        for name, r in report["configurations"].items():
-            log.info("%-18s width %d chosen from measured steps: %s", name, r["chosen_base_features"],
-                     ", ".join(f"{c['base_features']}: {c['seconds_per_step']:.2f} s ({c['memory_format']})"
-                               for c in r["candidates"]))
+    if profile == "cpu":  # width and precision from the speed measured on this machine (planners/throughput.py)
+        plans = _time_on_this_cpu(plans, folder, args)
     save_plans(plans, folder / "plans.json")
     for cfg in plans.configurations.values():
         log.info("%-18s spacing %s patch %s batch %d features %s", cfg.name,
@@ -254,3 +237,41 @@ def cli_plan(args: argparse.Namespace) -> int:
             (log.info if size.flagged else log.debug)("%-18s %s", "", size.describe())
     log.info("wrote %s", folder / "plans.json")
     return 0
+
+
+def _time_on_this_cpu(plans: Plans, folder, args: argparse.Namespace) -> Plans:
+    """``plans`` with each configuration's width and precision chosen from steps timed here (in a
+    probe process, every step under a cap); the timings go to ``folder/throughput.json``."""
+    import time
+
+    from autoseg.device import cpu_identity, usable_cpus
+    from autoseg.serialization import save_json
+
+    budget = parse_duration(args.time_budget) if getattr(args, "time_budget", None) else DEFAULT_FOLD_BUDGET_S
+    precisions = precisions_to_time()
+    timer = CappedStepTimer(len(plans.channel_names), plans.num_classes, step_cap_seconds(budget), usable_cpus())
+    started = time.perf_counter()
+    try:
+        plans, report = adapt_to_throughput(plans, timer, budget, precisions)
+    finally:
+        timer.close()
+    report["cpu"] = cpu_identity()  # training with precision auto on this CPU reuses the choices
+    report["timing_s"] = round(time.perf_counter() - started, 2)
+    report["contention"] = timer.contention()
+    save_json(report, folder / "throughput.json")
+    for name, r in report["configurations"].items():
+        log.info("%-18s width %d, %s, chosen from measured steps: %s", name, r["chosen_base_features"],
+                 r["precision"], ", ".join(f"{c['base_features']}: {c['seconds_per_step']:.2f} s "
+                                           f"({c['precision']}, {c['memory_format']})" for c in r["candidates"]))
+        for c in r["candidates"]:
+            for note in c["abandoned"]:
+                log.info("%-18s width %d: %s", "", c["base_features"], note)
+    busy = report["contention"]
+    if busy.get("busy"):
+        log.warning("the machine was busy while the steps were timed: %d threads ran a reference convolution "
+                    "only %.1fx faster than one (a quiet machine: about %d x, at least %.1f x expected). The "
+                    "timings are pessimistic and the networks may be narrower than this machine affords; "
+                    "training re-checks the width against its own first steps. To plan on a quiet machine, stop "
+                    "the other work and run plan_and_preprocess again.", busy["threads"], busy["parallel_speedup"],
+                    busy["threads"], QUIET_PARALLEL_SHARE * busy["threads"])
+    return plans

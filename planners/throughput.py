@@ -1,4 +1,4 @@
-"""Planning for the compute the user has: network width chosen from measured training speed.
+"""Planning for the compute the user has: network width and precision chosen from measured training speed.
 
 nnU-Net sizes every plan for an 8 GB GPU. On a CPU the same U-Net (Hippocampus: 32-256
 features, batch 7) takes seconds per iteration, and within hours it sees too few batches to
@@ -10,57 +10,116 @@ iterations). What a short budget buys is iterations, so on the ``cpu`` profile:
    context is what segmentation accuracy depends on most, so it is the last thing given up;
 2. for each candidate width (``base_features`` in ``CANDIDATE_WIDTHS``, narrowest first, features
    doubling per stage as usual) one training step (forward, deep-supervised loss, backward) of the
-   planned batch is timed on this machine (``measure_step_seconds``, ~1-3 s per candidate), up to
-   the first width that misses the target below (wider ones would only be slower);
-3. the widest candidate that still trains ``MIN_ITERATIONS`` iterations within the per-fold
+   planned batch is timed on this machine in every combination of precision (fp32, and bf16 where
+   the CPU has bf16 instructions) and memory layout (contiguous, channels-last): a warm-up step each,
+   then ``TIMED_ROUNDS`` interleaved rounds, the median counting (``CappedStepTimer``), up to the
+   first width that misses the target below (wider ones would only be slower);
+3. each width counts with its fastest combination, bf16 only where it beats fp32 by
+   ``BF16_STEP_MARGIN`` (``pick_precision``): the precision is chosen per configuration, since
+   oneDNN's bf16 kernels are fast for some shapes and pathologically slow for others;
+4. the widest candidate that still trains ``MIN_ITERATIONS`` iterations within the per-fold
    budget is chosen (``choose_width``); if none does, the narrowest.
+
+No timing can hang: the steps run in a probe process (``autoseg.capped``) and a step that overruns
+its cap (``step_cap_seconds``; bf16 at most ``BF16_CAP_RATIO`` x the fp32 warm-up) is abandoned and
+recorded as such. Seen on a CPU with AMX: the bf16 backward pass of the 8-wide network for a patch
+of 4 x 128 x 112 did not finish within 20 s where the fp32 step took 0.15 s.
 
 ``MIN_ITERATIONS = 2500``: the hand-tuned nnU-Net run above was still improving at 1,750
 iterations; autoseg's own Hippocampus runs reach 0.85 Dice at about 1,000 iterations and keep
 improving to 3,000 (docs/benchmarks.md). Wider networks only pay off once enough iterations are
-affordable. Measured on this project's 2-core machine (Hippocampus 3d_fullres, patch 40x56x40,
-batch 2, raw step, busy machine): widths 32/24/16/8 took 1.29/1.06/0.42/0.28 s, so a 30-minute
-budget gets the 16-wide network (~3,700 iterations; the 24-wide one would get ~1,500) and a
-2-hour budget the 32-wide one (~4,800).
-The measurements are written next to the plans (``throughput.json``), so the choice can be
-checked and reproduced.
+affordable. The measurements are written next to the plans (``throughput.json``), so the choice
+can be checked and reproduced, and training reads its precision and layout from them.
 
-Each candidate's step is timed in both memory layouts, the usual contiguous one and channels-last
-(``TIMED_MEMORY_FORMATS``), and the faster one counts and is recorded (``memory_format``); training on
-the cpu uses it (``memory_format_for``). Which one wins depends on the CPU's oneDNN kernels and
-the network, not on a rule we could write down: on this project's AVX2 machine (fp32) channels-last
-made the Hippocampus 3d_fullres step 26% faster at width 8 (0.37 -> 0.28 s) and 15% at width 16
-(0.86 -> 0.73 s), while the 2d step (batch 64) was 10-20% slower; on the AMX machine the fp32
-16-wide 3d step was 12% slower channels-last (0.32 -> 0.36 s).
+Which layout wins depends on the CPU's oneDNN kernels and the network, not on a rule we could
+write down (docs/planning.md, "Memory layout").
 """
 from __future__ import annotations
 
 import dataclasses
-import time
-from dataclasses import dataclass
-from typing import Callable, Optional
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
 
 from autoseg.plans import ConfigurationPlan, NetworkPlan
 from autoseg.planners.topology import fit_topology
 
+log = logging.getLogger(__name__)
+
 CANDIDATE_WIDTHS = (32, 24, 16, 8)
 TIMED_MEMORY_FORMATS = ("contiguous", "channels_last")
+TIMED_ROUNDS = 3  # interleaved timed rounds after the warm-up; the median counts
 MIN_ITERATIONS = 2500
 DEFAULT_FOLD_BUDGET_S = 1800.0
 STEP_OVERHEAD = 1.15  # data loading, patch validation and checkpoints on top of the raw step
+# bf16 is chosen for a configuration only where its measured step is this much faster than fp32's
+BF16_STEP_MARGIN = 1.1
+# caps on one timed step: at least MIN_STEP_CAP_S, or CAP_FACTOR x the step that would still train
+# MIN_ITERATIONS in the budget (a step slower than that misses the budget anyway); the warm-up step
+# (oneDNN builds its kernels) gets twice that. A bf16 step is abandoned once it takes
+# BF16_CAP_RATIO x the fp32 warm-up of the same network (bf16 is only of use where it is faster).
+MIN_STEP_CAP_S = 10.0
+CAP_FACTOR = 10.0
+MIN_BF16_CAP_S = 3.0
+BF16_CAP_RATIO = 10.0
+# a quiet machine runs the reference convolution nearly n times faster on n threads; below this share
+# of n the other cores are taken by something else, and every timing is pessimistic
+QUIET_PARALLEL_SHARE = 0.6
 
-# (network, patch, batch) -> seconds per step in each memory layout timed, e.g. {"contiguous": 0.37}
-StepTimer = Callable[[NetworkPlan, tuple[int, ...], int], dict[str, float]]
+Combo = tuple[str, str]  # (precision, memory format), e.g. ("bf16", "channels_last")
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    """What timing one candidate gave: ``seconds[precision][memory_format]`` (median over the rounds
+    it ran) for every combination that finished, and a note per combination abandoned at its cap."""
+
+    seconds: dict[str, dict[str, float]]
+    abandoned: tuple[str, ...] = ()
+    dropped: tuple[Combo, ...] = ()  # timed, but left out of later rounds as clearly slower
+
+
+# (network, patch, batch, combinations to time) -> StepTiming
+StepTimer = Callable[[NetworkPlan, tuple[int, ...], int, tuple[Combo, ...]], StepTiming]
 
 
 @dataclass(frozen=True)
 class WidthMeasurement:
     base_features: int
     features_per_stage: tuple[int, ...]
-    seconds_per_step: float  # in the faster layout
+    seconds_per_step: float  # in the chosen precision and the faster layout
     iterations_in_budget: int
-    memory_format: str = "contiguous"  # the faster layout
-    seconds_by_memory_format: Optional[dict[str, float]] = None
+    memory_format: str = "contiguous"  # the faster layout in the chosen precision
+    seconds_by_memory_format: Optional[dict[str, float]] = None  # the chosen precision's layouts
+    precision: str = "fp32"
+    seconds_by_precision: Optional[dict[str, dict[str, float]]] = None
+    abandoned: tuple[str, ...] = ()  # combinations that overran their cap, or not timed because of one
+    too_slow: bool = False  # no combination finished: seconds_per_step is the cap, a lower bound
+
+
+def target_step_seconds(budget_s: float) -> float:
+    """The step that still trains ``MIN_ITERATIONS`` in ``budget_s``: 1800 s -> 0.626 s."""
+    return budget_s / (MIN_ITERATIONS * STEP_OVERHEAD)
+
+
+def step_cap_seconds(budget_s: float) -> float:
+    """The cap on one timed step for a fold budget: ``max(MIN_STEP_CAP_S, CAP_FACTOR x
+    target_step_seconds)``: 10 s for 30 minutes, 50 s for 4 hours."""
+    return max(MIN_STEP_CAP_S, CAP_FACTOR * target_step_seconds(budget_s))
+
+
+def pick_precision(seconds: dict[str, dict[str, float]]) -> Optional[tuple[str, str, float]]:
+    """(precision, memory format, seconds) of the step to train with: fp32's faster layout, or bf16's
+    where that is at least ``BF16_STEP_MARGIN`` x faster; None when nothing finished.
+
+    ``{"fp32": {"contiguous": 0.3}, "bf16": {"contiguous": 0.25}}`` -> fp32 (0.3 / 0.25 = 1.2 >= 1.1
+    would pick bf16; 0.28 would not)."""
+    best = {p: min(by_fmt.items(), key=lambda kv: kv[1]) for p, by_fmt in seconds.items() if by_fmt}
+    if "bf16" in best and ("fp32" not in best or best["bf16"][1] * BF16_STEP_MARGIN <= best["fp32"][1]):
+        return ("bf16",) + best["bf16"]
+    if "fp32" in best:
+        return ("fp32",) + best["fp32"]
+    return None
 
 
 def widen(cfg: ConfigurationPlan, base_features: int, max_features: int) -> ConfigurationPlan:
@@ -72,100 +131,212 @@ def widen(cfg: ConfigurationPlan, base_features: int, max_features: int) -> Conf
 
 
 def choose_width(cfg: ConfigurationPlan, step_seconds: StepTimer, budget_s: float = DEFAULT_FOLD_BUDGET_S,
-                 max_features_ratio: int = 10) -> tuple[ConfigurationPlan, list[WidthMeasurement]]:
+                 precisions: Sequence[str] = ("fp32",), max_features_ratio: int = 10,
+                 cap_s: Optional[float] = None) -> tuple[ConfigurationPlan, list[WidthMeasurement]]:
     """The widest candidate network that trains ``MIN_ITERATIONS`` within ``budget_s`` (else the narrowest).
+
+    Each width is timed in every combination of ``precisions`` and ``TIMED_MEMORY_FORMATS``, and
+    counts with its ``pick_precision`` step. A combination abandoned at its cap, or dropped as clearly
+    slower, is not timed again at wider widths (the same shapes, only wider), except that fp32's
+    faster layout always is (the fallback, and what a training in fp32 is fitted with). A width with
+    nothing finished counts as taking ``cap_s`` (default ``step_cap_seconds(budget_s)``).
 
     Example with a fake timer of 0.02 s per base feature: widths 8, 16, 24, 32 take 0.16, 0.32,
     0.48, 0.64 s; 1800 s / (0.48 s * 1.15) = 3260 >= 2500, but 32 gives 2445, so 24 is chosen."""
-    measured = []
+    cap_s = step_cap_seconds(budget_s) if cap_s is None else cap_s
+    combos = tuple((p, f) for p in precisions for f in TIMED_MEMORY_FORMATS)
+    measured, skipped = [], []
     for width in sorted(CANDIDATE_WIDTHS):  # narrowest first; wider ones cost more, so stop at the first miss
         candidate = widen(cfg, width, width * max_features_ratio)
-        by_format = step_seconds(candidate.network, tuple(candidate.patch_size), candidate.batch_size)
-        fastest = min(by_format, key=by_format.get)
-        seconds = by_format[fastest]
-        measured.append(WidthMeasurement(width, candidate.network.features_per_stage, seconds,
-                                         int(budget_s / (seconds * STEP_OVERHEAD)), fastest, dict(by_format)))
-        if measured[-1].iterations_in_budget < MIN_ITERATIONS:
+        timed = step_seconds(candidate.network, tuple(candidate.patch_size), candidate.batch_size, combos)
+        picked = pick_precision(timed.seconds)
+        precision, fmt, seconds = picked if picked else ("fp32", "contiguous", cap_s)
+        measured.append(WidthMeasurement(
+            width, candidate.network.features_per_stage, seconds, int(budget_s / (seconds * STEP_OVERHEAD)), fmt,
+            dict(timed.seconds.get(precision, {})), precision, {p: dict(v) for p, v in timed.seconds.items()},
+            tuple(skipped) + timed.abandoned, picked is None))
+        done = {(p, f) for p, by_fmt in timed.seconds.items() for f in by_fmt}
+        lost = [c for c in combos if c not in done]
+        skipped += [f"{p} {f}: not timed (abandoned at width {width})" for p, f in lost]
+        fp32 = timed.seconds.get("fp32") or {}
+        keep = {("fp32", min(fp32, key=fp32.get))} if fp32 else set()
+        combos = tuple(c for c in combos if c in done and (c not in timed.dropped or c in keep))
+        if measured[-1].iterations_in_budget < MIN_ITERATIONS or not combos:
             break
     fitting = [m for m in measured if m.iterations_in_budget >= MIN_ITERATIONS]
     best = max(fitting, key=lambda m: m.base_features) if fitting else min(measured, key=lambda m: m.base_features)
     return widen(cfg, best.base_features, best.base_features * max_features_ratio), measured
 
 
-def measure_step_seconds(net_plan: NetworkPlan, patch: tuple[int, ...], batch: int, in_channels: int = 1,
-                         num_classes: int = 3, repeats: int = 2, precision: str = "fp32",
-                         memory_formats: tuple[str, ...] = TIMED_MEMORY_FORMATS) -> dict[str, float]:
-    """Seconds of one training step (forward, deep-supervised Dice+CE, backward, SGD) on random
-    data, on this process' torch threads, computed in ``precision`` (fp32, or bf16 autocast as
-    training uses where it is faster), with network and batch in each of ``memory_formats``: the
-    best of ``repeats`` after one untimed step, per layout, e.g. ``{"contiguous": 0.37,
-    "channels_last": 0.28}``."""
-    return {fmt: _step_seconds(net_plan, patch, batch, in_channels, num_classes, repeats, precision, fmt)
-            for fmt in memory_formats}
+class CappedStepTimer:
+    """A ``StepTimer`` that times in a probe process (``autoseg.capped``), every step under a cap.
+
+    A step that overruns its cap is abandoned: the probe process is killed, the combination
+    recorded as abandoned (with the cap), and the candidate timed again without it. Caps: the warm-up
+    step ``2 x cap_s``, a timed step ``cap_s``, a bf16 step at most ``BF16_CAP_RATIO`` x the fp32
+    warm-up step of the same network (never under ``MIN_BF16_CAP_S``). ``references`` collects the
+    probe's reference timings (``contention``)."""
+
+    def __init__(self, in_channels: int, num_classes: int, cap_s: float, threads: Optional[int] = None,
+                 rounds: int = TIMED_ROUNDS, child=None,
+                 target: str = "autoseg.planners.step_timing:time_step_rounds"):
+        from autoseg.capped import CappedChild
+
+        self.target = target  # what the probe process runs (tests give a fake of the same protocol)
+        self.in_channels, self.num_classes, self.cap_s, self.rounds = in_channels, num_classes, cap_s, rounds
+        self.child = child if child is not None else CappedChild(threads)
+        self.references: list[dict] = []
+
+    def close(self) -> None:
+        self.child.close()
+
+    def __call__(self, net: NetworkPlan, patch: tuple[int, ...], batch: int, combos: tuple[Combo, ...]) -> StepTiming:
+        from autoseg.capped import ProbeTimeout
+        from autoseg.serialization import to_jsonable
+
+        abandoned, remaining = [], list(combos)
+        while remaining:
+            steps: dict[int, list[float]] = {}
+            dropped: list[Combo] = []
+            caps = _StepCaps(remaining, self.cap_s)
+            kwargs = dict(network=to_jsonable(net), patch=list(patch), batch=batch, in_channels=self.in_channels,
+                          num_classes=self.num_classes, combos=[list(c) for c in remaining], rounds=self.rounds)
+            try:
+                for event in self.child.call(self.target, kwargs, caps):
+                    if event["kind"] == "step":
+                        steps.setdefault(event["combo"], []).append(event["seconds"])
+                    elif event["kind"] == "drop":
+                        dropped.append(tuple(remaining[event["combo"]]))
+                    elif event["kind"] in ("threads", "ref"):
+                        self.references.append(event)
+            except ProbeTimeout as stop:
+                running = caps.running
+                if running is None:  # not inside a step (building the network): nothing more to try
+                    abandoned += [f"{p} {f}: the probe gave no answer within {stop.cap_s:.0f} s" for p, f in remaining]
+                    break
+                p, f = remaining[running]
+                abandoned.append(f"{p} {f}: a step took over {stop.cap_s:.1f} s (abandoned)")
+                log.warning("timing %s wide network, patch %s, batch %d: a %s %s step took over %.1f s; abandoned",
+                            net.features_per_stage[0], tuple(patch), batch, p, f, stop.cap_s)
+                remaining.pop(running)
+                continue
+            seconds: dict[str, dict[str, float]] = {}
+            for i, (p, f) in enumerate(remaining):
+                timed = sorted(steps.get(i, [])[1:])  # round 0 is the warm-up
+                if timed:
+                    seconds.setdefault(p, {})[f] = timed[len(timed) // 2]
+            return StepTiming(seconds, tuple(abandoned), tuple(dropped))
+        return StepTiming({}, tuple(abandoned))
+
+    def contention(self) -> dict:
+        """The reference convolution's timings (``planners/step_timing.py``): on one thread and on all
+        (``parallel_speedup``, the best seen), and ``busy``: whether other work held the cores."""
+        threads = [e for e in self.references if e["kind"] == "threads"]
+        if not threads:
+            return {}
+        n = threads[0]["threads"]
+        speedup = max(e["one"] / max(e["all"], 1e-9) for e in threads)
+        refs = [e["seconds"] for e in self.references if e["kind"] == "ref"]
+        return {"threads": n, "parallel_speedup": round(speedup, 3),
+                "reference_spread": round(max(refs) / min(refs), 3) if refs else None,
+                "busy": bool(n > 1 and speedup < QUIET_PARALLEL_SHARE * n)}
 
 
-def _step_seconds(net_plan: NetworkPlan, patch: tuple[int, ...], batch: int, in_channels: int, num_classes: int,
-                  repeats: int, precision: str, memory_format: str) -> float:
-    import torch
+class _StepCaps:
+    """The cap on the probe's next event, from the event before it (``CappedChild.call``)."""
 
-    from autoseg.device import autocast_dtype, torch_memory_format
+    def __init__(self, combos: Sequence[Combo], cap_s: float):
+        self.combos, self.cap_s = list(combos), cap_s
+        self.running: Optional[int] = None  # the combination whose step is under way
+        self.fp32_warmup: Optional[float] = None
 
-    from autoseg.training.loss import build_loss
-    from autoseg.training.network import UNet
+    def __call__(self, event: Optional[dict]) -> float:
+        self.running = None
+        if event is not None and event["kind"] == "step":
+            self.record(event)
+        if event is None or event["kind"] != "start":
+            return self.cap_s if event is not None else 2 * self.cap_s  # the first event: network built
+        self.running = event["combo"]
+        cap = 2 * self.cap_s if event["round"] == 0 else self.cap_s
+        if self.combos[self.running][0] == "bf16" and self.fp32_warmup is not None:
+            cap = min(cap, max(MIN_BF16_CAP_S, BF16_CAP_RATIO * self.fp32_warmup))
+        return cap
 
-    torch.manual_seed(0)
-    layout = torch_memory_format(memory_format, net_plan.dim)
-    net = UNet(net_plan, in_channels, num_classes, deep_supervision=True).to(memory_format=layout)
-    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
-    x = torch.randn(batch, in_channels, *patch).contiguous(memory_format=layout)
-    with torch.no_grad():
-        shapes = [o.shape[2:] for o in net(x)]
-    loss_fn = build_loss("dice_ce", False, 1.0, 1.0, len(shapes))
-    targets = [torch.randint(0, num_classes, (batch, 1, *s)) for s in shapes]
-    best = float("inf")
-    for k in range(repeats + 1):
-        started = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=autocast_dtype(precision), enabled=autocast_dtype(precision) is not None):
-            loss = loss_fn(net(x), targets)
-        loss.backward()
-        opt.step()
-        if k:
-            best = min(best, time.perf_counter() - started)
-    return best
+    def record(self, event: dict) -> None:
+        if event["kind"] == "step" and event["round"] == 0 and self.combos[event["combo"]][0] == "fp32":
+            self.fp32_warmup = min(self.fp32_warmup or float("inf"), event["seconds"])
 
 
-def width_for_budget(candidates: list[dict], budget_s: float) -> int:
+def candidate_seconds(candidate: dict, precision: Optional[str], planned_precision: str = "fp32") -> Optional[float]:
+    """Seconds of one ``throughput.json`` candidate's step: in its chosen precision (``precision``
+    None), or in ``precision`` (its faster layout; None when that precision was not timed).
+    Candidates of an older autoseg hold one precision, ``planned_precision`` (the file's)."""
+    if precision is None:
+        return candidate["seconds_per_step"]
+    by_precision = candidate.get("seconds_by_precision")
+    if by_precision is None:
+        return candidate["seconds_per_step"] if precision == planned_precision else None
+    timed = by_precision.get(precision) or {}
+    return min(timed.values()) if timed else None
+
+
+def width_for_budget(candidates: list[dict], budget_s: float, precision: Optional[str] = None,
+                     planned_precision: str = "fp32") -> int:
     """The base width ``choose_width`` would pick for ``budget_s`` from stored measurements
-    (``throughput.json`` candidates: ``base_features`` and ``seconds_per_step``): the widest that
-    trains ``MIN_ITERATIONS`` within the budget, else the narrowest measured.
+    (``throughput.json`` candidates): the widest that trains ``MIN_ITERATIONS`` within the budget,
+    else the narrowest measured; in each candidate's chosen precision, or in ``precision``
+    (``candidate_seconds``; candidates without timings in it are left out).
 
     Example: steps of 0.16 s (width 16) and 0.45 s (width 32) give 32 for 30 minutes
     (1800 / (0.45 * 1.15) = 3478 iterations) but 16 for 10 minutes (32 would get 1159)."""
-    fitting = [c for c in candidates if budget_s / (c["seconds_per_step"] * STEP_OVERHEAD) >= MIN_ITERATIONS]
-    pool = fitting or candidates
-    pick = max if fitting else min
-    return int(pick(pool, key=lambda c: c["base_features"])["base_features"])
+    timed = [(c["base_features"], candidate_seconds(c, precision, planned_precision)) for c in candidates]
+    timed = [(w, s) for w, s in timed if s is not None]
+    fitting = [w for w, s in timed if budget_s / (s * STEP_OVERHEAD) >= MIN_ITERATIONS]
+    return int(max(fitting) if fitting else min(w for w, _ in timed))
+
+
+def _candidate(throughput: dict, plans, configuration: str, width: int) -> Optional[dict]:
+    for c in (_configuration_timings(throughput, plans, configuration) or {}).get("candidates", []):
+        if c["base_features"] == width:
+            return c
+    return None
+
+
+def planned_precision(throughput: dict, plans, configuration: str) -> Optional[str]:
+    """The precision the planning chose for ``configuration`` at its network's width: the
+    candidate's own (``throughput.json`` of this autoseg: one per configuration and width), else the
+    file's single one (older autoseg), else None (not timed)."""
+    width = plans.configuration(configuration).network.features_per_stage[0]
+    c = _candidate(throughput, plans, configuration, width)
+    if c is None:
+        return None
+    return c.get("precision") or throughput.get("precision", "fp32")
 
 
 def fit_width_to_training_budget(plans, configuration: str, throughput: dict, budget_s: float, precision: str):
     """``plans`` with ``configuration``'s network re-chosen for a training budget of ``budget_s``
-    per fold, from the steps measured at planning time (no new timing). Unchanged when the
-    measurements do not cover it (another precision, no cpu planning), with the reason as the
-    second return value. A cascade stage, whose network is its fullres stage's (see
-    ``adapt_to_throughput``), uses that stage's timings (its extra one-hot input channels change
-    only the first convolution)."""
+    per fold, from the steps measured at planning time (no new timing), in ``precision`` (``auto``:
+    each width in the precision chosen for it). Unchanged when the measurements do not cover it
+    (that precision not timed, no cpu planning), with the reason as the second return value. A
+    cascade stage, whose network is its fullres stage's (see ``adapt_to_throughput``), uses that
+    stage's timings (its extra one-hot input channels change only the first convolution)."""
     cfg = plans.configuration(configuration)
     report = _configuration_timings(throughput, plans, configuration)
     if not report:
         return plans, f"no step timings for {configuration} in throughput.json"
-    mismatch = _precision_mismatch(throughput, precision)
-    if mismatch:
-        return plans, mismatch
-    width = width_for_budget(report["candidates"], budget_s)
+    wanted = None if precision == "auto" else precision
+    file_precision = throughput.get("precision", "fp32")
+    if not any(candidate_seconds(c, wanted, file_precision) is not None for c in report["candidates"]):
+        return plans, f"steps were timed in {_timed_precisions(report, file_precision)}, training runs in {precision}"
+    width = width_for_budget(report["candidates"], budget_s, wanted, file_precision)
     if width == cfg.network.features_per_stage[0]:
         return plans, None
     return with_width(plans, configuration, width), None
+
+
+def _timed_precisions(report: dict, file_precision: str) -> str:
+    names = {p for c in report["candidates"] for p in (c.get("seconds_by_precision") or {file_precision: 1})}
+    return " and ".join(sorted(names))
 
 
 def with_width(plans, configuration: str, base_features: int):
@@ -178,19 +349,28 @@ def with_width(plans, configuration: str, base_features: int):
 
 def memory_format_for(throughput: dict, plans, configuration: str,
                       precision: str) -> tuple[Optional[str], Optional[str]]:
-    """The memory layout whose training step was faster at planning for ``configuration``'s network
-    width (``throughput.json``; a cascade stage looks at its fullres stage's timings), and None; or
-    None and the reason when they do not say (timed in another precision than the training's
-    ``precision``, or that width's layouts not both timed: planned by an older autoseg, another
-    profile, a width not measured)."""
-    mismatch = _precision_mismatch(throughput, precision)
-    if mismatch:
-        return None, mismatch
+    """The memory layout whose training step in ``precision`` was faster at planning for
+    ``configuration``'s network width (``throughput.json``; a cascade stage looks at its fullres
+    stage's timings), and None; or None and the reason when they do not say (that precision not
+    timed at this width, or not in both layouts: planned by an older autoseg, another profile, a
+    width not measured)."""
     width = plans.configuration(configuration).network.features_per_stage[0]
-    for c in (_configuration_timings(throughput, plans, configuration) or {}).get("candidates", []):
-        if c["base_features"] == width and len(c.get("seconds_by_memory_format") or {}) > 1:
-            return c["memory_format"], None
-    return None, "this network width's step was not timed in both layouts (throughput.json)"
+    c = _candidate(throughput, plans, configuration, width)
+    if c is not None and "seconds_by_precision" in c:
+        timed = c["seconds_by_precision"].get(precision) or {}
+        if not timed:
+            other = ", ".join(sorted(p for p, t in c["seconds_by_precision"].items() if t)) or "no precision"
+            return None, f"steps were timed in {other}, training runs in {precision}"
+    elif c is not None:
+        timed_in = throughput.get("precision", "fp32")
+        if timed_in != precision:
+            return None, f"steps were timed in {timed_in}, training runs in {precision}"
+        timed = c.get("seconds_by_memory_format") or {}
+    else:
+        timed = {}
+    if len(timed) > 1:
+        return min(timed, key=timed.get), None
+    return None, f"this network width's {precision} step was not timed in both layouts (throughput.json)"
 
 
 def _configuration_timings(throughput: dict, plans, configuration: str) -> Optional[dict]:
@@ -201,21 +381,19 @@ def _configuration_timings(throughput: dict, plans, configuration: str) -> Optio
     return timed.get(configuration) or (timed.get(cfg.preprocessed_name) if cfg.previous_stage else None)
 
 
-def _precision_mismatch(throughput: dict, precision: str) -> Optional[str]:
-    """Why timings of ``throughput.json`` do not describe a training in ``precision`` (None: they do)."""
-    timed = throughput.get("precision", "fp32")
-    return None if timed == precision else f"steps were timed in {timed}, training runs in {precision}"
-
-
-def adapt_to_throughput(plans, step_seconds: StepTimer, budget_s: float = DEFAULT_FOLD_BUDGET_S):
+def adapt_to_throughput(plans, step_seconds: StepTimer, budget_s: float = DEFAULT_FOLD_BUDGET_S,
+                        precisions: Sequence[str] = ("fp32",)):
     """``plans`` with every configuration's width chosen by ``choose_width``; also returns the
-    measurements per configuration (JSON-ready). A cascade stage gets its fullres stage's network."""
+    measurements per configuration (JSON-ready), each with the precision chosen for its width. A
+    cascade stage gets its fullres stage's network."""
     configs, report = dict(plans.configurations), {}
     for name, cfg in plans.configurations.items():
         if cfg.previous_stage:
             continue
-        configs[name], measured = choose_width(cfg, step_seconds, budget_s)
-        report[name] = {"chosen_base_features": configs[name].network.features_per_stage[0],
+        configs[name], measured = choose_width(cfg, step_seconds, budget_s, precisions)
+        width = configs[name].network.features_per_stage[0]
+        report[name] = {"chosen_base_features": width,
+                        "precision": next(m.precision for m in measured if m.base_features == width),
                         "patch_size": list(cfg.patch_size), "batch_size": cfg.batch_size,
                         "candidates": [dataclasses.asdict(m) for m in measured]}
     for name, cfg in plans.configurations.items():
@@ -224,7 +402,16 @@ def adapt_to_throughput(plans, step_seconds: StepTimer, budget_s: float = DEFAUL
             configs[name] = dataclasses.replace(cfg, network=source.network)
     return dataclasses.replace(plans, configurations=configs), {
         "fold_budget_s": budget_s, "min_iterations": MIN_ITERATIONS, "step_overhead": STEP_OVERHEAD,
-        "configurations": report}
+        "precisions_timed": list(precisions), "configurations": report}
+
+
+def precisions_to_time() -> tuple[str, ...]:
+    """fp32, and bf16 unless torch says this CPU has neither AMX nor AVX512-BF16 (bf16 would be
+    emulated there, several times slower)."""
+    from autoseg.device import _cpu_flag
+
+    amx, avx512_bf16 = _cpu_flag("_is_amx_tile_supported"), _cpu_flag("_is_avx512_bf16_supported")
+    return ("fp32",) if amx is False and avx512_bf16 is False else ("fp32", "bf16")
 
 
 def detect_profile() -> str:

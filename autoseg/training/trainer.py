@@ -32,7 +32,7 @@ from autoseg.training.dataloader import BatchSource, class_frequencies, iterate
 from autoseg.training.loss import build_loss
 from autoseg.training.network import build_network, deep_supervision_scales, init_output_bias
 from autoseg.training.progress import format_epoch, plot_progress
-from autoseg.training.resolve import auto_precision, fit_width, resolve_memory_format
+from autoseg.training.resolve import resolve_settings
 from autoseg.training.small_classes import resolve_small_classes, unlearned_classes, unlearned_message
 from autoseg.training.splits import get_split
 from autoseg.training.train_config import TrainConfig, resolve_optimizer
@@ -123,17 +123,11 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
                                   initial_lr=cfg.initial_lr if cfg.initial_lr is not None else saved.get("initial_lr"))
     throughput_path = pre / "throughput.json"  # step timings of the cpu planning
     throughput = json.loads(throughput_path.read_text()) if dev.type == "cpu" and throughput_path.is_file() else None
-    precision, precision_note = auto_precision(cfg.precision, dev, state, throughput)
-    cfg = dataclasses.replace(resolve_optimizer(cfg), precision=precision,
-                              augmentation=resolve_order_data(cfg.augmentation, dev.type))
+    fold_plans = load_plans(out / "plans.json") if state is not None and (out / "plans.json").is_file() else None
+    cfg, plans, notes = resolve_settings(cfg, plans, configuration, dev, state, throughput, fold_plans)
+    cfg = dataclasses.replace(resolve_optimizer(cfg), augmentation=resolve_order_data(cfg.augmentation, dev.type))
     torch.manual_seed(cfg.seed)
-    width_note = None
-    if state is not None and (out / "plans.json").is_file():
-        plans = load_plans(out / "plans.json")  # the network this fold started with
-    elif cfg.time_budget_s and cfg.fit_width_to_budget and throughput is not None:
-        plans, width_note = fit_width(plans, configuration, throughput, cfg)
     cp = plans.configuration(configuration)
-    cfg, layout_note = resolve_memory_format(cfg, plans, configuration, throughput, dev)
     out.mkdir(parents=True, exist_ok=True)
     save_plans(plans, out / "plans.json")
     save_json(cfg, out / "train_config.json")
@@ -142,9 +136,8 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     log.addHandler(handler)
     if log.getEffectiveLevel() > logging.INFO:  # the log file always gets one line per epoch
         log.setLevel(logging.INFO)
-    for note in (precision_note, width_note, layout_note):
-        if note:
-            log.info("%s", note)
+    for note in notes:
+        log.info("%s", note)
 
     batch_size = cfg.batch_size or cp.batch_size
     scales = deep_supervision_scales(cp) if cfg.deep_supervision else None

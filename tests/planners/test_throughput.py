@@ -7,9 +7,9 @@ import pytest
 from autoseg.cli import main
 from autoseg.fingerprint_types import load_fingerprint
 from autoseg.planners.experiment import plan_experiment
-from autoseg.planners.throughput import (MIN_ITERATIONS, STEP_OVERHEAD, adapt_to_throughput, choose_width,
-                                         fit_width_to_training_budget, measure_step_seconds, memory_format_for,
-                                         width_for_budget)
+from autoseg.planners.throughput import (MIN_ITERATIONS, STEP_OVERHEAD, CappedStepTimer, StepTiming,
+                                         adapt_to_throughput, choose_width, fit_width_to_training_budget,
+                                         memory_format_for, pick_precision, width_for_budget)
 from autoseg.plans import NetworkPlan
 
 
@@ -19,7 +19,7 @@ def hippocampus():
 
 
 def per_feature(seconds: float):
-    return lambda net, patch, batch: {"contiguous": seconds * net.features_per_stage[0]}
+    return lambda net, patch, batch, combos: StepTiming({"fp32": {"contiguous": seconds * net.features_per_stage[0]}})
 
 
 def test_choose_width_example_from_the_docstring(hippocampus):
@@ -55,22 +55,28 @@ def test_cpu_plans_differ_from_gpu_plans_and_fit_the_budget(hippocampus):
     json.dumps(report)
 
 
-def test_measure_step_seconds_runs_a_real_step_in_each_layout():
+def test_the_capped_timer_runs_real_steps_in_each_combination():
     net = NetworkPlan(dim=2, features_per_stage=(4, 8), kernel_sizes=((3, 3), (3, 3)), strides=((1, 1), (2, 2)))
-    seconds = measure_step_seconds(net, (16, 16), 2, in_channels=1, num_classes=3, repeats=1)
-    assert set(seconds) == {"contiguous", "channels_last"}
-    assert all(0 < s < 5 for s in seconds.values())
-    net3d = NetworkPlan(dim=3, features_per_stage=(4, 8), kernel_sizes=((3, 3, 3),) * 2, strides=((1, 1, 1), (2, 2, 2)))
-    assert set(measure_step_seconds(net3d, (8, 8, 8), 2, repeats=1, memory_formats=("channels_last",))) == {
-        "channels_last"}
+    timer = CappedStepTimer(1, 3, cap_s=60, threads=1, rounds=1)
+    try:
+        timed = timer(net, (16, 16), 2, (("fp32", "contiguous"), ("fp32", "channels_last")))
+        assert set(timed.seconds) == {"fp32"} and set(timed.seconds["fp32"]) == {"contiguous", "channels_last"}
+        assert all(0 < s < 5 for s in timed.seconds["fp32"].values()) and timed.abandoned == ()
+        net3d = NetworkPlan(dim=3, features_per_stage=(4, 8), kernel_sizes=((3, 3, 3),) * 2,
+                            strides=((1, 1, 1), (2, 2, 2)))
+        assert set(timer(net3d, (8, 8, 8), 2, (("fp32", "channels_last"),)).seconds["fp32"]) == {"channels_last"}
+        contention = timer.contention()
+        assert contention["threads"] == 1 and contention["busy"] is False
+    finally:
+        timer.close()
 
 
 def test_each_width_counts_its_faster_layout_and_records_both(hippocampus):
     cfg = plan_experiment(hippocampus, "cpu").configuration("3d_fullres")
 
-    def timer(net, patch, batch):  # channels-last faster at width 8 only
+    def timer(net, patch, batch, combos):  # channels-last faster at width 8 only
         w = net.features_per_stage[0]
-        return {"contiguous": 0.02 * w, "channels_last": 0.01 * w if w == 8 else 0.03 * w}
+        return StepTiming({"fp32": {"contiguous": 0.02 * w, "channels_last": 0.01 * w if w == 8 else 0.03 * w}})
 
     chosen, measured = choose_width(cfg, timer, budget_s=1800)
     assert [(m.base_features, m.memory_format, m.seconds_per_step) for m in measured] == [
@@ -110,10 +116,15 @@ def test_cli_cpu_plan_writes_the_measurements(synth_dataset, workspace):
     entry = report["configurations"]["3d_fullres"]
     widths = [c["base_features"] for c in entry["candidates"]]
     assert widths == [8, 16, 24, 32][:len(widths)]
-    for c in entry["candidates"]:  # both layouts timed, the faster one counted
+    first = entry["candidates"][0]  # the narrowest: every combination timed, the fastest one counted
+    assert set(first["seconds_by_precision"]["fp32"]) == {"contiguous", "channels_last"}
+    for c in entry["candidates"]:
         timed = c["seconds_by_memory_format"]
-        assert set(timed) == {"contiguous", "channels_last"}
+        assert timed == c["seconds_by_precision"][c["precision"]]
         assert c["seconds_per_step"] == min(timed.values()) == timed[c["memory_format"]]
+    assert entry["precision"] == next(c["precision"] for c in entry["candidates"]
+                                      if c["base_features"] == entry["chosen_base_features"])
+    assert report["contention"]["threads"] >= 1 and report["timing_s"] > 0
     features = plans["configurations"]["3d_fullres"]["network"]["features_per_stage"]
     assert features[0] == entry["chosen_base_features"]
 
@@ -154,3 +165,59 @@ def test_the_cascade_stage_takes_its_fullres_stage_timings(hippocampus):
     # 300 / (0.05 * 1.15) = 5217 iterations >= 2500; 16 would get 1630
     assert why_not is None
     assert fitted.configuration("3d_cascade_fullres").network.features_per_stage[0] == 8
+
+
+def test_bf16_counts_only_where_it_beats_fp32_by_the_margin():
+    assert pick_precision({"fp32": {"contiguous": 0.3}, "bf16": {"contiguous": 0.25}}) == ("bf16", "contiguous", 0.25)
+    assert pick_precision({"fp32": {"contiguous": 0.3}, "bf16": {"contiguous": 0.28}}) == ("fp32", "contiguous", 0.3)
+    assert pick_precision({"fp32": {"contiguous": 0.3, "channels_last": 0.2},
+                           "bf16": {"channels_last": 0.19}}) == ("fp32", "channels_last", 0.2)
+    assert pick_precision({"bf16": {"contiguous": 0.5}}) == ("bf16", "contiguous", 0.5)  # fp32 abandoned
+    assert pick_precision({}) is None
+
+
+def test_precision_is_chosen_per_configuration_and_an_abandoned_bf16_is_not_timed_again(hippocampus):
+    plans = plan_experiment(hippocampus, "cpu")
+    calls = []
+
+    def timer(net, patch, batch, combos):  # bf16 twice as fast in 3d; in 2d it never finishes
+        calls.append((len(patch), net.features_per_stage[0], combos))
+        w = net.features_per_stage[0]
+        if len(patch) == 2:
+            return StepTiming({"fp32": {"contiguous": 0.01 * w, "channels_last": 0.012 * w}},
+                              ("bf16 contiguous: a step took over 10.0 s (abandoned)",
+                               "bf16 channels_last: a step took over 10.0 s (abandoned)"))
+        return StepTiming({"fp32": {"contiguous": 0.02 * w}, "bf16": {"contiguous": 0.01 * w}})
+
+    adapted, report = adapt_to_throughput(plans, timer, 1800, ("fp32", "bf16"))
+    assert report["configurations"]["3d_fullres"]["precision"] == "bf16"
+    assert report["configurations"]["2d"]["precision"] == "fp32"
+    two_d = [c for c in calls if c[0] == 2]
+    assert two_d[0][2] == (("fp32", "contiguous"), ("fp32", "channels_last"), ("bf16", "contiguous"),
+                           ("bf16", "channels_last"))
+    # wider 2d networks: bf16 not timed again; both fp32 layouts still are (neither was dropped)
+    assert all(c[2] == (("fp32", "contiguous"), ("fp32", "channels_last")) for c in two_d[1:])
+    later = report["configurations"]["2d"]["candidates"][1]
+    assert "bf16 contiguous: not timed (abandoned at width 8)" in later["abandoned"]
+    # training in auto takes each width's own precision; a forced fp32 training is fitted with fp32 steps
+    throughput = dict(report, cpu="x")
+    for c in throughput["configurations"]["3d_fullres"]["candidates"]:
+        assert c["seconds_by_precision"]["bf16"]["contiguous"] == pytest.approx(0.01 * c["base_features"])
+    fitted, why_not = fit_width_to_training_budget(adapted, "3d_fullres", throughput, 600, "fp32")
+    assert why_not is None  # 600 / (0.02 * 8 * 1.15) = 3260 >= 2500; width 16 gets 1630
+    assert fitted.configuration("3d_fullres").network.features_per_stage[0] == 8
+    fitted, _ = fit_width_to_training_budget(adapted, "3d_fullres", throughput, 600, "auto")
+    assert fitted.configuration("3d_fullres").network.features_per_stage[0] == 16  # bf16: 600/(0.16*1.15)=3260
+
+
+def test_a_width_whose_every_step_was_abandoned_counts_as_the_cap(hippocampus):
+    cfg = plan_experiment(hippocampus, "cpu").configuration("3d_fullres")
+
+    def timer(net, patch, batch, combos):
+        return StepTiming({}, tuple(f"{p} {f}: a step took over 10.0 s (abandoned)" for p, f in combos))
+
+    chosen, measured = choose_width(cfg, timer, budget_s=1800, precisions=("fp32", "bf16"), cap_s=10.0)
+    assert [m.base_features for m in measured] == [8]  # nothing left to time at wider widths
+    assert measured[0].too_slow and measured[0].seconds_per_step == 10.0
+    assert measured[0].iterations_in_budget == int(1800 / (10.0 * STEP_OVERHEAD))
+    assert chosen.network.features_per_stage[0] == 8

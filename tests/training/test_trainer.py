@@ -191,9 +191,12 @@ def _set_timed_layouts(ws: Workspace, fastest: str, precision: str = "fp32") -> 
     width = json.loads((folder / "plans.json").read_text())["configurations"]["3d_fullres"]["network"][
         "features_per_stage"][0]
     for c in throughput["configurations"]["3d_fullres"]["candidates"]:
-        c["seconds_by_memory_format"] = {"contiguous": 0.2, "channels_last": 0.1}
-        c["memory_format"] = fastest if c["base_features"] == width else "contiguous"
-    throughput["precision"] = precision
+        layouts = {"contiguous": 0.2, "channels_last": 0.1} if c["base_features"] == width else {"contiguous": 0.2}
+        if fastest == "contiguous":
+            layouts = {"contiguous": 0.1, "channels_last": 0.2}
+        c["seconds_by_precision"] = {precision: layouts}  # timed in one precision only
+        c["precision"], c["seconds_per_step"] = precision, min(layouts.values())
+        c["memory_format"] = min(layouts, key=layouts.get)
     path.write_text(json.dumps(throughput))
 
 
