@@ -16,24 +16,34 @@ for every descendant that was waited for) as ``max_single_rss_mb``; it has a flo
 its own process keeps that number per command, not the maximum over every command this
 benchmark started. MB here means 2**20 bytes.
 
-Stdlib only: importable from both /work/venv and /work/nnunet_venv.
+Timeouts: ``measure(cmd, timeout_s=T)`` and ``run_untimed(cmd, timeout_s=T)`` end a command that
+runs past ``T`` seconds together with every process below it (``kill_tree``: SIGTERM, then SIGKILL
+after ``KILL_GRACE_S``) and raise ``CommandFailed`` saying so (``measure(check=False)`` returns the
+measurement with ``timed_out`` set instead).
+
+Stdlib only: importable from both /work/venv and /work/nnunet_venv. The raw-dataset helpers at the
+end (``raw_cases``, ``building_folder``) are stdlib too; the scripts that use them read the images.
 """
 from __future__ import annotations
 
 import json
 import os
 import resource
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
+from contextlib import contextmanager
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 SAMPLE_INTERVAL_S = 0.05
 KB_PER_MB = 1024.0
+KILL_GRACE_S = 15.0  # after SIGTERM, how long a timed-out command may take to exit before SIGKILL
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,7 @@ class Measurement:
     max_single_rss_mb: float
     samples: int
     log: str  # file holding the command's stdout and stderr
+    timed_out: bool = False  # ended by measure's timeout_s (returncode is then the signal's, negative)
 
 
 class CommandFailed(RuntimeError):
@@ -120,28 +131,83 @@ class TreeSampler(threading.Thread):
         self.join()
 
 
-def _measure_here(cmd: Sequence[str], log_path: str, interval_s: float) -> dict:
+def kill_tree(root: int, grace_s: float = KILL_GRACE_S) -> None:
+    """SIGTERM ``root`` and every process below it, then SIGKILL whatever is left after ``grace_s``.
+
+    The tree is read before signalling, so workers that ``root`` started are ended too (the ones
+    already re-parented elsewhere are not: they are no longer below it)."""
+    pids = descendants(root)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.2)
+    for pid in pids + [p for p in descendants(root) if p not in pids]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2:][:1] != b"Z"
+
+
+def wait_or_kill(proc: subprocess.Popen, timeout_s: float | None) -> tuple[int, bool]:
+    """Wait for ``proc``; past ``timeout_s`` seconds end its whole tree. Returns (returncode, timed_out)."""
+    try:
+        return proc.wait(timeout=timeout_s), False
+    except subprocess.TimeoutExpired:
+        kill_tree(proc.pid)
+        return proc.wait(), True
+    except KeyboardInterrupt:  # Ctrl-C or the caller giving up: do not leave the command running
+        kill_tree(proc.pid, grace_s=0.1)
+        raise
+
+
+def _measure_here(cmd: Sequence[str], log_path: str, interval_s: float, timeout_s: float | None = None) -> dict:
     """Run ``cmd`` as a child of this process and measure it (the wrapper's job)."""
     with open(log_path, "ab") as log:
         started = time.perf_counter()
         proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT)
         sampler = TreeSampler(proc.pid, interval_s)
         sampler.start()
-        returncode = proc.wait()
+        previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        try:
+            returncode, timed_out = wait_or_kill(proc, timeout_s)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         wall = time.perf_counter() - started
         sampler.stop()
+        if timed_out:
+            log.write(f"\n[bench.common] timed out after {timeout_s:.0f} s; the command's processes were ended\n"
+                      .encode())
     single_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # kB on Linux
     return {"returncode": returncode, "wall_s": wall, "peak_tree_rss_mb": sampler.peak_kb / KB_PER_MB,
-            "max_single_rss_mb": single_kb / KB_PER_MB, "samples": sampler.samples}
+            "max_single_rss_mb": single_kb / KB_PER_MB, "samples": sampler.samples, "timed_out": timed_out}
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def measure(cmd: Sequence[str], env: Mapping[str, str] | None = None, cwd: str | Path | None = None,
             log_path: str | Path | None = None, interval_s: float = SAMPLE_INTERVAL_S,
-            check: bool = True) -> Measurement:
+            check: bool = True, timeout_s: float | None = None) -> Measurement:
     """Run ``cmd`` (argv list) and return its wall time and memory (see the module docstring).
 
     ``env`` replaces the environment when given; stdout and stderr go to ``log_path`` (a temp
     file by default). With ``check`` a non-zero exit raises ``CommandFailed`` with the log tail.
+    ``timeout_s``: end the command (and its process tree) after that many seconds.
     """
     if log_path is None:
         fd, log_path = tempfile.mkstemp(prefix="bench_", suffix=".log")
@@ -151,7 +217,10 @@ def measure(cmd: Sequence[str], env: Mapping[str, str] | None = None, cwd: str |
     os.close(fd)
     try:
         wrapper = [sys.executable, str(Path(__file__).resolve()), "--result", result_path, "--log", str(log_path),
-                   "--interval", str(interval_s), "--"] + [str(c) for c in cmd]
+                   "--interval", str(interval_s)]
+        if timeout_s is not None:
+            wrapper += ["--timeout", str(timeout_s)]
+        wrapper += ["--"] + [str(c) for c in cmd]
         done = subprocess.run(wrapper, env=dict(env) if env is not None else None, cwd=cwd)
         if done.returncode != 0 and Path(result_path).stat().st_size == 0:
             raise CommandFailed(f"measurement wrapper failed (exit {done.returncode}) for {' '.join(map(str, cmd))}")
@@ -159,6 +228,9 @@ def measure(cmd: Sequence[str], env: Mapping[str, str] | None = None, cwd: str |
     finally:
         os.unlink(result_path)
     m = Measurement(command=tuple(str(c) for c in cmd), log=str(log_path), **result)
+    if check and m.timed_out:
+        raise CommandFailed(f"timed out after {timeout_s:.0f} s: {' '.join(m.command)}\n"
+                            f"--- last lines of {log_path} ---\n{log_tail(log_path)}")
     if check and m.returncode != 0:
         raise CommandFailed(f"exit {m.returncode}: {' '.join(m.command)}\n--- last lines of {log_path} ---\n"
                             f"{log_tail(log_path)}")
@@ -166,17 +238,27 @@ def measure(cmd: Sequence[str], env: Mapping[str, str] | None = None, cwd: str |
 
 
 def run_untimed(cmd: Sequence[str], env: Mapping[str, str] | None = None, cwd: str | Path | None = None,
-                log_path: str | Path | None = None) -> None:
-    """Run a set-up step; raise ``CommandFailed`` with the output tail if it fails."""
-    done = subprocess.run([str(c) for c in cmd], env=dict(env) if env is not None else None, cwd=cwd,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                log_path: str | Path | None = None, timeout_s: float | None = None) -> None:
+    """Run a set-up step; raise ``CommandFailed`` with the output tail if it fails or runs past
+    ``timeout_s`` seconds (its process tree is then ended). Output is appended to ``log_path``."""
+    fd, out_path = tempfile.mkstemp(prefix="bench_", suffix=".log")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            proc = subprocess.Popen([str(c) for c in cmd], env=dict(env) if env is not None else None, cwd=cwd,
+                                    stdout=out, stderr=subprocess.STDOUT)
+            returncode, timed_out = wait_or_kill(proc, timeout_s)
+        output = Path(out_path).read_bytes()
+    finally:
+        os.unlink(out_path)
     if log_path is not None:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as f:
-            f.write(done.stdout)
-    if done.returncode != 0:
-        tail = done.stdout.decode(errors="replace")[-3000:]
-        raise CommandFailed(f"exit {done.returncode}: {' '.join(map(str, cmd))}\n{tail}")
+            f.write(output)
+    tail = output.decode(errors="replace")[-3000:]
+    if timed_out:
+        raise CommandFailed(f"timed out after {timeout_s:.0f} s: {' '.join(map(str, cmd))}\n{tail}")
+    if returncode != 0:
+        raise CommandFailed(f"exit {returncode}: {' '.join(map(str, cmd))}\n{tail}")
 
 
 def log_tail(path: str | Path, chars: int = 3000) -> str:
@@ -236,7 +318,84 @@ def machine_info() -> dict:
     except OSError:
         pass
     return {"cpu": model, "cores": os.cpu_count(), "loadavg_1_5_15": list(os.getloadavg()),
-            "python": sys.version.split()[0]}
+            "python": sys.version.split()[0], **cpu_flags()}
+
+
+BF16_FLAGS = ("amx_tile", "avx512_bf16")  # the CPU features autoseg's bf16 choice depends on
+
+
+def cpu_flags(names: Sequence[str] = BF16_FLAGS) -> dict[str, bool]:
+    """Whether each of ``names`` is among the ``flags`` of /proc/cpuinfo (all False if unreadable)."""
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    return {name: name in flags for name in names}
+
+
+
+# ---------------------------------------------------------------------------------------------- raw datasets
+
+@dataclass(frozen=True)
+class RawCase:
+    """One case of a raw dataset (nnU-Net v2 layout): its image file per channel and its label."""
+
+    case_id: str
+    part: str  # "Tr" (imagesTr/labelsTr) or "Ts" (imagesTs/labelsTs)
+    images: tuple[Path, ...]  # {case}_0000{ending}, {case}_0001{ending}, ... in channel order
+    label: Path | None  # None for a held-out case without labelsTs
+
+
+def raw_cases(folder: str | Path) -> tuple[dict, list[RawCase]]:
+    """``dataset.json`` and every case of the raw dataset ``folder``, training cases first.
+
+    A training case must have its label; a held-out one (imagesTs) may lack it. Every channel
+    that ``channel_names`` declares must be there; files starting with '.' are ignored."""
+    folder = Path(folder)
+    meta = json.loads((folder / "dataset.json").read_text())
+    ending, channels = meta["file_ending"], len(meta["channel_names"])
+    cases = []
+    for part in ("Tr", "Ts"):
+        image_dir, label_dir = folder / f"images{part}", folder / f"labels{part}"
+        if not image_dir.is_dir():
+            continue
+        names = [p.name[: -len(ending)] for p in image_dir.iterdir()
+                 if p.name.endswith(ending) and not p.name.startswith(".")]
+        for case_id in sorted({n.rsplit("_", 1)[0] for n in names}):
+            images = tuple(image_dir / f"{case_id}_{c:04d}{ending}" for c in range(channels))
+            missing = [str(p) for p in images if not p.is_file()]
+            label = label_dir / f"{case_id}{ending}"
+            if not label.is_file():
+                if part == "Tr":
+                    missing.append(str(label))
+                label = None
+            if missing:
+                raise ValueError(f"{folder}: case {case_id} lacks {', '.join(missing)}")
+            cases.append(RawCase(case_id, part, images, label))
+    return meta, cases
+
+
+@contextmanager
+def building_folder(final: str | Path, subfolders: Sequence[str] = ()) -> Iterator[Path]:
+    """A new empty sibling of ``final`` (with ``subfolders``) to build in; renamed onto ``final``
+    when the block ends without an error, removed when it raises. Refuses an existing ``final``."""
+    final = Path(final)
+    if final.exists():
+        raise FileExistsError(f"{final} exists; remove it first or choose another dataset id")
+    tmp = final.with_name(f".{final.name}.building{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for sub in subfolders:
+        (tmp / sub).mkdir(parents=True, exist_ok=True)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _wrapper_main(argv: list[str]) -> int:
@@ -246,12 +405,13 @@ def _wrapper_main(argv: list[str]) -> int:
     p.add_argument("--result", default=None, help="write the JSON here (default: print it)")
     p.add_argument("--log", default=os.devnull, help="file for the command's stdout and stderr")
     p.add_argument("--interval", type=float, default=SAMPLE_INTERVAL_S, help="sampling period in seconds")
+    p.add_argument("--timeout", type=float, default=None, help="end the command after this many seconds")
     p.add_argument("cmd", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         p.error("give a command after --")
-    result = _measure_here(cmd, args.log, args.interval)
+    result = _measure_here(cmd, args.log, args.interval, args.timeout)
     text = json.dumps(result)
     if args.result:
         tmp = args.result + ".tmp"
