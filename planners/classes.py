@@ -4,10 +4,10 @@ A foreground class is flagged for a configuration when either
 
 - **small**: the median volume of its connected components (over all components of all cases,
   from the fingerprint) is far below the configuration's patch: its equivalent edge
-  ``volume ** (1/3)`` (mm) is below ``SMALL_EDGE_RATIO`` times the patch's geometric-mean
-  edge in mm. In 3D that is a volume below ``SMALL_EDGE_RATIO ** 3`` = 0.5% of the patch
-  volume; 2D configurations compare with the edge of the patch's area, so one rule serves both.
-  For natural 2D images component sizes are areas and the edge is ``area ** (1/2)``;
+  ``volume ** (1/3)`` (mm) is below ``small_edge_ratio(dim)`` times the patch's geometric-mean
+  edge in mm, that is, the component's volume (3D) or cross-section (2D: the square of that edge)
+  is below ``SMALL_SHARE`` = 0.5% of the patch's volume or area. For natural 2D images component
+  sizes are areas and the edge is ``area ** (1/2)``;
 - **rare**: it is present in fewer than ``RARE_PRESENCE`` of the training cases (but in at
   least one: a class no case contains cannot be sampled).
 
@@ -25,7 +25,15 @@ import numpy as np
 
 from autoseg.fingerprint_types import ClassFingerprint, Fingerprint
 
-SMALL_EDGE_RATIO = 0.005 ** (1 / 3)  # ~0.171: 0.5% of a 3D patch's volume
+SMALL_SHARE = 0.005  # of the patch's volume (3D) or area (2D)
+SMALL_EDGE_RATIO = SMALL_SHARE ** (1 / 3)  # ~0.171: 0.5% of a 3D patch's volume
+
+
+def small_edge_ratio(dim: int) -> float:
+    """Component edge / patch edge below which a class is small: 0.171 in 3D, 0.0707 in 2D (0.5% of
+    the patch area; a cine MRI's ventricles, 40 mm across in a 224 x 256 slice of 1.5 mm, are 1.2% of
+    it and so not small, where comparing edges at the 3D ratio would flag them)."""
+    return SMALL_SHARE ** (1 / dim)
 RARE_PRESENCE = 0.5  # present in a minority of the cases
 
 
@@ -40,6 +48,7 @@ class ClassSize:
     presence_fraction: float
     small: bool
     rare: bool
+    threshold: float = SMALL_EDGE_RATIO  # the edge ratio below which it is small (small_edge_ratio)
 
     @property
     def flagged(self) -> bool:
@@ -49,7 +58,7 @@ class ClassSize:
         ratio = self.edge_mm / self.patch_edge_mm if self.patch_edge_mm else 0.0
         why = [w for w, on in (("small", self.small), ("rare", self.rare)) if on]
         return (f"class {self.label} ({self.name}): median component edge {self.edge_mm:.1f} mm = "
-                f"{ratio:.3f} of the patch edge {self.patch_edge_mm:.1f} mm (small below {SMALL_EDGE_RATIO:.3f}), "
+                f"{ratio:.3f} of the patch edge {self.patch_edge_mm:.1f} mm (small below {self.threshold:.3f}), "
                 f"present in {100 * self.presence_fraction:.0f}% of cases (rare below {100 * RARE_PRESENCE:.0f}%)"
                 f"{' -> ' + ' and '.join(why) if why else ''}")
 
@@ -73,6 +82,7 @@ def patch_edge_mm(patch_size: tuple[int, ...], spacing: tuple[float, ...]) -> fl
 def class_sizes(fp: Fingerprint, patch_size: tuple[int, ...], spacing: tuple[float, ...]) -> tuple[ClassSize, ...]:
     """Every foreground class of ``fp`` against a patch of ``patch_size`` voxels at ``spacing`` mm."""
     edge = patch_edge_mm(patch_size, spacing)
+    threshold = small_edge_ratio(len(patch_size))
     out = []
     for cls in fp.classes:
         present = cls.presence_fraction > 0
@@ -80,8 +90,8 @@ def class_sizes(fp: Fingerprint, patch_size: tuple[int, ...], spacing: tuple[flo
         out.append(ClassSize(
             label=cls.label, name=cls.name, edge_mm=comp, patch_edge_mm=edge,
             presence_fraction=cls.presence_fraction,
-            small=present and comp < SMALL_EDGE_RATIO * edge,
-            rare=present and cls.presence_fraction < RARE_PRESENCE,
+            small=present and comp < threshold * edge,
+            rare=present and cls.presence_fraction < RARE_PRESENCE, threshold=threshold,
         ))
     return tuple(out)
 

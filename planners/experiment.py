@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -28,7 +29,12 @@ log = logging.getLogger(__name__)
 
 ANISOTROPY_RATIO = 3.0
 MAX_DATASET_FRACTION_PER_BATCH = 0.05
+# a patch keeps the whole of a shallow axis (a stack of at most this many slices at the target
+# spacing) while its other axes have more than MIN_SHRUNK_VOXELS to give (axis_to_shrink)
+SHALLOW_VOXELS = 16
+MIN_SHRUNK_VOXELS = 48
 LOWRES_TRIGGER = 0.25  # plan 3d_lowres when the fullres patch covers less than this of the median image
+LOWRES_REFERENCE_PROFILE = "gpu-8gb"  # ... and so would the patch of this profile (is_large_image)
 LOWRES_TARGET = 0.5  # coarsen the lowres spacing until the patch covers this much
 
 
@@ -84,6 +90,32 @@ def _dataset_voxels(fp: Fingerprint, spacing: tuple[float, ...], axes: slice = s
     return total
 
 
+def axis_to_shrink(patch: Sequence[int], median_shape: Sequence[int], spacing: Sequence[float]) -> int:
+    """The axis a patch that does not fit gives up first: the one reaching furthest in mm (``patch x
+    spacing``), ties (within 1%) going to the one covering the largest share of the median image; but
+    a shallow axis (a median of at most ``SHALLOW_VOXELS``) that the patch covers whole is kept while
+    another axis still has more than ``MIN_SHRUNK_VOXELS``.
+
+    A U-Net's context is physical. Shrinking the axis that is largest relative to the image (nnU-Net's
+    rule) takes slices from a shallow stack first: a 10-slice cine MRI at 10 x 1.5 x 1.5 mm starts as
+    a 10 x 224 x 256 patch (100 x 336 x 384 mm), and the memory of the cpu profile then leaves 5 of its
+    10 slices, so every patch sees half the heart's long axis and the sliding window cuts the stack
+    into overlapping tiles. Here the in-plane axes give way and the whole stack stays; an isotropic
+    patch shrinks as nnU-Net's does.
+
+    ``axis_to_shrink((10, 224, 256), (10, 215, 235), (10, 1.5, 1.5)) == 2`` (384 mm);
+    ``axis_to_shrink((10, 64, 72), (10, 215, 235), (10, 1.5, 1.5)) == 2`` (the stack is kept);
+    ``axis_to_shrink((40, 56, 40), (36, 50, 35), (1, 1, 1)) == 1``."""
+    extent = np.array(patch, float) * np.array(spacing, float)
+    share = np.array(patch, float) / np.maximum(np.array(median_shape, float), 1)
+    axes = np.arange(len(patch))
+    kept = (np.array(median_shape) <= SHALLOW_VOXELS) & (share >= 1)
+    if kept.any() and (~kept & (np.array(patch) > MIN_SHRUNK_VOXELS)).any():
+        axes = axes[~kept & (np.array(patch) > MIN_SHRUNK_VOXELS)]
+    near = extent[axes] >= extent[axes].max() * 0.99
+    return int(axes[np.argmax(np.where(near, share[axes], -np.inf))])
+
+
 def plan_patch_and_network(median_shape: tuple[int, ...], spacing: tuple[float, ...], profile: DeviceProfile,
                            dataset_voxels: float) -> tuple[tuple[int, ...], NetworkPlan, int]:
     """Largest patch (up to the median shape) whose batch of 2 fits the budget; then the batch.
@@ -103,9 +135,7 @@ def plan_patch_and_network(median_shape: tuple[int, ...], spacing: tuple[float, 
         rounded, net = fit_topology(tuple(int(p) for p in patch), spacing, profile.base_features, max_feat, max_stages)
         if estimate_memory_bytes(rounded, net, 2) <= budget or np.prod(patch) <= 4 ** dim:
             break
-        # shrink the axis that is largest relative to the median image, by one pooling step
-        ratio = np.array(rounded) / np.array(median_shape)
-        axis = int(np.argmax(ratio))
+        axis = axis_to_shrink(rounded, median_shape, spacing)
         step = max(1, net.total_stride[axis])
         patch[axis] = max(4, min(patch[axis], rounded[axis] - step))
     per_sample = estimate_memory_bytes(rounded, net, 1) - estimate_memory_bytes(rounded, net, 0)
@@ -156,12 +186,35 @@ def _configuration(name: str, fp: Fingerprint, spacing: tuple[float, ...], profi
 
 
 def _coarser(spacing: tuple[float, ...], factor: float) -> tuple[float, ...]:
-    """Scale spacing by ``factor``, anisotropy-aware: fine axes coarsen first, none past the coarsest."""
-    sp = np.array(spacing)
+    """Scale spacing by ``factor``, anisotropy-aware: the fine axes coarsen first, none past the
+    coarsest, until all are equal; from there all together. Spacing that is nearly isotropic (under
+    2x) scales as a whole.
+
+    ``_coarser((5, 1, 1), 2) == (5, 2, 2)``; ``_coarser((5, 1, 1), 10) == (10, 10, 10)`` (the fine
+    axes reach 5 mm at 5x, and the rest scales all three)."""
+    sp = np.array(spacing, float)
     if sp.max() / sp.min() < 2:
         return tuple(float(s) for s in sp * factor)
     coarse = sp.max()
-    return tuple(float(min(s * factor, max(coarse, s))) if s < coarse else float(s) for s in sp)
+    together = coarse * factor / (coarse / sp.min())  # the finest axis' spacing: every axis once past it
+    return tuple(float(max(min(s * factor, coarse), together)) for s in sp)
+
+
+def is_large_image(fp: Fingerprint, spacing: tuple[float, ...], full: ConfigurationPlan) -> bool:
+    """Whether the median image is large enough for a low-resolution stage: neither ``full``'s patch
+    nor the 3d_fullres patch of the ``LOWRES_REFERENCE_PROFILE`` (nnU-Net's 8 GB GPU plan) covers
+    ``LOWRES_TRIGGER`` of it.
+
+    The cpu profile's memory rule gives small patches, which cover little of any but the smallest
+    images; a lowres stage (and a cascade to train after it) is only worth its cost where the image
+    is large in itself. A 10 x 215 x 235 cine MRI at 10 x 1.5 x 1.5 mm: the cpu patch 10 x 80 x 80
+    covers 13%, the 8 GB patch 10 x 224 x 256 all of it, so no lowres stage; a 300 x 512 x 512 CT at
+    2.5 x 0.8 x 0.8 mm: 3% with either, so a lowres stage."""
+    own = math.prod(full.patch_size) / math.prod(full.median_shape)
+    if own >= LOWRES_TRIGGER:
+        return False
+    reference = _configuration("3d_fullres", fp, spacing, PROFILES.get(LOWRES_REFERENCE_PROFILE), dim=3)
+    return math.prod(reference.patch_size) / math.prod(reference.median_shape) < LOWRES_TRIGGER
 
 
 def plan_experiment(fingerprint: Fingerprint, profile: str = "gpu-8gb", force_lowres: bool = False) -> Plans:
@@ -175,9 +228,9 @@ def plan_experiment(fingerprint: Fingerprint, profile: str = "gpu-8gb", force_lo
     if not fingerprint.is_2d:
         full = _configuration("3d_fullres", fingerprint, spacing, prof, dim=3)
         configs["3d_fullres"] = full
-        coverage = math.prod(full.patch_size) / math.prod(full.median_shape)
-        if coverage < LOWRES_TRIGGER or force_lowres:
-            low = _plan_lowres(fingerprint, spacing, prof, force=coverage >= LOWRES_TRIGGER)
+        large = is_large_image(fingerprint, spacing, full)
+        if large or force_lowres:
+            low = _plan_lowres(fingerprint, spacing, prof, force=not large)
             configs["3d_lowres"] = dataclasses.replace(low, next_stage="3d_cascade_fullres")
             configs["3d_cascade_fullres"] = dataclasses.replace(
                 full, name="3d_cascade_fullres", previous_stage="3d_lowres", preprocessed_name="3d_fullres")

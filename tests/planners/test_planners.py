@@ -135,3 +135,45 @@ def test_real_anisotropic_mri(shared_data, tmp_path):
     cfg = plan_experiment(fp).configuration("3d_fullres")
     assert cfg.spacing[0] > 3 * cfg.spacing[1]
     assert cfg.network.kernel_sizes[0] == (1, 3, 3)
+
+
+@pytest.mark.parametrize("profile", ["gpu-8gb", "cpu"])
+@pytest.mark.parametrize("slices", [8, 10, 12])
+def test_a_shallow_thick_slice_stack_keeps_its_whole_depth(hippocampus, profile, slices):
+    # cine MRI: 8-12 slices of 10 mm at 1.5 mm in-plane; the median image is 100-120 x 322 x 352 mm
+    fp = with_cases(hippocampus, (slices, 215, 235), (10.0, 1.5, 1.5))
+    plans = plan_experiment(fp, profile)
+    full = plans.configuration("3d_fullres")
+    assert full.patch_size[0] >= slices  # the whole stack in every patch
+    assert full.network.kernel_sizes[0] == (1, 3, 3)
+    # in-plane gives way instead, but keeps at least the depth's extent in mm (10 slices: 100 mm)
+    assert min(full.patch_size[1:]) * 1.5 >= slices * 10.0 - 1.5 * full.network.total_stride[1]
+    assert set(plans.configurations) == {"2d", "3d_fullres"}  # no lowres stage for a 100 x 322 x 352 mm image
+
+
+def test_the_axis_reaching_furthest_in_mm_shrinks_first():
+    from autoseg.planners.experiment import axis_to_shrink
+
+    assert axis_to_shrink((10, 224, 256), (10, 215, 235), (10, 1.5, 1.5)) == 2  # 384 mm in x
+    assert axis_to_shrink((10, 224, 224), (10, 215, 235), (10, 1.5, 1.5)) == 1  # tie in mm: y covers more
+    assert axis_to_shrink((10, 64, 72), (10, 215, 235), (10, 1.5, 1.5)) == 2  # the stack is kept
+    assert axis_to_shrink((10, 48, 48), (10, 215, 235), (10, 1.5, 1.5)) == 0  # nothing left in-plane
+    assert axis_to_shrink((30, 56, 56), (30, 215, 235), (3, 1.5, 1.5)) == 0  # 30 slices: not shallow, 90 mm
+    assert axis_to_shrink((40, 56, 40), (36, 50, 35), (1, 1, 1)) == 1
+
+
+def test_lowres_coarsens_the_fine_axes_first_then_all_together():
+    from autoseg.planners.experiment import _coarser
+
+    assert _coarser((5.0, 1.0, 1.0), 2.0) == pytest.approx((5.0, 2.0, 2.0))
+    assert _coarser((5.0, 1.0, 1.0), 5.0) == pytest.approx((5.0, 5.0, 5.0))
+    assert _coarser((5.0, 1.0, 1.0), 10.0) == pytest.approx((10.0, 10.0, 10.0))
+    assert _coarser((1.2, 1.0, 1.0), 2.0) == pytest.approx((2.4, 2.0, 2.0))  # nearly isotropic: as a whole
+
+
+@pytest.mark.parametrize("profile", ["gpu-8gb", "cpu"])
+def test_a_large_anisotropic_ct_gets_a_lowres_stage_coarser_than_its_slices(hippocampus, profile):
+    fp = with_cases(hippocampus, (300, 512, 512), (2.5, 0.8, 0.8))
+    low = plan_experiment(fp, profile).configuration("3d_lowres")
+    assert low.spacing[1] == low.spacing[2] and low.spacing[1] >= 2.5 and low.spacing[0] >= 2.5
+    assert low.spacing[0] > 2.5 or math.prod(low.patch_size) >= 0.5 * math.prod(low.median_shape)

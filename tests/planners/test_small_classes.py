@@ -1,4 +1,5 @@
 """The planner's small/rare flag, on hand-built fingerprints and on the real Hippocampus one."""
+import dataclasses
 import json
 from pathlib import Path
 
@@ -67,7 +68,9 @@ def test_plan_experiment_writes_the_flag_per_configuration(tmp_path):
     plans = plan_experiment(implanted_fingerprint())
     assert plans.configuration("3d_fullres").patch_size == (40, 56, 40)
     assert plans.configuration("3d_fullres").small_classes == (3, 4, 5)
-    assert plans.configuration("2d").small_classes == (3, 4, 5)
+    # 2d: class 5 (edge 5.85 mm) is 0.124 of the 47.3 mm edge of the 56 x 40 patch, above 0.0707 (its
+    # cross-section is 1.5% of the patch area); the lesions (0.075) are small only there, but rare
+    assert plans.configuration("2d").small_classes == (3, 4)
     assert plans.small_classes == (3, 4, 5)
     save_plans(plans, tmp_path / "plans.json")
     assert load_plans(tmp_path / "plans.json") == plans
@@ -92,3 +95,18 @@ def test_plans_without_the_field_still_load(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(data))
     with pytest.raises(Exception, match=r"small_classes \[9\] are not labels"):
         load_plans(tmp_path / "bad.json")
+
+
+def test_a_2d_patch_compares_cross_sections_with_its_area():
+    from autoseg.planners.classes import small_edge_ratio
+
+    assert small_edge_ratio(2) ** 2 == pytest.approx(0.005) and small_edge_ratio(3) == SMALL_EDGE_RATIO
+    # a cine MRI ventricle: 64,000 mm3 (edge 40 mm, cross-section 1,600 mm2) in a 224 x 256 slice at
+    # 1.5 mm (129,024 mm2, edge 359.2 mm): 1.24% of the area, ratio 0.111 >= 0.0707: not small
+    fp = dataclasses.replace(implanted_fingerprint(), classes=(
+        dataclasses.replace(implanted_fingerprint().classes[0], component_volume_mm3_median=64000.0),))
+    (size,) = class_sizes(fp, (224, 256), (10.0, 1.5, 1.5))
+    assert size.edge_mm / size.patch_edge_mm == pytest.approx(40 / 359.2, abs=1e-3) and not size.small
+    # the same component against a 3D patch of the same edge would be small (0.111 < 0.171)
+    (size3d,) = class_sizes(fp, (36, 240, 240), (10.0, 1.5, 1.5))
+    assert size3d.small
