@@ -5,7 +5,8 @@ Full run (hours; run it on a quiet machine, from the repository root, with autos
     .venv/bin/python bench/suite.py --root WS --budget 10m --nnunet-venv /work/nnunet_venv \\
         --json bench/out/suite.json --markdown bench/out/suite.md
 
-Smoke test of every dataset (tiny sizes, a 1-minute budget; about half an hour on 2 busy cores):
+Smoke test of every dataset (tiny sizes, a 1-minute budget; about 20 minutes on 2 busy cores, 3 more
+with ``--nnunet-venv``):
 
     .venv/bin/python bench/suite.py --quick --root /tmp/suite_quick
 
@@ -29,9 +30,12 @@ For each dataset, in this order (all commands' output goes to ``WS/suite/<datase
    - ``hippocampus_thick`` [202]: that split re-sliced to 4 mm along the first array axis
      (bench/make_thick_slices.py); ``two_channel`` [203]: that split with a synthetic second
      contrast (bench/make_multichannel.py);
-   - ``cine`` [130]: bench/make_cine_dataset.py (skipped, saying so, while that file is missing);
-     ``oct2d`` [120]: bench/make_2d_dataset.py; ``ct_cascade`` [960]: bench/make_cascade_dataset.py
-     (10 + 2 full-size volumes; quick: 6 + 1 at scale 0.25); ``lesions`` [104]:
+   - ``cine`` [130]: bench/make_cine_dataset.py, 160 + 40 cases (quick: 6 + 2 at ``--scale
+     0.25``; skipped, saying so, while that file is missing);
+     ``oct2d`` [120]: bench/make_2d_dataset.py, 60 + 20 scans of 192 x 256 (quick: 10 + 3 of
+     96 x 128); ``ct_cascade`` [960]: bench/make_cascade_dataset.py, 10 + 2 full-size volumes
+     (quick: 6 + 1 at scale 0.25; its steps get 3x the timeouts, and its prediction with the
+     default mirroring is the slowest step of the suite); ``lesions`` [104]:
      bench/implant_lesions.py on the Decathlon cases (40 of 208 held out; quick: 4 of 24);
 2. ``autoseg plan_and_preprocess -d ID --root WS -np N --time-budget BUDGET`` (no device profile:
    the machine's own, the cpu one here, which times candidate widths for the budget), measured by
@@ -48,7 +52,8 @@ For each dataset, in this order (all commands' output goes to ``WS/suite/<datase
    ``WS/preprocessed/<dataset>/throughput.json`` (into the JSON only);
 5. ``autoseg predict -i imagesTs -o WS/suite_pred/<dataset> -d ID --root WS -c CONFIG -f 0``
    (measured; seconds per case = wall time / held-out cases, so it includes the process start,
-   the one-time ONNX export of the checkpoint and the model load), then ``autoseg evaluate -ref
+   the model load and, where predict picks ONNX Runtime, the checkpoint's one-time export), then
+   ``autoseg evaluate -ref
    labelsTs -pred ... -d ID --root WS``; from its ``summary.json``: the mean foreground Dice, the
    Dice per class (means over cases) and, for ``lesions``, the lesion-wise F1 of the lesion class
    (pooled over cases);
@@ -56,9 +61,10 @@ For each dataset, in this order (all commands' output goes to ``WS/suite/<datase
    -npfp N --verify_dataset_integrity`` (``-c 2d`` for 2D data) on the same raw folder, symlinked
    into a temporary ``nnUNet_raw`` (``nnUNet_preprocessed``/``nnUNet_results`` temporary too,
    ``nnUNet_def_n_proc=N``: bench/plan_and_preprocess.py's ``nnunet_env``), measured the same way
-   and deleted afterwards. The ratio is nnU-Net's time / autoseg's (> 1: autoseg is faster). Its
-   integrity check is included as autoseg's always runs; autoseg preprocesses every configuration
-   it plans (3d_lowres too where the cascade is planned), nnU-Net the ones named.
+   and deleted afterwards. The ratio is nnU-Net's time / autoseg's (> 1: autoseg is faster); its
+   peak RSS has a column too. Its integrity check is included as autoseg's always runs; autoseg
+   preprocesses every configuration it plans (3d_lowres too where the cascade is planned), nnU-Net
+   the ones named.
 Every command has a timeout; a failing step marks the dataset failed (the table says which step;
 the JSON and the log hold the message) and the suite goes on with the next dataset. An nnU-Net
 failure is recorded in its column and does not fail the dataset.
@@ -134,10 +140,14 @@ class Context:
     nnunet_venv: Path | None
     skip_existing: bool
 
-    def timeout(self, step: str) -> float:
+    def timeout(self, step: str, scale: float = 1.0) -> float:
+        """Seconds ``step`` may take: ``TIMEOUTS`` (training: its budget plus ``TRAIN_MARGIN``) x ``scale``
+        (the dataset's) x ``--timeout-factor``."""
         if step == "train":
-            return (self.budget_s + max(TRAIN_MARGIN[0], TRAIN_MARGIN[1] * self.budget_s)) * self.timeout_factor
-        return TIMEOUTS[step] * self.timeout_factor
+            seconds = self.budget_s + max(TRAIN_MARGIN[0], TRAIN_MARGIN[1] * self.budget_s)
+        else:
+            seconds = TIMEOUTS[step] * scale
+        return seconds * self.timeout_factor
 
 
 @dataclass(frozen=True)
@@ -151,6 +161,7 @@ class DatasetDef:
     make: Callable[[Context, dict, Path], None]  # writes WS/raw/DatasetXXX_Name; (ctx, args, log file)
     depends_on: tuple[str, ...] = ()  # datasets whose raw folder this one is derived from
     lesion_label: str | None = None  # the class whose lesion-wise F1 is reported
+    timeout_scale: float = 1.0  # large volumes: more time for every step but training
 
     @property
     def default_configuration(self) -> str:
@@ -243,7 +254,8 @@ DATASETS: dict[str, DatasetDef] = {d.key: d for d in (
                lambda ctx: {"num_cases": 6, "num_test": 1, "scale": 0.25, "seed": 0} if ctx.quick
                else {"num_cases": 10, "num_test": 2, "scale": 1.0, "seed": 0},
                _generator("make_cascade_dataset.py", lambda ctx, a: ["-d", "960", *_flags(
-                   a, {"num_cases": "--num-cases", "num_test": "--num-test", "scale": "--scale", "seed": "--seed"})])),
+                   a, {"num_cases": "--num-cases", "num_test": "--num-test", "scale": "--scale", "seed": "--seed"})]),
+               timeout_scale=3.0),
     DatasetDef("lesions", 104, 3,
                lambda ctx: {"source": str(ctx.source), "max_cases": 24 if ctx.quick else None,
                             "test_fraction": round(4 / 24 if ctx.quick else 40 / 208, 6), "seed": 0},
@@ -430,7 +442,8 @@ def run_dataset(ctx: Context, d: DatasetDef, configuration: str, made: dict[str,
         run.record = earlier
     run.record.update({"key": d.key, "dataset_id": d.dataset_id, "settings": settings})
     run.record.setdefault("steps", {})
-    result = {"key": d.key, "dataset_id": d.dataset_id, "configuration": configuration, "status": "ok"}
+    result = {"key": d.key, "dataset_id": d.dataset_id, "configuration": configuration, "status": "ok",
+              "settings": settings}
     try:
         raw = ensure_raw(ctx, d, made)
     except Skipped as e:
@@ -474,7 +487,7 @@ def autoseg_steps(ctx: Context, run: DatasetRun, raw: Path, result: dict) -> Non
         shutil.rmtree(pre, ignore_errors=True)
         m = measure([ctx.autoseg, "plan_and_preprocess", *ident, "-np", str(ctx.num_processes),
                      "--time-budget", ctx.budget], log_path=run.logs / "plan_and_preprocess.log",
-                    timeout_s=ctx.timeout("plan"))
+                    timeout_s=ctx.timeout("plan", d.timeout_scale))
         plans = _read_json(pre / "plans.json") or {}
         return dict(_measurement(m), planned=sorted(plans.get("configurations", {})))
 
@@ -505,14 +518,14 @@ def autoseg_steps(ctx: Context, run: DatasetRun, raw: Path, result: dict) -> Non
     def predict() -> dict:
         shutil.rmtree(pred, ignore_errors=True)
         m = measure([ctx.autoseg, "predict", "-i", images, "-o", pred, *ident, "-c", configuration, "-f", str(FOLD)],
-                    log_path=run.logs / "predict.log", timeout_s=ctx.timeout("predict"))
+                    log_path=run.logs / "predict.log", timeout_s=ctx.timeout("predict", d.timeout_scale))
         return dict(_measurement(m), cases=n_cases, s_per_case=m.wall_s / n_cases)
 
     result["predict"] = _step(run, ctx, "predict", predict)
 
     def evaluate() -> dict:
         run_untimed([ctx.autoseg, "evaluate", "-ref", labels, "-pred", pred, *ident],
-                    log_path=run.logs / "evaluate.log", timeout_s=ctx.timeout("evaluate"))
+                    log_path=run.logs / "evaluate.log", timeout_s=ctx.timeout("evaluate", d.timeout_scale))
         summary = _read_json(pred / "summary.json")
         if summary is None:
             raise StepFailed("evaluate", f"autoseg evaluate wrote no {pred}/summary.json")
@@ -537,7 +550,8 @@ def nnunet_plan_and_preprocess(ctx: Context, d: DatasetDef, raw: Path, logs: Pat
         (base / "nnUNet_raw" / raw.name).symlink_to(raw.resolve(), target_is_directory=True)
         m = measure([binary, "-d", str(d.dataset_id), "-c", *configurations, "-np", str(ctx.num_processes),
                      "-npfp", str(ctx.num_processes), "--verify_dataset_integrity"], env=env,
-                    log_path=logs / "nnunet_plan_and_preprocess.log", timeout_s=ctx.timeout("nnunet"))
+                    log_path=logs / "nnunet_plan_and_preprocess.log",
+                    timeout_s=ctx.timeout("nnunet", d.timeout_scale))
         out = base / "nnUNet_preprocessed" / raw.name
         plans = _read_json(out / "nnUNetPlans.json") or {}
         planned = {}
@@ -556,6 +570,7 @@ def nnunet_plan_and_preprocess(ctx: Context, d: DatasetDef, raw: Path, logs: Pat
 # ---------------------------------------------------------------------------------------------- table
 
 HEADERS = ["dataset", "id", "status", "plan_and_preprocess s", "peak RSS MB", "nnU-Net p&p s", "nnU-Net / autoseg",
+           "nnU-Net peak RSS MB",
            "configuration", "patch", "spacing mm", "batch", "width", "precision", "iterations", "val Dice",
            "held-out Dice", "held-out per class", "lesion F1", "predict s/case"]
 
@@ -579,14 +594,15 @@ def table_row(r: dict) -> list:
     pp, nn = r.get("plan_and_preprocess") or {}, r.get("nnunet")
     status = r["status"] + (f" at {r['failed_step']}" if r.get("failed_step") else "")
     if nn is None:
-        nn_s, nn_ratio = "not run", None
+        nn_s, nn_ratio, nn_rss = "not run", None, None
     elif "error" in nn:
-        nn_s, nn_ratio = "failed", None
+        nn_s, nn_ratio, nn_rss = "failed", None, None
     else:
         nn_s, nn_ratio = _num(nn.get("wall_s"), 1), _num(ratio(nn.get("wall_s"), pp.get("wall_s")), 2)
+        nn_rss = _num(nn.get("peak_tree_rss_mb"), 0)
     per_class = ", ".join(f"{k} {_num(v) or 'n/a'}" for k, v in (held.get("dice_per_class") or {}).items()) or None
     return [r["key"], r["dataset_id"], status, _num(pp.get("wall_s"), 1), _num(pp.get("peak_tree_rss_mb"), 0),
-            nn_s, nn_ratio, plan.get("configuration") or r.get("configuration"), _axes(plan.get("patch_size")),
+            nn_s, nn_ratio, nn_rss, plan.get("configuration") or r.get("configuration"), _axes(plan.get("patch_size")),
             _axes(plan.get("spacing")), plan.get("batch_size"), plan.get("width"), plan.get("precision"),
             r.get("iterations"), _num(r.get("validation_dice")), _num(held.get("dice")), per_class,
             _num(held.get("lesion_f1")) if "lesion_f1" in held else None,
@@ -603,10 +619,14 @@ def render_table(results: list[dict]) -> str:
     return text + ("\n\n" + "\n".join(problems) if problems else "")
 
 
-def _first_lines(text: str, n: int = 3, width: int = 300) -> str:
-    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
-    head = " / ".join(lines[:n])
-    return head[:width] + (" ..." if len(head) > width or len(lines) > n else "")
+def _first_lines(text: str, width: int = 400) -> str:
+    """A failure in one line: its first line (what ran, how it ended) and, from a log tail, the last
+    line (usually the exception)."""
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip() and not ln.startswith("--- last lines")]
+    brief = lines[0] if lines else ""
+    if len(lines) > 1:
+        brief += f" ... {lines[-1]}"
+    return brief if len(brief) <= width else brief[:width] + " ..."
 
 
 def git_commit() -> str:
