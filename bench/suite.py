@@ -53,10 +53,9 @@ For each dataset, in this order (all commands' output goes to ``WS/suite/<datase
 5. ``autoseg predict -i imagesTs -o WS/suite_pred/<dataset> -d ID --root WS -c CONFIG -f 0``
    (measured; seconds per case = wall time / held-out cases, so it includes the process start,
    the model load and, where predict picks ONNX Runtime, the checkpoint's one-time export), then
-   ``autoseg evaluate -ref
-   labelsTs -pred ... -d ID --root WS``; from its ``summary.json``: the mean foreground Dice, the
-   Dice per class (means over cases) and, for ``lesions``, the lesion-wise F1 of the lesion class
-   (pooled over cases);
+   ``autoseg evaluate -ref labelsTs -pred ... -d ID --root WS``; from its ``summary.json``: the
+   mean foreground Dice, the Dice per class (means over cases) and, for ``lesions``, the
+   lesion-wise F1 of the lesion class (pooled over cases);
 6. with ``--nnunet-venv``: nnU-Net v2's ``nnUNetv2_plan_and_preprocess -d ID -c 3d_fullres 2d -np N
    -npfp N --verify_dataset_integrity`` (``-c 2d`` for 2D data) on the same raw folder, symlinked
    into a temporary ``nnUNet_raw`` (``nnUNet_preprocessed``/``nnUNet_results`` temporary too,
