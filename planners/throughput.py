@@ -13,7 +13,9 @@ iterations). What a short budget buys is iterations, so on the ``cpu`` profile:
    planned batch is timed on this machine in every combination of precision (fp32, and bf16 where
    the CPU has bf16 instructions) and memory layout (contiguous, channels-last): a warm-up step each,
    then ``TIMED_ROUNDS`` interleaved rounds, the median counting (``CappedStepTimer``), up to the
-   first width that misses the target below (wider ones would only be slower);
+   first width that misses the target below, and one more unless that one missed it by more than
+   ``EXTRA_WIDTH_MISS`` (training re-checks the width against its own first steps, and on a machine
+   that was busy while planning it can then take a width timed here);
 3. each width counts with its fastest combination, bf16 only where it beats fp32 by
    ``BF16_STEP_MARGIN`` (``pick_precision``): the precision is chosen per configuration, since
    oneDNN's bf16 kernels are fast for some shapes and pathologically slow for others;
@@ -38,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 from autoseg.plans import ConfigurationPlan, NetworkPlan
@@ -65,6 +67,7 @@ BF16_CAP_RATIO = 10.0
 # a quiet machine runs the reference convolution nearly n times faster on n threads; below this share
 # of n the other cores are taken by something else, and every timing is pessimistic
 QUIET_PARALLEL_SHARE = 0.6
+EXTRA_WIDTH_MISS = 2.0
 
 Combo = tuple[str, str]  # (precision, memory format), e.g. ("bf16", "channels_last")
 
@@ -161,7 +164,12 @@ def choose_width(cfg: ConfigurationPlan, step_seconds: StepTimer, budget_s: floa
         fp32 = timed.seconds.get("fp32") or {}
         keep = {("fp32", min(fp32, key=fp32.get))} if fp32 else set()
         combos = tuple(c for c in combos if c in done and (c not in timed.dropped or c in keep))
-        if measured[-1].iterations_in_budget < MIN_ITERATIONS or not combos:
+        # one width past the first that misses the budget is still timed (unless it misses by more
+        # than EXTRA_WIDTH_MISS): if the machine was busy now, training's re-check (recheck_width)
+        # can still pick it when its first steps run faster than measured here
+        if measured[-1].iterations_in_budget < MIN_ITERATIONS / EXTRA_WIDTH_MISS or not combos:
+            break
+        if len(measured) > 1 and measured[-2].iterations_in_budget < MIN_ITERATIONS:
             break
     fitting = [m for m in measured if m.iterations_in_budget >= MIN_ITERATIONS]
     best = max(fitting, key=lambda m: m.base_features) if fitting else min(measured, key=lambda m: m.base_features)
@@ -311,6 +319,43 @@ def planned_precision(throughput: dict, plans, configuration: str) -> Optional[s
     if c is None:
         return None
     return c.get("precision") or throughput.get("precision", "fp32")
+
+
+def planned_step_seconds(throughput: dict, plans, configuration: str, precision: str,
+                         memory_format: str) -> Optional[float]:
+    """The step the planning timed for ``configuration``'s network width in ``precision`` and
+    ``memory_format`` (``throughput.json``), or None when it was not timed so."""
+    width = plans.configuration(configuration).network.features_per_stage[0]
+    c = _candidate(throughput, plans, configuration, width)
+    if c is None:
+        return None
+    if "seconds_by_precision" in c:
+        return (c["seconds_by_precision"].get(precision) or {}).get(memory_format)
+    if throughput.get("precision", "fp32") != precision:
+        return None
+    return (c.get("seconds_by_memory_format") or {}).get(memory_format)
+
+
+def recheck_width(throughput: dict, plans, configuration: str, budget_s: float, scale: float,
+                  precision: str = "auto") -> Optional[int]:
+    """The width ``width_for_budget`` picks for ``budget_s`` when every step the planning timed for
+    ``configuration`` takes ``scale`` times as long (the machine is busier, ``scale`` > 1, or quieter
+    than when the plans were made), in ``precision`` (``auto``: each width's own); None when the
+    timings do not cover it.
+
+    Example: widths 8 and 16 timed at 0.9 and 1.9 s on a busy machine, training's first steps run
+    at a sixth of that (``scale`` 1/6): for 30 minutes 16 is chosen (0.32 s: 4,900 iterations)."""
+    report = _configuration_timings(throughput, plans, configuration)
+    if not report:
+        return None
+    wanted = None if precision == "auto" else precision
+    file_precision = throughput.get("precision", "fp32")
+    scaled = []
+    for c in report["candidates"]:
+        seconds = candidate_seconds(c, wanted, file_precision)
+        if seconds is not None and not c.get("too_slow"):
+            scaled.append(dict(c, seconds_per_step=seconds * scale, seconds_by_precision=None))
+    return width_for_budget(scaled, budget_s) if scaled else None
 
 
 def fit_width_to_training_budget(plans, configuration: str, throughput: dict, budget_s: float, precision: str):

@@ -3,6 +3,7 @@ layout, mostly from what the planning timed on this machine (``throughput.json``
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 from autoseg.device import cpu_identity, resolve_precision
 from autoseg.training.train_config import TrainConfig
@@ -40,18 +41,38 @@ def auto_precision(precision: str, dev, state: dict | None, throughput: dict | N
     return resolve_precision(precision, dev), None
 
 
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """What a run resolved before its first step: ``cfg`` (precision and memory layout decided), the
+    ``plans`` to train, lines for the log, and the seconds per training step that the planning (or a
+    probe just now) timed for exactly this network, precision and layout (None: not timed)."""
+
+    cfg: TrainConfig
+    plans: object
+    notes: list
+    expected_step_s: Optional[float] = None
+
+
 def resolve_settings(cfg: TrainConfig, plans, configuration: str, dev, state: dict | None,
-                     throughput: dict | None, fold_plans=None) -> tuple[TrainConfig, object, list[str]]:
+                     throughput: dict | None, fold_plans=None, width: Optional[int] = None) -> Resolved:
     """``cfg`` with its precision and memory layout resolved, the plans to train (a resumed run's own
-    ``fold_plans``, else ``plans`` with the width fitted to ``cfg.time_budget_s``), and lines for
-    the log. Where the planning timed this configuration on this CPU and the precision is ``auto``,
-    the width is fitted first (each width with its own precision) and the precision is then the
-    fitted width's; otherwise the precision is decided first and the width fitted in it."""
+    ``fold_plans``; else ``plans`` at ``width`` when given, else with the width fitted to
+    ``cfg.time_budget_s``), and lines for the log. Where the planning timed this configuration on this
+    CPU and the precision is ``auto``, the width is fitted first (each width with its own precision)
+    and the precision is then the fitted width's; otherwise the precision is decided first and the
+    width fitted in it. On a CPU with bf16 instructions, a new run in ``auto`` whose network the
+    planning did not time on this CPU times it now (``time_network_now``), so that no run trains in
+    a precision slower than fp32, nor in one whose kernels never finish."""
+    from autoseg.planners.throughput import with_width
+
     notes = []
-    fit = fold_plans is None and cfg.time_budget_s and cfg.fit_width_to_budget and throughput is not None
+    fit = (fold_plans is None and width is None and cfg.time_budget_s and cfg.fit_width_to_budget
+           and throughput is not None)
     width_first = cfg.precision == "auto" and state is None and planned_on_this_cpu(throughput, dev)
     if fold_plans is not None:
         plans = fold_plans  # the network this fold started with
+    elif width is not None:
+        plans = with_width(plans, configuration, width)
     if fit and width_first:
         plans, note = fit_width(plans, configuration, throughput, cfg.time_budget_s, "auto")
         notes.append(note)
@@ -60,10 +81,62 @@ def resolve_settings(cfg: TrainConfig, plans, configuration: str, dev, state: di
     if fit and not width_first:
         plans, note = fit_width(plans, configuration, throughput, cfg.time_budget_s, precision)
         notes.append(note)
+    expected = None
+    if needs_timing_now(cfg, dev, state, throughput, plans, configuration):
+        precision, layout, expected, note = time_network_now(plans, configuration, cfg)
+        notes.append(note)
+        cfg = dataclasses.replace(cfg, memory_format=layout if cfg.memory_format == "auto" else cfg.memory_format)
     cfg = dataclasses.replace(cfg, precision=precision)
     cfg, note = resolve_memory_format(cfg, plans, configuration, throughput, dev)
     notes.append(note)
-    return cfg, plans, [n for n in notes if n]
+    if expected is None and planned_on_this_cpu(throughput, dev):
+        from autoseg.planners.throughput import planned_step_seconds
+
+        expected = planned_step_seconds(throughput, plans, configuration, cfg.precision, cfg.memory_format)
+    return Resolved(cfg, plans, [n for n in notes if n], expected)
+
+
+def needs_timing_now(cfg: TrainConfig, dev, state: dict | None, throughput: dict | None, plans,
+                     configuration: str) -> bool:
+    """A new run in precision ``auto`` on a CPU that has bf16 instructions, whose network's width the
+    planning did not time on this CPU (no ``throughput.json``, another CPU, another profile)."""
+    if dev.type != "cpu" or cfg.precision != "auto" or state is not None:
+        return False
+    from autoseg.planners.throughput import planned_precision, precisions_to_time
+
+    if "bf16" not in precisions_to_time():
+        return False
+    return not (planned_on_this_cpu(throughput, dev) and planned_precision(throughput, plans, configuration))
+
+
+def time_network_now(plans, configuration: str, cfg: TrainConfig) -> tuple[str, str, float, str]:
+    """(precision, memory layout, seconds per step, a line for the log) from this run's network and
+    batch timed in fp32 and bf16 in both layouts, in a probe process under a cap
+    (``planners.throughput.CappedStepTimer``); fp32 where nothing in bf16 finished or won by the
+    margin (``pick_precision``)."""
+    from autoseg.device import usable_cpus
+    from autoseg.planners.throughput import (DEFAULT_FOLD_BUDGET_S, TIMED_MEMORY_FORMATS, CappedStepTimer,
+                                             pick_precision, step_cap_seconds)
+    from autoseg.preprocess.previous_stage import num_input_channels
+
+    cp = plans.configuration(configuration)
+    cap = step_cap_seconds(cfg.time_budget_s or DEFAULT_FOLD_BUDGET_S)
+    timer = CappedStepTimer(num_input_channels(plans, configuration), plans.num_classes, cap, usable_cpus())
+    try:
+        timed = timer(cp.network, tuple(cp.patch_size), cfg.batch_size or cp.batch_size,
+                      tuple((p, f) for p in ("fp32", "bf16") for f in TIMED_MEMORY_FORMATS))
+    finally:
+        timer.close()
+    picked = pick_precision(timed.seconds)
+    if picked is None:
+        return "fp32", "contiguous", None, ("precision fp32: no training step of this network finished within "
+                                            f"{cap:.0f} s in any precision ({'; '.join(timed.abandoned)})")
+    precision, layout, seconds = picked
+    detail = ", ".join(f"{p} {f} {s:.3f} s" for p, by in timed.seconds.items() for f, s in by.items())
+    abandoned = f"; abandoned: {'; '.join(timed.abandoned)}" if timed.abandoned else ""
+    return precision, layout, seconds, (f"precision {precision}, memory format {layout}: this network's training "
+                                        f"step timed now, as the planning did not time it on this CPU "
+                                        f"({detail}{abandoned})")
 
 
 def fit_width(plans, configuration: str, throughput: dict, budget_s: float, precision: str):

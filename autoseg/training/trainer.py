@@ -7,6 +7,7 @@ run resumed from ``checkpoint_latest`` produces the same weights as an uninterru
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -23,16 +24,16 @@ from autoseg.inference.fast_forward import inference_forward
 from autoseg.paths import Workspace
 from autoseg.plans import load_plans, save_plans
 from autoseg.serialization import save_json, to_jsonable
-from autoseg.preprocess.storage import load_properties
 from autoseg.training.augmentation import resolve_order_data
-from autoseg.training.budget import (WARMUP_ITERATIONS, VALIDATION_SAFETY, epochs_holding,
-                                     estimate_validation_seconds, fit_schedule, refit_iterations)
+from autoseg.training.budget import WARMUP_ITERATIONS
 from autoseg.training.checkpoint import load_checkpoint, save_checkpoint
 from autoseg.training.dataloader import BatchSource, class_frequencies, iterate
 from autoseg.training.loss import build_loss
 from autoseg.training.network import build_network, deep_supervision_scales, init_output_bias
 from autoseg.training.progress import format_epoch, plot_progress
-from autoseg.training.resolve import resolve_settings
+from autoseg.training.resolve import planned_on_this_cpu, resolve_settings
+from autoseg.training.schedule import Budget
+from autoseg.training.speed import StepWatchdog, warm_up_verdict
 from autoseg.training.small_classes import resolve_small_classes, unlearned_classes, unlearned_message
 from autoseg.training.splits import get_split
 from autoseg.training.train_config import TrainConfig, resolve_optimizer
@@ -75,8 +76,32 @@ class _StopRequest:
             signal.signal(signal.SIGTERM, self._old)
 
 
+@contextlib.contextmanager
+def _training_log(out: Path):
+    """The trainer's messages also go to ``out/training.log`` (at least one line per epoch) while
+    the block runs, whichever way it ends."""
+    handler = logging.FileHandler(out / "training.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(handler)
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
 def _empty_history() -> dict:
     return {k: [] for k in ("train_loss", "val_loss", "pseudo_dice", "ema_dice", "lr", "epoch_time", "data_wait")}
+
+
+class _Restart(Exception):
+    """The warm-up showed that another network width fits the time budget (``speed.check_speed``)."""
+
+    def __init__(self, width: int):
+        super().__init__(f"restart with width {width}")
+        self.width = width
 
 
 def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: TrainConfig, variant: str = "default",
@@ -86,10 +111,22 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     With ``cfg.time_budget_s`` the schedule (epochs, iterations per epoch, validation iterations)
     is fitted to the budget after a warm-up and re-fitted every epoch (see ``budget``); the
     budget includes the final validation. Resuming continues the same budget: the time already
-    spent is stored in the checkpoint."""
-    from tqdm import tqdm
-
+    spent is stored in the checkpoint. When the warm-up of a new run on a CPU shows that the steps
+    run at another speed than the planning timed and another width fits the budget better
+    (``speed.check_speed``), the run starts again once at that width, its time so far counted."""
     started_at = time.perf_counter()
+    width = None
+    while True:
+        try:
+            return _train_fold(ws, dataset, configuration, fold, cfg, variant, device, resume, validate,
+                               started_at, width)
+        except _Restart as restart:
+            width = restart.width
+
+
+def _train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: TrainConfig, variant: str,
+                device: str | None, resume: bool, validate: bool, started_at: float, width: int | None) -> Path:
+    from tqdm import tqdm
 
     name = ws.dataset_name(dataset)
     pre = ws.preprocessed / name
@@ -124,258 +161,182 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     throughput_path = pre / "throughput.json"  # step timings of the cpu planning
     throughput = json.loads(throughput_path.read_text()) if dev.type == "cpu" and throughput_path.is_file() else None
     fold_plans = load_plans(out / "plans.json") if state is not None and (out / "plans.json").is_file() else None
-    cfg, plans, notes = resolve_settings(cfg, plans, configuration, dev, state, throughput, fold_plans)
+    requested_precision = cfg.precision
+    resolved = resolve_settings(cfg, plans, configuration, dev, state, throughput, fold_plans, width)
+    cfg, plans, notes = resolved.cfg, resolved.plans, resolved.notes
     cfg = dataclasses.replace(resolve_optimizer(cfg), augmentation=resolve_order_data(cfg.augmentation, dev.type))
     torch.manual_seed(cfg.seed)
     cp = plans.configuration(configuration)
     out.mkdir(parents=True, exist_ok=True)
     save_plans(plans, out / "plans.json")
     save_json(cfg, out / "train_config.json")
-    handler = logging.FileHandler(out / "training.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    log.addHandler(handler)
-    if log.getEffectiveLevel() > logging.INFO:  # the log file always gets one line per epoch
-        log.setLevel(logging.INFO)
-    for note in notes:
-        log.info("%s", note)
+    with _training_log(out):
+        for note in notes:
+            log.info("%s", note)
 
-    batch_size = cfg.batch_size or cp.batch_size
-    scales = deep_supervision_scales(cp) if cfg.deep_supervision else None
-    net = build_network(plans, configuration, cfg.deep_supervision)
-    small = resolve_small_classes(cfg, cp, plans.num_classes)
-    options = dict(small_class_contain=cfg.small_class_placement == "contain", small_class_first=cfg.small_class_slots,
-                   balance_cases=cfg.small_class_balance_cases, paste_shares=small.paste)
-    if state is None and cfg.output_prior_init:
-        # a source of its own (unaugmented: fast), dropped right after so its cases are not held in memory twice
-        frequencies = class_frequencies(make_source(data_dir, train_ids, cp, batch_size,
-                                                    cfg.oversample_foreground_percent, None, None, cfg.seed + 2,
-                                                    small.shares, **options), plans.num_classes)
-        priors = init_output_bias(net, frequencies, cfg.output_prior_min)
-        log.info("output biases from class frequencies in training patches: %s",
-                 " ".join(f"{p:.4f}" for p in priors))
-    layout = torch_memory_format(cfg.memory_format, cp.network.dim)
-    net = net.to(dev, memory_format=layout)
-    loss_fn = build_loss(cfg.loss, cp.batch_dice if cfg.batch_dice is None else cfg.batch_dice,
-                         cfg.ce_weight, cfg.dice_weight, len(scales) if scales else None,
-                         small.ce_weights, small.batch_dice_classes)
-    if cfg.optimizer == "adamw":
-        opt = torch.optim.AdamW(net.parameters(), lr=cfg.initial_lr, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.SGD(net.parameters(), lr=cfg.initial_lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                              weight_decay=cfg.weight_decay)
-    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
-    amp_dtype = autocast_dtype(cfg.precision)
-    history, best_ema, iteration = _empty_history(), -1.0, 0
-    if state is not None:
-        net.load_state_dict(state["network"])
-        opt.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("grad_scaler"):
-            scaler.load_state_dict(state["grad_scaler"])
-        history, best_ema, iteration = state["history"], float(state["best_ema"]), int(state["iteration"])
-        if cfg.time_budget_s and state.get("budget", {}).get("fitted"):  # keep the fitted schedule, time spent
-            b = state["budget"]
-            cfg = dataclasses.replace(cfg, num_epochs=int(b["num_epochs"]), num_iterations=b.get("num_iterations"),
-                                      num_iterations_per_epoch=int(b["num_iterations_per_epoch"]),
-                                      num_val_iterations_per_epoch=int(b["num_val_iterations_per_epoch"]))
-            started_at -= float(b["elapsed_s"])
+        batch_size = cfg.batch_size or cp.batch_size
+        scales = deep_supervision_scales(cp) if cfg.deep_supervision else None
+        net = build_network(plans, configuration, cfg.deep_supervision)
+        small = resolve_small_classes(cfg, cp, plans.num_classes)
+        options = dict(small_class_contain=cfg.small_class_placement == "contain", small_class_first=cfg.small_class_slots,
+                       balance_cases=cfg.small_class_balance_cases, paste_shares=small.paste)
+        if state is None and cfg.output_prior_init:
+            # a source of its own (unaugmented: fast), dropped right after so its cases are not held in memory twice
+            frequencies = class_frequencies(make_source(data_dir, train_ids, cp, batch_size,
+                                                        cfg.oversample_foreground_percent, None, None, cfg.seed + 2,
+                                                        small.shares, **options), plans.num_classes)
+            priors = init_output_bias(net, frequencies, cfg.output_prior_min)
+            log.info("output biases from class frequencies in training patches: %s",
+                     " ".join(f"{p:.4f}" for p in priors))
+        layout = torch_memory_format(cfg.memory_format, cp.network.dim)
+        net = net.to(dev, memory_format=layout)
+        loss_fn = build_loss(cfg.loss, cp.batch_dice if cfg.batch_dice is None else cfg.batch_dice,
+                             cfg.ce_weight, cfg.dice_weight, len(scales) if scales else None,
+                             small.ce_weights, small.batch_dice_classes)
+        if cfg.optimizer == "adamw":
+            opt = torch.optim.AdamW(net.parameters(), lr=cfg.initial_lr, weight_decay=cfg.weight_decay)
+        else:
+            opt = torch.optim.SGD(net.parameters(), lr=cfg.initial_lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                                  weight_decay=cfg.weight_decay)
+        scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+        amp_dtype = autocast_dtype(cfg.precision)
+        history, best_ema, iteration = _empty_history(), -1.0, 0
+        if state is not None:
+            net.load_state_dict(state["network"])
+            opt.load_state_dict(state["optimizer"])
+            if scaler is not None and state.get("grad_scaler"):
+                scaler.load_state_dict(state["grad_scaler"])
+            history, best_ema, iteration = state["history"], float(state["best_ema"]), int(state["iteration"])
+            if cfg.time_budget_s and state.get("budget", {}).get("fitted"):  # keep the fitted schedule, time spent
+                b = state["budget"]
+                cfg = dataclasses.replace(cfg, num_epochs=int(b["num_epochs"]), num_iterations=b.get("num_iterations"),
+                                          num_iterations_per_epoch=int(b["num_iterations_per_epoch"]),
+                                          num_val_iterations_per_epoch=int(b["num_val_iterations_per_epoch"]))
+                started_at -= float(b["elapsed_s"])
 
-    budget = _Budget(cfg, started_at, data_dir, val_ids, cp, fitted=bool(state and state.get("budget", {}).get("fitted") and cfg.time_budget_s))
-    n_it, n_val = budget.cfg.num_iterations_per_epoch, budget.cfg.num_val_iterations_per_epoch
-    total = budget.total_iterations
-    train_src = make_source(data_dir, train_ids, cp, batch_size, cfg.oversample_foreground_percent,
-                            cfg.augmentation, scales, cfg.seed, small.shares, **options)
-    val_src = make_source(data_dir, val_ids, cp, batch_size, cfg.oversample_foreground_percent, None, None,
-                          cfg.seed + 1)
-    schedule = (f"time budget {cfg.time_budget_s:.0f} s (schedule fitted after {WARMUP_ITERATIONS} iterations)"
-                if budget.active and not budget.fitted else f"{budget.cfg.num_epochs} epochs x {n_it} iterations")
-    log.info("training %s %s fold %s on %s: %s, batch %d, patch %s, %d train / %d val cases, %s from lr %g",
-             name, configuration, fold, dev, schedule, batch_size, cp.patch_size, len(train_ids), len(val_ids),
-             "AdamW" if cfg.optimizer == "adamw" else "SGD", cfg.initial_lr)
-    if small.active:
-        log.info("%s", small.describe())
+        budget = Budget(cfg, started_at, data_dir, val_ids, cp, fitted=bool(state and state.get("budget", {}).get("fitted") and cfg.time_budget_s))
+        n_it, n_val = budget.cfg.num_iterations_per_epoch, budget.cfg.num_val_iterations_per_epoch
+        total = budget.total_iterations
+        train_src = make_source(data_dir, train_ids, cp, batch_size, cfg.oversample_foreground_percent,
+                                cfg.augmentation, scales, cfg.seed, small.shares, **options)
+        val_src = make_source(data_dir, val_ids, cp, batch_size, cfg.oversample_foreground_percent, None, None,
+                              cfg.seed + 1)
+        schedule = (f"time budget {cfg.time_budget_s:.0f} s (schedule fitted after {WARMUP_ITERATIONS} iterations)"
+                    if budget.active and not budget.fitted else f"{budget.cfg.num_epochs} epochs x {n_it} iterations")
+        log.info("training %s %s fold %s on %s: %s, batch %d, patch %s, %d train / %d val cases, %s from lr %g",
+                 name, configuration, fold, dev, schedule, batch_size, cp.patch_size, len(train_ids), len(val_ids),
+                 "AdamW" if cfg.optimizer == "adamw" else "SGD", cfg.initial_lr)
+        if small.active:
+            log.info("%s", small.describe())
 
-    def checkpoint(path_name: str) -> None:
-        save_checkpoint({
-            "network": net.state_dict(), "optimizer": opt.state_dict(),
-            "grad_scaler": scaler.state_dict() if scaler is not None else {},
-            "epoch": iteration // n_it, "iteration": iteration, "history": history, "best_ema": best_ema,
-            "configuration": configuration, "train_config": to_jsonable(budget.cfg),
-            "budget": budget.state(),
-        }, out / f"{path_name}.pth")
+        def checkpoint(path_name: str) -> None:
+            save_checkpoint({
+                "network": net.state_dict(), "optimizer": opt.state_dict(),
+                "grad_scaler": scaler.state_dict() if scaler is not None else {},
+                "epoch": iteration // n_it, "iteration": iteration, "history": history, "best_ema": best_ema,
+                "configuration": configuration, "train_config": to_jsonable(budget.cfg),
+                "budget": budget.state(),
+            }, out / f"{path_name}.pth")
 
-    batches = iterate(train_src, iteration, budget.max_iterations - iteration, cfg.num_workers)
-    num_classes = plans.num_classes
-    plotted_at = time.perf_counter()
-    with _StopRequest() as stop:
-        try:
-            while iteration < total:
-                epoch, started = iteration // n_it, time.perf_counter()
-                lr = poly_lr(cfg.initial_lr, epoch, budget.cfg.num_epochs, cfg.poly_exponent)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                net.train()
-                losses, norms, waited, trained = [], [], 0.0, 0.0
-                bar = tqdm(total=n_it, initial=iteration % n_it, desc=f"epoch {epoch}", unit="it", leave=False,
-                           disable=None)
-                while iteration < min((epoch + 1) * n_it, total):
-                    step_started = time.perf_counter()
-                    batch = next(batches)
-                    waited += time.perf_counter() - step_started
-                    loss, norm = _train_step(net, loss_fn, opt, scaler, batch, dev, cfg.grad_clip, amp_dtype, layout)
-                    losses.append(loss)
-                    norms.append(norm)
-                    iteration += 1
-                    step_s = time.perf_counter() - step_started
-                    trained += step_s
-                    if budget.active and not budget.fitted:
-                        budget.step_times.append(step_s)
-                    bar.update()
-                    bar.set_postfix(loss=f"{losses[-1]:.3f}")
-                    if stop.requested:
-                        raise KeyboardInterrupt
-                    if budget.needs_fit(iteration):
-                        budget.fit(iteration, net, batch["data"], dev)
-                        n_it, n_val = budget.cfg.num_iterations_per_epoch, budget.cfg.num_val_iterations_per_epoch
+        batches = iterate(train_src, iteration, budget.max_iterations - iteration, cfg.num_workers)
+        num_classes = plans.num_classes
+        plotted_at = time.perf_counter()
+        warm = []  # the first steps of this run: (seconds, of which waiting for the batch) each
+        recheck = (state is None and width is None and budget.active and cfg.fit_width_to_budget
+                   and planned_on_this_cpu(throughput, dev))
+        with _StopRequest() as stop, StepWatchdog(resolved.expected_step_s, logger=log) as watchdog:
+            try:
+                while iteration < total:
+                    epoch, started = iteration // n_it, time.perf_counter()
+                    lr = poly_lr(cfg.initial_lr, epoch, budget.cfg.num_epochs, cfg.poly_exponent)
+                    for g in opt.param_groups:
+                        g["lr"] = lr
+                    net.train()
+                    losses, norms, waited, trained = [], [], 0.0, 0.0
+                    bar = tqdm(total=n_it, initial=iteration % n_it, desc=f"epoch {epoch}", unit="it", leave=False,
+                               disable=None)
+                    while iteration < min((epoch + 1) * n_it, total):
+                        step_started = time.perf_counter()
+                        watchdog.step_started()
+                        batch = next(batches)
+                        wait_s = time.perf_counter() - step_started
+                        waited += wait_s
+                        loss, norm = _train_step(net, loss_fn, opt, scaler, batch, dev, cfg.grad_clip, amp_dtype, layout)
+                        losses.append(loss)
+                        norms.append(norm)
+                        iteration += 1
+                        step_s = time.perf_counter() - step_started
+                        watchdog.step_done(step_s)
+                        trained += step_s
+                        if len(warm) <= WARMUP_ITERATIONS:
+                            warm.append((step_s, wait_s))
+                            if len(warm) == WARMUP_ITERATIONS + 1 or iteration == total:
+                                report = warm_up_verdict(warm, resolved.expected_step_s, budget, total - iteration,
+                                                         throughput, plans, configuration, requested_precision,
+                                                         recheck)
+                                for level, message in report.messages:
+                                    log.log(level, "%s", message)
+                                if report.new_width is not None:
+                                    del batches  # stops the augmentation workers
+                                    raise _Restart(report.new_width)
+                        if budget.active and not budget.fitted:
+                            budget.step_times.append(step_s)
+                        bar.update()
+                        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+                        if stop.requested:
+                            raise KeyboardInterrupt
+                        if budget.needs_fit(iteration):
+                            budget.fit(iteration, net, batch["data"], dev)
+                            n_it, n_val = budget.cfg.num_iterations_per_epoch, budget.cfg.num_val_iterations_per_epoch
+                            total = budget.total_iterations
+                            save_json(budget.cfg, out / "train_config.json")
+                    bar.close()
+                    val_loss, dice, forward_total = _validate_patches(net, loss_fn, val_src, epoch * n_val, n_val, dev,
+                                                                      num_classes, scales, cfg.precision)
+                    forward_s = forward_total / max(1, n_val * batch_size)
+                    ema = dice.mean() if not history["ema_dice"] else (
+                        cfg.ema_alpha * history["ema_dice"][-1] + (1 - cfg.ema_alpha) * dice.mean())
+                    for key, value in (("train_loss", float(np.mean(losses))), ("val_loss", val_loss),
+                                       ("pseudo_dice", [float(d) for d in dice]), ("ema_dice", float(ema)),
+                                       ("lr", lr), ("epoch_time", time.perf_counter() - started),
+                                       ("epoch_iterations", len(losses)),
+                                       ("data_wait", waited / max(trained, 1e-9)),
+                                       ("grad_norm", float(np.median(norms))),
+                                       ("clipped", float(np.mean(np.array(norms) > cfg.grad_clip)))):
+                        history.setdefault(key, []).append(value)
+                    log.info(format_epoch(history, epoch))
+                    if budget.active:
+                        budget.refit(iteration, history["epoch_time"], history.get("epoch_iterations", []), forward_s)
                         total = budget.total_iterations
                         save_json(budget.cfg, out / "train_config.json")
-                bar.close()
-                val_loss, dice, forward_total = _validate_patches(net, loss_fn, val_src, epoch * n_val, n_val, dev,
-                                                                  num_classes, scales, cfg.precision)
-                forward_s = forward_total / max(1, n_val * batch_size)
-                ema = dice.mean() if not history["ema_dice"] else (
-                    cfg.ema_alpha * history["ema_dice"][-1] + (1 - cfg.ema_alpha) * dice.mean())
-                for key, value in (("train_loss", float(np.mean(losses))), ("val_loss", val_loss),
-                                   ("pseudo_dice", [float(d) for d in dice]), ("ema_dice", float(ema)),
-                                   ("lr", lr), ("epoch_time", time.perf_counter() - started),
-                                   ("epoch_iterations", len(losses)),
-                                   ("data_wait", waited / max(trained, 1e-9)),
-                                   ("grad_norm", float(np.median(norms))),
-                                   ("clipped", float(np.mean(np.array(norms) > cfg.grad_clip)))):
-                    history.setdefault(key, []).append(value)
-                log.info(format_epoch(history, epoch))
-                if budget.active:
-                    budget.refit(iteration, history["epoch_time"], history.get("epoch_iterations", []), forward_s)
-                    total = budget.total_iterations
-                    save_json(budget.cfg, out / "train_config.json")
-                if ema > best_ema:
-                    best_ema = float(ema)
-                    checkpoint("checkpoint_best")
-                if (epoch + 1) % cfg.checkpoint_every_epochs == 0:
-                    checkpoint("checkpoint_latest")
-                if time.perf_counter() - plotted_at >= PLOT_EVERY_S:
+                    if ema > best_ema:
+                        best_ema = float(ema)
+                        checkpoint("checkpoint_best")
+                    if (epoch + 1) % cfg.checkpoint_every_epochs == 0:
+                        checkpoint("checkpoint_latest")
+                    if time.perf_counter() - plotted_at >= PLOT_EVERY_S:
+                        plot_progress(history, out / "progress.png")
+                        plotted_at = time.perf_counter()
+            except KeyboardInterrupt:
+                checkpoint("checkpoint_latest")
+                if history["train_loss"]:
                     plot_progress(history, out / "progress.png")
-                    plotted_at = time.perf_counter()
-        except KeyboardInterrupt:
-            checkpoint("checkpoint_latest")
-            if history["train_loss"]:
-                plot_progress(history, out / "progress.png")
-            log.info("interrupted at iteration %d; checkpoint_latest saved, resume with --continue", iteration)
-            log.removeHandler(handler)
-            raise
-    del batches  # stops the augmentation workers before validation
-    if history["train_loss"]:
-        plot_progress(history, out / "progress.png")
-    checkpoint("checkpoint_final")
-    checkpoint("checkpoint_latest")
-    log.info("training done: %s (%d iterations)", out / "checkpoint_final.pth", iteration)
-    if validate:
-        validation_started = time.perf_counter()
-        run_validation(out, ws, name, val_ids, dev, budget.cfg)
-        if budget.active:
-            log.info("final validation took %.0f s (estimated %.0f s); total %.0f s of a %.0f s budget",
-                     time.perf_counter() - validation_started, budget.validation_s,
-                     time.perf_counter() - started_at, cfg.time_budget_s)
-    log.removeHandler(handler)
-    return out
-
-
-class _Budget:
-    """The schedule of one fold: fixed by the config, or fitted to ``cfg.time_budget_s``."""
-
-    def __init__(self, cfg: TrainConfig, started_at: float, data_dir: Path, val_ids: list[str], cp,
-                 fitted: bool):
-        self.cfg, self.started_at, self.fitted = cfg, started_at, fitted
-        self.active = cfg.time_budget_s is not None
-        self.val_shapes = [load_properties(data_dir, c).shape_after_resample for c in val_ids] if self.active else []
-        self.patch = tuple(cp.patch_size)
-        self.validation_s = 0.0
-        self.forward_readings: list[float] = []  # per epoch: seconds per forward pass in its patch validation
-        self.step_times: list[float] = []  # seconds per iteration during the warm-up, data wait included
-        if self.active and not fitted:  # until the warm-up has measured the speed: one short epoch
-            self.cfg = dataclasses.replace(cfg, num_epochs=1, num_iterations_per_epoch=WARMUP_ITERATIONS,
-                                           num_val_iterations_per_epoch=1)
-
-    @property
-    def total_iterations(self) -> int:
-        return self.cfg.total_iterations
-
-    @property
-    def max_iterations(self) -> int:
-        """An upper bound on the iterations this run can reach (for the batch iterator)."""
-        return 10 ** 9 if self.active else self.total_iterations
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started_at
-
-    def needs_fit(self, iteration: int) -> bool:
-        return self.active and not self.fitted and iteration >= WARMUP_ITERATIONS
-
-    def fit(self, iteration: int, net, data: torch.Tensor, dev) -> None:
-        """Measure seconds per iteration (warm-up minus its first step) and per forward pass."""
-        steps = self.step_times[1:] or [self.elapsed() / max(1, iteration)]
-        per_it = float(np.median(steps))
-        net.eval()
-        forward = inference_forward(net, self.cfg.precision, dev)
-        with torch.no_grad():
-            x = data[:1].to(dev)
-            forward(x)
-            t = time.perf_counter()
-            forward(x)
-            per_forward = time.perf_counter() - t
-        net.train()
-        self.validation_s = VALIDATION_SAFETY * estimate_validation_seconds(
-            self.val_shapes, self.patch, self.cfg.validation_mirroring, self.cfg.validation_step_size, per_forward)
-        sched = fit_schedule(self.cfg.time_budget_s, self.elapsed(), per_it, self.validation_s, iteration)
-        self.cfg = dataclasses.replace(self.cfg, num_epochs=sched.num_epochs, num_iterations=sched.num_iterations,
-                                       num_iterations_per_epoch=sched.num_iterations_per_epoch,
-                                       num_val_iterations_per_epoch=sched.num_val_iterations_per_epoch)
-        self.fitted = True
-        log.info("time budget %.0f s: %.2f s per iteration, %.3f s per forward pass, final validation ~%.0f s "
-                 "-> %d epochs x %d iterations (%d in all)", self.cfg.time_budget_s, per_it, per_forward,
-                 self.validation_s, sched.num_epochs, sched.num_iterations_per_epoch, sched.total_iterations)
-
-    def refit(self, done_iterations: int, epoch_times: list[float], epoch_iterations: list[int],
-              forward_s: float | None = None) -> None:
-        """Re-fit the number of iterations (and so of epochs, the last one holding the rest) from the
-        recent epochs' times and iterations; ``forward_s`` (seconds per sample in this epoch's patch
-        validation) re-estimates the final validation from the median of the last three epochs'
-        readings, so a slow spell (during the warm-up's measurement or one epoch's validation, e.g.
-        another job on the machine) neither shortens the whole run nor the run's end."""
-        if forward_s is not None and forward_s > 0:
-            self.forward_readings.append(forward_s)
-            typical = float(np.median(self.forward_readings[-3:]))
-            self.validation_s = VALIDATION_SAFETY * estimate_validation_seconds(
-                self.val_shapes, self.patch, self.cfg.validation_mirroring, self.cfg.validation_step_size, typical)
-        # the last three epochs, not epoch 0 (start-up and warm-up) once there are others; a history
-        # from before epoch_iterations was recorded has it for the epochs since the resume only
-        k = min(3, len(epoch_iterations), max(1, len(epoch_times) - 1))
-        recent, recent_its = epoch_times[len(epoch_times) - k:], epoch_iterations[len(epoch_iterations) - k:]
-        before = self.total_iterations
-        total = refit_iterations(self.cfg.time_budget_s, self.elapsed(), done_iterations, recent, recent_its,
-                                 self.validation_s, before)
-        if total != before:
-            epochs = epochs_holding(total, self.cfg.num_iterations_per_epoch)
-            log.info("time budget: %d iterations in %d epochs instead of %d (%.0f s left)", total, epochs, before,
-                     self.cfg.time_budget_s - self.elapsed())
-            self.cfg = dataclasses.replace(self.cfg, num_epochs=epochs, num_iterations=total)
-
-    def state(self) -> dict:
-        if not self.active:
-            return {}
-        return {"fitted": self.fitted, "num_epochs": self.cfg.num_epochs, "num_iterations": self.cfg.num_iterations,
-                "num_iterations_per_epoch": self.cfg.num_iterations_per_epoch,
-                "num_val_iterations_per_epoch": self.cfg.num_val_iterations_per_epoch,
-                "elapsed_s": self.elapsed(), "validation_s": self.validation_s}
+                log.info("interrupted at iteration %d; checkpoint_latest saved, resume with --continue", iteration)
+                raise
+        del batches  # stops the augmentation workers before validation
+        if history["train_loss"]:
+            plot_progress(history, out / "progress.png")
+        checkpoint("checkpoint_final")
+        checkpoint("checkpoint_latest")
+        log.info("training done: %s (%d iterations)", out / "checkpoint_final.pth", iteration)
+        if validate:
+            validation_started = time.perf_counter()
+            run_validation(out, ws, name, val_ids, dev, budget.cfg)
+            if budget.active:
+                log.info("final validation took %.0f s (estimated %.0f s); total %.0f s of a %.0f s budget",
+                         time.perf_counter() - validation_started, budget.validation_s,
+                         time.perf_counter() - started_at, cfg.time_budget_s)
+        return out
 
 
 def _train_step(net, loss_fn, opt, scaler, batch, dev, grad_clip, amp_dtype=None,

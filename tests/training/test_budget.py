@@ -202,14 +202,14 @@ def test_a_time_budget_trains_the_width_the_planning_timings_give_it(prepared, m
 def test_final_validation_estimate_ignores_one_slow_epoch_but_follows_a_lasting_slowdown(monkeypatch):
     from types import SimpleNamespace
 
-    from autoseg.training import trainer
+    from autoseg.training import schedule
 
     # the estimate is proportional to the forward time it is given: 1000 passes
-    monkeypatch.setattr(trainer, "estimate_validation_seconds", lambda shapes, patch, mirror, step, fwd: 1000 * fwd)
+    monkeypatch.setattr(schedule, "estimate_validation_seconds", lambda shapes, patch, mirror, step, fwd: 1000 * fwd)
     cfg = TrainConfig(time_budget_s=10_000.0)
-    budget = trainer._Budget(cfg, trainer.time.perf_counter(), Path("unused"), [], SimpleNamespace(patch_size=(8, 8, 8)),
+    budget = schedule.Budget(cfg, schedule.time.perf_counter(), Path("unused"), [], SimpleNamespace(patch_size=(8, 8, 8)),
                              fitted=True)
-    safety = trainer.VALIDATION_SAFETY
+    safety = schedule.VALIDATION_SAFETY
     for forward_s, expected in ((0.1, 100), (0.1, 100), (0.5, 100), (0.5, 500), (0.1, 500), (0.1, 100)):
         budget.refit(10, [10.0, 10.0], [10, 10], forward_s)  # medians of the last three: 0.1 0.1 0.1 0.5 0.5 0.1
         assert budget.validation_s == pytest.approx(safety * expected)
@@ -222,3 +222,47 @@ def test_validation_iterations_take_a_twentieth_of_the_epoch():
     assert validation_iterations(95) == 14  # 14.25
     assert validation_iterations(250) == 38  # 37.5, rounded to even
     assert validation_iterations(2) == 1  # never none
+
+
+def test_the_width_is_rechecked_from_the_warm_up_and_the_run_restarts_once(prepared, monkeypatch):
+    """The planning (on this CPU) timed every width 100 s per step: far slower than the warm-up runs.
+    The re-check is asked for the width at that speed; it answers 16, and the run starts again at 16,
+    its time so far counted, never re-checked a second time."""
+    from autoseg.device import cpu_identity
+    from autoseg.training import trainer
+
+    pre = prepared.preprocessed / "Dataset901_Synth"
+    slow = {"fp32": {"contiguous": 100.0, "channels_last": 100.0}}
+    (pre / "throughput.json").write_text(json.dumps({"cpu": cpu_identity(), "configurations": {"3d_fullres": {
+        "candidates": [{"base_features": w, "seconds_per_step": 100.0, "precision": "fp32",
+                        "seconds_by_precision": slow} for w in (8, 16)]}}}))
+    asked = []
+
+    def recheck(throughput, plans, configuration, budget_left, scale, precision):
+        asked.append((plans.configuration(configuration).network.features_per_stage[0], scale, precision))
+        return 16
+
+    monkeypatch.setattr("autoseg.planners.throughput.recheck_width", recheck)
+    fold = trainer.train_fold(prepared, "901", "3d_fullres", 0, TrainConfig(time_budget_s=60, num_workers=0),
+                              validate=False)
+    # the budget affords none of the timed widths: the fold starts at the narrowest
+    assert len(asked) == 1 and asked[0][0] == 8 and asked[0][1] < 0.1 and asked[0][2] == "auto"
+    assert json.loads((fold / "plans.json").read_text())["configurations"]["3d_fullres"]["network"][
+        "features_per_stage"][0] == 16
+    assert load_checkpoint(fold / "checkpoint_final.pth")["train_config"]["precision"] == "fp32"
+    log = (fold / "training.log").read_text()
+    assert "training restarts with width 16" in log and log.count("training Dataset901_Synth 3d_fullres") == 2
+
+
+def test_recheck_width_example_from_the_docstring():
+    from autoseg.fingerprint_types import load_fingerprint
+    from autoseg.planners.experiment import plan_experiment
+    from autoseg.planners.throughput import recheck_width
+
+    throughput = {"configurations": {"3d_fullres": {"candidates": [
+        {"base_features": 8, "seconds_per_step": 0.9}, {"base_features": 16, "seconds_per_step": 1.9}]}}}
+    plans = plan_experiment(load_fingerprint(Path(__file__).parents[1] / "planners" / "data" /
+                                             "hippocampus_fingerprint.json"), "cpu")
+    assert recheck_width(throughput, plans, "3d_fullres", 1800, 1 / 6) == 16  # 1.9 / 6 = 0.32 s: 4,900 iterations
+    assert recheck_width(throughput, plans, "3d_fullres", 1800, 1.0) == 8  # as timed: neither fits, the narrowest
+    assert recheck_width(throughput, plans, "2d", 1800, 1.0) is None  # 2d was not timed

@@ -1,0 +1,109 @@
+"""The schedule of one fold: fixed by its ``TrainConfig``, or fitted to its time budget after a
+warm-up and re-fitted every epoch (the arithmetic is in ``budget``; this is the state that applies
+it during a run, and what the checkpoint keeps of it)."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autoseg.inference.fast_forward import inference_forward
+from autoseg.preprocess.storage import load_properties
+from autoseg.training.budget import (VALIDATION_SAFETY, WARMUP_ITERATIONS, epochs_holding,
+                                     estimate_validation_seconds, fit_schedule, refit_iterations)
+from autoseg.training.train_config import TrainConfig
+
+log = logging.getLogger("autoseg.training.trainer")  # its lines belong in the fold's training.log
+
+
+class Budget:
+    """The schedule of one fold: fixed by the config, or fitted to ``cfg.time_budget_s``."""
+
+    def __init__(self, cfg: TrainConfig, started_at: float, data_dir: Path, val_ids: list[str], cp,
+                 fitted: bool):
+        self.cfg, self.started_at, self.fitted = cfg, started_at, fitted
+        self.active = cfg.time_budget_s is not None
+        self.val_shapes = [load_properties(data_dir, c).shape_after_resample for c in val_ids] if self.active else []
+        self.patch = tuple(cp.patch_size)
+        self.validation_s = 0.0
+        self.forward_readings: list[float] = []  # per epoch: seconds per forward pass in its patch validation
+        self.step_times: list[float] = []  # seconds per iteration during the warm-up, data wait included
+        if self.active and not fitted:  # until the warm-up has measured the speed: one short epoch
+            self.cfg = dataclasses.replace(cfg, num_epochs=1, num_iterations_per_epoch=WARMUP_ITERATIONS,
+                                           num_val_iterations_per_epoch=1)
+
+    @property
+    def total_iterations(self) -> int:
+        return self.cfg.total_iterations
+
+    @property
+    def max_iterations(self) -> int:
+        """An upper bound on the iterations this run can reach (for the batch iterator)."""
+        return 10 ** 9 if self.active else self.total_iterations
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started_at
+
+    def needs_fit(self, iteration: int) -> bool:
+        return self.active and not self.fitted and iteration >= WARMUP_ITERATIONS
+
+    def fit(self, iteration: int, net, data: torch.Tensor, dev) -> None:
+        """Measure seconds per iteration (warm-up minus its first step) and per forward pass."""
+        steps = self.step_times[1:] or [self.elapsed() / max(1, iteration)]
+        per_it = float(np.median(steps))
+        net.eval()
+        forward = inference_forward(net, self.cfg.precision, dev)
+        with torch.no_grad():
+            x = data[:1].to(dev)
+            forward(x)
+            t = time.perf_counter()
+            forward(x)
+            per_forward = time.perf_counter() - t
+        net.train()
+        self.validation_s = VALIDATION_SAFETY * estimate_validation_seconds(
+            self.val_shapes, self.patch, self.cfg.validation_mirroring, self.cfg.validation_step_size, per_forward)
+        sched = fit_schedule(self.cfg.time_budget_s, self.elapsed(), per_it, self.validation_s, iteration)
+        self.cfg = dataclasses.replace(self.cfg, num_epochs=sched.num_epochs, num_iterations=sched.num_iterations,
+                                       num_iterations_per_epoch=sched.num_iterations_per_epoch,
+                                       num_val_iterations_per_epoch=sched.num_val_iterations_per_epoch)
+        self.fitted = True
+        log.info("time budget %.0f s: %.2f s per iteration, %.3f s per forward pass, final validation ~%.0f s "
+                 "-> %d epochs x %d iterations (%d in all)", self.cfg.time_budget_s, per_it, per_forward,
+                 self.validation_s, sched.num_epochs, sched.num_iterations_per_epoch, sched.total_iterations)
+
+    def refit(self, done_iterations: int, epoch_times: list[float], epoch_iterations: list[int],
+              forward_s: float | None = None) -> None:
+        """Re-fit the number of iterations (and so of epochs, the last one holding the rest) from the
+        recent epochs' times and iterations; ``forward_s`` (seconds per sample in this epoch's patch
+        validation) re-estimates the final validation from the median of the last three epochs'
+        readings, so a slow spell (during the warm-up's measurement or one epoch's validation, e.g.
+        another job on the machine) neither shortens the whole run nor the run's end."""
+        if forward_s is not None and forward_s > 0:
+            self.forward_readings.append(forward_s)
+            typical = float(np.median(self.forward_readings[-3:]))
+            self.validation_s = VALIDATION_SAFETY * estimate_validation_seconds(
+                self.val_shapes, self.patch, self.cfg.validation_mirroring, self.cfg.validation_step_size, typical)
+        # the last three epochs, not epoch 0 (start-up and warm-up) once there are others; a history
+        # from before epoch_iterations was recorded has it for the epochs since the resume only
+        k = min(3, len(epoch_iterations), max(1, len(epoch_times) - 1))
+        recent, recent_its = epoch_times[len(epoch_times) - k:], epoch_iterations[len(epoch_iterations) - k:]
+        before = self.total_iterations
+        total = refit_iterations(self.cfg.time_budget_s, self.elapsed(), done_iterations, recent, recent_its,
+                                 self.validation_s, before)
+        if total != before:
+            epochs = epochs_holding(total, self.cfg.num_iterations_per_epoch)
+            log.info("time budget: %d iterations in %d epochs instead of %d (%.0f s left)", total, epochs, before,
+                     self.cfg.time_budget_s - self.elapsed())
+            self.cfg = dataclasses.replace(self.cfg, num_epochs=epochs, num_iterations=total)
+
+    def state(self) -> dict:
+        if not self.active:
+            return {}
+        return {"fitted": self.fitted, "num_epochs": self.cfg.num_epochs, "num_iterations": self.cfg.num_iterations,
+                "num_iterations_per_epoch": self.cfg.num_iterations_per_epoch,
+                "num_val_iterations_per_epoch": self.cfg.num_val_iterations_per_epoch,
+                "elapsed_s": self.elapsed(), "validation_s": self.validation_s}
