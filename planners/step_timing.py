@@ -36,7 +36,7 @@ def _reference_seconds(torch, conv, x, repeats: int = 3) -> float:
 
 def time_step_rounds(network: dict, patch: Sequence[int], batch: int, in_channels: int, num_classes: int,
                      combos: Sequence[Sequence[str]], rounds: int = 3, drop_factor: float = 1.3,
-                     warmup_drop_factor: float = 3.0, seed: int = 0) -> Iterator[dict]:
+                     warmup_drop_factor: float = 5.0, seed: int = 0) -> Iterator[dict]:
     """Events of timing one candidate (see the module docstring). ``network``: a ``NetworkPlan`` as
     JSON; ``combos``: ``[precision, memory_format]`` pairs such as ``["fp32", "contiguous"]``."""
     import torch

@@ -420,10 +420,16 @@ def memory_format_for(throughput: dict, plans, configuration: str,
 
 def _configuration_timings(throughput: dict, plans, configuration: str) -> Optional[dict]:
     """``configuration``'s entry of ``throughput.json``; for a cascade stage, whose network is its
-    fullres stage's (``adapt_to_throughput``), that stage's entry when it has none of its own."""
+    fullres stage's (``adapt_to_throughput``), that stage's entry when it has none of its own. None
+    when the entry timed another patch or batch than ``plans`` now has (plans edited or re-made
+    since): its seconds are not this configuration's."""
     timed = throughput.get("configurations", {})
     cfg = plans.configuration(configuration)
-    return timed.get(configuration) or (timed.get(cfg.preprocessed_name) if cfg.previous_stage else None)
+    entry = timed.get(configuration) or (timed.get(cfg.preprocessed_name) if cfg.previous_stage else None)
+    if entry and "patch_size" in entry and (tuple(entry["patch_size"]) != tuple(cfg.patch_size)
+                                            or entry.get("batch_size", cfg.batch_size) != cfg.batch_size):
+        return None
+    return entry
 
 
 def adapt_to_throughput(plans, step_seconds: StepTimer, budget_s: float = DEFAULT_FOLD_BUDGET_S,
