@@ -116,7 +116,8 @@ def warm_up_verdict(warm: list[tuple[float, float]], expected_step_s: Optional[f
 
 
 class StepWatchdog:
-    """Watches the training steps from a thread of its own.
+    """Watches the training steps (or prediction's forward passes: ``what``, ``advice``) from a
+    thread of its own.
 
     ``step_started()`` before each step and ``step_done(seconds)`` after it. When a step has run for
     ``max(WATCHDOG_WARN[0], WATCHDOG_WARN[1] x typical)`` it logs a warning; at ``max(WATCHDOG_ABORT[0],
@@ -126,10 +127,17 @@ class StepWatchdog:
     minimums alone count). ``limits`` replaces the two (minimum, factor) pairs (tests); ``logger``
     takes the messages (the trainer's, which writes training.log)."""
 
+    TRAINING_ADVICE = ("The run is ended; its last checkpoint is kept. Train in fp32 (--set precision=fp32), or "
+                       "run 'autoseg plan_and_preprocess' on this machine so that the precision is chosen from "
+                       "timed steps, then resume with --continue.")
+    PREDICT_ADVICE = "Prediction is ended. Predict in fp32 (--precision fp32)."
+
     def __init__(self, expected_step_s: Optional[float] = None, on_stuck: Optional[Callable[[str], None]] = None,
                  limits: tuple[tuple[float, float], tuple[float, float]] = (WATCHDOG_WARN, WATCHDOG_ABORT),
-                 poll_s: float = 1.0, logger: logging.Logger = log):
+                 poll_s: float = 1.0, logger: logging.Logger = log, what: str = "training step",
+                 advice: str = TRAINING_ADVICE):
         self.expected, self.limits, self.poll_s, self.log = expected_step_s, limits, poll_s, logger
+        self.what, self.advice = what, advice
         self.on_stuck = on_stuck or (lambda message: _end_process(logger))
         self._recent: list[float] = []
         self._started: Optional[float] = None
@@ -176,21 +184,102 @@ class StepWatchdog:
             running = time.perf_counter() - started
             warn_s, abort_s = self.limits_s()
             typical = self.typical()
-            usual = f"steps took {typical:.2f} s" if typical else "no step had finished yet"
+            usual = f"they took {typical:.2f} s" if typical else "none had finished yet"
             if running >= abort_s:
-                message = (f"training step {step} has run for {running:.0f} s where {usual}: a kernel of this "
-                           "machine is stuck (seen with bf16 on shallow 3D patches on CPUs with AMX). The run "
-                           "is ended; its last checkpoint is kept. Train in fp32 (--set precision=fp32), or run "
-                           "'autoseg plan_and_preprocess' on this machine so that the precision is chosen "
-                           "from timed steps, then resume with --continue.")
+                message = (f"{self.what} {step} has run for {running:.0f} s where {usual}: a kernel of this "
+                           f"machine is stuck (seen with bf16 on shallow 3D patches on CPUs with AMX). {self.advice}")
                 self.log.error("%s", message)
                 self._stop.set()
                 self.on_stuck(message)
                 return
             if running >= warn_s and not self._warned:
                 self._warned = True
-                self.log.warning("training step %d has run for %.0f s where %s; it is ended at %.0f s if it does "
-                            "not finish", step, running, usual, abort_s)
+                self.log.warning("%s %d has run for %.0f s where %s; it is ended at %.0f s if it does not finish",
+                                 self.what, step, running, usual, abort_s)
+
+
+class ThreadGovernor:
+    """Keeps a CPU training on the thread count whose steps run fastest now: all of the usable CPUs,
+    or one fewer when another process holds a core.
+
+    torch's OpenMP threads spin at every barrier while they wait for the slowest of them; when
+    another process of the same priority runs on one of the cores, the thread sharing it falls
+    behind and the step takes far longer than on one thread fewer (2 cores, Hippocampus 16-wide fp32
+    step: 1.23 s on 2 threads beside a busy process against 0.81 s on 1; quiet: 0.47 s against 0.79 s;
+    bench/omp_wait_policy.py, docs/experiments/threads_under_contention.md). The governor tries the
+    other count for ``trial`` steps ``first_after`` steps into the run, then after ``interval`` steps,
+    doubling the interval each time the try loses (up to ``max_interval``), and at once when the
+    recent steps run ``slowdown`` times slower than the best seen at the current count (a job that
+    starts beside the training). It switches when the other count's median step is under
+    ``margin`` x the current one's. ``step_done`` takes each step's compute seconds (without the wait
+    for its batch); ``set_threads`` applies a count (``torch.set_num_threads``); ``logger`` gets a
+    line per switch."""
+
+    def __init__(self, threads: int, set_threads: Optional[Callable[[int], None]] = None, trial: int = 6,
+                 first_after: int = 20, interval: int = 200, max_interval: int = 3200, slowdown: float = 1.3,
+                 margin: float = 0.9, logger: logging.Logger = log):
+        if set_threads is None:
+            import torch
+
+            set_threads = torch.set_num_threads
+        self.counts = (threads, threads - 1) if threads > 1 else (threads,)
+        self.set_threads, self.trial, self.max_interval = set_threads, trial, max_interval
+        self.interval = self.base_interval = interval
+        self.slowdown, self.margin, self.log = slowdown, margin, logger
+        self.current, self.trying = threads, None
+        self.recent: list[float] = []  # the current count's last steps
+        self.trial_steps: list[float] = []
+        self.best: dict[int, float] = {}  # the best median of ``trial`` steps seen per count
+        self.next_try = first_after
+        self.steps = 0
+
+    @property
+    def active(self) -> bool:
+        return len(self.counts) > 1
+
+    def step_done(self, seconds: float) -> None:
+        if not self.active:
+            return
+        self.steps += 1
+        if self.trying is not None:
+            self.trial_steps.append(seconds)
+            if len(self.trial_steps) > self.trial:  # the first step after a switch is left out
+                self._decide()
+            return
+        self.recent = (self.recent + [seconds])[-self.trial:]
+        if len(self.recent) == self.trial:
+            median = _median(self.recent)
+            self.best[self.current] = min(self.best.get(self.current, median), median)
+            slowed = median > self.slowdown * self.best[self.current]
+            if self.steps >= self.next_try or slowed:
+                self._try_other()
+
+    def _try_other(self) -> None:
+        self.trying = next(c for c in self.counts if c != self.current)
+        self.trial_steps = []
+        self.set_threads(self.trying)
+
+    def _decide(self) -> None:
+        other, mine = _median(self.trial_steps[1:]), _median(self.recent)
+        self.best[self.trying] = min(self.best.get(self.trying, other), other)
+        if other < self.margin * mine:
+            self.log.info("training on %d thread(s) instead of %d: %.3f s per step against %.3f s (another "
+                          "process is using the CPU, or has stopped)", self.trying, self.current, other, mine)
+            self.current, self.interval = self.trying, self.base_interval
+            self.best[self.current] = other
+            self.recent = self.trial_steps[1:]
+            gap = self.interval
+        else:  # back; the current speed is the new normal, so the same slowdown does not trigger again
+            self.set_threads(self.current)
+            self.best[self.current] = mine
+            gap, self.interval = self.interval, min(self.max_interval, self.interval * 2)
+        self.trying, self.trial_steps = None, []
+        self.next_try = self.steps + gap
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
 
 
 def _end_process(logger: logging.Logger) -> None:

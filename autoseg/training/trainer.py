@@ -33,7 +33,7 @@ from autoseg.training.network import build_network, deep_supervision_scales, ini
 from autoseg.training.progress import format_epoch, plot_progress
 from autoseg.training.resolve import planned_on_this_cpu, resolve_settings
 from autoseg.training.schedule import Budget
-from autoseg.training.speed import StepWatchdog, warm_up_verdict
+from autoseg.training.speed import StepWatchdog, ThreadGovernor, warm_up_verdict
 from autoseg.training.small_classes import resolve_small_classes, unlearned_classes, unlearned_message
 from autoseg.training.splits import get_split
 from autoseg.training.train_config import TrainConfig, resolve_optimizer
@@ -244,6 +244,7 @@ def _train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Trai
         warm = []  # the first steps of this run: (seconds, of which waiting for the batch) each
         recheck = (state is None and width is None and budget.active and cfg.fit_width_to_budget
                    and planned_on_this_cpu(throughput, dev))
+        governor = ThreadGovernor(torch.get_num_threads() if dev.type == "cpu" else 1, logger=log)
         with _StopRequest() as stop, StepWatchdog(resolved.expected_step_s, logger=log) as watchdog:
             try:
                 while iteration < total:
@@ -267,15 +268,17 @@ def _train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Trai
                         iteration += 1
                         step_s = time.perf_counter() - step_started
                         watchdog.step_done(step_s)
+                        governor.step_done(step_s - wait_s)
                         trained += step_s
-                        if len(warm) <= WARMUP_ITERATIONS:
+                        if warm is not None:
                             warm.append((step_s, wait_s))
-                            if len(warm) == WARMUP_ITERATIONS + 1 or iteration == total:
+                            if len(warm) == WARMUP_ITERATIONS or iteration == total:
                                 report = warm_up_verdict(warm, resolved.expected_step_s, budget, total - iteration,
                                                          throughput, plans, configuration, requested_precision,
                                                          recheck)
                                 for level, message in report.messages:
                                     log.log(level, "%s", message)
+                                warm = None  # checked once
                                 if report.new_width is not None:
                                     del batches  # stops the augmentation workers
                                     raise _Restart(report.new_width)
@@ -285,6 +288,8 @@ def _train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Trai
                         bar.set_postfix(loss=f"{losses[-1]:.3f}")
                         if stop.requested:
                             raise KeyboardInterrupt
+                        if budget.out_of_time(iteration):
+                            total = budget.total_iterations
                         if budget.needs_fit(iteration):
                             budget.fit(iteration, net, batch["data"], dev)
                             n_it, n_val = budget.cfg.num_iterations_per_epoch, budget.cfg.num_val_iterations_per_epoch
@@ -411,7 +416,8 @@ def run_validation(fold_dir: Path, ws: Workspace, dataset: str, val_ids: list[st
 
     model = load_trained_model(fold_dir, "checkpoint_final", dev)
     summary = validate_fold(fold_dir, model, ws, dataset, val_ids, dev, cfg.validation_step_size,
-                            cfg.validation_mirroring, resolve_precision(cfg.precision, dev))
+                            cfg.validation_mirroring, resolve_precision(cfg.precision, dev),
+                            cfg.validation_mirror_axes)
     log.info("validation mean Dice %s over %d cases: %.4f", fold_dir.name, len(val_ids),
              summary["foreground_mean"]["dice"])
     small = resolve_small_classes(model.train_config, model.configuration, model.plans.num_classes)

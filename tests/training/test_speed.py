@@ -82,3 +82,58 @@ def test_the_watchdog_scales_its_limits_with_the_typical_step():
         dog.step_done(s)
     assert dog.limits_s() == (20 * 11.0, 200 * 11.0)  # median 11 s
     assert StepWatchdog(5.0, on_stuck=lambda m: None).limits_s() == (100.0, 1000.0)  # planned 5 s
+
+
+class FakeMachine:
+    """Step seconds by thread count, changeable mid-run (another process starting or stopping)."""
+
+    def __init__(self, seconds: dict):
+        self.seconds, self.threads, self.calls = dict(seconds), 2, []
+
+    def set_threads(self, n: int) -> None:
+        self.threads = n
+        self.calls.append(n)
+
+    def run(self, governor, steps: int) -> list[int]:
+        used = []
+        for _ in range(steps):
+            used.append(self.threads)
+            governor.step_done(self.seconds[self.threads])
+        return used
+
+
+def test_a_quiet_machine_keeps_all_threads_and_tries_the_other_ever_more_rarely():
+    from autoseg.training.speed import ThreadGovernor
+
+    machine = FakeMachine({2: 0.47, 1: 0.79})
+    governor = ThreadGovernor(2, machine.set_threads, trial=4, first_after=10, interval=20, max_interval=80)
+    used = machine.run(governor, 400)
+    # tries of 5 steps (the first left out), each ending 20, 40, 80, 80, ... steps before the next:
+    # they start after steps 10, 35, 80, 165, 250, 335
+    starts = [i for i in range(1, 400) if used[i] == 1 and used[i - 1] == 2]
+    assert starts == [10, 35, 80, 165, 250, 335] and used.count(1) == 5 * 6
+
+
+def test_a_job_starting_beside_the_training_moves_it_to_one_thread_fewer_and_back_when_it_ends():
+    from autoseg.training.speed import ThreadGovernor
+
+    machine = FakeMachine({2: 0.47, 1: 0.79})
+    governor = ThreadGovernor(2, machine.set_threads, trial=4, first_after=10, interval=20, max_interval=1000)
+    machine.run(governor, 100)  # quiet: the tries lost, the interval grew to 80
+    machine.seconds = {2: 1.23, 1: 0.81}  # a busy process starts
+    used = machine.run(governor, 10)
+    assert used[-1] == 1  # noticed within a window of steps, tried, kept: no waiting for the interval
+    machine.run(governor, 30)
+    assert machine.threads == 1
+    machine.seconds = {2: 0.47, 1: 0.79}  # the other process ends: the next try wins
+    used = machine.run(governor, 40)
+    assert used[:10] == [1] * 10 and used[-30:].count(2) >= 20  # back on 2, trying 1 now and then
+
+
+def test_one_thread_has_no_other_count_to_try():
+    from autoseg.training.speed import ThreadGovernor
+
+    machine = FakeMachine({1: 0.5})
+    machine.threads = 1
+    governor = ThreadGovernor(1, machine.set_threads)
+    assert not governor.active and machine.run(governor, 100) == [1] * 100 and machine.calls == []
