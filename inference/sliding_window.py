@@ -146,9 +146,11 @@ def sliding_window_predict(predictor: Predictor, data, patch_size, num_classes: 
 
 
 def predict_volume(predictor: Predictor, data, patch_size, num_classes: int, step_size: float = 0.5,
-                   mirror: bool = True, device: str | torch.device = "cpu") -> torch.Tensor:
-    """Probabilities for a (C, Z, Y, X) volume with a 3D patch, or slice by slice with a 2D one."""
-    mirror_axes = tuple(range(len(patch_size))) if mirror else ()
+                   mirror: bool = True, device: str | torch.device = "cpu",
+                   mirror_axes: Sequence[int] | None = None) -> torch.Tensor:
+    """Probabilities for a (C, Z, Y, X) volume with a 3D patch, or slice by slice with a 2D one;
+    ``mirror``: test-time mirroring along ``mirror_axes`` (axes of the patch; None: every axis)."""
+    mirror_axes = (tuple(range(len(patch_size))) if mirror_axes is None else tuple(mirror_axes)) if mirror else ()
     if len(patch_size) == 3:
         return sliding_window_predict(predictor, data, patch_size, num_classes, step_size, True, mirror_axes, device)
     import torch

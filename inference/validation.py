@@ -31,9 +31,11 @@ def save_probabilities(path_stem: Path, probabilities: np.ndarray, geometry: Ima
 
 
 def validate_fold(fold_dir: str | Path, model, ws: Workspace, dataset: str, val_ids: list[str],
-                  device="cpu", step_size: float = 0.5, mirror: bool = True, precision: str = "fp32") -> dict:
-    """Predict ``val_ids`` with ``model`` (``precision``: a resolved one, see ``autoseg.device``), write
-    the segmentations, probabilities and ``summary.json`` under ``fold_dir/validation``."""
+                  device="cpu", step_size: float = 0.5, mirror: bool = True, precision: str = "fp32",
+                  mirror_axes=None) -> dict:
+    """Predict ``val_ids`` with ``model`` (``precision``: a resolved one, see ``autoseg.device``;
+    ``mirror_axes``: the axes mirrored when ``mirror``, None for every axis), write the segmentations,
+    probabilities and ``summary.json`` under ``fold_dir/validation``."""
     import torch
     from tqdm import tqdm
 
@@ -55,7 +57,8 @@ def validate_fold(fold_dir: str | Path, model, ws: Workspace, dataset: str, val_
     for case_id in tqdm(val_ids, desc="validation", unit="case", disable=None):
         case = load_case(data_dir, case_id, with_seg=False)
         data = case.data if add_inputs is None else add_inputs(case_id, case.data)
-        probs = predict_volume(net, data, cfg.patch_size, plans.num_classes, step_size, mirror, device)
+        probs = predict_volume(net, data, cfg.patch_size, plans.num_classes, step_size, mirror, device,
+                               mirror_axes)
         seg, full = export_to_original(probs.cpu().numpy(), case.properties, plans, cfg.name)
         geometry = ImageGeometry.from_json(case.properties.geometry)
         write_image(seg, geometry, out / f"{case_id}{plans.file_ending}")

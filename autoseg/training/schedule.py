@@ -13,8 +13,9 @@ import torch
 
 from autoseg.inference.fast_forward import inference_forward
 from autoseg.preprocess.storage import load_properties
-from autoseg.training.budget import (VALIDATION_SAFETY, WARMUP_ITERATIONS, epochs_holding,
-                                     estimate_validation_seconds, fit_schedule, refit_iterations)
+from autoseg.training.budget import (MARGIN_FRACTION, VALIDATION_SAFETY, VALIDATION_SHARE, WARMUP_ITERATIONS,
+                                     choose_validation_mirroring, epochs_holding, estimate_validation_seconds,
+                                     fit_schedule, refit_iterations, validation_mirror_options)
 from autoseg.training.train_config import TrainConfig
 
 log = logging.getLogger("autoseg.training.trainer")  # its lines belong in the fold's training.log
@@ -29,12 +30,37 @@ class Budget:
         self.active = cfg.time_budget_s is not None
         self.val_shapes = [load_properties(data_dir, c).shape_after_resample for c in val_ids] if self.active else []
         self.patch = tuple(cp.patch_size)
+        self.mirror_options = validation_mirror_options(cp.network.kernel_sizes[0]) if self.active else [()]
+        self.mirroring_logged = False
         self.validation_s = 0.0
         self.forward_readings: list[float] = []  # per epoch: seconds per forward pass in its patch validation
         self.step_times: list[float] = []  # seconds per iteration during the warm-up, data wait included
         if self.active and not fitted:  # until the warm-up has measured the speed: one short epoch
             self.cfg = dataclasses.replace(cfg, num_epochs=1, num_iterations_per_epoch=WARMUP_ITERATIONS,
                                            num_val_iterations_per_epoch=1)
+
+    def _estimate_validation(self, per_forward: float) -> None:
+        """``validation_s`` from ``per_forward`` (seconds per patch), with the mirror axes chosen so
+        that the final validation stays a small share of the budget (``choose_validation_mirroring``;
+        the choice goes to ``cfg.validation_mirror_axes``)."""
+        def estimate(axes: tuple[int, ...]) -> float:
+            return VALIDATION_SAFETY * estimate_validation_seconds(
+                self.val_shapes, self.patch, self.cfg.validation_mirroring, self.cfg.validation_step_size,
+                per_forward, mirror_axes=axes)
+
+        if not self.cfg.validation_mirroring:
+            self.validation_s = estimate(())
+            return
+        axes, self.validation_s = choose_validation_mirroring(self.cfg.time_budget_s, estimate, self.mirror_options)
+        every = self.mirror_options[0]
+        before = every if self.cfg.validation_mirror_axes is None else tuple(self.cfg.validation_mirror_axes)
+        if axes != before or not self.mirroring_logged:
+            self.mirroring_logged = True
+            log.info("final validation mirrors %s (~%.0f s%s)", f"axes {list(axes)}" if axes else "no axis",
+                     self.validation_s, "" if axes == every else
+                     f"; every axis would take ~{estimate(every):.0f} s, over {100 * VALIDATION_SHARE:.0f}% of the "
+                     "budget")
+            self.cfg = dataclasses.replace(self.cfg, validation_mirror_axes=None if axes == every else axes)
 
     @property
     def total_iterations(self) -> int:
@@ -64,8 +90,7 @@ class Budget:
             forward(x)
             per_forward = time.perf_counter() - t
         net.train()
-        self.validation_s = VALIDATION_SAFETY * estimate_validation_seconds(
-            self.val_shapes, self.patch, self.cfg.validation_mirroring, self.cfg.validation_step_size, per_forward)
+        self._estimate_validation(per_forward)
         sched = fit_schedule(self.cfg.time_budget_s, self.elapsed(), per_it, self.validation_s, iteration)
         self.cfg = dataclasses.replace(self.cfg, num_epochs=sched.num_epochs, num_iterations=sched.num_iterations,
                                        num_iterations_per_epoch=sched.num_iterations_per_epoch,
@@ -85,8 +110,7 @@ class Budget:
         if forward_s is not None and forward_s > 0:
             self.forward_readings.append(forward_s)
             typical = float(np.median(self.forward_readings[-3:]))
-            self.validation_s = VALIDATION_SAFETY * estimate_validation_seconds(
-                self.val_shapes, self.patch, self.cfg.validation_mirroring, self.cfg.validation_step_size, typical)
+            self._estimate_validation(typical)
         # the last three epochs, not epoch 0 (start-up and warm-up) once there are others; a history
         # from before epoch_iterations was recorded has it for the epochs since the resume only
         k = min(3, len(epoch_iterations), max(1, len(epoch_times) - 1))
@@ -99,6 +123,25 @@ class Budget:
             log.info("time budget: %d iterations in %d epochs instead of %d (%.0f s left)", total, epochs, before,
                      self.cfg.time_budget_s - self.elapsed())
             self.cfg = dataclasses.replace(self.cfg, num_epochs=epochs, num_iterations=total)
+
+    def out_of_time(self, iteration: int) -> bool:
+        """Whether a fitted budget has no time left for another iteration: what is left after the
+        final validation's estimate and the margin is less than one iteration at the speed of the
+        epochs so far. Checked after every step, so that a slow spell inside an epoch (another job
+        starting) cannot run the training past its budget; the schedule then ends at ``iteration``."""
+        if not (self.active and self.fitted):
+            return False
+        left = self.cfg.time_budget_s * (1 - MARGIN_FRACTION) - self.elapsed() - self.validation_s
+        if left >= self.elapsed() / max(iteration, 1):
+            return False
+        if self.cfg.total_iterations > iteration:
+            log.info("time budget: the time is up after %d iterations (%d were planned; %.0f s left for the "
+                     "final validation, estimated %.0f s)", iteration, self.cfg.total_iterations,
+                     self.cfg.time_budget_s - self.elapsed(), self.validation_s)
+            self.cfg = dataclasses.replace(self.cfg, num_epochs=epochs_holding(iteration,
+                                                                               self.cfg.num_iterations_per_epoch),
+                                           num_iterations=iteration)
+        return True
 
     def state(self) -> dict:
         if not self.active:

@@ -91,6 +91,9 @@ class TrainConfig:
     fit_width_to_budget: bool = True
     validation_step_size: float = 0.5
     validation_mirroring: bool = True
+    # the axes the final validation mirrors (None: every axis); a time budget sets it when mirroring
+    # every axis would take more than budget.VALIDATION_SHARE of it (budget.choose_validation_mirroring)
+    validation_mirror_axes: Optional[tuple[int, ...]] = None
     # auto: fp16 autocast + gradient scaling on CUDA, bf16 autocast on a CPU where it is measured to
     # be faster (AMX / AVX512-BF16: about 2x per step), else fp32; the trainer saves the one it used
     precision: str = "auto"

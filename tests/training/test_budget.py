@@ -1,4 +1,5 @@
 """Time-budgeted training: the arithmetic by hand, and a real tiny run that ends on time."""
+import dataclasses
 import json
 from pathlib import Path
 
@@ -205,10 +206,10 @@ def test_final_validation_estimate_ignores_one_slow_epoch_but_follows_a_lasting_
     from autoseg.training import schedule
 
     # the estimate is proportional to the forward time it is given: 1000 passes
-    monkeypatch.setattr(schedule, "estimate_validation_seconds", lambda shapes, patch, mirror, step, fwd: 1000 * fwd)
+    monkeypatch.setattr(schedule, "estimate_validation_seconds",
+                        lambda shapes, patch, mirror, step, fwd, mirror_axes: 1000 * fwd)
     cfg = TrainConfig(time_budget_s=10_000.0)
-    budget = schedule.Budget(cfg, schedule.time.perf_counter(), Path("unused"), [], SimpleNamespace(patch_size=(8, 8, 8)),
-                             fitted=True)
+    budget = schedule.Budget(cfg, schedule.time.perf_counter(), Path("unused"), [], _plan((8, 8, 8)), fitted=True)
     safety = schedule.VALIDATION_SAFETY
     for forward_s, expected in ((0.1, 100), (0.1, 100), (0.5, 100), (0.5, 500), (0.1, 500), (0.1, 100)):
         budget.refit(10, [10.0, 10.0], [10, 10], forward_s)  # medians of the last three: 0.1 0.1 0.1 0.5 0.5 0.1
@@ -266,3 +267,53 @@ def test_recheck_width_example_from_the_docstring():
     assert recheck_width(throughput, plans, "3d_fullres", 1800, 1 / 6) == 16  # 1.9 / 6 = 0.32 s: 4,900 iterations
     assert recheck_width(throughput, plans, "3d_fullres", 1800, 1.0) == 8  # as timed: neither fits, the narrowest
     assert recheck_width(throughput, plans, "2d", 1800, 1.0) is None  # 2d was not timed
+
+
+def test_the_budget_ends_the_schedule_inside_an_epoch_when_the_time_is_up():
+    from types import SimpleNamespace
+
+    from autoseg.training import schedule
+
+    cfg = TrainConfig(time_budget_s=100.0, num_epochs=4, num_iterations_per_epoch=50, num_iterations=200)
+    now = schedule.time.perf_counter()
+    budget = schedule.Budget(cfg, now - 50.0, Path("unused"), [], _plan((8, 8, 8)), fitted=True)
+    budget.validation_s = 10.0
+    # 50 s spent on 10 iterations (5 s each); 100 x 0.98 - 50 - 10 = 38 s left: go on
+    assert not budget.out_of_time(10) and budget.total_iterations == 200
+    budget.started_at = now - 85.0  # a slow spell: 3 s left, less than an iteration (8.5 s)
+    assert budget.out_of_time(10)
+    assert budget.total_iterations == 10 and budget.cfg.num_epochs == 1
+    unfitted = schedule.Budget(cfg, now - 500.0, Path("unused"), [], _plan((8, 8, 8)), fitted=False)
+    assert not unfitted.out_of_time(5)  # the warm-up is never cut
+
+
+def _plan(patch, first_kernels=(3, 3, 3)):
+    """The parts of a ConfigurationPlan the schedule reads."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(patch_size=patch, network=SimpleNamespace(kernel_sizes=(first_kernels,)))
+
+
+def test_the_final_validation_mirrors_fewer_axes_where_every_axis_would_take_too_much_of_the_budget(monkeypatch):
+    from autoseg.training import schedule
+    from autoseg.training.budget import VALIDATION_SHARE, choose_validation_mirroring, validation_mirror_options
+
+    assert validation_mirror_options((1, 3, 3)) == [(0, 1, 2), (1, 2), ()]
+    assert validation_mirror_options((3, 3, 3)) == [(0, 1, 2), ()]
+    assert validation_mirror_options((3, 3)) == [(0, 1), ()]
+    # 10 s per mirror copy: every axis 80 s, in-plane 40 s, none 10 s; 15% of 600 s = 90 s
+    by_copies = lambda axes: 10.0 * 2 ** len(axes)
+    assert VALIDATION_SHARE == 0.15
+    assert choose_validation_mirroring(600, by_copies, [(0, 1, 2), (1, 2), ()]) == ((0, 1, 2), 80.0)
+    assert choose_validation_mirroring(400, by_copies, [(0, 1, 2), (1, 2), ()]) == ((1, 2), 40.0)  # 60 s allowed
+    assert choose_validation_mirroring(100, by_copies, [(0, 1, 2), (1, 2), ()]) == ((), 10.0)  # even 10 s is over
+    # in the schedule: a thick-slice plan with a 400 s budget validates in-plane; the choice is in its config
+    monkeypatch.setattr(schedule, "estimate_validation_seconds",
+                        lambda shapes, patch, mirror, step, fwd, mirror_axes: fwd * 2 ** len(mirror_axes))
+    budget = schedule.Budget(TrainConfig(time_budget_s=400.0), schedule.time.perf_counter(), Path("unused"), [],
+                             _plan((12, 128, 160), (1, 3, 3)), fitted=True)
+    budget._estimate_validation(10.0 / schedule.VALIDATION_SAFETY)
+    assert budget.cfg.validation_mirror_axes == (1, 2) and budget.validation_s == pytest.approx(40.0)
+    budget.cfg = dataclasses.replace(budget.cfg, time_budget_s=600.0)
+    budget._estimate_validation(10.0 / schedule.VALIDATION_SAFETY)
+    assert budget.cfg.validation_mirror_axes is None  # every axis fits again
