@@ -7,6 +7,7 @@ fp32; ``inference/onnx_backend.py``), in which case torch is not imported.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -20,6 +21,7 @@ from autoseg.imageio import ImageGeometry
 if TYPE_CHECKING:
     import torch
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class Predictor:
@@ -82,7 +84,7 @@ class Predictor:
         if self._forwards is None:
             from autoseg.inference.fast_forward import inference_forward
 
-            self._forwards = [inference_forward(net, self.precision, self.device) for net in self.networks]
+            self._forwards = [_watched(inference_forward(net, self.precision, self.device)) for net in self.networks]
         return self._forwards
 
     def predict_preprocessed(self, data: np.ndarray) -> np.ndarray:
@@ -118,3 +120,30 @@ class Predictor:
             data = np.concatenate([data, one_hot(grid, previous_stage_labels(self.plans))])
         probs = self.predict_preprocessed(data)
         return export_to_original(probs, props, self.plans, self.configuration.name)
+
+
+_WATCHDOG = None
+
+
+def _watched(forward):
+    """``forward`` under the process's forward-pass watchdog (``training.speed.StepWatchdog``, one
+    thread for every predictor): a pass that never returns ends the process with a message after
+    max(900 s, 200x the typical pass), never waited for."""
+    import time
+
+    global _WATCHDOG
+    if _WATCHDOG is None:
+        from autoseg.training.speed import StepWatchdog
+
+        _WATCHDOG = StepWatchdog(logger=log, what="forward pass", advice=StepWatchdog.PREDICT_ADVICE).__enter__()
+    dog = _WATCHDOG
+
+    def run(x):
+        dog.step_started()
+        started = time.perf_counter()
+        try:
+            return forward(x)
+        finally:
+            dog.step_done(time.perf_counter() - started)
+
+    return run
