@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -50,15 +50,22 @@ class DeviceProfile:
     max_stages_3d: int = 6
     max_stages_2d: int = 7
     max_patch_voxels_3d: int = 256 ** 3
+    # a cap on the 3D batch (None: as many samples as the memory holds, nnU-Net's rule); on a CPU an
+    # iteration costs in proportion to the batch, and iterations are what a short budget buys
+    max_batch_3d: Optional[int] = None
 
 
 PROFILES: Registry[DeviceProfile] = Registry("device profile")
 PROFILES.add("gpu-8gb", DeviceProfile("gpu-8gb", 8.0))
 PROFILES.add("gpu-24gb", DeviceProfile("gpu-24gb", 24.0))
 PROFILES.add("gpu-40gb", DeviceProfile("gpu-40gb", 40.0))
-# A first CPU profile: half width and a small budget, so each iteration costs ~1/10 of the GPU
-# plan's compute. Measurement-driven CPU planning will replace this fixed budget.
-PROFILES.add("cpu", DeviceProfile("cpu", 0.38, base_features=16, max_features_3d=160, max_features_2d=256))
+# The CPU profile sizes the patch for the narrowest network the width timing considers (8 base
+# features) in 0.5 GB: context first, then the widest network that trains enough iterations in the
+# budget (planners/throughput.py). On the cine set of bench/make_cine_dataset.py, a 10-minute fold
+# reached validation Dice 0.870 with a 12 x 128 x 160 patch against 0.734 with the 12 x 64 x 80 patch
+# that sizing for 16 features in 0.38 GB gave, both 8 wide (docs/experiments/cpu_patch_size.md).
+PROFILES.add("cpu", DeviceProfile("cpu", 0.5, base_features=8, max_features_3d=80, max_features_2d=128,
+                                  max_batch_3d=2))
 
 
 def target_spacing(spacings: np.ndarray) -> tuple[float, ...]:
@@ -143,6 +150,8 @@ def plan_patch_and_network(median_shape: tuple[int, ...], spacing: tuple[float, 
     batch = int((budget - fixed) // max(per_sample, 1.0))
     cap = int(MAX_DATASET_FRACTION_PER_BATCH * dataset_voxels / np.prod(rounded))
     batch = max(2, min(batch, cap))
+    if dim == 3 and profile.max_batch_3d:
+        batch = min(batch, profile.max_batch_3d)
     return rounded, net, batch
 
 

@@ -103,7 +103,7 @@ def test_ct_channel_gets_ct_normalisation(hippocampus):
 def test_cpu_profile_is_smaller(hippocampus):
     gpu = plan_experiment(hippocampus).configuration("3d_fullres")
     cpu = plan_experiment(hippocampus, profile="cpu").configuration("3d_fullres")
-    assert cpu.network.features_per_stage == (16, 32, 64, 128) and cpu.batch_size == 2
+    assert cpu.network.features_per_stage == (8, 16, 32, 64) and cpu.batch_size == 2
     assert cpu.patch_size == gpu.patch_size
     with pytest.raises(KeyError, match="did you mean 'cpu'"):
         plan_experiment(hippocampus, profile="cpuu")
