@@ -115,6 +115,46 @@ def warm_up_verdict(warm: list[tuple[float, float]], expected_step_s: Optional[f
     return report
 
 
+class RunMonitor:
+    """What watches a run's steps, as one collaborator of the training loop: the ``StepWatchdog``, the
+    ``ThreadGovernor`` (a CPU's threads, ``threads``; 1: nothing to govern) and, once, the warm-up's
+    verdict: ``verdict(warm)`` (``warm_up_verdict`` with the run's particulars) after
+    ``warmup`` steps or at the last step of a shorter run. ``step_done`` returns the width the run
+    should start again with (None: go on)."""
+
+    def __init__(self, expected_step_s: Optional[float], threads: int, verdict: Callable[[list], SpeedReport],
+                 warmup: int, logger: logging.Logger = log):
+        self.watchdog = StepWatchdog(expected_step_s, logger=logger)
+        self.governor = ThreadGovernor(threads, logger=logger) if threads > 1 else None
+        self.verdict, self.warmup, self.log = verdict, warmup, logger
+        self.warm: Optional[list[tuple[float, float]]] = []  # (seconds, of which waiting for the batch)
+
+    def __enter__(self) -> "RunMonitor":
+        self.watchdog.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.watchdog.__exit__(*exc)
+
+    def step_started(self) -> None:
+        self.watchdog.step_started()
+
+    def step_done(self, seconds: float, wait_s: float, last: bool) -> Optional[int]:
+        self.watchdog.step_done(seconds)
+        if self.governor is not None:
+            self.governor.step_done(seconds - wait_s)
+        if self.warm is None:
+            return None
+        self.warm.append((seconds, wait_s))
+        if len(self.warm) < self.warmup and not last:
+            return None
+        report = self.verdict(self.warm)
+        for level, message in report.messages:
+            self.log.log(level, "%s", message)
+        self.warm = None  # checked once
+        return report.new_width
+
+
 class StepWatchdog:
     """Watches the training steps (or prediction's forward passes: ``what``, ``advice``) from a
     thread of its own.

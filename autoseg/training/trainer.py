@@ -33,7 +33,7 @@ from autoseg.training.network import build_network, deep_supervision_scales, ini
 from autoseg.training.progress import format_epoch, plot_progress
 from autoseg.training.resolve import planned_on_this_cpu, resolve_settings
 from autoseg.training.schedule import Budget
-from autoseg.training.speed import StepWatchdog, ThreadGovernor, warm_up_verdict
+from autoseg.training.speed import RunMonitor, warm_up_verdict
 from autoseg.training.small_classes import resolve_small_classes, unlearned_classes, unlearned_message
 from autoseg.training.splits import get_split
 from autoseg.training.train_config import TrainConfig, resolve_optimizer
@@ -241,11 +241,16 @@ def _train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Trai
         batches = iterate(train_src, iteration, budget.max_iterations - iteration, cfg.num_workers)
         num_classes = plans.num_classes
         plotted_at = time.perf_counter()
-        warm = []  # the first steps of this run: (seconds, of which waiting for the batch) each
         recheck = (state is None and width is None and budget.active and cfg.fit_width_to_budget
                    and planned_on_this_cpu(throughput, dev))
-        governor = ThreadGovernor(torch.get_num_threads() if dev.type == "cpu" else 1, logger=log)
-        with _StopRequest() as stop, StepWatchdog(resolved.expected_step_s, logger=log) as watchdog:
+
+        def verdict(warm: list) -> object:  # the warm-up's steps against the planned one (speed.py)
+            return warm_up_verdict(warm, resolved.expected_step_s, budget, total - iteration, throughput, plans,
+                                   configuration, requested_precision, recheck)
+
+        monitor = RunMonitor(resolved.expected_step_s, torch.get_num_threads() if dev.type == "cpu" else 1, verdict,
+                             WARMUP_ITERATIONS, logger=log)
+        with _StopRequest() as stop, monitor:
             try:
                 while iteration < total:
                     epoch, started = iteration // n_it, time.perf_counter()
@@ -258,7 +263,7 @@ def _train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Trai
                                disable=None)
                     while iteration < min((epoch + 1) * n_it, total):
                         step_started = time.perf_counter()
-                        watchdog.step_started()
+                        monitor.step_started()
                         batch = next(batches)
                         wait_s = time.perf_counter() - step_started
                         waited += wait_s
@@ -267,21 +272,11 @@ def _train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Trai
                         norms.append(norm)
                         iteration += 1
                         step_s = time.perf_counter() - step_started
-                        watchdog.step_done(step_s)
-                        governor.step_done(step_s - wait_s)
                         trained += step_s
-                        if warm is not None:
-                            warm.append((step_s, wait_s))
-                            if len(warm) == WARMUP_ITERATIONS or iteration == total:
-                                report = warm_up_verdict(warm, resolved.expected_step_s, budget, total - iteration,
-                                                         throughput, plans, configuration, requested_precision,
-                                                         recheck)
-                                for level, message in report.messages:
-                                    log.log(level, "%s", message)
-                                warm = None  # checked once
-                                if report.new_width is not None:
-                                    del batches  # stops the augmentation workers
-                                    raise _Restart(report.new_width)
+                        new_width = monitor.step_done(step_s, wait_s, last=iteration == total)
+                        if new_width is not None:
+                            del batches  # stops the augmentation workers
+                            raise _Restart(new_width)
                         if budget.active and not budget.fitted:
                             budget.step_times.append(step_s)
                         bar.update()
