@@ -13,9 +13,10 @@ iterations). What a short budget buys is iterations, so on the ``cpu`` profile:
    planned batch is timed on this machine in every combination of precision (fp32, and bf16 where
    the CPU has bf16 instructions) and memory layout (contiguous, channels-last): a warm-up step each,
    then ``TIMED_ROUNDS`` interleaved rounds, the median counting (``CappedStepTimer``), up to the
-   first width that misses the target below, and one more unless that one missed it by more than
-   ``EXTRA_WIDTH_MISS`` (training re-checks the width against its own first steps, and on a machine
-   that was busy while planning it can then take a width timed here);
+   first width that misses the target below, and on a machine the reference convolution shows
+   busy one more unless that one missed it by more than ``EXTRA_WIDTH_MISS`` (training re-checks the
+   width against its own first steps, and can then take a width timed here); fp32 is timed at wider
+   widths only while it stays within ``FP32_KEEP_FACTOR`` of the chosen step;
 3. each width counts with its fastest combination, bf16 only where it beats fp32 by
    ``BF16_STEP_MARGIN`` (``pick_precision``): the precision is chosen per configuration, since
    oneDNN's bf16 kernels are fast for some shapes and pathologically slow for others;
@@ -68,6 +69,8 @@ BF16_CAP_RATIO = 10.0
 # of n the other cores are taken by something else, and every timing is pessimistic
 QUIET_PARALLEL_SHARE = 0.6
 EXTRA_WIDTH_MISS = 2.0
+# fp32 stays timed at wider widths while its step is within this factor of the chosen (bf16) one
+FP32_KEEP_FACTOR = 1.5
 
 Combo = tuple[str, str]  # (precision, memory format), e.g. ("bf16", "channels_last")
 
@@ -141,8 +144,11 @@ def choose_width(cfg: ConfigurationPlan, step_seconds: StepTimer, budget_s: floa
     Each width is timed in every combination of ``precisions`` and ``TIMED_MEMORY_FORMATS``, and
     counts with its ``pick_precision`` step. A combination abandoned at its cap, or dropped as clearly
     slower, is not timed again at wider widths (the same shapes, only wider), except that fp32's
-    faster layout always is (the fallback, and what a training in fp32 is fitted with). A width with
-    nothing finished counts as taking ``cap_s`` (default ``step_cap_seconds(budget_s)``).
+    faster layout is while it is within ``FP32_KEEP_FACTOR`` of the chosen step (the fallback, and
+    what a training in fp32 is fitted with). A width with nothing finished counts as taking ``cap_s``
+    (default ``step_cap_seconds(budget_s)``). Wider widths are timed until one misses the budget, and
+    one more when the timer says the machine was busy (``step_seconds.busy()``; timers without it
+    count as busy).
 
     Example with a fake timer of 0.02 s per base feature: widths 8, 16, 24, 32 take 0.16, 0.32,
     0.48, 0.64 s; 1800 s / (0.48 s * 1.15) = 3260 >= 2500, but 32 gives 2445, so 24 is chosen."""
@@ -162,14 +168,19 @@ def choose_width(cfg: ConfigurationPlan, step_seconds: StepTimer, budget_s: floa
         lost = [c for c in combos if c not in done]
         skipped += [f"{p} {f}: not timed (abandoned at width {width})" for p, f in lost]
         fp32 = timed.seconds.get("fp32") or {}
-        keep = {("fp32", min(fp32, key=fp32.get))} if fp32 else set()
+        close = fp32 and picked and min(fp32.values()) <= FP32_KEEP_FACTOR * picked[2]
+        keep = {("fp32", min(fp32, key=fp32.get))} if close else set()
         combos = tuple(c for c in combos if c in done and (c not in timed.dropped or c in keep))
-        # one width past the first that misses the budget is still timed (unless it misses by more
-        # than EXTRA_WIDTH_MISS): if the machine was busy now, training's re-check (recheck_width)
-        # can still pick it when its first steps run faster than measured here
-        if measured[-1].iterations_in_budget < MIN_ITERATIONS / EXTRA_WIDTH_MISS or not combos:
-            break
-        if len(measured) > 1 and measured[-2].iterations_in_budget < MIN_ITERATIONS:
+        if measured[-1].iterations_in_budget < MIN_ITERATIONS:
+            # one width past the first that misses the budget is still timed when the machine was busy
+            # (and the miss is under EXTRA_WIDTH_MISS): training's re-check (recheck_width) can then
+            # still pick it if its own first steps run faster than measured here
+            busy = getattr(step_seconds, "busy", lambda: True)()
+            if not busy or measured[-1].iterations_in_budget < MIN_ITERATIONS / EXTRA_WIDTH_MISS:
+                break
+            if len(measured) > 1 and measured[-2].iterations_in_budget < MIN_ITERATIONS:
+                break
+        if not combos:
             break
     fitting = [m for m in measured if m.iterations_in_budget >= MIN_ITERATIONS]
     best = max(fitting, key=lambda m: m.base_features) if fitting else min(measured, key=lambda m: m.base_features)
@@ -235,6 +246,10 @@ class CappedStepTimer:
                     seconds.setdefault(p, {})[f] = timed[len(timed) // 2]
             return StepTiming(seconds, tuple(abandoned), tuple(dropped))
         return StepTiming({}, tuple(abandoned))
+
+    def busy(self) -> bool:
+        """Whether the reference convolution showed other work on the cores (True when not known)."""
+        return bool(self.contention().get("busy", True))
 
     def contention(self) -> dict:
         """The reference convolution's timings (``planners/step_timing.py``): on one thread and on all

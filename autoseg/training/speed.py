@@ -246,18 +246,22 @@ class ThreadGovernor:
     another process of the same priority runs on one of the cores, the thread sharing it falls
     behind and the step takes far longer than on one thread fewer (2 cores, Hippocampus 16-wide fp32
     step: 1.23 s on 2 threads beside a busy process against 0.81 s on 1; quiet: 0.47 s against 0.79 s;
-    bench/omp_wait_policy.py, docs/experiments/threads_under_contention.md). The governor tries the
-    other count for ``trial`` steps ``first_after`` steps into the run, then after ``interval`` steps,
-    doubling the interval each time the try loses (up to ``max_interval``), and at once when the
-    recent steps run ``slowdown`` times slower than the best seen at the current count (a job that
-    starts beside the training). It switches when the other count's median step is under
-    ``margin`` x the current one's. ``step_done`` takes each step's compute seconds (without the wait
-    for its batch); ``set_threads`` applies a count (``torch.set_num_threads``); ``logger`` gets a
+    bench/omp_wait_policy.py, docs/experiments/threads_under_contention.md).
+
+    A try is a duel: ``trial`` steps on the other count, then ``trial`` steps back on the current one
+    (the first step after each switch left out), so that both are measured alike just after a switch;
+    the other count wins when its median step is under ``margin`` x the current one's. (Comparing a
+    try with the steps before it switched back and forth on a quiet machine: the steps right after a
+    switch ran faster than the steady ones.) Tries come ``first_after`` steps into the run, then
+    ``interval`` steps apart, doubling each time the try loses (up to ``max_interval``), and at once
+    when the recent steps run ``slowdown`` times slower than the best seen at the current count (a
+    job that starts beside the training). ``step_done`` takes each step's compute seconds (without the
+    wait for its batch); ``set_threads`` applies a count (``torch.set_num_threads``); ``logger`` gets a
     line per switch."""
 
     def __init__(self, threads: int, set_threads: Optional[Callable[[int], None]] = None, trial: int = 6,
                  first_after: int = 20, interval: int = 200, max_interval: int = 3200, slowdown: float = 1.3,
-                 margin: float = 0.9, logger: logging.Logger = log):
+                 margin: float = 0.8, logger: logging.Logger = log):
         if set_threads is None:
             import torch
 
@@ -266,9 +270,10 @@ class ThreadGovernor:
         self.set_threads, self.trial, self.max_interval = set_threads, trial, max_interval
         self.interval = self.base_interval = interval
         self.slowdown, self.margin, self.log = slowdown, margin, logger
-        self.current, self.trying = threads, None
+        self.current = threads
+        self.phase: Optional[str] = None  # "other", then "back" during a duel
         self.recent: list[float] = []  # the current count's last steps
-        self.trial_steps: list[float] = []
+        self.duel: dict[str, list[float]] = {}
         self.best: dict[int, float] = {}  # the best median of ``trial`` steps seen per count
         self.next_try = first_after
         self.steps = 0
@@ -281,39 +286,40 @@ class ThreadGovernor:
         if not self.active:
             return
         self.steps += 1
-        if self.trying is not None:
-            self.trial_steps.append(seconds)
-            if len(self.trial_steps) > self.trial:  # the first step after a switch is left out
-                self._decide()
+        if self.phase is not None:
+            self.duel[self.phase].append(seconds)
+            if len(self.duel[self.phase]) > self.trial:  # the first step after a switch is left out
+                if self.phase == "other":
+                    self.phase = "back"
+                    self.set_threads(self.current)
+                else:
+                    self._decide()
             return
         self.recent = (self.recent + [seconds])[-self.trial:]
         if len(self.recent) == self.trial:
             median = _median(self.recent)
             self.best[self.current] = min(self.best.get(self.current, median), median)
-            slowed = median > self.slowdown * self.best[self.current]
-            if self.steps >= self.next_try or slowed:
-                self._try_other()
+            if self.steps >= self.next_try or median > self.slowdown * self.best[self.current]:
+                self.phase, self.duel = "other", {"other": [], "back": []}
+                self.set_threads(self.other)
 
-    def _try_other(self) -> None:
-        self.trying = next(c for c in self.counts if c != self.current)
-        self.trial_steps = []
-        self.set_threads(self.trying)
+    @property
+    def other(self) -> int:
+        return next(c for c in self.counts if c != self.current)
 
     def _decide(self) -> None:
-        other, mine = _median(self.trial_steps[1:]), _median(self.recent)
-        self.best[self.trying] = min(self.best.get(self.trying, other), other)
+        other, mine = _median(self.duel["other"][1:]), _median(self.duel["back"][1:])
         if other < self.margin * mine:
             self.log.info("training on %d thread(s) instead of %d: %.3f s per step against %.3f s (another "
-                          "process is using the CPU, or has stopped)", self.trying, self.current, other, mine)
-            self.current, self.interval = self.trying, self.base_interval
-            self.best[self.current] = other
-            self.recent = self.trial_steps[1:]
-            gap = self.interval
-        else:  # back; the current speed is the new normal, so the same slowdown does not trigger again
+                          "process is using the CPU, or has stopped)", self.other, self.current, other, mine)
+            self.current, self.interval = self.other, self.base_interval
             self.set_threads(self.current)
-            self.best[self.current] = mine
+            self.best[self.current], self.recent = other, self.duel["other"][1:]
+            gap = self.interval
+        else:  # stay; the current speed is the new normal, so the same slowdown does not trigger again
+            self.best[self.current], self.recent = mine, self.duel["back"][1:]
             gap, self.interval = self.interval, min(self.max_interval, self.interval * 2)
-        self.trying, self.trial_steps = None, []
+        self.phase, self.duel = None, {}
         self.next_try = self.steps + gap
 
 

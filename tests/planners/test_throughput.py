@@ -243,3 +243,30 @@ def test_timings_of_another_patch_are_not_this_configurations(hippocampus):
         plans16.configuration("3d_fullres"), patch_size=(40, 112, 80))})
     assert planned_step_seconds(throughput, bigger, "3d_fullres", "fp32", "channels_last") is None
     assert memory_format_for(throughput, bigger, "3d_fullres", "fp32")[0] is None
+
+
+def test_a_quiet_machine_times_no_width_past_the_first_miss_and_fp32_only_while_it_is_close(hippocampus):
+    cfg = plan_experiment(hippocampus, "cpu").configuration("3d_fullres")
+    calls = []
+
+    class Timer:  # 0.1 s per base feature in bf16, three times that in fp32: 16 and wider miss 30 minutes
+        def __init__(self, busy):
+            self.busy_answer = busy
+
+        def busy(self):
+            return self.busy_answer
+
+        def __call__(self, net, patch, batch, combos):
+            w = net.features_per_stage[0]
+            calls.append((w, combos))
+            return StepTiming({p: {f: (0.03 if p == "bf16" else 0.09) * w for _, f in combos if _ == p}
+                               for p in {p for p, _ in combos}})
+
+    chosen, measured = choose_width(cfg, Timer(False), 1800, ("fp32", "bf16"))
+    # width 8: 0.24 s bf16 (1800 / (0.24 * 1.15) = 6522); 16: 0.48 s (3260); 24: 0.72 s (2173): a miss
+    assert [m.base_features for m in measured] == [8, 16, 24] and chosen.network.features_per_stage[0] == 16
+    # fp32 was 3x bf16 at width 8: not timed again at 16 and 24
+    assert all(p == "bf16" for _, combos in calls[1:] for p, _ in combos)
+    calls.clear()
+    _, measured = choose_width(cfg, Timer(True), 1800, ("fp32", "bf16"))
+    assert [m.base_features for m in measured] == [8, 16, 24, 32]  # busy: one width past the miss

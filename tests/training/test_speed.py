@@ -108,10 +108,11 @@ def test_a_quiet_machine_keeps_all_threads_and_tries_the_other_ever_more_rarely(
     machine = FakeMachine({2: 0.47, 1: 0.79})
     governor = ThreadGovernor(2, machine.set_threads, trial=4, first_after=10, interval=20, max_interval=80)
     used = machine.run(governor, 400)
-    # tries of 5 steps (the first left out), each ending 20, 40, 80, 80, ... steps before the next:
-    # they start after steps 10, 35, 80, 165, 250, 335
+    # duels of 5 steps on 1 thread then 5 back on 2 (the first of each left out), each ending 20, 40,
+    # 80, 80, ... steps before the next: they start after steps 10, 40, 90, 180, 270, 360
     starts = [i for i in range(1, 400) if used[i] == 1 and used[i - 1] == 2]
-    assert starts == [10, 35, 80, 165, 250, 335] and used.count(1) == 5 * 6
+    assert starts == [10, 40, 90, 180, 270, 360] and used.count(1) == 5 * 6
+    assert used[15:20] == [2] * 5  # the duel's second half, back on 2
 
 
 def test_a_job_starting_beside_the_training_moves_it_to_one_thread_fewer_and_back_when_it_ends():
@@ -121,13 +122,13 @@ def test_a_job_starting_beside_the_training_moves_it_to_one_thread_fewer_and_bac
     governor = ThreadGovernor(2, machine.set_threads, trial=4, first_after=10, interval=20, max_interval=1000)
     machine.run(governor, 100)  # quiet: the tries lost, the interval grew to 80
     machine.seconds = {2: 1.23, 1: 0.81}  # a busy process starts
-    used = machine.run(governor, 10)
-    assert used[-1] == 1  # noticed within a window of steps, tried, kept: no waiting for the interval
+    used = machine.run(governor, 16)
+    assert used[-1] == 1  # noticed within a window of steps, a duel, won: no waiting for the interval
     machine.run(governor, 30)
     assert machine.threads == 1
-    machine.seconds = {2: 0.47, 1: 0.79}  # the other process ends: the next try wins
+    machine.seconds = {2: 0.47, 1: 0.79}  # the other process ends: the next duel (20 steps on) wins
     used = machine.run(governor, 40)
-    assert used[:10] == [1] * 10 and used[-30:].count(2) >= 20  # back on 2, trying 1 now and then
+    assert used[:10] == [1] * 10 and used[-10:] == [2] * 10
 
 
 def test_one_thread_has_no_other_count_to_try():
