@@ -168,9 +168,11 @@ def choose_width(cfg: ConfigurationPlan, step_seconds: StepTimer, budget_s: floa
         lost = [c for c in combos if c not in done]
         skipped += [f"{p} {f}: not timed (abandoned at width {width})" for p, f in lost]
         fp32 = timed.seconds.get("fp32") or {}
-        close = fp32 and picked and min(fp32.values()) <= FP32_KEEP_FACTOR * picked[2]
-        keep = {("fp32", min(fp32, key=fp32.get))} if close else set()
-        combos = tuple(c for c in combos if c in done and (c not in timed.dropped or c in keep))
+        # fp32 stays (its faster layout, even when dropped as slower) while it is close to the chosen step
+        far = bool(fp32) and picked is not None and min(fp32.values()) > FP32_KEEP_FACTOR * picked[2]
+        keep = set() if far or not fp32 else {("fp32", min(fp32, key=fp32.get))}
+        combos = tuple(c for c in combos if c in done and (c not in timed.dropped or c in keep)
+                       and not (far and c[0] == "fp32"))
         if measured[-1].iterations_in_budget < MIN_ITERATIONS:
             # one width past the first that misses the budget is still timed when the machine was busy
             # (and the miss is under EXTRA_WIDTH_MISS): training's re-check (recheck_width) can then
