@@ -14,6 +14,8 @@ Options: ``--datasets hippocampus,cine,...`` (default all: hippocampus, cine, hi
 two_channel, oct2d, ct_cascade, lesions), ``--configurations oct2d=2d,ct_cascade=3d_lowres`` (the
 configuration trained per dataset; default 3d_fullres for 3D data, 2d for 2D data),
 ``--skip-existing`` (resume: reuse the steps an earlier run with the same settings finished),
+``--plan-only`` (only both tools' plan_and_preprocess: planning times at a new commit without
+retraining; use its own WS, since a fresh start deletes the dataset's results/),
 ``--nnunet-venv DIR`` (also time nnU-Net v2's plan_and_preprocess; made by ``bash
 bench/setup_nnunet.sh DIR``), ``-np N`` (worker processes of both tools' plan_and_preprocess,
 default 2), ``--timeout-factor F`` (scales every step's timeout). WS is the suite's own
@@ -138,6 +140,7 @@ class Context:
     timeout_factor: float
     nnunet_venv: Path | None
     skip_existing: bool
+    plan_only: bool = False
 
     def timeout(self, step: str, scale: float = 1.0) -> float:
         """Seconds ``step`` may take: ``TIMEOUTS`` (training: its budget plus ``TRAIN_MARGIN``) x ``scale``
@@ -290,8 +293,9 @@ class DatasetRun:
 
 
 def _settings(ctx: Context, d: DatasetDef, configuration: str) -> dict:
-    return {"make": d.make_args(ctx), "budget_s": ctx.budget_s, "configuration": configuration,
-            "num_processes": ctx.num_processes}
+    settings = {"make": d.make_args(ctx), "budget_s": ctx.budget_s, "configuration": configuration,
+                "num_processes": ctx.num_processes}
+    return dict(settings, plan_only=True) if ctx.plan_only else settings
 
 
 def ensure_raw(ctx: Context, d: DatasetDef, made: dict[str, Path]) -> Path:
@@ -496,6 +500,13 @@ def autoseg_steps(ctx: Context, run: DatasetRun, raw: Path, result: dict) -> Non
         raise StepFailed("plan", f"'{configuration}' was not planned (planned: {', '.join(planned) or 'nothing'}); "
                                  f"pass --configurations {d.key}=<one of them>")
     result["throughput"] = throughput_summary(pre, configuration)
+    if ctx.plan_only:  # the plan as planned (training may still re-check the width and precision)
+        c = (_read_json(pre / "plans.json") or {}).get("configurations", {}).get(configuration, {})
+        result["plan"] = {"configuration": configuration, "patch_size": c.get("patch_size"),
+                          "spacing": c.get("spacing"), "batch_size": c.get("batch_size"),
+                          "width": (c.get("network", {}).get("features_per_stage") or [None])[0],
+                          "precision": (result["throughput"] or {}).get("precision")}
+        return
 
     def train() -> dict:
         shutil.rmtree(fold_dir, ignore_errors=True)
@@ -686,6 +697,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", type=Path, default=None, help="write the table with a header to this file")
     p.add_argument("--skip-existing", action="store_true",
                    help="reuse the finished steps of an earlier run with the same settings (resume)")
+    p.add_argument("--plan-only", action="store_true",
+                   help="only plan_and_preprocess (and nnU-Net's with --nnunet-venv): re-measure planning times")
     p.add_argument("--quick", action="store_true", help="tiny datasets and a 1-minute budget: a smoke test")
     p.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="Decathlon Task04_Hippocampus folder")
     p.add_argument("-np", "--num-processes", type=int, default=2,
@@ -718,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
                   source=args.source.resolve(), quick=args.quick, budget=budget, budget_s=budget_s,
                   num_processes=args.num_processes, timeout_factor=args.timeout_factor,
                   nnunet_venv=args.nnunet_venv.absolute() if args.nnunet_venv else None,
-                  skip_existing=args.skip_existing)
+                  skip_existing=args.skip_existing, plan_only=args.plan_only)
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     command = shlex.join([sys.executable, *sys.argv] if argv is None else ["bench/suite.py", *argv])
     machine, commit = machine_info(), git_commit()
