@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     _root(p)
     p.add_argument("-o", "--output", default=None, help="summary JSON (default: PRED/summary.json)")
     p.add_argument("--labels", nargs="+", type=int, default=None, help="classes to evaluate")
+    p.add_argument("--ignore-label", type=int, default=None, metavar="VALUE",
+                   help="reference value of unannotated voxels, left out of every metric (default: the label "
+                        "named 'ignore' in the dataset.json of -d)")
     p.add_argument("--nsd-tolerance", type=float, default=1.0, metavar="MM",
                    help="tolerance of the normalised surface Dice in mm (default 1.0)")
 

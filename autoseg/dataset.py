@@ -3,10 +3,15 @@
 Layout (read unchanged from nnU-Net v2)::
 
     DatasetXXX_Name/
-      dataset.json            channel_names, labels (name -> int), numTraining, file_ending
+      dataset.json            channel_names, labels (name -> int; "ignore": unannotated voxels,
+                              autoseg.labels), numTraining, file_ending
       imagesTr/{case}_{XXXX}{file_ending}   one file per channel XXXX = 0000, 0001, ...
       labelsTr/{case}{file_ending}
       imagesTs/               optional, same naming as imagesTr
+
+or, with an explicit file list in dataset.json (nnU-Net v2's ``"dataset"`` key), the training cases
+named there, each ``{"images": [one path per channel], "label": path}``, paths relative to the
+dataset folder (never outside it); imagesTr/labelsTr are then not searched.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoseg.imageio import SUPPORTED_ENDINGS
+from autoseg.labels import foreground_values, ignore_problems, ignore_value
 
 
 class DatasetError(ValueError):
@@ -45,6 +51,7 @@ class DatasetSpec:
     labels: dict[str, int]  # name -> value, background 0
     file_ending: str
     num_training: int
+    file_list: tuple[Case, ...] | None = None  # dataset.json "dataset" entries, when given
 
     @property
     def num_channels(self) -> int:
@@ -52,14 +59,23 @@ class DatasetSpec:
 
     @property
     def foreground_labels(self) -> tuple[int, ...]:
-        return tuple(sorted(v for v in self.labels.values() if v != 0))
+        """The classes other than background (not the ignore label), ascending."""
+        return foreground_values(self.labels)
+
+    @property
+    def ignore_label(self) -> int | None:
+        """The value of the label named ``ignore`` (unannotated voxels), or None."""
+        return ignore_value(self.labels)
 
     @property
     def label_names(self) -> dict[int, str]:
         return {v: k for k, v in self.labels.items()}
 
     def training_cases(self) -> list[Case]:
-        """Cases found in labelsTr, with their channel files (existence not checked)."""
+        """The file list's cases, else those found in labelsTr with their channel files (existence
+        not checked)."""
+        if self.file_list is not None:
+            return list(self.file_list)
         return self._cases("imagesTr", with_labels=True)
 
     def test_cases(self) -> list[Case]:
@@ -151,6 +167,7 @@ def parse_dataset_json(folder: str | Path) -> tuple[DatasetSpec | None, list[str
             problems.append("dataset.json: labels must include background with value 0")
         if len(set(labels.values())) != len(labels):
             problems.append(f"dataset.json: label values must be unique, found {sorted(labels.values())}")
+        problems += ignore_problems(labels)
     elif "labels" in raw:
         problems.append(f"dataset.json: labels must be a non-empty object name -> int, found {labels_raw!r}")
     ending = raw.get("file_ending")
@@ -166,6 +183,10 @@ def parse_dataset_json(folder: str | Path) -> tuple[DatasetSpec | None, list[str
                 target = (folder / value).resolve()
                 if folder.resolve() not in target.parents and target != folder.resolve():
                     problems.append(f"dataset.json: path '{value}' in '{key}' escapes the dataset folder")
+    file_list = None
+    if "dataset" in raw:
+        file_list, found = _file_list(folder, raw["dataset"], ending if isinstance(ending, str) else "")
+        problems += found
     if problems:
         return None, problems
     spec = DatasetSpec(
@@ -175,8 +196,34 @@ def parse_dataset_json(folder: str | Path) -> tuple[DatasetSpec | None, list[str
         labels=labels,
         file_ending=ending,
         num_training=num,
+        file_list=file_list,
     )
     return spec, []
+
+
+def _file_list(folder: Path, entries, ending: str) -> tuple[tuple[Case, ...] | None, list[str]]:
+    """The training cases of dataset.json's ``"dataset"`` (case id -> {"images": [...], "label": ...})
+    and every problem in its structure (files are checked by ``autoseg.integrity``)."""
+    example = '{"case_001": {"images": ["imagesTr/case_001_0000.nii.gz"], "label": "labelsTr/case_001.nii.gz"}}'
+    if not isinstance(entries, dict) or not entries:
+        return None, [f"dataset.json: 'dataset' must map case ids to their files, e.g. {example}; found {entries!r:.80}"]
+    cases, problems = [], []
+    for cid, entry in entries.items():
+        images = entry.get("images") if isinstance(entry, dict) else None
+        label = entry.get("label") if isinstance(entry, dict) else None
+        if isinstance(images, str):
+            images = [images]
+        if not (isinstance(images, list) and images and all(isinstance(i, str) for i in images)
+                and isinstance(label, str)):
+            problems.append(f"dataset.json: 'dataset' entry {cid!r} must be {{\"images\": [paths, one per channel], "
+                            f"\"label\": path}}; found {entry!r:.120}")
+            continue
+        wrong = [p for p in images + [label] if ending and not p.endswith(ending)]
+        if wrong:
+            problems.append(f"dataset.json: 'dataset' entry {cid!r} names {wrong}, which do not end in the "
+                            f"file_ending {ending}")
+        cases.append(Case(str(cid), tuple(folder / i for i in images), folder / label))
+    return tuple(cases), problems
 
 
 def _iter_strings(obj):

@@ -29,6 +29,7 @@ from autoseg.fingerprint_types import (
     save_fingerprint,
 )
 from autoseg.imageio import read_image, read_label
+from autoseg.labels import foreground_values
 from autoseg.paths import Workspace
 from autoseg.plans import IntensityProperties
 from autoseg.preprocess.cropping import nonzero_bbox
@@ -41,8 +42,9 @@ def _case_seed(case_id: str, seed: int) -> int:
     return zlib.crc32(case_id.encode()) ^ seed
 
 
-def _analyse_case(case: Case, foreground: tuple[int, ...], seed: int):
-    """Return (CaseFingerprint, per-channel foreground sample arrays)."""
+def _analyse_case(case: Case, foreground: tuple[int, ...], seed: int, ignore: int | None = None):
+    """Return (CaseFingerprint, per-channel foreground sample arrays); voxels of the ``ignore`` label
+    are not foreground (their class is unknown)."""
     from scipy import ndimage
 
     image, geom = read_image(case.images)
@@ -51,6 +53,8 @@ def _analyse_case(case: Case, foreground: tuple[int, ...], seed: int):
     cropped_shape = tuple(hi - lo for lo, hi in box)
     seg = label[0]
     fg = seg > 0
+    if ignore is not None:
+        fg &= seg != ignore
     rng = np.random.default_rng(_case_seed(case.case_id, seed))
     fg_values = image[:, fg]  # (C, n_fg)
     if fg_values.shape[1] > SAMPLES_PER_CASE:
@@ -95,7 +99,7 @@ def summarise_classes(cases: list[CaseFingerprint], labels: dict[str, int]) -> t
     """Per-class presence, voxel fraction and component statistics over ``cases``."""
     names = {v: k for k, v in labels.items()}
     out = []
-    for cls in sorted(v for v in labels.values() if v != 0):
+    for cls in foreground_values(labels):
         key = str(cls)
         present = [c for c in cases if c.class_voxels.get(key, 0) > 0]
         fractions = [c.class_voxels.get(key, 0) / float(np.prod(c.shape)) for c in cases]
@@ -119,7 +123,7 @@ def extract_fingerprint(spec: DatasetSpec, num_processes: int | None = None, see
     from tqdm import tqdm
 
     cases = spec.training_cases()
-    jobs = [(c, spec.foreground_labels, seed) for c in cases]
+    jobs = [(c, spec.foreground_labels, seed, spec.ignore_label) for c in cases]
     n = pool_size(num_processes, len(jobs))
     results = []
     bar = tqdm(total=len(jobs), desc="fingerprint", unit="case", disable=None)
@@ -161,12 +165,18 @@ def _star_analyse(job):
 def raw_signature(spec: DatasetSpec) -> str:
     """A hash of the raw files' names, sizes and modification times, and of dataset.json."""
     h = hashlib.sha1()
+    listed = [] if spec.file_list is None else [p for c in spec.file_list for p in c.images + (c.label,)]
     for sub in ("dataset.json", "imagesTr", "labelsTr"):
         p = spec.folder / sub
         files = [p] if p.is_file() else sorted(p.iterdir()) if p.is_dir() else []
+        if sub == "imagesTr" and listed:  # an explicit file list: its files, wherever they are
+            files = sorted(set(listed))
+        elif sub == "labelsTr" and listed:
+            files = []
         for f in files:
             st = f.stat()
-            h.update(f"{f.relative_to(spec.folder)}:{st.st_size}:{st.st_mtime_ns};".encode())
+            name = f.relative_to(spec.folder) if f.is_relative_to(spec.folder) else f
+            h.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
     return h.hexdigest()
 
 

@@ -27,8 +27,8 @@ def verify_dataset_folder(folder: str | Path, num_processes: int | None = None) 
 
 def verify_dataset(spec: DatasetSpec, num_processes: int | None = None) -> None:
     """Check the files of ``spec``; raise ``DatasetError`` listing every problem."""
-    problems = _check_layout(spec)
-    cases = [c for c in spec.training_cases() if c.images and c.label.is_file()]
+    problems = _check_layout(spec) if spec.file_list is None else _check_file_list(spec)
+    cases = [c for c in spec.training_cases() if c.images and c.label.is_file() and all(p.is_file() for p in c.images)]
     if cases:
         n = pool_size(num_processes, len(cases))
         jobs = [(c, spec.num_channels, set(spec.labels.values())) for c in cases]
@@ -92,6 +92,29 @@ def _check_layout(spec: DatasetSpec) -> list[str]:
             f"dataset.json: numTraining is {spec.num_training} but {len(label_ids)} labelled cases "
             f"were found in labelsTr; set numTraining to {len(label_ids)}"
         )
+    return problems
+
+
+def _check_file_list(spec: DatasetSpec) -> list[str]:
+    """dataset.json's explicit file list: every listed file that is missing, duplicate case ids,
+    numTraining (imagesTr/ and labelsTr/ are not searched: files there that the list leaves out are
+    not used)."""
+    problems: list[str] = []
+    cases = spec.training_cases()
+    for case in cases:
+        missing = [p for p in case.images + (case.label,) if not p.is_file()]
+        if missing:
+            problems.append(f"case {case.case_id}: dataset.json lists "
+                            f"{', '.join(str(p.relative_to(spec.folder) if p.is_relative_to(spec.folder) else p) for p in missing)}, "
+                            f"not found in {spec.folder}")
+    lowered = Counter(c.case_id.lower() for c in cases)
+    for cid, count in lowered.items():
+        if count > 1:
+            problems.append(f"duplicate case id {cid!r}: {[c.case_id for c in cases if c.case_id.lower() == cid]} "
+                            "differ only in upper/lower case")
+    if spec.num_training != len(cases):
+        problems.append(f"dataset.json: numTraining is {spec.num_training} but 'dataset' lists {len(cases)} cases; "
+                        f"set numTraining to {len(cases)}")
     return problems
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from autoseg.labels import foreground_values, ignore_value, num_outputs
 from autoseg.serialization import SchemaError, load_json_as, save_json
 
 PLANS_SCHEMA_VERSION = 1
@@ -124,14 +125,24 @@ class Plans:
         for key, cfg in self.configurations.items():
             if key != cfg.name:
                 raise ValueError(f"configuration stored under '{key}' is named '{cfg.name}'")
-            unknown = set(cfg.small_classes) - set(self.labels.values())
+            unknown = set(cfg.small_classes) - set(foreground_values(self.labels))
             if unknown:
                 raise ValueError(f"configuration '{key}': small_classes {sorted(unknown)} are not labels of the dataset")
 
     @property
     def num_classes(self) -> int:
-        """Number of output channels of the network (background included)."""
-        return max(self.labels.values()) + 1
+        """Number of output channels of the network (background included, the ignore label not)."""
+        return num_outputs(self.labels)
+
+    @property
+    def foreground_labels(self) -> tuple[int, ...]:
+        """The classes other than background (not the ignore label), ascending."""
+        return foreground_values(self.labels)
+
+    @property
+    def ignore_label(self) -> Optional[int]:
+        """The value of the label named ``ignore`` (voxels without annotation), or None."""
+        return ignore_value(self.labels)
 
     @property
     def small_classes(self) -> tuple[int, ...]:

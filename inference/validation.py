@@ -63,7 +63,6 @@ def validate_fold(fold_dir: str | Path, model, ws: Workspace, dataset: str, val_
         geometry = ImageGeometry.from_json(case.properties.geometry)
         write_image(seg, geometry, out / f"{case_id}{plans.file_ending}")
         save_probabilities(out / case_id, full, geometry)
-    labels = sorted(v for v in plans.labels.values() if v)
-    return evaluate_folder(ws.preprocessed_dataset(dataset) / "gt_segmentations", out, labels,
-                           plans.file_ending, out / "summary.json", case_ids=val_ids)
+    return evaluate_folder(ws.preprocessed_dataset(dataset) / "gt_segmentations", out, list(plans.foreground_labels),
+                           plans.file_ending, out / "summary.json", case_ids=val_ids, ignore_label=plans.ignore_label)
 

@@ -175,8 +175,8 @@ class Scores:
         return nanmean(list(self.dice.values()))
 
 
-def _metrics(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> Metrics:
-    return case_metrics(ref, pred, list(labels), surface=False)
+def _metrics(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int], ignore_label: int | None = None) -> Metrics:
+    return case_metrics(ref, pred, list(labels), surface=False, ignore_label=ignore_label)
 
 
 def _scores(per_case: list[Metrics], labels: Sequence[int]) -> Scores:
@@ -209,14 +209,14 @@ def _lesion_better(new: Scores, old: Scores, label: int) -> bool:
 
 
 def _trial(current: list[Case], metrics: list[Metrics], step: PostprocessingStep,
-           labels: Sequence[int]) -> tuple[list[Case], list[Metrics]]:
+           labels: Sequence[int], ignore_label: int | None = None) -> tuple[list[Case], list[Metrics]]:
     """Apply ``step`` to every case; recompute metrics only of changed cases and touched classes."""
     touched = list(labels) if step.kind == "keep_largest_foreground" else [step.label]
     cases, per_case = [], []
     for (p, r), m in zip(current, metrics):
         q = apply_step(p, step)
         cases.append((q, r))
-        per_case.append(m if q is p else {**m, **_metrics(q, r, touched)})
+        per_case.append(m if q is p else {**m, **_metrics(q, r, touched, ignore_label)})
     return cases, per_case
 
 
@@ -261,8 +261,8 @@ def _f1_vectorised(n_ref: np.ndarray, detected: np.ndarray, n_pred: np.ndarray, 
 
 
 def _learn_presence(current: list[Case], metrics: list[Metrics], features: list[tuple[int, float]], label: int,
-                    labels: Sequence[int], best: Scores) -> tuple[PostprocessingStep, list[Case], list[Metrics],
-                                                                  Scores] | None:
+                    labels: Sequence[int], best: Scores, ignore_label: int | None = None
+                    ) -> tuple[PostprocessingStep, list[Case], list[Metrics], Scores] | None:
     """The presence rule for ``label`` with the best F1 that passes the lesion-driven rule, or None.
 
     Removing a class from a case changes only that case's metrics of that class, so the outcome
@@ -288,7 +288,7 @@ def _learn_presence(current: list[Case], metrics: list[Metrics], features: list[
     for i in present:
         pred, ref = current[i]
         q = np.where(pred == label, 0, pred).astype(pred.dtype)
-        dropped[i] = (q, _metrics(q, ref, [label])[label])
+        dropped[i] = (q, _metrics(q, ref, [label], ignore_label)[label])
 
     def column(key: str, which: str) -> np.ndarray:
         return np.asarray([float((metrics[i][label] if which == "keep" else dropped[i][1])[key]) for i in present])
@@ -338,8 +338,10 @@ ProbabilityLoader = Callable[[], np.ndarray]
 
 
 def learn_postprocessing(cases: list[Case], labels: list[int],
-                         probabilities: Sequence[ProbabilityLoader] | None = None) -> tuple[Postprocessing, dict]:
-    """Learn steps from (prediction, reference) pairs, the cross-validation predictions.
+                         probabilities: Sequence[ProbabilityLoader] | None = None,
+                         ignore_label: int | None = None) -> tuple[Postprocessing, dict]:
+    """Learn steps from (prediction, reference) pairs, the cross-validation predictions; where a
+    reference holds ``ignore_label`` (unannotated voxels), the prediction is not scored.
 
     ``probabilities``: optional, one loader per case returning its softmax (K, *shape); with
     them the presence rule may also gate on the top probability. Returns the steps and their
@@ -348,13 +350,13 @@ def learn_postprocessing(cases: list[Case], labels: list[int],
     """
     steps: list[PostprocessingStep] = []
     current = [(p, r) for p, r in cases]
-    metrics = [_metrics(p, r, labels) for p, r in current]
+    metrics = [_metrics(p, r, labels, ignore_label) for p, r in current]
     best = _scores(metrics, labels)
     first = best
 
     def attempt(step: PostprocessingStep) -> None:
         nonlocal current, metrics, best
-        trial, per_case = _trial(current, metrics, step, labels)
+        trial, per_case = _trial(current, metrics, step, labels, ignore_label)
         scores = _scores(per_case, labels)
         if _better(scores, best):
             steps.append(step)
@@ -370,7 +372,7 @@ def learn_postprocessing(cases: list[Case], labels: list[int],
         chosen = None
         for size in _size_candidates(sizes):
             step = PostprocessingStep("remove_small", label, size)
-            trial, per_case = _trial(current, metrics, step, labels)
+            trial, per_case = _trial(current, metrics, step, labels, ignore_label)
             scores = _scores(per_case, labels)
             if better(scores, best) and (chosen is None or better(scores, chosen[3])):
                 chosen = (step, trial, per_case, scores)
@@ -387,7 +389,7 @@ def learn_postprocessing(cases: list[Case], labels: list[int],
     # first would remove every small true lesion to clean cases the rule can drop as a whole
     features = _presence_features(current, labels, probabilities)
     for label in labels:
-        learned = _learn_presence(current, metrics, features[label], label, labels, best)
+        learned = _learn_presence(current, metrics, features[label], label, labels, best, ignore_label)
         if learned is not None:
             steps.append(learned[0])
             current, metrics, best = learned[1], learned[2], learned[3]

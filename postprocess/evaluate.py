@@ -19,6 +19,7 @@ from pathlib import Path
 from autoseg.device import pool_size
 from autoseg.errors import UserFacingError
 from autoseg.imageio import SUPPORTED_ENDINGS, read_label
+from autoseg.labels import foreground_values, ignore_value
 from autoseg.postprocess.lesions import LESION_COUNT_KEYS, detection_scores
 from autoseg.postprocess.metrics import case_metrics, nanmean
 from autoseg.postprocess.surface import DEFAULT_NSD_TOLERANCE_MM
@@ -42,8 +43,8 @@ def _case_files(folder: Path, file_ending: str | None) -> dict[str, Path]:
     return out
 
 
-def _evaluate_case(job: tuple[str, Path, Path, list[int], float, bool]) -> dict:
-    case_id, ref_path, pred_path, labels, nsd_tolerance_mm, surface = job
+def _evaluate_case(job: tuple[str, Path, Path, list[int], float, bool, int | None]) -> dict:
+    case_id, ref_path, pred_path, labels, nsd_tolerance_mm, surface, ignore_label = job
     ref, rgeom = read_label(ref_path)
     pred, pgeom = read_label(pred_path)
     diffs = rgeom.matches(pgeom)
@@ -53,7 +54,8 @@ def _evaluate_case(job: tuple[str, Path, Path, list[int], float, bool]) -> dict:
     spacing = rgeom.spacing
     if rgeom.is_2d:  # natural 2D image: its placeholder slice thickness is not a length
         spacing = (1.0,) + tuple(spacing[1:])
-    metrics = case_metrics(ref[0], pred[0], labels, spacing, nsd_tolerance_mm, surface=surface)
+    metrics = case_metrics(ref[0], pred[0], labels, spacing, nsd_tolerance_mm, surface=surface,
+                           ignore_label=ignore_label)
     return {"case_id": case_id, "reference": str(ref_path), "prediction": str(pred_path),
             "spacing": list(spacing), "metrics": {str(k): v for k, v in metrics.items()}}
 
@@ -113,10 +115,11 @@ def _null_to_nan(obj):
 def evaluate_folder(reference_dir: str | Path, prediction_dir: str | Path, labels: list[int],
                     file_ending: str | None = None, output_json: str | Path | None = None,
                     num_processes: int | None = None, case_ids: list[str] | None = None,
-                    nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> dict:
+                    nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM, ignore_label: int | None = None) -> dict:
     """Evaluate every prediction of ``prediction_dir`` (or ``case_ids``) against ``reference_dir``.
 
-    ``nsd_tolerance_mm``: the tolerance of the normalised surface Dice, in mm. The summary is
+    ``nsd_tolerance_mm``: the tolerance of the normalised surface Dice, in mm; ``ignore_label``: the
+    reference value of unannotated voxels, where predictions are not scored. The summary is
     returned and, with ``output_json``, written there (NaN as ``null``).
     """
     refs = _case_files(Path(reference_dir), file_ending)
@@ -133,26 +136,32 @@ def evaluate_folder(reference_dir: str | Path, prediction_dir: str | Path, label
         if missing_ref:
             parts.append(f"no reference in {reference_dir} for case(s) {missing_ref[:10]}")
         raise UserFacingError("; ".join(parts) + "; predict the missing cases or evaluate a matching folder")
-    summary = evaluate_pairs({c: (refs[c], preds[c]) for c in wanted}, labels, num_processes, nsd_tolerance_mm)
+    summary = evaluate_pairs({c: (refs[c], preds[c]) for c in wanted}, labels, num_processes, nsd_tolerance_mm,
+                             ignore_label=ignore_label)
     if output_json is not None:
         save_json(summary, output_json)
     return summary
 
 
 def evaluate_pairs(pairs: dict[str, tuple[Path, Path]], labels: list[int], num_processes: int | None = None,
-                   nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM, surface: bool = True) -> dict:
+                   nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM, surface: bool = True,
+                   ignore_label: int | None = None) -> dict:
     """Summary over ``{case_id: (reference file, prediction file)}``; ``surface=False`` leaves
-    out HD95 and NSD (model selection does not use them)."""
+    out HD95 and NSD (model selection does not use them); ``ignore_label`` as ``evaluate_folder``."""
     if not nsd_tolerance_mm >= 0:
         raise UserFacingError(f"the NSD tolerance must be a distance in mm >= 0, got {nsd_tolerance_mm}")
-    jobs = [(c, ref, pred, list(labels), float(nsd_tolerance_mm), surface) for c, (ref, pred) in sorted(pairs.items())]
+    jobs = [(c, ref, pred, list(labels), float(nsd_tolerance_mm), surface, ignore_label)
+            for c, (ref, pred) in sorted(pairs.items())]
     n = pool_size(num_processes, len(jobs))
     if n == 1 or len(jobs) < 8:
         per_case = [_evaluate_case(j) for j in jobs]
     else:
         with get_context("fork").Pool(n) as pool:
             per_case = pool.map(_evaluate_case, jobs)
-    return summarise(per_case, list(labels), float(nsd_tolerance_mm))
+    summary = summarise(per_case, list(labels), float(nsd_tolerance_mm))
+    if ignore_label is not None:
+        summary["ignore_label"] = ignore_label
+    return summary
 
 
 def format_table(summary: dict, names: dict[int, str] | None = None) -> str:
@@ -187,9 +196,10 @@ def _f(v: float, digits: int = 4) -> str:
     return "nan" if v is None or math.isnan(v) else f"{v:.{digits}f}"
 
 
-def _labels_from_workspace(args) -> tuple[list[int] | None, dict[int, str]]:
+def _labels_from_workspace(args) -> tuple[list[int] | None, dict[int, str], int | None]:
+    """The classes to score, their names and the ignore label's value, from the dataset.json of -d."""
     if not args.dataset:
-        return None, {}
+        return None, {}, None
     from autoseg.paths import Workspace
 
     ws = Workspace.resolve(args.root)
@@ -198,24 +208,26 @@ def _labels_from_workspace(args) -> tuple[list[int] | None, dict[int, str]]:
         path = folder / "dataset.json"
         if path.is_file():
             labels = json.loads(path.read_text())["labels"]
-            return sorted(v for v in labels.values() if v), {v: k for k, v in labels.items()}
-    return None, {}
+            return list(foreground_values(labels)), {v: k for k, v in labels.items()}, ignore_value(labels)
+    return None, {}, None
 
 
 def cli_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    labels, names = _labels_from_workspace(args)
+    labels, names, ignore = _labels_from_workspace(args)
+    if getattr(args, "ignore_label", None) is not None:
+        ignore = args.ignore_label
     if args.labels:
         labels = args.labels
     if labels is None:  # the classes present in the references
         found: set[int] = set()
         for p in _case_files(Path(args.reference), None).values():
             found |= set(np.unique(read_label(p)[0]).tolist())
-        labels = sorted(v for v in found if v)
+        labels = sorted(v for v in found if v and v != ignore)
     out = Path(args.output) if args.output else Path(args.prediction) / "summary.json"
     summary = evaluate_folder(args.reference, args.prediction, labels, output_json=out,
-                              nsd_tolerance_mm=args.nsd_tolerance)
+                              nsd_tolerance_mm=args.nsd_tolerance, ignore_label=ignore)
     print(format_table(summary, names))
     print(f"written to {out}")
     return 0

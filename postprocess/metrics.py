@@ -56,8 +56,9 @@ def presence(ref_has: bool, pred_has: bool) -> str:
 
 def case_metrics(ref: np.ndarray, pred: np.ndarray, labels: list[int], spacing: Sequence[float] | None = None,
                  nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM, surface: bool = True,
-                 lesions: bool = True) -> dict[int, dict[str, float]]:
-    """Metrics of each class in ``labels`` for one case.
+                 lesions: bool = True, ignore_label: int | None = None) -> dict[int, dict[str, float]]:
+    """Metrics of each class in ``labels`` for one case; where ``ref`` holds ``ignore_label``
+    (unannotated voxels), the prediction is not scored: it counts as background there.
 
     ``ref``/``pred``: label maps of the same shape; ``spacing``: mm per voxel in array order
     (default 1 mm). Per class: the voxel metrics of ``class_metrics``, ``presence``, and unless
@@ -69,8 +70,11 @@ def case_metrics(ref: np.ndarray, pred: np.ndarray, labels: list[int], spacing: 
         raise ValueError(f"reference shape {ref.shape} differs from prediction shape {pred.shape}")
     voxel_mm3 = float(np.prod(spacing)) if spacing is not None else 1.0
     out = {}
+    known = None if ignore_label is None else ref != ignore_label
     for label in labels:
         r, p = ref == label, pred == label
+        if known is not None:
+            p &= known
         m = _voxel_metrics(r, p)
         m["presence"] = presence(m["n_ref"] > 0, m["n_pred"] > 0)
         if lesions:

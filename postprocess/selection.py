@@ -130,7 +130,7 @@ def find_best_config(ws: Workspace, dataset: str, configurations: list[str] | No
     results = ws.results / name
     gt = ws.preprocessed / name / "gt_segmentations"
     ending = plans.file_ending
-    labels = sorted(v for v in plans.labels.values() if v)
+    labels, ignore = list(plans.foreground_labels), plans.ignore_label
     asked = configurations or [c for c in PREFERENCE if c in plans.configurations]
     available: dict[str, dict[str, Path]] = {}
     problems = []
@@ -148,20 +148,22 @@ def find_best_config(ws: Workspace, dataset: str, configurations: list[str] | No
     cases = sorted(set.intersection(*(set(p) for p in available.values())))
     scores: dict[tuple[str, ...], dict] = {}
     for c, preds in available.items():
-        scores[(c,)] = evaluate_pairs({k: (gt / f"{k}{ending}", preds[k]) for k in cases}, labels, surface=False)
+        scores[(c,)] = evaluate_pairs({k: (gt / f"{k}{ending}", preds[k]) for k in cases}, labels, surface=False,
+                                      ignore_label=ignore)
     members_of = {}
     for r in range(2, len(available) + 1):
         for combo in itertools.combinations(available, r):
             out = results / "ensembles" / variant / _candidate_name(combo)
             preds = _ensemble([available[c] for c in combo], cases, out, ending)
             members_of[combo] = preds
-            scores[combo] = evaluate_pairs({k: (gt / f"{k}{ending}", preds[k]) for k in cases}, labels, surface=False)
+            scores[combo] = evaluate_pairs({k: (gt / f"{k}{ending}", preds[k]) for k in cases}, labels,
+                                           surface=False, ignore_label=ignore)
     ranked = sorted(((c, s["foreground_mean"]["dice"]) for c, s in scores.items()), key=_order_key)
     chosen = ranked[0][0]
     chosen_preds = available[chosen[0]] if len(chosen) == 1 else members_of[chosen]
     pairs = [(read_label(chosen_preds[k])[0][0], read_label(gt / f"{k}{ending}")[0][0]) for k in cases]
     loaders = _probability_loaders([available[c] for c in chosen], cases)
-    postprocessing, effect = learn_postprocessing(pairs, labels, loaders)
+    postprocessing, effect = learn_postprocessing(pairs, labels, loaders, ignore)
     candidates = {_candidate_name(c): {**{str(lab): s["mean"][str(lab)]["dice"] for lab in labels},
                                        "mean": s["foreground_mean"]["dice"]} for c, s in scores.items()}
     lesion_f1 = {_candidate_name(c): {**{str(lab): s["pooled"][str(lab)]["lesion_f1"] for lab in labels},

@@ -24,7 +24,7 @@ from autoseg.preprocess.storage import CaseProperties
 
 def previous_stage_labels(plans: Plans) -> list[int]:
     """Foreground labels, in increasing order: one extra input channel each."""
-    return sorted(v for v in plans.labels.values() if v)
+    return list(plans.foreground_labels)
 
 
 def num_input_channels(plans: Plans, configuration: str) -> int:

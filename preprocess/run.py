@@ -59,7 +59,8 @@ def _process_case(job: tuple[Case, Plans, list[tuple[str, Path, str]]]) -> str:
     for configuration, folder, signature in targets:
         data, seg_p, props = preprocess_case(image, geometry, plans, configuration, seg, case.case_id)
         props = dataclasses.replace(props, signature=signature)
-        locations = sample_class_locations(seg_p, sorted(plans.labels.values()), case_seed(case.case_id))
+        locations = sample_class_locations(seg_p, list(plans.foreground_labels), case_seed(case.case_id),
+                                           plans.ignore_label)
         save_case(folder, case.case_id, data, seg_p, props, locations)
     return case.case_id
 
@@ -106,7 +107,7 @@ def preprocess_dataset(workspace: Workspace, dataset: str, configurations: list[
     gt = out_root / "gt_segmentations"
     gt.mkdir(parents=True, exist_ok=True)
     for case in cases:
-        _copy_if_changed(case.label, gt / case.label.name)
+        _copy_if_changed(case.label, gt / f"{case.case_id}{spec.file_ending}")  # named by case (file lists)
     _copy_if_changed(spec.folder / "dataset.json", out_root / "dataset.json")
     if skipped:
         log.info("%d of %d cases already up to date", skipped, len(cases))

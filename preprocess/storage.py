@@ -2,7 +2,8 @@
 
 Per case in ``preprocessed/<dataset>/<configuration>/``:
 ``{case}.data.b2`` (float32 (C, Z, Y, X)), ``{case}.seg.b2`` (int8 (1, Z, Y, X)),
-``{case}.loc.npz`` (sampled voxel coordinates per foreground class) and ``{case}.json``
+``{case}.loc.npz`` (sampled voxel coordinates per foreground class, and of annotated voxels
+under ``ANNOTATED`` where the dataset has an ignore label) and ``{case}.json``
 (``CaseProperties``). Each file is written under a temporary name and renamed; the JSON is
 written last, so a case counts as present only when it is complete.
 
@@ -23,6 +24,7 @@ import numpy as np
 from autoseg.serialization import load_json_as, save_json
 
 MAX_LOCATIONS = 10_000
+ANNOTATED = -1  # class_locations key of annotated voxels (datasets with an ignore label)
 
 
 @dataclass(frozen=True)
@@ -45,18 +47,26 @@ class PreprocessedCase:
     class_locations: dict[int, np.ndarray]
 
 
-def sample_class_locations(seg: np.ndarray, labels: list[int], seed: int) -> dict[int, np.ndarray]:
-    """Up to ``MAX_LOCATIONS`` voxel coordinates (N, 3) per foreground label of ``seg`` (1, ...)."""
+def sample_class_locations(seg: np.ndarray, labels: list[int], seed: int,
+                           ignore: Optional[int] = None) -> dict[int, np.ndarray]:
+    """Up to ``MAX_LOCATIONS`` voxel coordinates (N, 3) per foreground label of ``seg`` (1, ...); with
+    an ``ignore`` label also under ``ANNOTATED`` (-1) those of annotated voxels, background included,
+    so that patches are drawn where there is something to learn (the ignore value is no class)."""
     rng = np.random.default_rng(seed)
     out = {}
     s = seg[0]
-    for label in labels:
-        if label == 0:
-            continue
-        idx = np.flatnonzero(s == label)
+
+    def draw(mask: np.ndarray) -> np.ndarray:
+        idx = np.flatnonzero(mask)
         if idx.size > MAX_LOCATIONS:
             idx = np.sort(rng.choice(idx, MAX_LOCATIONS, replace=False))
-        out[label] = np.stack(np.unravel_index(idx, s.shape), 1).astype(np.int32)
+        return np.stack(np.unravel_index(idx, s.shape), 1).astype(np.int32)
+
+    for label in labels:
+        if label != 0 and label != ignore:
+            out[label] = draw(s == label)
+    if ignore is not None:
+        out[ANNOTATED] = draw(s != ignore)
     return out
 
 

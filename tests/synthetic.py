@@ -6,6 +6,7 @@ a smaller one (label 2). Everything is seeded, so a test can rely on exact value
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +136,24 @@ def plan_and_preprocess_cpu(root: str, dataset_id: int = 901) -> None:
     save_plans(plan_experiment(load_fingerprint(pre / "fingerprint.json"), "cpu", force_lowres=True),
                pre / "plans.json")
     assert main(["preprocess", "-d", str(dataset_id), "-np", "1", "--root", root]) == 0
+
+
+def relist_files(folder, drop_from_disk=()):
+    """Move every case's files out of imagesTr/labelsTr into scans/ and masks/ under other names and
+    list them in dataset.json; delete the files named in ``drop_from_disk`` afterwards."""
+    meta = json.loads((folder / "dataset.json").read_text())
+    (folder / "scans").mkdir()
+    (folder / "masks").mkdir()
+    entries = {}
+    for label in sorted((folder / "labelsTr").glob("*.nii.gz")):
+        cid = label.name[: -len(".nii.gz")]
+        shutil.move(folder / "imagesTr" / f"{cid}_0000.nii.gz", folder / "scans" / f"t1_{cid}.nii.gz")
+        shutil.move(label, folder / "masks" / f"{cid}_seg.nii.gz")
+        entries[cid] = {"images": [f"scans/t1_{cid}.nii.gz"], "label": f"masks/{cid}_seg.nii.gz"}
+    shutil.rmtree(folder / "imagesTr")
+    shutil.rmtree(folder / "labelsTr")
+    meta["dataset"] = entries
+    (folder / "dataset.json").write_text(json.dumps(meta))
+    for name in drop_from_disk:
+        (folder / name).unlink()
+    return entries

@@ -8,7 +8,9 @@ sees exactly the batches an uninterrupted run would have seen.
 Oversampling: of a batch of ``B`` samples, the last ``B - round(B * (1 - p))`` are forced to
 contain foreground (p = ``oversample_foreground_percent``; B=2 and p=0.33 force one, B=7 force
 two). A forced sample picks a class present in its case at random and centres the patch on a
-random stored voxel of that class; the others are placed uniformly at random.
+random stored voxel of that class; the others are placed uniformly at random, except on a dataset
+with an ignore label (sparse annotation), where they are centred on a random annotated voxel
+(background included), so that a patch of unannotated voxels, which teaches nothing, is rare.
 
 Small classes (``class_shares``, resolved by ``small_classes.resolve_small_classes``): ``k``
 samples of each batch each hold a connected component of one small class, ``k`` being ``B x (sum
@@ -48,7 +50,7 @@ import torch
 
 from autoseg.device import usable_cpus
 from autoseg.plans import ConfigurationPlan
-from autoseg.preprocess.storage import load_case
+from autoseg.preprocess.storage import ANNOTATED, load_case
 from autoseg.training.augmentation import AugmentationConfig, build_transforms, sampling_patch_size
 from autoseg.training.paste import Piece, cut_pieces, paste_piece
 
@@ -228,11 +230,14 @@ class BatchSource:
     def sample(self, case: _Case, forced: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, tuple]:
         """One (data, seg, inside) patch of ``sample_size`` (2D configurations: one slice); ``inside``
         is the (lower, upper) corners of the part that lies in the image, in the patch's voxels."""
-        present = [k for k, v in case.locations.items() if len(v)] if forced else []
+        present = [k for k, v in case.locations.items() if len(v) and k != ANNOTATED] if forced else []
         voxel = None
         if present:
             cls = present[rng.integers(len(present))]
             locs = case.locations[cls]
+            voxel = locs[rng.integers(len(locs))]
+        elif len(case.locations.get(ANNOTATED, ())):  # sparse annotation: centred on an annotated voxel
+            locs = case.locations[ANNOTATED]
             voxel = locs[rng.integers(len(locs))]
         return self._crop(case, voxel, rng)
 
@@ -355,7 +360,8 @@ def class_frequencies(source: BatchSource, num_classes: int, num_batches: int = 
     for i in range(num_batches):
         target = source.batch(i)["target"]
         target = target[0] if isinstance(target, list) else target
-        counts += np.bincount(np.asarray(target).ravel().clip(0, num_classes - 1), minlength=num_classes)[:num_classes]
+        values = np.asarray(target).ravel()
+        counts += np.bincount(values[(values >= 0) & (values < num_classes)], minlength=num_classes)  # not ignore
     return counts / max(counts.sum(), 1.0)
 
 

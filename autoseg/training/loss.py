@@ -8,6 +8,9 @@ classes absent from a patch do not blow up. A perfect prediction has loss 0 (plu
 Small classes (see ``small_classes``): ``ce_class_weights`` (one per output channel) weight the
 cross-entropy (a weighted mean over voxels, as ``torch.nn.functional.cross_entropy``), and the
 Dice of the classes in ``batch_dice_classes`` is pooled over the batch even when the rest is not.
+
+Sparse annotation: voxels of the dataset's ignore label (``autoseg.labels``) are masked out of both
+terms, as if they were not in the patch.
 """
 from __future__ import annotations
 
@@ -23,13 +26,17 @@ SMOOTH = 1e-5
 
 
 def soft_dice(probs: torch.Tensor, target: torch.Tensor, batch_dice: bool,
-              batch_dice_classes: tuple[int, ...] = ()) -> torch.Tensor:
-    """Mean soft Dice over foreground classes. ``probs`` (B, K, ...), ``target`` (B, 1, ...) int.
+              batch_dice_classes: tuple[int, ...] = (), mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean soft Dice over foreground classes. ``probs`` (B, K, ...), ``target`` (B, 1, ...) int with
+    values below K wherever ``mask`` (B, 1, ..., bool; default everywhere) is set; voxels outside the
+    mask count neither in the prediction nor in the reference.
 
     Each class contributes the mean of its per-sample Dice, or its Dice over the whole batch when
     ``batch_dice`` is set or the class is in ``batch_dice_classes``; the result is the mean over classes.
     """
     onehot = torch.zeros_like(probs).scatter_(1, target.long(), 1.0)
+    if mask is not None:
+        probs, onehot = probs * mask, onehot * mask
     probs, onehot = probs[:, 1:], onehot[:, 1:]
     axes = tuple(range(2, probs.ndim))
     intersect = (probs * onehot).sum(axes)  # (B, K-1)
@@ -43,23 +50,45 @@ def soft_dice(probs: torch.Tensor, target: torch.Tensor, batch_dice: bool,
 
 
 class DiceCELoss(nn.Module):
+    """``ignore_label``: voxels of that target value take no part in either term (no gradient
+    reaches their logits); a batch without an annotated voxel has loss 0."""
+
     def __init__(self, batch_dice: bool, ce_weight: float = 1.0, dice_weight: float = 1.0,
-                 ce_class_weights: tuple[float, ...] | None = None, batch_dice_classes: tuple[int, ...] = ()):
+                 ce_class_weights: tuple[float, ...] | None = None, batch_dice_classes: tuple[int, ...] = (),
+                 ignore_label: int | None = None):
         super().__init__()
         self.batch_dice, self.ce_weight, self.dice_weight = batch_dice, ce_weight, dice_weight
         self.batch_dice_classes = tuple(batch_dice_classes)
+        self.ignore_label = ignore_label
         self.register_buffer("class_weights", None if ce_class_weights is None
                              else torch.tensor(ce_class_weights, dtype=torch.float32), persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = logits.new_zeros(())
+        mask = None
+        if self.ignore_label is not None:
+            mask = target != self.ignore_label
+            target = torch.where(mask, target, torch.zeros_like(target))
         if self.ce_weight:
             weight = None if self.class_weights is None else self.class_weights.to(logits.device)
-            loss = loss + self.ce_weight * F.cross_entropy(logits.float(), target[:, 0].long(), weight=weight)
+            loss = loss + self.ce_weight * _cross_entropy(logits.float(), target[:, 0].long(), weight,
+                                                          None if mask is None else mask[:, 0])
         if self.dice_weight:
             probs = torch.softmax(logits.float(), 1)
-            loss = loss + self.dice_weight * (1 - soft_dice(probs, target, self.batch_dice, self.batch_dice_classes))
+            loss = loss + self.dice_weight * (1 - soft_dice(probs, target, self.batch_dice, self.batch_dice_classes,
+                                                            mask))
         return loss
+
+
+def _cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+                   mask: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy, the (class-)weighted mean over the voxels in ``mask`` (all without one); 0
+    where the mask is empty (torch's ``ignore_index`` would give NaN there)."""
+    if mask is None:
+        return F.cross_entropy(logits, target, weight=weight)
+    per_voxel = F.cross_entropy(logits, target, weight=weight, reduction="none")
+    w = mask.to(per_voxel.dtype) if weight is None else weight[target] * mask
+    return (per_voxel * mask).sum() / w.sum().clamp_min(1e-8)
 
 
 LOSSES: Registry[Callable[..., nn.Module]] = Registry("loss")
@@ -96,9 +125,11 @@ class DeepSupervisionLoss(nn.Module):
 
 
 def build_loss(name: str, batch_dice: bool, ce_weight: float, dice_weight: float, n_outputs: int | None,
-               ce_class_weights: tuple[float, ...] | None = None, batch_dice_classes: tuple[int, ...] = ()) -> nn.Module:
-    """The named loss, wrapped for deep supervision when ``n_outputs`` is given; the last two
-    arguments are the small-class settings (``SmallClassSetup.ce_weights``, ``.batch_dice_classes``)."""
+               ce_class_weights: tuple[float, ...] | None = None, batch_dice_classes: tuple[int, ...] = (),
+               ignore_label: int | None = None) -> nn.Module:
+    """The named loss, wrapped for deep supervision when ``n_outputs`` is given; ``ce_class_weights``
+    and ``batch_dice_classes`` are the small-class settings (``SmallClassSetup.ce_weights``,
+    ``.batch_dice_classes``); ``ignore_label`` the dataset's (``Plans.ignore_label``)."""
     base = LOSSES.get(name)(batch_dice, ce_weight, dice_weight, ce_class_weights=ce_class_weights,
-                            batch_dice_classes=tuple(batch_dice_classes))
+                            batch_dice_classes=tuple(batch_dice_classes), ignore_label=ignore_label)
     return DeepSupervisionLoss(base, n_outputs) if n_outputs else base

@@ -192,7 +192,7 @@ def _train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Trai
         net = net.to(dev, memory_format=layout)
         loss_fn = build_loss(cfg.loss, cp.batch_dice if cfg.batch_dice is None else cfg.batch_dice,
                              cfg.ce_weight, cfg.dice_weight, len(scales) if scales else None,
-                             small.ce_weights, small.batch_dice_classes)
+                             small.ce_weights, small.batch_dice_classes, plans.ignore_label)
         if cfg.optimizer == "adamw":
             opt = torch.optim.AdamW(net.parameters(), lr=cfg.initial_lr, weight_decay=cfg.weight_decay)
         else:
@@ -394,10 +394,11 @@ def _validate_patches(net, loss_fn, src: BatchSource, start: int, count: int, de
             losses.append(float(loss_fn(full, target)))
         pred = full.argmax(1)
         t = target[:, 0]
+        annotated = t < num_classes  # the ignore label, where there is one, is the highest value
         for c in range(1, num_classes):
             p, r = pred == c, t == c
             tp[c - 1] += float((p & r).sum())
-            fp[c - 1] += float((p & ~r).sum())
+            fp[c - 1] += float((p & ~r & annotated).sum())
             fn[c - 1] += float((~p & r).sum())
     dice = 2 * tp / np.maximum(2 * tp + fp + fn, 1e-8)
     return float(np.mean(losses)) if losses else float("nan"), dice, forward_s

@@ -56,6 +56,13 @@ def test_flags_the_implanted_class_not_the_anatomy():
     assert "-> small and rare" in sizes[3].describe()
 
 
+def test_a_sparsely_annotated_dataset_flags_nothing():
+    # with an ignore label the components are cut where the annotation stops: no flag from them
+    fp = implanted_fingerprint()
+    sparse = dataclasses.replace(fp, labels={**LABELS, "ignore": 7})
+    assert flag_small_classes(sparse, (40, 56, 40), (1.0, 1.0, 1.0)) == ()
+
+
 def test_threshold_is_half_a_percent_of_a_3d_patch():
     assert SMALL_EDGE_RATIO ** 3 == pytest.approx(0.005)
     # a 2D patch compares with the edge of its area: 56 x 40 at 1 mm -> 2240 ** 0.5 = 47.33 mm
