@@ -61,6 +61,36 @@ def _fold_dirs(ws: Workspace, dataset: str, configuration: str, variant: str, fo
     return dirs
 
 
+def planned_precision_here(ws: Workspace, dataset: str, configuration: str, fold_dir: Path, device,
+                           precision: str) -> str:
+    """``auto`` on a CPU of the kind the dataset was planned on: the precision the planning's timed
+    steps chose for this configuration's network (``throughput.json``), so that prediction never
+    runs in bf16 where the planning found bf16 slower, or abandoned it at its cap (oneDNN's bf16
+    kernels are pathologically slow for some shapes on some CPUs); anything else unchanged (then
+    ``autoseg.device.resolve_precision`` decides)."""
+    import json
+
+    import torch
+
+    from autoseg.plans import load_plans
+    from autoseg.training.resolve import auto_precision, planned_on_this_cpu
+
+    if precision != "auto":
+        return precision
+    try:
+        throughput = json.loads((ws.preprocessed_dataset(dataset) / "throughput.json").read_text())
+    except (OSError, ValueError):
+        return precision
+    dev = torch.device(device)
+    if not planned_on_this_cpu(throughput, dev):
+        return precision
+    chosen, note = auto_precision("auto", dev, None, throughput, load_plans(Path(fold_dir) / "plans.json"),
+                                  configuration)
+    if note:
+        log.info("%s: %s", configuration, note.replace("chosen when planning", "as timed when planning"))
+    return chosen
+
+
 def load_predictor(ws: Workspace, dataset: str, configuration: str, variant: str, folds, checkpoint: str, device,
                    step_size: float = 0.5, tta: bool = True, precision: str = "auto", backend: str = "torch"):
     """The ``Predictor`` of a configuration's folds; a cascade stage also gets its previous stage's.
@@ -72,8 +102,10 @@ def load_predictor(ws: Workspace, dataset: str, configuration: str, variant: str
     """
     from autoseg.inference.predictor import Predictor
 
-    predictor = Predictor.from_folds(_fold_dirs(ws, dataset, configuration, variant, folds, checkpoint), checkpoint,
-                                     device, step_size, tta, precision, backend)
+    dirs = _fold_dirs(ws, dataset, configuration, variant, folds, checkpoint)
+    if backend == "torch":
+        precision = planned_precision_here(ws, dataset, configuration, dirs[0], device, precision)
+    predictor = Predictor.from_folds(dirs, checkpoint, device, step_size, tta, precision, backend)
     prev = predictor.configuration.previous_stage
     if prev:
         prev_variant = getattr(predictor.train_config, "previous_stage_variant", None) or variant

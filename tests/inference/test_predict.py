@@ -187,3 +187,30 @@ def test_auto_falls_back_to_torch_when_the_export_cannot_be_written(trained_root
     assert predict(trained_root, images, tmp_path / "q", "-c", "3d_fullres", "-f", "0", "--backend", "onnx") == 2
     err = capsys.readouterr().err
     assert "cannot write the ONNX export" in err and "--backend torch" in err
+
+
+def test_predict_takes_the_precision_the_planning_timed_on_this_cpu(trained_root, monkeypatch):
+    import autoseg.device
+    from autoseg.inference.predict import load_predictor
+    from autoseg.paths import Workspace
+
+    monkeypatch.setattr(autoseg.device, "cpu_bf16_is_faster", lambda *a, **k: True)  # the probe would say bf16
+    ws = Workspace(Path(trained_root))
+    path = ws.preprocessed_dataset("Dataset901_Synth") / "throughput.json"
+    original = path.read_text()
+
+    def planned_as(precision: str, cpu: str | None = None) -> str:
+        timed = json.loads(original)
+        for candidate in timed["configurations"]["3d_fullres"]["candidates"]:
+            candidate["precision"] = precision
+        timed["cpu"] = cpu or timed["cpu"]
+        path.write_text(json.dumps(timed))
+        return load_predictor(ws, "Dataset901_Synth", "3d_fullres", "default", (0,), "checkpoint_final",
+                              "cpu").precision
+
+    try:
+        assert planned_as("fp32") == "fp32"  # bf16 was slower (or abandoned) in the planning's timing
+        assert planned_as("bf16") == "bf16"
+        assert planned_as("fp32", cpu="another CPU") == "bf16"  # timed elsewhere: the probe decides
+    finally:
+        path.write_text(original)
