@@ -11,8 +11,9 @@ with ``--nnunet-venv``):
     .venv/bin/python bench/suite.py --quick --root /tmp/suite_quick
 
 Options: ``--datasets hippocampus,cine,...`` (default all: hippocampus, cine, hippocampus_thick,
-two_channel, oct2d, ct_cascade, lesions), ``--configurations oct2d=2d,ct_cascade=3d_lowres`` (the
-configuration trained per dataset; default 3d_fullres for 3D data, 2d for 2D data),
+two_channel, hippocampus_sparse, oct2d, ct_cascade, lesions), ``--configurations
+oct2d=2d,ct_cascade=3d_lowres`` (the configuration trained per dataset; default 3d_fullres for 3D
+data, 2d for 2D data),
 ``--skip-existing`` (resume: reuse the steps an earlier run with the same settings finished),
 ``--plan-only`` (only both tools' plan_and_preprocess: planning times at a new commit without
 retraining; use its own WS, since a fresh start deletes the dataset's results/),
@@ -31,7 +32,9 @@ For each dataset, in this order (all commands' output goes to ``WS/suite/<datase
      ``hold_out``) of 40 cases (quick: 4) moved to imagesTs/labelsTs;
    - ``hippocampus_thick`` [202]: that split re-sliced to 4 mm along the first array axis
      (bench/make_thick_slices.py); ``two_channel`` [203]: that split with a synthetic second
-     contrast (bench/make_multichannel.py);
+     contrast (bench/make_multichannel.py); ``hippocampus_sparse`` [204]: that split with 10% of
+     each training label's slices annotated and the rest "ignore", scored on dense held-out labels
+     (bench/make_sparse_labels.py);
    - ``cine`` [130]: bench/make_cine_dataset.py, 160 + 40 cases (quick: 6 + 2 at ``--scale
      0.25``; skipped, saying so, while that file is missing);
      ``oct2d`` [120]: bench/make_2d_dataset.py, 60 + 20 scans of 192 x 256 (quick: 10 + 3 of
@@ -245,6 +248,10 @@ DATASETS: dict[str, DatasetDef] = {d.key: d for d in (
                depends_on=("hippocampus",)),
     DatasetDef("two_channel", 203, 3, _derived_args({"seed": 0}),
                _make_derived("make_multichannel.py", 203, lambda a: ["--seed", str(a["seed"])]),
+               depends_on=("hippocampus",)),
+    DatasetDef("hippocampus_sparse", 204, 3, _derived_args({"fraction": 0.1, "seed": 0}),
+               _make_derived("make_sparse_labels.py", 204,
+                             lambda a: ["--fraction", str(a["fraction"]), "--seed", str(a["seed"])]),
                depends_on=("hippocampus",)),
     DatasetDef("oct2d", 120, 2,
                lambda ctx: {"num_train": 10, "num_test": 3, "height": 96, "width": 128, "seed": 0} if ctx.quick
