@@ -27,6 +27,7 @@ end (``raw_cases``, ``building_folder``) are stdlib too; the scripts that use th
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import shutil
@@ -39,7 +40,7 @@ from contextlib import contextmanager
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 SAMPLE_INTERVAL_S = 0.05
 KB_PER_MB = 1024.0
@@ -396,6 +397,23 @@ def building_folder(final: str | Path, subfolders: Sequence[str] = ()) -> Iterat
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+
+def run_derivation(source: Path, build: Callable[[], object]) -> int:
+    """The end of a derived-dataset script's ``main`` (make_thick_slices.py, make_multichannel.py,
+    make_sparse_labels.py): refuse a ``source`` without dataset.json, run ``build``, and turn its
+    refusals (an existing target, bad arguments) into a message and exit code 2."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not (Path(source) / "dataset.json").is_file():
+        print(f"{source} is not a raw dataset folder (no dataset.json)", file=sys.stderr)
+        return 2
+    try:
+        build()
+    except (FileExistsError, ValueError) as e:
+        print(e, file=sys.stderr)
+        return 2
+    return 0
 
 
 def _wrapper_main(argv: list[str]) -> int:

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import building_folder, raw_cases  # noqa: E402
+from common import building_folder, raw_cases, run_derivation  # noqa: E402
 
 log = logging.getLogger("bench.make_multichannel")
 
@@ -134,16 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--noise", type=float, default=0.04, help="Rician noise SD as a fraction of the [0, 1] range")
     p.add_argument("--name", default=None, help="dataset name (default: the source's name + 'TwoChannel')")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if not (args.source / "dataset.json").is_file():
-        print(f"{args.source} is not a raw dataset folder (no dataset.json)", file=sys.stderr)
-        return 2
-    try:
-        build(args.source, args.root, args.dataset_id, args.seed, args.noise, args.name)
-    except (FileExistsError, ValueError) as e:
-        print(e, file=sys.stderr)
-        return 2
-    return 0
+    return run_derivation(args.source, lambda: build(args.source, args.root, args.dataset_id, args.seed, args.noise, args.name))
 
 
 if __name__ == "__main__":

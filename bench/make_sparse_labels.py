@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import building_folder, raw_cases  # noqa: E402
+from common import building_folder, raw_cases, run_derivation  # noqa: E402
 
 log = logging.getLogger("bench.make_sparse_labels")
 
@@ -100,16 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default=None, help="dataset name (default: the source's name + 'Sparse')")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if not (args.source / "dataset.json").is_file():
-        print(f"{args.source} is not a raw dataset folder (no dataset.json)", file=sys.stderr)
-        return 2
-    try:
-        build(args.source, args.root, args.dataset_id, args.fraction, args.seed, args.name)
-    except (FileExistsError, ValueError) as e:
-        print(e, file=sys.stderr)
-        return 2
-    return 0
+    return run_derivation(args.source, lambda: build(args.source, args.root, args.dataset_id, args.fraction, args.seed, args.name))
 
 
 if __name__ == "__main__":
