@@ -5,10 +5,15 @@ v2's rule) marks voxels that carry no annotation (sparse annotation: a few label
 scribbles, partly labelled sets); it must have the highest value. Those voxels take no part in the
 loss, the metrics or the postprocessing learning, and the network has no output channel for them,
 so it never predicts that value. Every other value is a class the network learns.
+
+Region-based labels (a name mapped to a list of values) are parsed and converted here
+(``region_values``, ``labels_to_regions``, ``regions_to_labels``); training on them is not built yet.
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
 
 IGNORE_NAME = "ignore"
 
@@ -53,3 +58,43 @@ def ignore_problems(labels: Mapping[str, int]) -> list[str]:
         problems.append("dataset.json: a dataset with an 'ignore' label needs background and at least one class "
                         f"besides it; found {dict(labels)}")
     return problems
+
+
+# Region-based labels (nnU-Net v2): a name maps to a list of label values, e.g. BraTS's
+# {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": 3} with
+# "regions_class_order": [1, 2, 3]. Each region is trained as its own sigmoid output on the mask of
+# its values; a prediction is turned back into a label map by writing regions_class_order[k] where
+# region k's probability exceeds 0.5, later regions over earlier ones. The conversions below are
+# those two steps; the rest of the pipeline does not train regions yet (autoseg.dataset refuses them).
+
+def is_region_based(labels: Mapping[str, object]) -> bool:
+    """Whether any label of ``labels`` maps to a list of values (a region)."""
+    return any(isinstance(v, (list, tuple)) for v in labels.values())
+
+
+def region_values(labels: Mapping[str, object]) -> tuple[tuple[int, ...], ...]:
+    """Each region's label values, in the order of ``labels``, background and ignore left out:
+    the BraTS example above gives ((1, 2, 3), (2, 3), (3,))."""
+    out = []
+    for name, value in labels.items():
+        values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+        if name != IGNORE_NAME and values not in ((0,), ()):
+            out.append(tuple(int(v) for v in values))
+    return tuple(out)
+
+
+def labels_to_regions(seg: np.ndarray, regions: Sequence[Sequence[int]]) -> np.ndarray:
+    """A label map (any shape) -> one boolean mask per region, stacked first: region k is where
+    ``seg`` holds one of its values (regions may overlap)."""
+    return np.stack([np.isin(seg, list(r)) for r in regions])
+
+
+def regions_to_labels(maps: np.ndarray, regions_class_order: Sequence[int], threshold: float = 0.5) -> np.ndarray:
+    """Region probabilities or masks (K, ...) -> a label map: ``regions_class_order[k]`` where map k
+    exceeds ``threshold``, written in order, so a later region overwrites an earlier one."""
+    if len(maps) != len(regions_class_order):
+        raise ValueError(f"{len(maps)} region maps but regions_class_order has {len(regions_class_order)} entries")
+    out = np.zeros(maps.shape[1:], np.uint8 if max(regions_class_order, default=0) < 256 else np.int16)
+    for k, value in enumerate(regions_class_order):
+        out[maps[k] > threshold] = value
+    return out
