@@ -139,16 +139,20 @@ def test_a_sparsely_annotated_dataset_with_a_file_list_end_to_end(tmp_path):
     relist_files(raw)
     root = ["--root", str(ws)]
     assert main(["plan_and_preprocess", "-d", "905", "-np", "1", "--device-profile", "cpu", "-c", "3d_fullres",
-                 "--time-budget", "1m", *root]) == 0
+                 "2d", "--time-budget", "1m", *root]) == 0
     pre = ws / "preprocessed" / "Dataset905_Sparse"
     classes = {c["label"] for c in json.loads((pre / "fingerprint.json").read_text())["classes"]}
     assert classes == {1, 2} and len(list((pre / "gt_segmentations").glob("case_*.nii.gz"))) == 8
-    assert main(["train", "3d_fullres", "0", "-d", "905", "-np", "1", "--set", "num_epochs=3",
-                 "--set", "num_iterations_per_epoch=8", "--set", "num_val_iterations_per_epoch=2", *root]) == 0
-    fold = ws / "results" / "Dataset905_Sparse" / "3d_fullres" / "default" / "fold_0"
-    validation = json.loads((fold / "validation" / "summary.json").read_text())
-    assert validation["ignore_label"] == 3 and set(validation["mean"]) == {"1", "2"}
-    assert main(["find_best_config", "-d", "905", "-c", "3d_fullres", "-f", "0", *root]) == 0
+    for configuration in ("3d_fullres", "2d"):  # 2d: each sample one slice, an annotated one
+        assert main(["train", configuration, "0", "-d", "905", "-np", "1", "--set", "num_epochs=3",
+                     "--set", "num_iterations_per_epoch=8", "--set", "num_val_iterations_per_epoch=2", *root]) == 0
+        fold = ws / "results" / "Dataset905_Sparse" / configuration / "default" / "fold_0"
+        validation = json.loads((fold / "validation" / "summary.json").read_text())
+        assert validation["ignore_label"] == 3 and set(validation["mean"]) == {"1", "2"}
+    # both configurations and their ensemble, scored where the references are annotated
+    assert main(["find_best_config", "-d", "905", "-c", "3d_fullres", "2d", "-f", "0", *root]) == 0
+    selection = json.loads((ws / "results" / "Dataset905_Sparse" / "selection.json").read_text())
+    assert set(selection["candidates"]) == {"3d_fullres", "2d", "3d_fullres+2d"}
 
     out = tmp_path / "pred"
     assert main(["predict", "-i", str(inputs), "-o", str(out), "-d", "905", *root]) == 0
