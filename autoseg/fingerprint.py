@@ -165,18 +165,17 @@ def _star_analyse(job):
 def raw_signature(spec: DatasetSpec) -> str:
     """A hash of the raw files' names, sizes and modification times, and of dataset.json."""
     h = hashlib.sha1()
-    listed = [] if spec.file_list is None else [p for c in spec.file_list for p in c.images + (c.label,)]
-    for sub in ("dataset.json", "imagesTr", "labelsTr"):
-        p = spec.folder / sub
-        files = [p] if p.is_file() else sorted(p.iterdir()) if p.is_dir() else []
-        if sub == "imagesTr" and listed:  # an explicit file list: its files, wherever they are
-            files = sorted(set(listed))
-        elif sub == "labelsTr" and listed:
-            files = []
-        for f in files:
-            st = f.stat()
-            name = f.relative_to(spec.folder) if f.is_relative_to(spec.folder) else f
-            h.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    files = [p for p in (spec.folder / "dataset.json",) if p.is_file()]
+    if spec.file_list is not None:  # an explicit file list: its files, wherever they are
+        files += sorted({p for c in spec.file_list for p in c.images + (c.label,)})
+    else:
+        for sub in ("imagesTr", "labelsTr"):
+            folder = spec.folder / sub
+            files += sorted(folder.iterdir()) if folder.is_dir() else []
+    for f in files:
+        st = f.stat()
+        name = f.relative_to(spec.folder) if f.is_relative_to(spec.folder) else f
+        h.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
     return h.hexdigest()
 
 

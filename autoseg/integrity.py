@@ -70,11 +70,7 @@ def _check_layout(spec: DatasetSpec) -> list[str]:
             )
     if not label_ids:
         problems.append(f"the dataset is empty: no {{case}}{ending} files in {labels_dir}")
-    lowered = Counter(cid.lower() for cid in label_ids)
-    for cid, count in lowered.items():
-        if count > 1:
-            same = [c for c in label_ids if c.lower() == cid]
-            problems.append(f"duplicate case id {cid!r}: {same} differ only in upper/lower case")
+    problems += _case_id_clashes(label_ids)
     for cid in label_ids:
         chans = groups.get(cid, {})
         if not chans:
@@ -95,6 +91,14 @@ def _check_layout(spec: DatasetSpec) -> list[str]:
     return problems
 
 
+def _case_id_clashes(case_ids: list[str]) -> list[str]:
+    """One problem per group of case ids that differ only in upper/lower case (their files would
+    collide on a case-insensitive file system)."""
+    lowered = Counter(cid.lower() for cid in case_ids)
+    return [f"duplicate case id {low!r}: {[c for c in case_ids if c.lower() == low]} differ only in upper/lower case"
+            for low, count in lowered.items() if count > 1]
+
+
 def _check_file_list(spec: DatasetSpec) -> list[str]:
     """dataset.json's explicit file list: every listed file that is missing, duplicate case ids,
     numTraining (imagesTr/ and labelsTr/ are not searched: files there that the list leaves out are
@@ -107,11 +111,7 @@ def _check_file_list(spec: DatasetSpec) -> list[str]:
             problems.append(f"case {case.case_id}: dataset.json lists "
                             f"{', '.join(str(p.relative_to(spec.folder) if p.is_relative_to(spec.folder) else p) for p in missing)}, "
                             f"not found in {spec.folder}")
-    lowered = Counter(c.case_id.lower() for c in cases)
-    for cid, count in lowered.items():
-        if count > 1:
-            problems.append(f"duplicate case id {cid!r}: {[c.case_id for c in cases if c.case_id.lower() == cid]} "
-                            "differ only in upper/lower case")
+    problems += _case_id_clashes([c.case_id for c in cases])
     if spec.num_training != len(cases):
         problems.append(f"dataset.json: numTraining is {spec.num_training} but 'dataset' lists {len(cases)} cases; "
                         f"set numTraining to {len(cases)}")
