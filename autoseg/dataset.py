@@ -3,7 +3,8 @@
 Layout (read unchanged from nnU-Net v2)::
 
     DatasetXXX_Name/
-      dataset.json            channel_names, labels (name -> int; "ignore": unannotated voxels,
+      dataset.json            channel_names, labels (name -> int; "ignore": unannotated voxels;
+                              name -> list of ints: a region, with regions_class_order;
                               autoseg.labels), numTraining, file_ending
       imagesTr/{case}_{XXXX}{file_ending}   one file per channel XXXX = 0000, 0001, ...
       labelsTr/{case}{file_ending}
@@ -21,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoseg.imageio import SUPPORTED_ENDINGS
-from autoseg.labels import foreground_values, ignore_problems, ignore_value
+from autoseg.labels import (LabelValue, Regions, all_values, foreground_values, ignore_problems, ignore_value,
+                            is_region_based, label_names, region_problems, regions_of)
 
 
 class DatasetError(ValueError):
@@ -48,10 +50,21 @@ class DatasetSpec:
     folder: Path
     name: str
     channel_names: tuple[str, ...]  # in channel order
-    labels: dict[str, int]  # name -> value, background 0
+    labels: dict[str, LabelValue]  # name -> value (or a region's values), background 0
     file_ending: str
     num_training: int
     file_list: tuple[Case, ...] | None = None  # dataset.json "dataset" entries, when given
+    regions_class_order: tuple[int, ...] | None = None  # region-based labels only
+
+    @property
+    def regions(self) -> Regions | None:
+        """Each region's written value and members (region-based labels), else None."""
+        return regions_of(self.labels, self.regions_class_order)
+
+    @property
+    def label_values(self) -> tuple[int, ...]:
+        """Every value a label file may hold (background, classes or region members, ignore)."""
+        return all_values(self.labels)
 
     @property
     def num_channels(self) -> int:
@@ -69,7 +82,8 @@ class DatasetSpec:
 
     @property
     def label_names(self) -> dict[int, str]:
-        return {v: k for k, v in self.labels.items()}
+        """Name of each scored class by its value (a region by the value written for it)."""
+        return label_names(self.labels, self.regions)
 
     def training_cases(self) -> list[Case]:
         """The file list's cases, else those found in labelsTr with their channel files (existence
@@ -153,21 +167,23 @@ def parse_dataset_json(folder: str | Path) -> tuple[DatasetSpec | None, list[str
     elif "channel_names" in raw:
         problems.append(f"dataset.json: channel_names must be a non-empty object like {{\"0\": \"CT\"}}, found {channels!r}")
     labels_raw = raw.get("labels")
-    labels: dict[str, int] = {}
+    labels: dict[str, LabelValue] = {}
+    order = raw.get("regions_class_order")
     if isinstance(labels_raw, dict) and labels_raw:
         for name, value in labels_raw.items():
-            if isinstance(value, bool) or not isinstance(value, int):
-                problems.append(
-                    f"dataset.json: label '{name}' must map to an integer, found {value!r} "
-                    "(region-based labels are not supported)"
-                )
-            else:
+            if _is_int(value):
                 labels[str(name)] = value
-        if labels and 0 not in labels.values():
+            elif isinstance(value, list) and value and all(_is_int(v) for v in value):
+                labels[str(name)] = tuple(value)
+            else:
+                problems.append(f"dataset.json: label '{name}' must map to an integer, or for a region to a list "
+                                f"of integers (e.g. [2, 3]); found {value!r}")
+        if labels and 0 not in labels.values() and (0,) not in labels.values():
             problems.append("dataset.json: labels must include background with value 0")
-        if len(set(labels.values())) != len(labels):
+        if labels and not is_region_based(labels) and len(set(labels.values())) != len(labels):
             problems.append(f"dataset.json: label values must be unique, found {sorted(labels.values())}")
-        problems += ignore_problems(labels)
+        if labels and len(labels) == len(labels_raw):
+            problems += ignore_problems(labels) + region_problems(labels, order)
     elif "labels" in raw:
         problems.append(f"dataset.json: labels must be a non-empty object name -> int, found {labels_raw!r}")
     ending = raw.get("file_ending")
@@ -197,8 +213,13 @@ def parse_dataset_json(folder: str | Path) -> tuple[DatasetSpec | None, list[str
         file_ending=ending,
         num_training=num,
         file_list=file_list,
+        regions_class_order=tuple(order) if is_region_based(labels) else None,
     )
     return spec, []
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _file_list(folder: Path, entries, ending: str) -> tuple[tuple[Case, ...] | None, list[str]]:

@@ -95,9 +95,9 @@ def _intensity(values: np.ndarray) -> IntensityProperties:
     )
 
 
-def summarise_classes(cases: list[CaseFingerprint], labels: dict[str, int]) -> tuple[ClassFingerprint, ...]:
+def summarise_classes(cases: list[CaseFingerprint], labels: dict[str, object]) -> tuple[ClassFingerprint, ...]:
     """Per-class presence, voxel fraction and component statistics over ``cases``."""
-    names = {v: k for k, v in labels.items()}
+    names = {v: k for k, v in labels.items() if isinstance(v, int)}  # region members may have no name of their own
     out = []
     for cls in foreground_values(labels):
         key = str(cls)
@@ -107,7 +107,7 @@ def summarise_classes(cases: list[CaseFingerprint], labels: dict[str, int]) -> t
         counts = [len(c.class_component_sizes.get(key, ())) for c in present]
         vol = np.percentile(volumes, [10, 50, 90]) if volumes else np.zeros(3)
         out.append(ClassFingerprint(
-            label=cls, name=names[cls],
+            label=cls, name=names.get(cls, f"value {cls}"),
             presence_fraction=len(present) / max(1, len(cases)),
             mean_voxel_fraction=float(np.mean(fractions)) if fractions else 0.0,
             num_components_median=float(np.median(counts)) if counts else 0.0,
@@ -148,6 +148,7 @@ def extract_fingerprint(spec: DatasetSpec, num_processes: int | None = None, see
         dataset_name=spec.folder.name,
         channel_names=spec.channel_names,
         labels=dict(spec.labels),
+        regions_class_order=spec.regions_class_order,
         file_ending=spec.file_ending,
         is_2d=is_2d,
         cases=tuple(case_fps),

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
+from autoseg.labels import LabelValue
 from autoseg.plans import IntensityProperties
 from autoseg.serialization import load_json_as, save_json
 
@@ -44,7 +46,7 @@ class Fingerprint:
     schema_version: int
     dataset_name: str
     channel_names: tuple[str, ...]
-    labels: dict[str, int]
+    labels: dict[str, LabelValue]  # as dataset.json gives them (a region: its values)
     file_ending: str
     is_2d: bool  # natural 2D images (png/tif/bmp) or 2D medical images
     cases: tuple[CaseFingerprint, ...]
@@ -52,6 +54,7 @@ class Fingerprint:
     classes: tuple[ClassFingerprint, ...]
     crop_reduction_median: float  # median over cases of cropped volume / original volume
     source_signature: str = ""  # hash of the raw files it was computed from (up-to-date check)
+    regions_class_order: Optional[tuple[int, ...]] = None  # region-based labels (dataset.json's)
 
 
 def save_fingerprint(fp: Fingerprint, path: str | Path) -> None:

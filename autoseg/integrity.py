@@ -31,7 +31,7 @@ def verify_dataset(spec: DatasetSpec, num_processes: int | None = None) -> None:
     cases = [c for c in spec.training_cases() if c.images and c.label.is_file() and all(p.is_file() for p in c.images)]
     if cases:
         n = pool_size(num_processes, len(cases))
-        jobs = [(c, spec.num_channels, set(spec.labels.values())) for c in cases]
+        jobs = [(c, spec.num_channels, set(spec.label_values)) for c in cases]
         if n == 1:
             results = [_check_case(*j) for j in jobs]
         else:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from autoseg.labels import foreground_values, ignore_value, num_outputs
+from autoseg.labels import LabelValue, Regions, foreground_values, ignore_value, num_outputs, regions_of, scored_classes
 from autoseg.serialization import SchemaError, load_json_as, save_json
 
 PLANS_SCHEMA_VERSION = 1
@@ -107,7 +107,7 @@ class Plans:
     schema_version: int
     dataset_name: str
     channel_names: tuple[str, ...]
-    labels: dict[str, int]
+    labels: dict[str, LabelValue]  # as dataset.json gives them (a region: its values)
     file_ending: str
     original_median_spacing: tuple[float, ...]
     original_median_shape: tuple[int, ...]
@@ -115,6 +115,7 @@ class Plans:
     configurations: dict[str, ConfigurationPlan]
     device_profile: str = "gpu-8gb"
     budget_gb: float = 8.0
+    regions_class_order: Optional[tuple[int, ...]] = None  # region-based labels (dataset.json's)
 
     def __post_init__(self):
         if self.schema_version != PLANS_SCHEMA_VERSION:
@@ -131,13 +132,27 @@ class Plans:
 
     @property
     def num_classes(self) -> int:
-        """Number of output channels of the network (background included, the ignore label not)."""
+        """Number of output channels of the network: background and classes (the ignore label
+        not), or one sigmoid output per region."""
         return num_outputs(self.labels)
 
     @property
+    def regions(self) -> Optional[Regions]:
+        """Each region's written value and members when the dataset is region-based, else None:
+        the network then has sigmoid outputs, one per region (``autoseg.labels``)."""
+        return regions_of(self.labels, self.regions_class_order)
+
+    @property
     def foreground_labels(self) -> tuple[int, ...]:
-        """The classes other than background (not the ignore label), ascending."""
+        """The label values other than background (not the ignore label; with regions, every
+        region member), ascending: what patch sampling and the cascade's input work on."""
         return foreground_values(self.labels)
+
+    @property
+    def scored_classes(self) -> tuple[int, ...]:
+        """What metrics and postprocessing score, by value: the foreground labels, or each region
+        by the value written for it (``autoseg.labels.scored_classes``)."""
+        return scored_classes(self.labels, self.regions)
 
     @property
     def ignore_label(self) -> Optional[int]:

@@ -132,6 +132,7 @@ def predict_folder(input_dir, output_dir, ws: Workspace, dataset: str, configura
 
     from autoseg.imageio import read_image, write_image
     from autoseg.inference.validation import save_probabilities as save_probs
+    from autoseg.labels import probabilities_to_labels
     from autoseg.postprocess.components import Postprocessing, apply_postprocessing
     from autoseg.inference.onnx_backend import choose_backend
 
@@ -164,6 +165,7 @@ def predict_folder(input_dir, output_dir, ws: Workspace, dataset: str, configura
         log.warning("the ONNX backend could not be loaded (%s); predicting with torch", exc)
         chosen, predictors = "torch", load_all("torch")
     num_channels = len(predictors[0].plans.channel_names)
+    order = predictors[0].plans.regions_class_order  # region-based model: sigmoid maps -> labels
     cases = find_input_cases(Path(input_dir), num_channels)
     out = Path(output_dir)
     reason = ""
@@ -190,12 +192,12 @@ def predict_folder(input_dir, output_dir, ws: Workspace, dataset: str, configura
                 _, pr = p.predict_case(image, geometry)
                 probs = pr if probs is None else probs + pr
             probs /= len(predictors)
-            seg = probs.argmax(0).astype(np.uint8)
+            seg = probabilities_to_labels(probs, order)
             if postprocess:
                 seg = apply_postprocessing(seg, postprocessing, probs)
             write_image(seg, geometry, target)
             if save_probabilities:
-                save_probs(out / case.case_id, probs, geometry)
+                save_probs(out / case.case_id, probs, geometry, order)
         except Exception as exc:  # one bad case must not stop the others
             failed += 1
             log.error("case %s failed: %s", case.case_id, exc)

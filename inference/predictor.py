@@ -88,16 +88,18 @@ class Predictor:
         return self._forwards
 
     def predict_preprocessed(self, data: np.ndarray) -> np.ndarray:
-        """Softmax (K, z, y, x) at the preprocessed spacing, averaged over folds."""
+        """Probabilities (K, z, y, x) at the preprocessed spacing (softmax, or one sigmoid map per
+        region for a region-based model), averaged over folds."""
         from autoseg.inference.sliding_window import predict_volume, predict_volume_numpy
 
         args = (data, self.configuration.patch_size, self.plans.num_classes, self.step_size, self.mirror)
         total = None
         for forward in self.forwards():
+            sigmoid = self.plans.regions is not None
             if self.backend == "onnx":
-                p = predict_volume_numpy(forward, *args)
+                p = predict_volume_numpy(forward, *args, sigmoid=sigmoid)
             else:
-                p = predict_volume(forward, *args, self.device).float().cpu().numpy()
+                p = predict_volume(forward, *args, self.device, sigmoid=sigmoid).float().cpu().numpy()
             total = p if total is None else total + p
         return total / len(self.networks)
 

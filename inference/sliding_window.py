@@ -3,7 +3,8 @@
 ``sliding_window_predict`` works with any ``predictor(x (B, C, *patch)) -> logits (B, K, *patch)``:
 tiles overlap by ``1 - step_size`` of the patch, each tile's logits are weighted by a Gaussian
 centred on the tile (sigma = patch / 8, so the less reliable borders count less), summed,
-divided by the summed weights, and turned into probabilities by a softmax. Images smaller
+divided by the summed weights, and turned into probabilities by a softmax (by a sigmoid per output
+for region-based models: the logits are averaged, then each turned into its probability). Images smaller
 than the patch are padded and cropped back.
 
 Two implementations of the same computation: in torch (on any device; training's validation and
@@ -136,30 +137,34 @@ def _sliding_window_logits_torch(predictor, data, patch_size, num_classes, step_
 
 def sliding_window_predict(predictor: Predictor, data, patch_size, num_classes: int, step_size: float = 0.5,
                            gaussian: bool = True, mirror_axes: Sequence[int] = (),
-                           device: str | torch.device = "cpu", batch_size: int = 1) -> torch.Tensor:
-    """Softmax probabilities (K, *spatial) for ``data`` (C, *spatial); see the module docstring."""
+                           device: str | torch.device = "cpu", batch_size: int = 1,
+                           sigmoid: bool = False) -> torch.Tensor:
+    """Softmax probabilities (K, *spatial) for ``data`` (C, *spatial), or with ``sigmoid`` (region
+    outputs) each output's own probability; see the module docstring."""
     logits = sliding_window_logits(predictor, data, patch_size, num_classes, step_size, gaussian, mirror_axes,
                                    device, batch_size)
     import torch
 
-    return torch.softmax(logits, 0)
+    return torch.sigmoid(logits) if sigmoid else torch.softmax(logits, 0)
 
 
 def predict_volume(predictor: Predictor, data, patch_size, num_classes: int, step_size: float = 0.5,
                    mirror: bool = True, device: str | torch.device = "cpu",
-                   mirror_axes: Sequence[int] | None = None) -> torch.Tensor:
+                   mirror_axes: Sequence[int] | None = None, sigmoid: bool = False) -> torch.Tensor:
     """Probabilities for a (C, Z, Y, X) volume with a 3D patch, or slice by slice with a 2D one;
-    ``mirror``: test-time mirroring along ``mirror_axes`` (axes of the patch; None: every axis)."""
+    ``mirror``: test-time mirroring along ``mirror_axes`` (axes of the patch; None: every axis);
+    ``sigmoid``: region outputs (``sliding_window_predict``)."""
     mirror_axes = (tuple(range(len(patch_size))) if mirror_axes is None else tuple(mirror_axes)) if mirror else ()
     if len(patch_size) == 3:
-        return sliding_window_predict(predictor, data, patch_size, num_classes, step_size, True, mirror_axes, device)
+        return sliding_window_predict(predictor, data, patch_size, num_classes, step_size, True, mirror_axes, device,
+                                      sigmoid=sigmoid)
     import torch
 
     x = torch.as_tensor(data, dtype=torch.float32)
     out = torch.empty((num_classes,) + tuple(x.shape[1:]), dtype=torch.float32)
     for z in range(x.shape[1]):
         out[:, z] = sliding_window_predict(predictor, x[:, z], patch_size, num_classes, step_size, True,
-                                           mirror_axes, device, batch_size=4).cpu()
+                                           mirror_axes, device, batch_size=4, sigmoid=sigmoid).cpu()
     return out
 
 
@@ -193,16 +198,21 @@ def softmax_numpy(logits: np.ndarray, axis: int = 0) -> np.ndarray:
     return e
 
 
+def sigmoid_numpy(logits: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32, copy=False)
+
+
 def predict_volume_numpy(predictor: NumpyPredictor, data: np.ndarray, patch_size, num_classes: int,
-                         step_size: float = 0.5, mirror: bool = True) -> np.ndarray:
+                         step_size: float = 0.5, mirror: bool = True, sigmoid: bool = False) -> np.ndarray:
     """``predict_volume`` in numpy: float32 probabilities (K, Z, Y, X), slice by slice with a 2D patch."""
     mirror_axes = tuple(range(len(patch_size))) if mirror else ()
+    activation = sigmoid_numpy if sigmoid else softmax_numpy
     if len(patch_size) == 3:
-        return softmax_numpy(sliding_window_logits_numpy(predictor, data, patch_size, num_classes, step_size,
-                                                         True, mirror_axes))
+        return activation(sliding_window_logits_numpy(predictor, data, patch_size, num_classes, step_size,
+                                                      True, mirror_axes))
     x = np.asarray(data, dtype=np.float32)
     out = np.empty((num_classes,) + tuple(x.shape[1:]), np.float32)
     for z in range(x.shape[1]):
-        out[:, z] = softmax_numpy(sliding_window_logits_numpy(predictor, x[:, z], patch_size, num_classes,
-                                                              step_size, True, mirror_axes, batch_size=4))
+        out[:, z] = activation(sliding_window_logits_numpy(predictor, x[:, z], patch_size, num_classes,
+                                                           step_size, True, mirror_axes, batch_size=4))
     return out

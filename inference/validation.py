@@ -2,7 +2,8 @@
 
 For each validation case: the preprocessed case is predicted with the sliding window (Gaussian
 weighting, mirror TTA), mapped back to the original geometry and written as
-``{case}{ending}`` plus ``{case}.npz`` (softmax, float16, key ``probabilities``) and a
+``{case}{ending}`` plus ``{case}.npz`` (softmax or region sigmoid maps, float16, key
+``probabilities``; ``regions_class_order`` beside region maps) and a
 ``{case}.json`` geometry sidecar, which ensembling needs. ``summary.json`` compares them with
 the reference labels copied into ``preprocessed/<dataset>/gt_segmentations``.
 """
@@ -20,14 +21,25 @@ from autoseg.serialization import save_json
 log = logging.getLogger(__name__)
 
 
-def save_probabilities(path_stem: Path, probabilities: np.ndarray, geometry: ImageGeometry) -> None:
-    """``{stem}.npz`` (float16 probabilities) and ``{stem}.json`` (geometry), atomically."""
+def save_probabilities(path_stem: Path, probabilities: np.ndarray, geometry: ImageGeometry,
+                       regions_class_order=None) -> None:
+    """``{stem}.npz`` (float16 probabilities) and ``{stem}.json`` (geometry), atomically. A
+    region-based model's sigmoid maps are saved with their ``regions_class_order`` (key of that
+    name), so that ``load_probabilities_as_labels`` turns them into labels with nothing else given."""
     import os
 
     tmp = path_stem.with_name(f".{path_stem.name}.tmp{os.getpid()}.npz")
-    np.savez_compressed(tmp, probabilities=probabilities.astype(np.float16))
+    extra = {} if regions_class_order is None else {"regions_class_order": np.asarray(regions_class_order, np.int64)}
+    np.savez_compressed(tmp, probabilities=probabilities.astype(np.float16), **extra)
     os.replace(tmp, path_stem.with_name(path_stem.name + ".npz"))
     save_json(geometry.to_json(), path_stem.with_name(path_stem.name + ".json"))
+
+
+def load_probabilities(path: Path) -> tuple[np.ndarray, list[int] | None]:
+    """The float32 probabilities of a ``{case}.npz`` and its regions_class_order (None: softmax)."""
+    with np.load(path) as z:
+        order = z["regions_class_order"].tolist() if "regions_class_order" in z.files else None
+        return z["probabilities"].astype(np.float32), order
 
 
 def validate_fold(fold_dir: str | Path, model, ws: Workspace, dataset: str, val_ids: list[str],
@@ -58,11 +70,12 @@ def validate_fold(fold_dir: str | Path, model, ws: Workspace, dataset: str, val_
         case = load_case(data_dir, case_id, with_seg=False)
         data = case.data if add_inputs is None else add_inputs(case_id, case.data)
         probs = predict_volume(net, data, cfg.patch_size, plans.num_classes, step_size, mirror, device,
-                               mirror_axes)
+                               mirror_axes, sigmoid=plans.regions is not None)
         seg, full = export_to_original(probs.cpu().numpy(), case.properties, plans, cfg.name)
         geometry = ImageGeometry.from_json(case.properties.geometry)
         write_image(seg, geometry, out / f"{case_id}{plans.file_ending}")
-        save_probabilities(out / case_id, full, geometry)
-    return evaluate_folder(ws.preprocessed_dataset(dataset) / "gt_segmentations", out, list(plans.foreground_labels),
-                           plans.file_ending, out / "summary.json", case_ids=val_ids, ignore_label=plans.ignore_label)
+        save_probabilities(out / case_id, full, geometry, plans.regions_class_order)
+    return evaluate_folder(ws.preprocessed_dataset(dataset) / "gt_segmentations", out, list(plans.scored_classes),
+                           plans.file_ending, out / "summary.json", case_ids=val_ids, ignore_label=plans.ignore_label,
+                           regions=plans.regions)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from autoseg.fingerprint_types import ClassFingerprint, Fingerprint
-from autoseg.labels import ignore_value
+from autoseg.labels import ignore_value, is_region_based
 
 SMALL_SHARE = 0.005  # of the patch's volume (3D) or area (2D)
 SMALL_EDGE_RATIO = SMALL_SHARE ** (1 / 3)  # ~0.171: 0.5% of a 3D patch's volume
@@ -100,7 +100,9 @@ def class_sizes(fp: Fingerprint, patch_size: tuple[int, ...], spacing: tuple[flo
 def flag_small_classes(fp: Fingerprint, patch_size: tuple[int, ...], spacing: tuple[float, ...]) -> tuple[int, ...]:
     """Labels that are small or rare for a patch of ``patch_size`` at ``spacing`` (sorted); none for a
     sparsely annotated dataset (an ignore label), whose components are cut by where the annotation
-    stops (a structure labelled on a few slices looks like many thin small ones), not by anatomy."""
-    if ignore_value(fp.labels) is not None:
+    stops (a structure labelled on a few slices looks like many thin small ones), not by anatomy;
+    none for region-based labels either (the small-class weights and oversampling act on softmax
+    classes; sampling on regions already draws each member value's voxels, the innermost included)."""
+    if ignore_value(fp.labels) is not None or is_region_based(fp.labels):
         return ()
     return tuple(c.label for c in class_sizes(fp, patch_size, spacing) if c.flagged)

@@ -255,6 +255,7 @@ def plan_experiment(fingerprint: Fingerprint, profile: str = "gpu-8gb", force_lo
         configurations=configs,
         device_profile=prof.name,
         budget_gb=prof.memory_gb,
+        regions_class_order=fingerprint.regions_class_order,
     )
 
 

@@ -18,6 +18,12 @@ any other class's F1.
 5. per class, a minimum component size with the candidates of 4, lesion-driven.
 
 Components use full connectivity (26 neighbours in 3D), ``lesions.label_components``.
+
+Region-based datasets (``autoseg.labels``): a step's ``label`` names a region by its written value
+and acts on the region's mask; removing a region from voxels keeps their other regions
+(``labels.remove_class``). Steps 1, 2, 4 and 5 are learned per region, every region rescored after
+each trial (removing a region also removes the regions inside it); the presence rule (3), whose
+scoring assumes that one class alone changes, is not tried on regions.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from autoseg.errors import UserFacingError
+from autoseg.labels import Regions, class_channel, class_mask, remove_class
 from autoseg.postprocess.lesions import LESION_COUNT_KEYS, detection_scores, label_components
 from autoseg.postprocess.metrics import case_metrics, nanmean
 
@@ -58,6 +65,9 @@ class PostprocessingStep:
 @dataclass(frozen=True)
 class Postprocessing:
     steps: tuple[PostprocessingStep, ...] = ()
+    # region-based datasets: each region's written value and members, so the steps apply with
+    # nothing else given (empty for plain labels)
+    regions: tuple[tuple[int, tuple[int, ...]], ...] = ()
 
     @property
     def needs_probabilities(self) -> bool:
@@ -67,26 +77,28 @@ class Postprocessing:
 _components = label_components  # one connectivity for postprocessing and lesion metrics
 
 
-def keep_largest_component(seg: np.ndarray, label: int | None = None) -> np.ndarray:
+def keep_largest_component(seg: np.ndarray, label: int | None = None, regions: Regions | None = None) -> np.ndarray:
     """Keep only the largest component of ``label`` (None: of all foreground together).
 
     Returns ``seg`` itself when nothing is removed, else a modified copy.
     """
-    mask = seg > 0 if label is None else seg == label
+    mask = seg > 0 if label is None else class_mask(seg, label, regions)
     if not mask.any():
         return seg
     comp, sizes = _components(mask)
     if len(sizes) <= 2:
         return seg
     sizes[0] = 0
-    out = seg.copy()
-    out[mask & (comp != int(np.argmax(sizes)))] = 0
-    return out
+    if label is None:
+        out = seg.copy()
+        out[mask & (comp != int(np.argmax(sizes)))] = 0
+        return out
+    return remove_class(seg, mask & (comp != int(np.argmax(sizes))), label, regions)
 
 
-def remove_small_components(seg: np.ndarray, label: int, min_size: int) -> np.ndarray:
+def remove_small_components(seg: np.ndarray, label: int, min_size: int, regions: Regions | None = None) -> np.ndarray:
     """Set components of ``label`` with fewer than ``min_size`` voxels to background."""
-    mask = seg == label
+    mask = class_mask(seg, label, regions)
     if not mask.any():
         return seg
     comp, sizes = _components(mask)
@@ -94,56 +106,56 @@ def remove_small_components(seg: np.ndarray, label: int, min_size: int) -> np.nd
     small[0] = False
     if not small.any():
         return seg
-    out = seg.copy()
-    out[small[comp] & mask] = 0
-    return out
+    return remove_class(seg, small[comp] & mask, label, regions)
 
 
-def presence_features(seg: np.ndarray, label: int, probabilities: np.ndarray | None = None) -> tuple[int, float]:
+def presence_features(seg: np.ndarray, label: int, probabilities: np.ndarray | None = None,
+                      regions: Regions | None = None) -> tuple[int, float]:
     """(largest component size in voxels, highest probability of ``label`` over its voxels) of a case.
 
     (0, NaN) when the class is absent; the probability is NaN without ``probabilities``
     ((K, *seg.shape) softmax).
     """
-    mask = seg == label
+    mask = class_mask(seg, label, regions)
     if not mask.any():
         return 0, math.nan
     _, sizes = _components(mask)
     top = math.nan
     if probabilities is not None:
-        if probabilities.shape[1:] != seg.shape or label >= probabilities.shape[0]:
+        channel = class_channel(label, regions)
+        if probabilities.shape[1:] != seg.shape or channel >= probabilities.shape[0]:
             raise ValueError(f"probabilities of shape {probabilities.shape} do not fit a segmentation of shape "
                              f"{seg.shape} with class {label}")
-        top = float(probabilities[label][mask].max())
+        top = float(probabilities[channel][mask].max())
     return int(sizes[1:].max()), top
 
 
 def apply_presence(seg: np.ndarray, label: int, min_size: int, min_probability: float = 0.0,
-                   probabilities: np.ndarray | None = None) -> np.ndarray:
+                   probabilities: np.ndarray | None = None, regions: Regions | None = None) -> np.ndarray:
     """Remove ``label`` from the case unless its largest component and top probability pass."""
     if min_probability > 0 and probabilities is None:
         raise UserFacingError(f"the learned postprocessing keeps class {label} only where its softmax probability "
                               f"reaches {min_probability:.3f}, but no probabilities were given; predict with "
                               "'autoseg predict' (which has them), or keep the {case}.npz files written with "
                               "--save_probabilities beside the segmentations")
-    size, top = presence_features(seg, label, probabilities if min_probability > 0 else None)
+    size, top = presence_features(seg, label, probabilities if min_probability > 0 else None, regions)
     if size == 0 or (size >= min_size and (min_probability <= 0 or top >= min_probability)):
         return seg
-    out = seg.copy()
-    out[seg == label] = 0
-    return out
+    return remove_class(seg, np.ones(seg.shape, bool), label, regions)
 
 
-def apply_step(seg: np.ndarray, step: PostprocessingStep, probabilities: np.ndarray | None = None) -> np.ndarray:
-    """Apply one step; ``probabilities`` ((K, *seg.shape) softmax) only matter to a presence step."""
+def apply_step(seg: np.ndarray, step: PostprocessingStep, probabilities: np.ndarray | None = None,
+               regions: Regions | None = None) -> np.ndarray:
+    """Apply one step; ``probabilities`` ((K, *seg.shape) softmax) only matter to a presence step;
+    ``regions``: ``step.label`` names a region (``Postprocessing.regions``)."""
     if step.kind == "keep_largest_foreground":
         return keep_largest_component(seg, None)
     if step.kind == "keep_largest":
-        return keep_largest_component(seg, step.label)
+        return keep_largest_component(seg, step.label, regions)
     if step.kind == "remove_small":
-        return remove_small_components(seg, step.label, step.min_size)
+        return remove_small_components(seg, step.label, step.min_size, regions)
     if step.kind == "presence":
-        return apply_presence(seg, step.label, step.min_size, step.min_probability, probabilities)
+        return apply_presence(seg, step.label, step.min_size, step.min_probability, probabilities, regions)
     raise ValueError(f"unknown postprocessing step '{step.kind}'")
 
 
@@ -151,8 +163,9 @@ def apply_postprocessing(seg: np.ndarray, postprocessing: Postprocessing,
                          probabilities: np.ndarray | None = None) -> np.ndarray:
     """Apply the steps in order. ``probabilities``: the case's softmax (K, *seg.shape), needed
     when ``postprocessing.needs_probabilities``."""
+    regions = postprocessing.regions or None
     for step in postprocessing.steps:
-        seg = apply_step(seg, step, probabilities)
+        seg = apply_step(seg, step, probabilities, regions)
     return seg
 
 
@@ -175,8 +188,9 @@ class Scores:
         return nanmean(list(self.dice.values()))
 
 
-def _metrics(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int], ignore_label: int | None = None) -> Metrics:
-    return case_metrics(ref, pred, list(labels), surface=False, ignore_label=ignore_label)
+def _metrics(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int], ignore_label: int | None = None,
+             regions: Regions | None = None) -> Metrics:
+    return case_metrics(ref, pred, list(labels), surface=False, ignore_label=ignore_label, regions=regions)
 
 
 def _scores(per_case: list[Metrics], labels: Sequence[int]) -> Scores:
@@ -209,25 +223,27 @@ def _lesion_better(new: Scores, old: Scores, label: int) -> bool:
 
 
 def _trial(current: list[Case], metrics: list[Metrics], step: PostprocessingStep,
-           labels: Sequence[int], ignore_label: int | None = None) -> tuple[list[Case], list[Metrics]]:
-    """Apply ``step`` to every case; recompute metrics only of changed cases and touched classes."""
-    touched = list(labels) if step.kind == "keep_largest_foreground" else [step.label]
+           labels: Sequence[int], ignore_label: int | None = None,
+           regions: Regions | None = None) -> tuple[list[Case], list[Metrics]]:
+    """Apply ``step`` to every case; recompute metrics only of changed cases and touched classes
+    (with regions every region: the ones inside a removed region go with it)."""
+    touched = list(labels) if step.kind == "keep_largest_foreground" or regions else [step.label]
     cases, per_case = [], []
     for (p, r), m in zip(current, metrics):
-        q = apply_step(p, step)
+        q = apply_step(p, step, regions=regions)
         cases.append((q, r))
-        per_case.append(m if q is p else {**m, **_metrics(q, r, touched, ignore_label)})
+        per_case.append(m if q is p else {**m, **_metrics(q, r, touched, ignore_label, regions)})
     return cases, per_case
 
 
-def _false_positive_sizes(cases, label: int) -> list[int]:
+def _false_positive_sizes(cases, label: int, regions: Regions | None = None) -> list[int]:
     sizes = []
     for pred, ref in cases:
-        mask = pred == label
+        mask = class_mask(pred, label, regions)
         if not mask.any():
             continue
         comp, counts = _components(mask)
-        hit = np.unique(comp[(ref == label) & mask])
+        hit = np.unique(comp[class_mask(ref, label, regions) & mask])
         for k in range(1, len(counts)):
             if k not in hit:
                 sizes.append(int(counts[k]))
@@ -339,9 +355,11 @@ ProbabilityLoader = Callable[[], np.ndarray]
 
 def learn_postprocessing(cases: list[Case], labels: list[int],
                          probabilities: Sequence[ProbabilityLoader] | None = None,
-                         ignore_label: int | None = None) -> tuple[Postprocessing, dict]:
+                         ignore_label: int | None = None, regions: Regions | None = None
+                         ) -> tuple[Postprocessing, dict]:
     """Learn steps from (prediction, reference) pairs, the cross-validation predictions; where a
-    reference holds ``ignore_label`` (unannotated voxels), the prediction is not scored.
+    reference holds ``ignore_label`` (unannotated voxels), the prediction is not scored. With
+    ``regions``, ``labels`` are the regions' written values (see the module docstring).
 
     ``probabilities``: optional, one loader per case returning its softmax (K, *shape); with
     them the presence rule may also gate on the top probability. Returns the steps and their
@@ -350,13 +368,13 @@ def learn_postprocessing(cases: list[Case], labels: list[int],
     """
     steps: list[PostprocessingStep] = []
     current = [(p, r) for p, r in cases]
-    metrics = [_metrics(p, r, labels, ignore_label) for p, r in current]
+    metrics = [_metrics(p, r, labels, ignore_label, regions) for p, r in current]
     best = _scores(metrics, labels)
     first = best
 
     def attempt(step: PostprocessingStep) -> None:
         nonlocal current, metrics, best
-        trial, per_case = _trial(current, metrics, step, labels, ignore_label)
+        trial, per_case = _trial(current, metrics, step, labels, ignore_label, regions)
         scores = _scores(per_case, labels)
         if _better(scores, best):
             steps.append(step)
@@ -366,13 +384,13 @@ def learn_postprocessing(cases: list[Case], labels: list[int],
         """The candidate that passes ``better`` against the current scores and beats (by the
         same rule) every other passing candidate tried before it (smaller thresholds first)."""
         nonlocal current, metrics, best
-        sizes = _false_positive_sizes(current, label)
+        sizes = _false_positive_sizes(current, label, regions)
         if not sizes:
             return
         chosen = None
         for size in _size_candidates(sizes):
             step = PostprocessingStep("remove_small", label, size)
-            trial, per_case = _trial(current, metrics, step, labels, ignore_label)
+            trial, per_case = _trial(current, metrics, step, labels, ignore_label, regions)
             scores = _scores(per_case, labels)
             if better(scores, best) and (chosen is None or better(scores, chosen[3])):
                 chosen = (step, trial, per_case, scores)
@@ -387,8 +405,8 @@ def learn_postprocessing(cases: list[Case], labels: list[int],
         attempt(PostprocessingStep("keep_largest", label))
     # case-level presence rules (lesion-driven) before any size threshold: a threshold learned
     # first would remove every small true lesion to clean cases the rule can drop as a whole
-    features = _presence_features(current, labels, probabilities)
-    for label in labels:
+    features = _presence_features(current, labels, probabilities) if regions is None else {}
+    for label in features:
         learned = _learn_presence(current, metrics, features[label], label, labels, best, ignore_label)
         if learned is not None:
             steps.append(learned[0])
@@ -398,7 +416,7 @@ def learn_postprocessing(cases: list[Case], labels: list[int],
     for label in labels:
         best_min_size(label, lambda new, old, c=label: _lesion_better(new, old, c))
     effect = {"before": first.dice, "after": best.dice, "lesion_f1_before": first.f1, "lesion_f1_after": best.f1}
-    return Postprocessing(tuple(steps)), effect
+    return Postprocessing(tuple(steps), tuple(regions or ())), effect
 
 
 def _presence_features(current: list[Case], labels: Sequence[int], probabilities: Sequence[ProbabilityLoader] | None

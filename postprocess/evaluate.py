@@ -19,7 +19,7 @@ from pathlib import Path
 from autoseg.device import pool_size
 from autoseg.errors import UserFacingError
 from autoseg.imageio import SUPPORTED_ENDINGS, read_label
-from autoseg.labels import foreground_values, ignore_value
+from autoseg.labels import Regions, ignore_value, label_names, regions_of, scored_classes
 from autoseg.postprocess.lesions import LESION_COUNT_KEYS, detection_scores
 from autoseg.postprocess.metrics import case_metrics, nanmean
 from autoseg.postprocess.surface import DEFAULT_NSD_TOLERANCE_MM
@@ -43,8 +43,8 @@ def _case_files(folder: Path, file_ending: str | None) -> dict[str, Path]:
     return out
 
 
-def _evaluate_case(job: tuple[str, Path, Path, list[int], float, bool, int | None]) -> dict:
-    case_id, ref_path, pred_path, labels, nsd_tolerance_mm, surface, ignore_label = job
+def _evaluate_case(job: tuple[str, Path, Path, list[int], float, bool, int | None, Regions | None]) -> dict:
+    case_id, ref_path, pred_path, labels, nsd_tolerance_mm, surface, ignore_label, regions = job
     ref, rgeom = read_label(ref_path)
     pred, pgeom = read_label(pred_path)
     diffs = rgeom.matches(pgeom)
@@ -55,7 +55,7 @@ def _evaluate_case(job: tuple[str, Path, Path, list[int], float, bool, int | Non
     if rgeom.is_2d:  # natural 2D image: its placeholder slice thickness is not a length
         spacing = (1.0,) + tuple(spacing[1:])
     metrics = case_metrics(ref[0], pred[0], labels, spacing, nsd_tolerance_mm, surface=surface,
-                           ignore_label=ignore_label)
+                           ignore_label=ignore_label, regions=regions)
     return {"case_id": case_id, "reference": str(ref_path), "prediction": str(pred_path),
             "spacing": list(spacing), "metrics": {str(k): v for k, v in metrics.items()}}
 
@@ -115,11 +115,13 @@ def _null_to_nan(obj):
 def evaluate_folder(reference_dir: str | Path, prediction_dir: str | Path, labels: list[int],
                     file_ending: str | None = None, output_json: str | Path | None = None,
                     num_processes: int | None = None, case_ids: list[str] | None = None,
-                    nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM, ignore_label: int | None = None) -> dict:
+                    nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM, ignore_label: int | None = None,
+                    regions: Regions | None = None) -> dict:
     """Evaluate every prediction of ``prediction_dir`` (or ``case_ids``) against ``reference_dir``.
 
     ``nsd_tolerance_mm``: the tolerance of the normalised surface Dice, in mm; ``ignore_label``: the
-    reference value of unannotated voxels, where predictions are not scored. The summary is
+    reference value of unannotated voxels, where predictions are not scored; ``regions``: score
+    regions (``labels`` are then their written values, ``metrics.case_metrics``). The summary is
     returned and, with ``output_json``, written there (NaN as ``null``).
     """
     refs = _case_files(Path(reference_dir), file_ending)
@@ -137,7 +139,7 @@ def evaluate_folder(reference_dir: str | Path, prediction_dir: str | Path, label
             parts.append(f"no reference in {reference_dir} for case(s) {missing_ref[:10]}")
         raise UserFacingError("; ".join(parts) + "; predict the missing cases or evaluate a matching folder")
     summary = evaluate_pairs({c: (refs[c], preds[c]) for c in wanted}, labels, num_processes, nsd_tolerance_mm,
-                             ignore_label=ignore_label)
+                             ignore_label=ignore_label, regions=regions)
     if output_json is not None:
         save_json(summary, output_json)
     return summary
@@ -145,12 +147,13 @@ def evaluate_folder(reference_dir: str | Path, prediction_dir: str | Path, label
 
 def evaluate_pairs(pairs: dict[str, tuple[Path, Path]], labels: list[int], num_processes: int | None = None,
                    nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM, surface: bool = True,
-                   ignore_label: int | None = None) -> dict:
+                   ignore_label: int | None = None, regions: Regions | None = None) -> dict:
     """Summary over ``{case_id: (reference file, prediction file)}``; ``surface=False`` leaves
-    out HD95 and NSD (model selection does not use them); ``ignore_label`` as ``evaluate_folder``."""
+    out HD95 and NSD (model selection does not use them); ``ignore_label`` and ``regions`` as
+    ``evaluate_folder``."""
     if not nsd_tolerance_mm >= 0:
         raise UserFacingError(f"the NSD tolerance must be a distance in mm >= 0, got {nsd_tolerance_mm}")
-    jobs = [(c, ref, pred, list(labels), float(nsd_tolerance_mm), surface, ignore_label)
+    jobs = [(c, ref, pred, list(labels), float(nsd_tolerance_mm), surface, ignore_label, regions)
             for c, (ref, pred) in sorted(pairs.items())]
     n = pool_size(num_processes, len(jobs))
     if n == 1 or len(jobs) < 8:
@@ -161,6 +164,8 @@ def evaluate_pairs(pairs: dict[str, tuple[Path, Path]], labels: list[int], num_p
     summary = summarise(per_case, list(labels), float(nsd_tolerance_mm))
     if ignore_label is not None:
         summary["ignore_label"] = ignore_label
+    if regions is not None:
+        summary["regions"] = {str(v): list(members) for v, members in regions}
     return summary
 
 
@@ -196,10 +201,11 @@ def _f(v: float, digits: int = 4) -> str:
     return "nan" if v is None or math.isnan(v) else f"{v:.{digits}f}"
 
 
-def _labels_from_workspace(args) -> tuple[list[int] | None, dict[int, str], int | None]:
-    """The classes to score, their names and the ignore label's value, from the dataset.json of -d."""
+def _labels_from_workspace(args) -> tuple[list[int] | None, dict[int, str], int | None, Regions | None]:
+    """The classes (or regions) to score, their names, the ignore label's value and the regions,
+    from the dataset.json of -d."""
     if not args.dataset:
-        return None, {}, None
+        return None, {}, None, None
     from autoseg.paths import Workspace
 
     ws = Workspace.resolve(args.root)
@@ -207,15 +213,18 @@ def _labels_from_workspace(args) -> tuple[list[int] | None, dict[int, str], int 
     for folder in (ws.preprocessed / name, ws.raw / name):
         path = folder / "dataset.json"
         if path.is_file():
-            labels = json.loads(path.read_text())["labels"]
-            return list(foreground_values(labels)), {v: k for k, v in labels.items()}, ignore_value(labels)
-    return None, {}, None
+            raw = json.loads(path.read_text())
+            labels = raw["labels"]
+            regions = regions_of(labels, raw.get("regions_class_order"))
+            return (list(scored_classes(labels, regions)), label_names(labels, regions), ignore_value(labels),
+                    regions)
+    return None, {}, None, None
 
 
 def cli_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    labels, names, ignore = _labels_from_workspace(args)
+    labels, names, ignore, regions = _labels_from_workspace(args)
     if getattr(args, "ignore_label", None) is not None:
         ignore = args.ignore_label
     if args.labels:
@@ -227,7 +236,7 @@ def cli_evaluate(args: argparse.Namespace) -> int:
         labels = sorted(v for v in found if v and v != ignore)
     out = Path(args.output) if args.output else Path(args.prediction) / "summary.json"
     summary = evaluate_folder(args.reference, args.prediction, labels, output_json=out,
-                              nsd_tolerance_mm=args.nsd_tolerance, ignore_label=ignore)
+                              nsd_tolerance_mm=args.nsd_tolerance, ignore_label=ignore, regions=regions)
     print(format_table(summary, names))
     print(f"written to {out}")
     return 0

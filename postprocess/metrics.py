@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from autoseg.labels import Regions, class_mask
 from autoseg.postprocess.lesions import lesion_metrics
 from autoseg.postprocess.surface import DEFAULT_NSD_TOLERANCE_MM, surface_metrics
 
@@ -56,9 +57,12 @@ def presence(ref_has: bool, pred_has: bool) -> str:
 
 def case_metrics(ref: np.ndarray, pred: np.ndarray, labels: list[int], spacing: Sequence[float] | None = None,
                  nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM, surface: bool = True,
-                 lesions: bool = True, ignore_label: int | None = None) -> dict[int, dict[str, float]]:
+                 lesions: bool = True, ignore_label: int | None = None,
+                 regions: Regions | None = None) -> dict[int, dict[str, float]]:
     """Metrics of each class in ``labels`` for one case; where ``ref`` holds ``ignore_label``
-    (unannotated voxels), the prediction is not scored: it counts as background there.
+    (unannotated voxels), the prediction is not scored: it counts as background there. With
+    ``regions`` (``autoseg.labels``), ``labels`` name regions by their written values and each is
+    scored on its mask (every voxel holding one of its values) in reference and prediction.
 
     ``ref``/``pred``: label maps of the same shape; ``spacing``: mm per voxel in array order
     (default 1 mm). Per class: the voxel metrics of ``class_metrics``, ``presence``, and unless
@@ -72,7 +76,7 @@ def case_metrics(ref: np.ndarray, pred: np.ndarray, labels: list[int], spacing: 
     out = {}
     known = None if ignore_label is None else ref != ignore_label
     for label in labels:
-        r, p = ref == label, pred == label
+        r, p = class_mask(ref, label, regions), class_mask(pred, label, regions)
         if known is not None:
             p &= known
         m = _voxel_metrics(r, p)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.errors import UserFacingError
+from autoseg.labels import label_names
 from autoseg.paths import Workspace
 from autoseg.postprocess.components import Postprocessing, PostprocessingStep, learn_postprocessing
 from autoseg.postprocess.metrics import nanmean
@@ -78,8 +79,10 @@ def _validation_files(results: Path, configuration: str, variant: str, folds: tu
     return preds, missing
 
 
-def _ensemble(members: list[dict[str, Path]], cases: list[str], out: Path, ending: str) -> dict[str, Path]:
+def _ensemble(members: list[dict[str, Path]], cases: list[str], out: Path, ending: str,
+              regions_class_order=None) -> dict[str, Path]:
     from autoseg.imageio import ImageGeometry, write_image
+    from autoseg.labels import probabilities_to_labels
 
     out.mkdir(parents=True, exist_ok=True)
     result = {}
@@ -92,7 +95,7 @@ def _ensemble(members: list[dict[str, Path]], cases: list[str], out: Path, endin
                 p = z["probabilities"].astype(np.float32)
             probs = p if probs is None else probs + p
         geometry = ImageGeometry.from_json(json.loads(stem.with_name(case + ".json").read_text()))
-        write_image(probs.argmax(0).astype(np.uint8), geometry, target)
+        write_image(probabilities_to_labels(probs / len(members), regions_class_order), geometry, target)
         result[case] = target
     return result
 
@@ -130,7 +133,7 @@ def find_best_config(ws: Workspace, dataset: str, configurations: list[str] | No
     results = ws.results / name
     gt = ws.preprocessed / name / "gt_segmentations"
     ending = plans.file_ending
-    labels, ignore = list(plans.foreground_labels), plans.ignore_label
+    labels, ignore, regions = list(plans.scored_classes), plans.ignore_label, plans.regions
     asked = configurations or [c for c in PREFERENCE if c in plans.configurations]
     available: dict[str, dict[str, Path]] = {}
     problems = []
@@ -149,21 +152,21 @@ def find_best_config(ws: Workspace, dataset: str, configurations: list[str] | No
     scores: dict[tuple[str, ...], dict] = {}
     for c, preds in available.items():
         scores[(c,)] = evaluate_pairs({k: (gt / f"{k}{ending}", preds[k]) for k in cases}, labels, surface=False,
-                                      ignore_label=ignore)
+                                      ignore_label=ignore, regions=regions)
     members_of = {}
     for r in range(2, len(available) + 1):
         for combo in itertools.combinations(available, r):
             out = results / "ensembles" / variant / _candidate_name(combo)
-            preds = _ensemble([available[c] for c in combo], cases, out, ending)
+            preds = _ensemble([available[c] for c in combo], cases, out, ending, plans.regions_class_order)
             members_of[combo] = preds
             scores[combo] = evaluate_pairs({k: (gt / f"{k}{ending}", preds[k]) for k in cases}, labels,
-                                           surface=False, ignore_label=ignore)
+                                           surface=False, ignore_label=ignore, regions=regions)
     ranked = sorted(((c, s["foreground_mean"]["dice"]) for c, s in scores.items()), key=_order_key)
     chosen = ranked[0][0]
     chosen_preds = available[chosen[0]] if len(chosen) == 1 else members_of[chosen]
     pairs = [(read_label(chosen_preds[k])[0][0], read_label(gt / f"{k}{ending}")[0][0]) for k in cases]
     loaders = _probability_loaders([available[c] for c in chosen], cases)
-    postprocessing, effect = learn_postprocessing(pairs, labels, loaders, ignore)
+    postprocessing, effect = learn_postprocessing(pairs, labels, loaders, ignore, regions)
     candidates = {_candidate_name(c): {**{str(lab): s["mean"][str(lab)]["dice"] for lab in labels},
                                        "mean": s["foreground_mean"]["dice"]} for c, s in scores.items()}
     lesion_f1 = {_candidate_name(c): {**{str(lab): s["pooled"][str(lab)]["lesion_f1"] for lab in labels},
@@ -249,7 +252,7 @@ def cli_find_best_config(args: argparse.Namespace) -> int:
 
     plans = load_plans(ws.preprocessed_dataset(args.dataset) / "plans.json")
     small = plans.small_classes
-    print(format_selection(sel, {v: k for k, v in plans.labels.items()}, small))
+    print(format_selection(sel, label_names(plans.labels, plans.regions), small))
     print(f"written to {ws.results_dataset(args.dataset) / 'selection.json'}")
     return 0
 

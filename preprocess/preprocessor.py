@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from autoseg.imageio import ImageGeometry
+from autoseg.labels import all_values, probabilities_to_labels
 from autoseg.plans import Plans
 from autoseg.preprocess.cropping import crop, nonzero_bbox
 from autoseg.preprocess.normalization import normalize
@@ -58,7 +59,7 @@ def preprocess_case(image: np.ndarray, geometry: ImageGeometry, plans: Plans, co
     seg_out = None
     if seg is not None:
         seg_c = crop(seg, box)
-        seg_out = resample_seg(seg_c, new_shape, sorted(plans.labels.values()), cfg.resample_order_seg, sep)
+        seg_out = resample_seg(seg_c, new_shape, list(all_values(plans.labels)), cfg.resample_order_seg, sep)
         seg_out = seg_out.astype(np.int8)
     props = CaseProperties(
         case_id=case_id,
@@ -77,18 +78,20 @@ def export_to_original(probabilities: np.ndarray, properties: CaseProperties, pl
     """Map class probabilities (K, z, y, x) at the preprocessed spacing back to the original image.
 
     Returns the label map (Z, Y, X) uint8 in the original shape and, if asked, the
-    probabilities (K, Z, Y, X) float32 there (background 1 outside the crop). Classes are
-    resampled one at a time, so memory stays near one extra class-sized array.
+    probabilities (K, Z, Y, X) float32 there (outside the crop: background 1 for softmax outputs,
+    every region 0 for region outputs). Classes are resampled one at a time, so memory stays near
+    one extra class-sized array.
     """
     sep = _separate_axis(plans, configuration, properties.spacing_after_resample, properties.spacing_after_crop)
     probs = resample_probabilities(probabilities, properties.shape_after_crop, sep)
     geometry = ImageGeometry.from_json(properties.geometry)
     region = tuple(slice(lo, hi) for lo, hi in properties.crop_bbox)
     seg = np.zeros(geometry.shape, np.uint8)
-    seg[region] = probs.argmax(0).astype(np.uint8)
+    seg[region] = probabilities_to_labels(probs, plans.regions_class_order)
     full = None
     if return_probabilities:
         full = np.zeros((probs.shape[0],) + tuple(geometry.shape), np.float32)
-        full[0] = 1.0
+        if plans.regions is None:
+            full[0] = 1.0
         full[(slice(None),) + region] = probs
     return seg, full

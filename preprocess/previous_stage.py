@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from autoseg.errors import UserFacingError
+from autoseg.labels import all_values
 from autoseg.plans import Plans
 from autoseg.preprocess.cropping import crop
 from autoseg.preprocess.resampling import resample_seg
@@ -51,7 +52,7 @@ def previous_stage_to_grid(segmentation: np.ndarray, properties: CaseProperties,
     cfg = plans.configuration(configuration)
     cropped = crop(seg[None], properties.crop_bbox)
     sep = _separate_axis(plans, configuration, properties.spacing_after_crop, properties.spacing_after_resample)
-    out = resample_seg(cropped, tuple(properties.shape_after_resample), sorted(plans.labels.values()),
+    out = resample_seg(cropped, tuple(properties.shape_after_resample), list(all_values(plans.labels)),
                        cfg.resample_order_seg, sep)
     return out.astype(np.int8)
 

@@ -351,17 +351,23 @@ class BatchSource:
         return {"data": batch["data"].astype(np.float32), "target": target}
 
 
-def class_frequencies(source: BatchSource, num_classes: int, num_batches: int = 25) -> np.ndarray:
+def class_frequencies(source: BatchSource, num_classes: int, num_batches: int = 25, regions=None,
+                      ignore_label: int | None = None) -> np.ndarray:
     """Fraction of voxels of each class in ``num_batches`` batches of ``source`` (batches
     ``0 .. num_batches-1``; build the source without augmentation for speed). The patches are
     sampled as in training, foreground oversampling included, so these are the frequencies the
-    network sees."""
-    counts = np.zeros(num_classes, np.float64)
+    network sees. With ``regions`` (``Plans.regions``): per region, the fraction of the annotated
+    voxels (not ``ignore_label``) that lie in it (regions overlap: these need not sum to 1)."""
+    counts = np.zeros(max(num_classes, 256), np.float64)
     for i in range(num_batches):
         target = source.batch(i)["target"]
         target = target[0] if isinstance(target, list) else target
         values = np.asarray(target).ravel()
-        counts += np.bincount(values[(values >= 0) & (values < num_classes)], minlength=num_classes)  # not ignore
+        counts += np.bincount(values[values >= 0], minlength=len(counts))[:len(counts)]
+    if regions:
+        annotated = counts.sum() - (counts[ignore_label] if ignore_label is not None else 0.0)
+        return np.array([counts[list(members)].sum() for _, members in regions]) / max(annotated, 1.0)
+    counts = counts[:num_classes]  # not the ignore label, the highest value
     return counts / max(counts.sum(), 1.0)
 
 

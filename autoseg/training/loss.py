@@ -11,6 +11,10 @@ Dice of the classes in ``batch_dice_classes`` is pooled over the batch even when
 
 Sparse annotation: voxels of the dataset's ignore label (``autoseg.labels``) are masked out of both
 terms, as if they were not in the patch.
+
+Region-based labels (``RegionLoss``): one sigmoid output per region, trained on the region's mask
+(the target's voxels holding one of its values) with binary cross-entropy (mean over voxels and
+regions) plus soft Dice on the sigmoid maps of every region; the ignore label masks both alike.
 """
 from __future__ import annotations
 
@@ -35,9 +39,16 @@ def soft_dice(probs: torch.Tensor, target: torch.Tensor, batch_dice: bool,
     ``batch_dice`` is set or the class is in ``batch_dice_classes``; the result is the mean over classes.
     """
     onehot = torch.zeros_like(probs).scatter_(1, target.long(), 1.0)
+    return _dice_of_masks(probs[:, 1:], onehot[:, 1:], batch_dice, tuple(k - 1 for k in batch_dice_classes), mask)
+
+
+def _dice_of_masks(probs: torch.Tensor, ref: torch.Tensor, batch_dice: bool, pooled_channels: tuple[int, ...] = (),
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean soft Dice over the channels of ``probs`` and ``ref`` (B, C, ..., float); channels in
+    ``pooled_channels`` (or all with ``batch_dice``) pooled over the batch, the others per sample."""
     if mask is not None:
-        probs, onehot = probs * mask, onehot * mask
-    probs, onehot = probs[:, 1:], onehot[:, 1:]
+        probs, ref = probs * mask, ref * mask
+    onehot = ref
     axes = tuple(range(2, probs.ndim))
     intersect = (probs * onehot).sum(axes)  # (B, K-1)
     denom = probs.sum(axes) + onehot.sum(axes)
@@ -45,7 +56,7 @@ def soft_dice(probs: torch.Tensor, target: torch.Tensor, batch_dice: bool,
     pooled = (2 * intersect.sum(0) + SMOOTH) / (denom.sum(0) + SMOOTH).clamp_min(1e-8)
     if batch_dice:
         return pooled.mean()
-    chosen = torch.tensor([k in batch_dice_classes for k in range(1, probs.shape[1] + 1)], device=probs.device)
+    chosen = torch.tensor([k in pooled_channels for k in range(probs.shape[1])], device=probs.device)
     return torch.where(chosen, pooled, per_sample.mean(0)).mean()
 
 
@@ -91,13 +102,56 @@ def _cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Ten
     return (per_voxel * mask).sum() / w.sum().clamp_min(1e-8)
 
 
+class RegionLoss(nn.Module):
+    """Region-based training: ``regions`` lists each output's label values; output k is trained on
+    where the target holds one of region k's values. ``bce_weight`` * binary cross-entropy (mean
+    over the annotated voxels and the regions) + ``dice_weight`` * (1 - mean soft Dice of the
+    sigmoid maps, every region counted); ``ignore_label`` voxels take no part in either term."""
+
+    def __init__(self, regions, batch_dice: bool, bce_weight: float = 1.0, dice_weight: float = 1.0,
+                 ignore_label: int | None = None):
+        super().__init__()
+        self.regions = tuple(tuple(int(v) for v in r) for r in regions)
+        self.batch_dice, self.bce_weight, self.dice_weight = batch_dice, bce_weight, dice_weight
+        self.ignore_label = ignore_label
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        ref = region_targets(target, self.regions).to(torch.float32)
+        mask = None if self.ignore_label is None else target != self.ignore_label
+        logits = logits.float()
+        loss = logits.new_zeros(())
+        if self.bce_weight:
+            per_voxel = F.binary_cross_entropy_with_logits(logits, ref, reduction="none")
+            if mask is None:
+                bce = per_voxel.mean()
+            else:
+                bce = (per_voxel * mask).sum() / (mask.sum() * len(self.regions)).clamp_min(1)
+            loss = loss + self.bce_weight * bce
+        if self.dice_weight:
+            loss = loss + self.dice_weight * (1 - _dice_of_masks(torch.sigmoid(logits), ref, self.batch_dice,
+                                                                 mask=mask))
+        return loss
+
+
+def region_targets(target: torch.Tensor, regions) -> torch.Tensor:
+    """(B, 1, ...) label map -> (B, K, ...) boolean region masks."""
+    return torch.cat([torch.isin(target, torch.tensor(r, device=target.device, dtype=target.dtype))
+                      for r in regions], 1)
+
+
+def _dice_ce(batch_dice, ce_weight, dice_weight, regions=None, ignore_label=None, **small) -> nn.Module:
+    """CE (BCE on regions) weighted ``ce_weight`` + Dice weighted ``dice_weight``."""
+    if regions:
+        if any(w != 1 for w in small.get("ce_class_weights") or ()) or small.get("batch_dice_classes"):
+            raise ValueError("small-class loss weights do not apply to region-based training")
+        return RegionLoss(regions, batch_dice, ce_weight, dice_weight, ignore_label)
+    return DiceCELoss(batch_dice, ce_weight, dice_weight, ignore_label=ignore_label, **small)
+
+
 LOSSES: Registry[Callable[..., nn.Module]] = Registry("loss")
-LOSSES.add("dice_ce", lambda batch_dice, ce_weight, dice_weight, **small: DiceCELoss(
-    batch_dice, ce_weight, dice_weight, **small))
-LOSSES.add("ce", lambda batch_dice, ce_weight, dice_weight, **small: DiceCELoss(
-    batch_dice, ce_weight or 1.0, 0.0, **small))
-LOSSES.add("dice", lambda batch_dice, ce_weight, dice_weight, **small: DiceCELoss(
-    batch_dice, 0.0, dice_weight or 1.0, **small))
+LOSSES.add("dice_ce", _dice_ce)
+LOSSES.add("ce", lambda batch_dice, ce_weight, dice_weight, **kw: _dice_ce(batch_dice, ce_weight or 1.0, 0.0, **kw))
+LOSSES.add("dice", lambda batch_dice, ce_weight, dice_weight, **kw: _dice_ce(batch_dice, 0.0, dice_weight or 1.0, **kw))
 
 
 def deep_supervision_weights(n: int) -> list[float]:
@@ -126,10 +180,13 @@ class DeepSupervisionLoss(nn.Module):
 
 def build_loss(name: str, batch_dice: bool, ce_weight: float, dice_weight: float, n_outputs: int | None,
                ce_class_weights: tuple[float, ...] | None = None, batch_dice_classes: tuple[int, ...] = (),
-               ignore_label: int | None = None) -> nn.Module:
+               ignore_label: int | None = None, regions=None) -> nn.Module:
     """The named loss, wrapped for deep supervision when ``n_outputs`` is given; ``ce_class_weights``
     and ``batch_dice_classes`` are the small-class settings (``SmallClassSetup.ce_weights``,
-    ``.batch_dice_classes``); ``ignore_label`` the dataset's (``Plans.ignore_label``)."""
+    ``.batch_dice_classes``); ``ignore_label`` the dataset's (``Plans.ignore_label``). With
+    ``regions`` (``Plans.regions``) the loss is on regions (``RegionLoss``): "dice_ce" is BCE + Dice,
+    "ce" BCE alone, "dice" Dice alone, ``ce_weight`` weighing the BCE."""
     base = LOSSES.get(name)(batch_dice, ce_weight, dice_weight, ce_class_weights=ce_class_weights,
-                            batch_dice_classes=tuple(batch_dice_classes), ignore_label=ignore_label)
+                            batch_dice_classes=tuple(batch_dice_classes), ignore_label=ignore_label,
+                            regions=[members for _, members in regions] if regions else None)
     return DeepSupervisionLoss(base, n_outputs) if n_outputs else base

@@ -91,9 +91,11 @@ def build_network(plans: Plans, configuration: str, deep_supervision: bool,
     return UNet(cfg.network, channels, plans.num_classes, deep_supervision)
 
 
-def init_output_bias(net: UNet, priors, min_prior: float = 1e-3) -> list[float]:
+def init_output_bias(net: UNet, priors, min_prior: float = 1e-3, sigmoid: bool = False) -> list[float]:
     """Set every segmentation head's bias to ``log(prior)`` so the untrained network's softmax
-    starts at the class frequencies instead of uniform; return the priors used.
+    starts at the class frequencies instead of uniform; return the priors used. ``sigmoid``
+    (region outputs, each its own probability): the bias is ``log(p / (1 - p))`` with each prior
+    clipped to [min_prior, 1 - min_prior] and not renormalised.
 
     Priors are clipped below at ``min_prior`` and renormalised. Starting from uniform, the first
     iterations' cross-entropy drives every voxel to background and the Dice term then needs
@@ -102,12 +104,17 @@ def init_output_bias(net: UNet, priors, min_prior: float = 1e-3) -> list[float]:
     initialisation applied to segmentation).
     """
     p = np.maximum(np.asarray(priors, dtype=np.float64), min_prior)
-    p = p / p.sum()
+    if sigmoid:
+        p = np.minimum(p, 1 - min_prior)
+        bias = np.log(p / (1 - p))
+    else:
+        p = p / p.sum()
+        bias = np.log(p)
     if len(p) != net.heads[0].out_channels:
         raise ValueError(f"{len(p)} class priors for a network with {net.heads[0].out_channels} outputs")
     with torch.no_grad():
         for head in net.heads:
-            head.bias.copy_(torch.from_numpy(np.log(p)).to(head.bias))
+            head.bias.copy_(torch.from_numpy(bias).to(head.bias))
     return [float(x) for x in p]
 
 

@@ -57,14 +57,20 @@ class SmallClassSetup:
         return f"small classes {self.classes}: " + ", ".join(parts)
 
 
-def resolve_small_classes(cfg: TrainConfig, plan: ConfigurationPlan, num_classes: int) -> SmallClassSetup:
-    """The small-class handling for training ``plan`` with ``cfg`` (``num_classes`` includes background).
+def resolve_small_classes(cfg: TrainConfig, plan: ConfigurationPlan, num_classes: int,
+                          region_based: bool = False) -> SmallClassSetup:
+    """The small-class handling for training ``plan`` with ``cfg`` (``num_classes`` includes background);
+    none for a region-based dataset (the planner flags no class there; asking for one is refused).
 
     Example: plans flag (3,), defaults -> paste {3: 1.0}, shares {3: 0.0}, no CE weights, no batch Dice;
     ``--variant small_class_sampler`` -> shares {3: 0.33}, CE weights (1, 1, 1, 3), batch Dice for (3,).
     """
     classes = plan.small_classes if cfg.small_classes is None else cfg.small_classes
     classes = tuple(int(c) for c in classes)
+    if region_based and classes:
+        raise UserFacingError(f"small_classes {classes} were asked for, but this dataset is region-based: the "
+                              "small-class sampling and loss weights act on softmax classes, not on regions; "
+                              "drop --set small_classes")
     bad = [c for c in classes if not 1 <= c < num_classes]
     if bad:
         raise UserFacingError(f"small_classes {bad} are not foreground labels of this dataset (1..{num_classes - 1}); "

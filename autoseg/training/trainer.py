@@ -22,7 +22,7 @@ from autoseg.device import autocast_dtype, pick_device, resolve_precision, torch
 from autoseg.errors import UserFacingError
 from autoseg.inference.fast_forward import inference_forward
 from autoseg.paths import Workspace
-from autoseg.plans import load_plans, save_plans
+from autoseg.plans import Plans, load_plans, save_plans
 from autoseg.serialization import save_json, to_jsonable
 from autoseg.training.augmentation import resolve_order_data
 from autoseg.training.budget import WARMUP_ITERATIONS
@@ -177,22 +177,26 @@ def _train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Trai
         batch_size = cfg.batch_size or cp.batch_size
         scales = deep_supervision_scales(cp) if cfg.deep_supervision else None
         net = build_network(plans, configuration, cfg.deep_supervision)
-        small = resolve_small_classes(cfg, cp, plans.num_classes)
+        small = resolve_small_classes(cfg, cp, plans.num_classes, plans.regions is not None)
         options = dict(small_class_contain=cfg.small_class_placement == "contain", small_class_first=cfg.small_class_slots,
                        balance_cases=cfg.small_class_balance_cases, paste_shares=small.paste)
         if state is None and cfg.output_prior_init:
             # a source of its own (unaugmented: fast), dropped right after so its cases are not held in memory twice
             frequencies = class_frequencies(make_source(data_dir, train_ids, cp, batch_size,
                                                         cfg.oversample_foreground_percent, None, None, cfg.seed + 2,
-                                                        small.shares, **options), plans.num_classes)
-            priors = init_output_bias(net, frequencies, cfg.output_prior_min)
+                                                        small.shares, **options), plans.num_classes,
+                                            regions=plans.regions, ignore_label=plans.ignore_label)
+            priors = init_output_bias(net, frequencies, cfg.output_prior_min, sigmoid=plans.regions is not None)
             log.info("output biases from class frequencies in training patches: %s",
                      " ".join(f"{p:.4f}" for p in priors))
         layout = torch_memory_format(cfg.memory_format, cp.network.dim)
         net = net.to(dev, memory_format=layout)
         loss_fn = build_loss(cfg.loss, cp.batch_dice if cfg.batch_dice is None else cfg.batch_dice,
                              cfg.ce_weight, cfg.dice_weight, len(scales) if scales else None,
-                             small.ce_weights, small.batch_dice_classes, plans.ignore_label)
+                             small.ce_weights, small.batch_dice_classes, plans.ignore_label, plans.regions)
+        if plans.regions:
+            log.info("region-based: %d sigmoid outputs (%s), loss %s on each region's mask", len(plans.regions),
+                     ", ".join(f"{v}: {list(m)}" for v, m in plans.regions), cfg.loss)
         if cfg.optimizer == "adamw":
             opt = torch.optim.AdamW(net.parameters(), lr=cfg.initial_lr, weight_decay=cfg.weight_decay)
         else:
@@ -239,7 +243,6 @@ def _train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Trai
             }, out / f"{path_name}.pth")
 
         batches = iterate(train_src, iteration, budget.max_iterations - iteration, cfg.num_workers)
-        num_classes = plans.num_classes
         plotted_at = time.perf_counter()
         recheck = (state is None and width is None and budget.active and cfg.fit_width_to_budget
                    and planned_on_this_cpu(throughput, dev))
@@ -292,7 +295,7 @@ def _train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Trai
                             save_json(budget.cfg, out / "train_config.json")
                     bar.close()
                     val_loss, dice, forward_total = _validate_patches(net, loss_fn, val_src, epoch * n_val, n_val, dev,
-                                                                      num_classes, scales, cfg.precision)
+                                                                      plans, scales, cfg.precision)
                     forward_s = forward_total / max(1, n_val * batch_size)
                     ema = dice.mean() if not history["ema_dice"] else (
                         cfg.ema_alpha * history["ema_dice"][-1] + (1 - cfg.ema_alpha) * dice.mean())
@@ -367,14 +370,16 @@ def _train_step(net, loss_fn, opt, scaler, batch, dev, grad_clip, amp_dtype=None
 
 
 @torch.no_grad()
-def _validate_patches(net, loss_fn, src: BatchSource, start: int, count: int, dev, num_classes, scales,
+def _validate_patches(net, loss_fn, src: BatchSource, start: int, count: int, dev, plans: Plans, scales,
                       precision: str = "fp32"):
-    """Validation loss, pseudo-Dice per foreground class (TP/FP/FN summed over all patches) and the
-    seconds spent in the network's forward passes alone (what the final sliding-window validation
-    costs per patch; making the batches, which for a cascade means loading large cases, is not)."""
+    """Validation loss, pseudo-Dice per foreground class or region (TP/FP/FN summed over all
+    patches) and the seconds spent in the network's forward passes alone (what the final
+    sliding-window validation costs per patch; making the batches, which for a cascade means
+    loading large cases, is not)."""
     net.eval()
     forward = inference_forward(net, precision, dev)
-    tp = np.zeros(num_classes - 1)
+    num_classes, regions = plans.num_classes, plans.regions
+    tp = np.zeros(len(regions) if regions else num_classes - 1)
     fp, fn = tp.copy(), tp.copy()
     losses, forward_s = [], 0.0
     for k in range(count):
@@ -392,14 +397,19 @@ def _validate_patches(net, loss_fn, src: BatchSource, start: int, count: int, de
             losses.append(float(loss_fn(out, targets)))
         else:
             losses.append(float(loss_fn(full, target)))
-        pred = full.argmax(1)
         t = target[:, 0]
-        annotated = t < num_classes  # the ignore label, where there is one, is the highest value
-        for c in range(1, num_classes):
-            p, r = pred == c, t == c
-            tp[c - 1] += float((p & r).sum())
-            fp[c - 1] += float((p & ~r & annotated).sum())
-            fn[c - 1] += float((~p & r).sum())
+        if regions:  # a region is predicted where its logit is above 0 (sigmoid above 0.5)
+            annotated = t != plans.ignore_label if plans.ignore_label is not None else torch.ones_like(t, dtype=bool)
+            masks = [(full[:, k] > 0, torch.isin(t, torch.tensor(members, device=t.device, dtype=t.dtype)))
+                     for k, (_, members) in enumerate(regions)]
+        else:
+            pred = full.argmax(1)
+            annotated = t < num_classes  # the ignore label, where there is one, is the highest value
+            masks = [(pred == c, t == c) for c in range(1, num_classes)]
+        for k, (p, r) in enumerate(masks):
+            tp[k] += float((p & r).sum())
+            fp[k] += float((p & ~r & annotated).sum())
+            fn[k] += float((~p & r).sum())
     dice = 2 * tp / np.maximum(2 * tp + fp + fn, 1e-8)
     return float(np.mean(losses)) if losses else float("nan"), dice, forward_s
 
