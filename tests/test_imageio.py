@@ -145,3 +145,23 @@ def test_real_files_of_every_kind_are_read_whole(shared_data):
         label, _ = read_label(hippocampus / "labelsTr" / image_file.name)
         assert image.shape == label.shape and set(np.unique(label).tolist()) <= {0, 1, 2}
     read_label(shared_data / "pyradiomics_mri" / "breast1_label.nrrd")
+
+
+def test_a_nifti_header_extension_is_legal_and_short_data_in_a_whole_gzip_stream_is_not(tmp_path):
+    # a 16-byte header extension moves the voxels to vox_offset 368: 368 + 24 x 4 = 464 bytes declared
+    import gzip
+    import struct
+
+    arr = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(tmp_path / "plain.nii"))
+    data = (tmp_path / "plain.nii").read_bytes()
+    header = bytearray(data[:348])
+    header[108:112] = struct.pack("<f", 368.0)
+    extension = bytes([1, 0, 0, 0]) + struct.pack("<ii", 16, 0) + b"comments"
+    with_extension = bytes(header) + extension + data[352:]
+    (tmp_path / "ext.nii.gz").write_bytes(gzip.compress(with_extension))
+    np.testing.assert_array_equal(read_image([tmp_path / "ext.nii.gz"])[0][0], arr)
+    (tmp_path / "short.nii.gz").write_bytes(gzip.compress(with_extension[:-8]))  # two voxels short, gzip whole
+    with pytest.raises(ImageReadError, match=r"short.nii.gz: .*declares 464 bytes \(368 of header and 24 values "
+                                             r"of 4 byte\(s\)\), but the decompressed stream holds 456"):
+        read_image([tmp_path / "short.nii.gz"])
