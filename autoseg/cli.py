@@ -9,12 +9,43 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import os
 import sys
+from typing import Callable
 
 from autoseg.device import PRECISIONS
 
 CONFIG_CHOICES = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
+
+
+def number_in(kind: type, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+              high_open: bool = False) -> Callable[[str], float]:
+    """An argparse ``type`` that parses a finite ``kind`` (int or float) and refuses values outside the
+    range from ``low`` to ``high`` (None: unbounded; ``*_open``: the bound itself is excluded).
+
+    Example: ``number_in(float, 0, 1, low_open=True)`` takes (0, 1]: '0.25' -> 0.25, while '0' makes
+    argparse stop with "argument --step_size: expected a number in (0, 1], found 0" and exit code 2."""
+    if low is not None and high is not None:
+        allowed = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        allowed = f"{'>' if low_open else '>='} {low:g}"
+    else:
+        allowed = f"{'<' if high_open else '<='} {high:g}"
+    noun = "a whole number" if kind is int else "a number"
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        inside = (math.isfinite(value) and (low is None or (value > low if low_open else value >= low))
+                  and (high is None or (value < high if high_open else value <= high)))
+        if not inside:
+            raise argparse.ArgumentTypeError(f"expected {noun} {allowed}, found {text!r}")
+        return value
+
+    return parse
 
 
 def _root(p: argparse.ArgumentParser) -> None:
@@ -28,8 +59,8 @@ def _dataset(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def _np(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-np", "--num-processes", type=int, default=None,
-                   help="worker processes (default: number of CPU cores)")
+    p.add_argument("-np", "--num-processes", type=number_in(int, 1), default=None,
+                   help="worker processes, >= 1 (default: number of CPU cores)")
 
 
 def _training(p: argparse.ArgumentParser) -> None:
@@ -40,8 +71,9 @@ def _training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a TrainConfig field, e.g. --set num_epochs=50 (repeatable)")
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda", "mps"))
-    p.add_argument("-np", "--num-workers", type=int, default=None,
-                   help="augmentation worker processes (default: chosen from the CPU count)")
+    p.add_argument("-np", "--num-workers", type=number_in(int, 0), default=None,
+                   help="augmentation worker processes, >= 0; 0: in the training process (default: chosen "
+                        "from the CPU count)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("convert_msd", "autoseg.convert_msd:cli_convert_msd",
             "convert a Medical Segmentation Decathlon task folder into the raw layout")
     p.add_argument("-i", "--input", required=True, help="TaskXX_Name folder (Decathlon layout)")
-    p.add_argument("-d", "--dataset-id", type=int, default=None,
+    p.add_argument("-d", "--dataset-id", type=number_in(int, 0, 999), default=None,
                    help="dataset id for the new folder (default: the task number)")
     _root(p)
     _np(p)
@@ -118,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to average (default: all trained)")
     p.add_argument("--chk", default="checkpoint_final", help="checkpoint name")
     p.add_argument("--variant", default=None, help="training variant (default: 'default')")
-    p.add_argument("--step_size", type=float, default=0.5, help="sliding-window step, fraction of the patch")
+    p.add_argument("--step_size", type=number_in(float, 0, 1, low_open=True), default=0.5,
+                   help="sliding-window step as a fraction of the patch, in (0, 1] (default 0.5)")
     p.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation")
     p.add_argument("--save_probabilities", action="store_true", help="also write softmax as .npz")
     p.add_argument("--continue", dest="resume", action="store_true", help="skip cases already written")
@@ -172,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-label", type=int, default=None, metavar="VALUE",
                    help="reference value of unannotated voxels, left out of every metric (default: the label "
                         "named 'ignore' in the dataset.json of -d)")
-    p.add_argument("--nsd-tolerance", type=float, default=1.0, metavar="MM",
+    p.add_argument("--nsd-tolerance", type=number_in(float, 0, low_open=True), default=1.0, metavar="MM",
                    help="tolerance of the normalised surface Dice in mm (default 1.0)")
 
     p = add("export_model", "autoseg.model_archive:cli_export_model",

@@ -13,10 +13,18 @@ or pooled along it. Example: a 640 x 480 RGB PNG becomes an array of shape
 'P') is expanded to its colours, except as a label, where its palette indices are the class
 values. BMP, palette, grey + alpha and 1-bit images are read with Pillow (SimpleITK reads 8-bit
 grey BMPs as RGB and cannot read the others faithfully); everything else with SimpleITK.
+
+Every file is read to its last byte and its voxels must be finite: a file that ends before the
+size its header declares, or an image holding NaN or infinite values, raises ``ImageReadError``.
+SimpleITK refuses such files itself except NIfTI, whose reader (nifticlib) pads a cut-off file
+with zeros and turns NaN/inf into 0 without a word; NIfTI files are therefore also decompressed
+here and their stored voxels checked (``_check_nifti_payload``).
 """
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -34,6 +42,86 @@ _PIL_MODES = ("P", "PA", "LA", "La", "1")
 
 class ImageReadError(ValueError):
     """An image file could not be read or has an unexpected layout."""
+
+
+# NIfTI datatype codes whose components are IEEE floats (float32, float64, complex64, complex128)
+_NIFTI_FLOAT_COMPONENTS = {16: "f4", 64: "f8", 32: "f4", 1792: "f8"}
+_CORRUPT_FIX = "the file is unreadable or corrupt: copy or re-export it again"
+
+
+def _decompress_gzip(raw: bytes) -> tuple[bytes, bool]:
+    """Decompress every gzip member of ``raw``; return (data, complete). ``complete`` is False when
+    the stream ends before its last member's end (a cut-off file); raises ``zlib.error`` on a
+    broken stream."""
+    parts, complete = [], True
+    while raw:
+        d = zlib.decompressobj(wbits=31)
+        parts.append(d.decompress(raw))
+        if not d.eof:
+            complete = False
+            break
+        raw = d.unused_data
+    return b"".join(parts), complete
+
+
+def _nifti_layout(header: bytes) -> tuple[str, int, int, int, int] | None:
+    """(byte order, vox_offset, number of voxel components, bytes per component, datatype) from a
+    NIfTI-1 or NIfTI-2 header, or None when ``header`` is neither."""
+    for order in "<>":
+        (size,) = struct.unpack(order + "i", header[:4]) if len(header) >= 4 else (0,)
+        if size == 348 and len(header) >= 348:
+            dims = struct.unpack(order + "8h", header[40:56])
+            datatype, bitpix = struct.unpack(order + "2h", header[70:74])
+            offset = int(struct.unpack(order + "f", header[108:112])[0])
+        elif size == 540 and len(header) >= 540:
+            datatype, bitpix = struct.unpack(order + "2h", header[12:16])
+            dims = struct.unpack(order + "8q", header[16:80])
+            offset = struct.unpack(order + "q", header[168:176])[0]
+        else:
+            continue
+        count = int(np.prod([max(1, d) for d in dims[1:1 + max(0, min(7, dims[0]))]], dtype=np.int64))
+        return order, max(offset, size + 4), count, bitpix // 8, datatype
+    return None
+
+
+def _check_nifti_payload(path: Path) -> int:
+    """Read a NIfTI file (.nii or .nii.gz) to its last byte; return how many stored voxel values
+    are NaN or infinite (0 for integer data).
+
+    Raises ``ImageReadError`` naming the file, the size its header declares and the size found
+    when the file ends early. Example: a float32 image of 40 x 30 x 20 voxels declares 352 + 24000
+    x 4 = 96352 bytes; cut to half of its compressed bytes it decompresses to about 48000."""
+    raw = path.read_bytes()
+    gz = raw[:2] == b"\x1f\x8b"
+    try:
+        data, complete = _decompress_gzip(raw) if gz else (raw, True)
+    except zlib.error as exc:
+        raise ImageReadError(f"cannot read {path}: broken gzip stream ({exc}); {_CORRUPT_FIX}") from None
+    layout = _nifti_layout(data[:540])
+    if layout is None:
+        return 0  # SimpleITK read it, so it is not NIfTI-1/2 as this parser knows them: leave it be
+    order, offset, count, itemsize, datatype = layout
+    expected = offset + count * itemsize
+    if len(data) < expected or not complete:
+        stream = "decompressed stream" if gz else "file"
+        raise ImageReadError(
+            f"{path}: the file is incomplete: its header declares {expected} bytes ({offset} of header and "
+            f"{count} values of {itemsize} byte(s)), but the {stream} "
+            + (f"holds {len(data)}" if complete else f"ends after {len(data)} (the gzip stream is cut off)")
+            + "; it was probably cut off while being copied or written: copy or re-export it again"
+        )
+    if datatype not in _NIFTI_FLOAT_COMPONENTS:
+        return 0
+    component = np.dtype(order + _NIFTI_FLOAT_COMPONENTS[datatype])
+    values = np.frombuffer(data, component, count * itemsize // component.itemsize, offset)
+    return int(values.size - np.count_nonzero(np.isfinite(values)))
+
+
+def _non_finite_error(path: Path, bad: int, total: int) -> ImageReadError:
+    return ImageReadError(
+        f"{path}: holds {bad} NaN/inf voxel(s) of {total}; expected finite values everywhere: replace them "
+        "(e.g. with the image's minimum) and save the file again"
+    )
 
 
 @dataclass(frozen=True)
@@ -130,7 +218,7 @@ def _read_with_pil(path: Path, palette_as_indices: bool) -> tuple[np.ndarray, Im
     except ImageReadError:
         raise
     except Exception as exc:
-        raise ImageReadError(f"cannot read {path}: {exc}") from None
+        raise ImageReadError(f"cannot read {path}: {exc}; {_CORRUPT_FIX}") from None
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     if mode == "PA" and palette_as_indices:  # index + alpha: the index is the class
@@ -157,8 +245,13 @@ def _read_one(path: Path, palette_as_indices: bool = False) -> tuple[np.ndarray,
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
-        raise ImageReadError(f"cannot read {path}: {first}") from None
+        raise ImageReadError(f"cannot read {path}: {first}; {_CORRUPT_FIX}") from None
     arr = sitk.GetArrayFromImage(img)
+    bad = _check_nifti_payload(path) if file_ending(path) in (".nii.gz", ".nii") else 0
+    if np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.complexfloating):
+        bad += int(arr.size - np.count_nonzero(np.isfinite(arr)))
+    if bad:
+        raise _non_finite_error(path, bad, arr.size)
     n_comp = img.GetNumberOfComponentsPerPixel()
     is_2d = file_ending(path) in NATURAL_2D_ENDINGS
     if is_2d:
@@ -221,9 +314,21 @@ def read_label(path: str | os.PathLike) -> tuple[np.ndarray, ImageGeometry]:
     path = Path(path)
     arr, geom = _read_one(path, palette_as_indices=True)
     arr = _as_index_map(arr, path, natural_2d=file_ending(path) in NATURAL_2D_ENDINGS)
-    if not np.issubdtype(arr.dtype, np.integer):
-        if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
-            raise ImageReadError(f"{path}: label values must be integers, found non-integer values")
+    if not np.issubdtype(arr.dtype, np.integer):  # float-typed labels are legal when they hold integers
+        fractional = arr != np.round(arr)
+        if fractional.any():
+            shown = ", ".join(f"{v:g}" for v in np.unique(arr[fractional])[:4])
+            raise ImageReadError(
+                f"{path}: label values must be integers (class indices), found {int(fractional.sum())} voxel(s) "
+                f"with non-integer values such as {shown}; save the label map with the class index of each voxel "
+                "(e.g. np.rint(label).astype(np.uint8)), not interpolated or resampled values"
+            )
+    low, high = (arr.min(), arr.max()) if arr.size else (0, 0)
+    if low < np.iinfo(np.int16).min or high > np.iinfo(np.int16).max:
+        raise ImageReadError(
+            f"{path}: label values must be class indices from {np.iinfo(np.int16).min} to "
+            f"{np.iinfo(np.int16).max}, found values from {low:g} to {high:g}; store the class index of each voxel"
+        )
     return arr.astype(np.int16), geom
 
 

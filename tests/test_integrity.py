@@ -76,12 +76,12 @@ def test_undeclared_and_non_integer_labels(synth_dataset):
     assert any("case case_001" in p and "non-integer" in p for p in found)
 
 
-def test_nan_in_image(workspace):
-    # SimpleITK's NIfTI reader turns NaN into 0, so the NaN check is exercised with MetaImage files
+@pytest.mark.parametrize("ending", [".mha", ".nii.gz"])  # SimpleITK alone reads NaN in NIfTI as 0
+def test_nan_in_image(workspace, ending):
     from synthetic import make_dataset
 
-    folder = make_dataset(workspace / "raw", file_ending=".mha")
-    p = folder / "imagesTr" / "case_003_0000.mha"
+    folder = make_dataset(workspace / "raw", file_ending=ending)
+    p = folder / "imagesTr" / f"case_003_0000{ending}"
     arr = sitk.GetArrayFromImage(sitk.ReadImage(str(p)))
     arr[1, 1, 1] = np.nan
     arr[2, 2, 2] = np.inf
@@ -94,6 +94,20 @@ def test_corrupt_file(synth_dataset):
     (synth_dataset / "imagesTr" / "case_004_0000.nii.gz").write_bytes(b"garbage")
     found = problems_of(synth_dataset)
     assert any("case case_004" in p and "unreadable or corrupt" in p for p in found)
+
+
+def test_cut_off_image_and_label(synth_dataset):
+    # the image cut to 2/3 of its bytes: SimpleITK alone reads it with zeros in place of the rest; the
+    # label (196 bytes) cut to half: too short to hold a header, SimpleITK itself refuses it
+    image, label = synth_dataset / "imagesTr" / "case_002_0000.nii.gz", synth_dataset / "labelsTr" / "case_005.nii.gz"
+    declared = 352 + int(np.prod(sitk.ReadImage(str(image)).GetSize())) * 4  # float32 voxels
+    image.write_bytes(image.read_bytes()[: image.stat().st_size * 2 // 3])
+    label.write_bytes(label.read_bytes()[: label.stat().st_size // 2])
+    found = problems_of(synth_dataset)
+    assert len(found) == 2
+    assert found[0].startswith(f"case case_002: {image}: the file is incomplete: its header declares {declared} bytes")
+    assert found[1].startswith(f"case case_005: cannot read {label}")
+    assert all(p.endswith("copy or re-export it again") for p in found)
 
 
 def test_empty_dataset(synth_dataset):

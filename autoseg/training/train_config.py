@@ -149,6 +149,17 @@ class TrainConfig:
             raise ValueError(f"small_class_slots must be 'forced' or 'random', found {self.small_class_slots!r}")
         if self.small_class_ce_weight <= 0:
             raise ValueError(f"small_class_ce_weight must be > 0, found {self.small_class_ce_weight}")
+        if not 0 < self.validation_step_size <= 1:  # 0 divides by zero; below it the tiles never advance
+            raise ValueError(f"validation_step_size must be in (0, 1], found {self.validation_step_size}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0 (0: in the training process; or None: chosen from the "
+                             f"CPU count), found {self.num_workers}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 (or None: as the plans say), found {self.batch_size}")
+        if self.checkpoint_every_epochs < 1:
+            raise ValueError(f"checkpoint_every_epochs must be >= 1, found {self.checkpoint_every_epochs}")
+        if not 0 <= self.ema_alpha <= 1:
+            raise ValueError(f"ema_alpha must be in [0, 1], found {self.ema_alpha}")
 
 
 VARIANTS: Registry[dict[str, str]] = Registry("training variant")

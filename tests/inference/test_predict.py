@@ -73,6 +73,25 @@ def test_predict_keeps_geometry_and_reports_the_corrupt_case(trained_root, image
     assert {p.name: os.stat(p).st_mtime_ns for p in out.iterdir()} == before  # nothing rewritten
 
 
+def test_predict_refuses_cut_off_and_nan_images_naming_them(trained_root, tmp_path, caplog):
+    # SimpleITK alone reads both: the cut-off file with zeros for its missing half, NaN as 0
+    folder = tmp_path / "in"
+    folder.mkdir()
+    arr, _ = ellipsoid_case((14, 18, 16), np.random.default_rng(3))
+    for cid in ("good", "cut"):
+        sitk.WriteImage(sitk.GetImageFromArray(arr), str(folder / f"{cid}_0000.nii.gz"))
+    cut = folder / "cut_0000.nii.gz"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    arr[0, :2, 0] = np.nan
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(folder / "nan_0000.nii.gz"))
+    out = tmp_path / "pred"
+    assert predict(trained_root, folder, out, "-c", "3d_fullres", "-f", "0", "--disable_tta") == 1
+    assert [p.name for p in out.iterdir()] == ["good.nii.gz"]
+    declared = 352 + 14 * 18 * 16 * 4
+    assert f"case cut failed: {cut}: the file is incomplete: its header declares {declared} bytes" in caplog.text
+    assert f"case nan failed: {folder / 'nan_0000.nii.gz'}: holds 2 NaN/inf voxel(s) of {14 * 18 * 16}" in caplog.text
+
+
 def test_saved_probabilities_and_ensemble(trained_root, images, tmp_path):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     assert predict(trained_root, images, a, "-c", "3d_fullres", "-f", "0", "--save_probabilities") == 1

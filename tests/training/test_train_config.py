@@ -55,3 +55,22 @@ def test_bad_optimizer_settings_say_what_is_allowed():
         apply_overrides(TrainConfig(), ["optimizer=adam"])
     with pytest.raises(UserFacingError, match="initial_lr must be positive"):
         apply_overrides(TrainConfig(), ["initial_lr=0"])
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("validation_step_size=0", r"validation_step_size must be in \(0, 1\], found 0.0"),
+    ("validation_step_size=1.5", r"validation_step_size must be in \(0, 1\], found 1.5"),
+    ("num_workers=-1", "num_workers must be >= 0 .*found -1"),
+    ("batch_size=0", "batch_size must be >= 1 .*found 0"),
+    ("checkpoint_every_epochs=0", "checkpoint_every_epochs must be >= 1, found 0"),
+    ("ema_alpha=1.1", r"ema_alpha must be in \[0, 1\], found 1.1"),
+])
+def test_numbers_out_of_range_are_refused_naming_the_setting(setting, message):
+    with pytest.raises(UserFacingError, match=rf"--set {setting}: {message}"):
+        apply_overrides(TrainConfig(), [setting])
+
+
+def test_the_edges_of_the_ranges_are_taken():
+    cfg = apply_overrides(TrainConfig(), ["validation_step_size=1", "num_workers=0", "batch_size=1",
+                                          "checkpoint_every_epochs=1", "ema_alpha=0"])
+    assert (cfg.validation_step_size, cfg.num_workers, cfg.batch_size, cfg.ema_alpha) == (1.0, 0, 1, 0.0)

@@ -1,0 +1,39 @@
+"""Numeric command-line options are range-checked when parsed: the option, the value found and the
+range allowed are named, and the exit code is 2 before any work starts."""
+import pytest
+
+from autoseg.cli import main, number_in
+
+PREDICT = ["predict", "-i", "in", "-o", "out", "-d", "4"]
+
+
+@pytest.mark.parametrize("args, option, allowed, value", [
+    (PREDICT + ["--step_size", "-0.5"], "--step_size", "a number in (0, 1]", "-0.5"),
+    (PREDICT + ["--step_size", "0"], "--step_size", "a number in (0, 1]", "0"),
+    (PREDICT + ["--step_size", "1.01"], "--step_size", "a number in (0, 1]", "1.01"),
+    (PREDICT + ["--step_size", "nan"], "--step_size", "a number in (0, 1]", "nan"),
+    (PREDICT + ["--step_size", "half"], "--step_size", "a number in (0, 1]", "half"),
+    (["train", "3d_fullres", "0", "-d", "4", "-np", "-1"], "-np/--num-workers", "a whole number >= 0", "-1"),
+    (["train_all", "-d", "4", "-np", "2.5"], "-np/--num-workers", "a whole number >= 0", "2.5"),
+    (["plan_and_preprocess", "-d", "4", "-np", "0"], "-np/--num-processes", "a whole number >= 1", "0"),
+    (["convert_msd", "-i", "Task04", "-d", "1000"], "-d/--dataset-id", "a whole number in [0, 999]", "1000"),
+    (["evaluate", "-ref", "r", "-pred", "p", "--nsd-tolerance", "-1"], "--nsd-tolerance", "a number > 0", "-1"),
+])
+def test_out_of_range_numbers_stop_the_parser(args, option, allowed, value, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"autoseg {args[0]}: error: argument {option}: expected {allowed}, found '{value}'"
+
+
+def test_number_in_takes_the_closed_edges_and_refuses_the_open_ones():
+    fraction = number_in(float, 0, 1, low_open=True)
+    assert fraction("1") == 1.0 and fraction("1e-3") == 0.001
+    for text in ("0", "inf", "-inf"):
+        with pytest.raises(Exception, match=r"expected a number in \(0, 1\]"):
+            fraction(text)
+    assert number_in(int, 0)("0") == 0
+    assert number_in(float, high=2, high_open=True)("1.5") == 1.5
+    with pytest.raises(Exception, match="expected a number < 2, found '2'"):
+        number_in(float, high=2, high_open=True)("2")
