@@ -20,13 +20,28 @@ TINY = ["--set", "num_epochs=1", "--set", "num_iterations_per_epoch=3", "--set",
 
 
 @pytest.mark.slow
-def test_a_region_based_dataset_end_to_end(tmp_path):
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_a_region_based_dataset_end_to_end(tmp_path, sparse):
+    """``sparse``: the training labels hold the ignore value 3 outside four slices per case (the
+    ignore label through 3d_lowres and the cascade as well)."""
     ws = tmp_path / "ws"
     raw = make_dataset(ws / "raw", name=NAME, num_cases=6, channels=("T1", "FLAIR"), seed=3)
     meta = json.loads((raw / "dataset.json").read_text())
-    meta["labels"] = {"background": 0, "lesion": [1, 2], "core": 2}
+    meta["labels"] = {"background": 0, "lesion": [1, 2], "core": 2, **({"ignore": 3} if sparse else {})}
     meta["regions_class_order"] = [1, 2]
     (raw / "dataset.json").write_text(json.dumps(meta))
+    dense = tmp_path / "dense"
+    shutil.copytree(raw / "labelsTr", dense)
+    if sparse:
+        for path in sorted((raw / "labelsTr").glob("*.nii.gz")):
+            image = sitk.ReadImage(str(path))
+            lab = sitk.GetArrayFromImage(image)
+            keep = np.linspace(3, lab.shape[0] - 4, 4).round().astype(int)
+            out = np.full_like(lab, 3)
+            out[keep] = lab[keep]
+            written = sitk.GetImageFromArray(out)
+            written.CopyInformation(image)
+            sitk.WriteImage(written, str(path))
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     for path in sorted((raw / "imagesTr").glob("case_00[01]_*.nii.gz")):
@@ -47,6 +62,7 @@ def test_a_region_based_dataset_end_to_end(tmp_path):
         fold = ws / "results" / NAME / configuration / "default" / "fold_0"
         summary = json.loads((fold / "validation" / "summary.json").read_text())
         assert set(summary["mean"]) == {"1", "2"} and summary["regions"] == {"1": [1, 2], "2": [2]}
+        assert summary.get("ignore_label") == (3 if sparse else None)
         with np.load(fold / "validation" / "case_000.npz") as z:
             probs, order = z["probabilities"].astype(np.float32), z["regions_class_order"].tolist()
         assert probs.shape[0] == 2 and order == [1, 2] and 0 <= probs.min() and probs.max() <= 1
@@ -65,9 +81,9 @@ def test_a_region_based_dataset_end_to_end(tmp_path):
                  "--save_probabilities"]) == 0
     for case in ("case_000", "case_001"):
         seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{case}.nii.gz")))
-        assert set(np.unique(seg)) <= {0, 1, 2}
+        assert set(np.unique(seg)) <= {0, 1, 2}  # never the ignore value
         with np.load(out / f"{case}.npz") as z:
             assert z["probabilities"].shape[0] == 2 and z["regions_class_order"].tolist() == [1, 2]
-    assert main(["evaluate", "-ref", str(raw / "labelsTr"), "-pred", str(out), "-d", "906", "--root", root]) == 0
+    assert main(["evaluate", "-ref", str(dense), "-pred", str(out), "-d", "906", "--root", root]) == 0
     scores = json.loads((out / "summary.json").read_text())
     assert scores["regions"] == {"1": [1, 2], "2": [2]} and scores["num_cases"] == 2
