@@ -16,6 +16,10 @@ from typing import Callable
 
 from autoseg.device import PRECISIONS
 
+# planners.experiment.PROFILES' names, here so that a wrong one is refused before any work (the
+# planners are not imported to parse the command line; a test keeps the two equal)
+DEVICE_PROFILES = ("cpu", "gpu-8gb", "gpu-24gb", "gpu-40gb")
+
 CONFIG_CHOICES = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
 
 
@@ -224,9 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _plan_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device-profile", default=None,
-                   help="hardware to plan for: cpu, gpu-8gb, gpu-24gb, gpu-40gb (default: detected; cpu "
-                        "when torch sees no GPU)")
+    p.add_argument("--device-profile", default=None, choices=DEVICE_PROFILES,
+                   help="hardware to plan for (default: detected; cpu when torch sees no GPU)")
     p.add_argument("--time-budget", default=None,
                    help="cpu profile: the training time you intend per fold (default 30m); the network "
                         "width is chosen from speed measured on this machine to fit it")

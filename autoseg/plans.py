@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from autoseg.labels import LabelValue, Regions, foreground_values, ignore_value, num_outputs, regions_of, scored_classes
+from autoseg.errors import UnknownNameError
 from autoseg.serialization import SchemaError, load_json_as, save_json
 
 PLANS_SCHEMA_VERSION = 1
@@ -166,9 +167,10 @@ class Plans:
 
     def configuration(self, name: str) -> ConfigurationPlan:
         if name not in self.configurations:
-            raise KeyError(
+            raise UnknownNameError(
                 f"configuration '{name}' is not in the plans of {self.dataset_name}; "
-                f"planned: {', '.join(self.configurations)}"
+                f"planned: {', '.join(self.configurations)}. Use one of those, or plan it (3d_lowres and "
+                f"3d_cascade_fullres: autoseg plan_and_preprocess --force-lowres)"
             )
         return self.configurations[name]
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import difflib
 from typing import Callable, Generic, TypeVar
 
+from autoseg.errors import UnknownNameError
+
 T = TypeVar("T")
 
 
@@ -33,7 +35,7 @@ class Registry(Generic[T]):
             return self._items[name]
         close = difflib.get_close_matches(name, list(self._items), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise KeyError(f"unknown {self.kind} '{name}'{hint} available: {', '.join(sorted(self._items))}")
+        raise UnknownNameError(f"unknown {self.kind} '{name}'{hint} available: {', '.join(sorted(self._items))}")
 
     def names(self) -> list[str]:
         return sorted(self._items)

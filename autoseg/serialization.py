@@ -17,6 +17,8 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from autoseg.errors import MissingFileError
+
 T = TypeVar("T")
 
 
@@ -140,7 +142,7 @@ def load_json_as(cls: type[T], path: str | os.PathLike) -> T:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path} not found") from None
+        raise MissingFileError(f"{path} not found") from None
     except json.JSONDecodeError as exc:
         raise SchemaError(f"{path} is not valid JSON: {exc}") from None
     try:

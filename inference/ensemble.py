@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.errors import UserFacingError
+from autoseg.errors import UserFacingError, output_folder
 from autoseg.imageio import ImageGeometry, write_image
 from autoseg.labels import probabilities_to_labels
 
@@ -33,7 +33,7 @@ def ensemble_folders(input_dirs: list[str | Path], output_dir: str | Path, file_
     if not cases:
         raise UserFacingError(f"no case has probabilities in all of {', '.join(map(str, dirs))}; "
                               "predict with --save_probabilities first")
-    out = Path(output_dir)
+    out = output_folder(output_dir)
     for case in cases:
         probs, orders = None, set()
         for d in dirs:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.dataset import group_channel_files
-from autoseg.errors import UserFacingError
+from autoseg.errors import UserFacingError, output_folder
 from autoseg.imageio import SUPPORTED_ENDINGS
 from autoseg.paths import Workspace
 
@@ -175,7 +175,7 @@ def predict_folder(input_dir, output_dir, ws: Workspace, dataset: str, configura
         if reason:
             chosen, predictors = "torch", load_all("torch")
     log.info("predicting with the %s backend%s", chosen, f" ({reason})" if reason else "")
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out)
     failed = 0
     for case in tqdm(cases, desc="predict", unit="case", disable=None):
         target = out / f"{case.case_id}{case.ending}"

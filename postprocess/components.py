@@ -36,7 +36,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from autoseg.errors import UserFacingError
+from autoseg.errors import UserFacingError, output_folder
 from autoseg.labels import Regions, class_channel, class_mask, remove_class
 from autoseg.postprocess.lesions import LESION_COUNT_KEYS, detection_scores, label_components
 from autoseg.postprocess.metrics import case_metrics, nanmean
@@ -444,7 +444,7 @@ def cli_apply_postprocessing(args: argparse.Namespace) -> int:
     else:
         selection = load_selection(ws.results_dataset(args.dataset))
     pp = selection.postprocessing
-    out = Path(args.output)
+    out = output_folder(args.output)
     count = 0
     for p in sorted(Path(args.input).iterdir()):
         if p.name.startswith(".") or not p.name.endswith(SUPPORTED_ENDINGS):
