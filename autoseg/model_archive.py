@@ -31,7 +31,11 @@ def _members(ws: Workspace, name: str) -> list[Path]:
 
 
 def export_model(ws: Workspace, dataset: str, output: str | Path) -> Path:
+    from autoseg.training.health import refuse_failed
+
     name = ws.dataset_name(dataset)
+    for fold in sorted((ws.results / name).glob("*/*/fold_*")):
+        refuse_failed(fold)
     files = _members(ws, name)
     if not any(f.name == "checkpoint_final.pth" for f in files):
         raise UserFacingError(f"no trained fold of {name} under {ws.results / name}; train one first")

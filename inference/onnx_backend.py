@@ -168,7 +168,10 @@ class OnnxNetwork:
 def load_onnx_network(fold_dir: Path, checkpoint: str = "checkpoint_final", threads: int | None = None
                       ) -> tuple[OnnxNetwork, dict]:
     """The fold's ONNX Runtime session (exported first if missing or stale) and its record."""
+    from autoseg.training.health import refuse_failed
+
     fold_dir = Path(fold_dir)
+    refuse_failed(fold_dir)
     info = read_export_record(fold_dir, checkpoint)
     if info is None:
         log.info("exporting %s/%s.pth to ONNX (once per checkpoint)", fold_dir, checkpoint)

@@ -66,9 +66,12 @@ def _order_key(item: tuple[tuple[str, ...], float]) -> tuple:
 
 
 def _validation_files(results: Path, configuration: str, variant: str, folds: tuple[int, ...], ending: str):
+    from autoseg.training.health import refuse_failed
+
     preds: dict[str, Path] = {}
     missing = []
     for k in folds:
+        refuse_failed(results / configuration / variant / f"fold_{k}")
         folder = results / configuration / variant / f"fold_{k}" / "validation"
         if not (folder / "summary.json").is_file():
             missing.append(k)

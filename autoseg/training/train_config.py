@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Optional
@@ -115,6 +116,10 @@ class TrainConfig:
         return whole if self.num_iterations is None else min(whole, self.num_iterations)
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):  # every number finite: nan/inf never train or compare sensibly
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, found {value}")
         if self.num_epochs < 1 or self.num_iterations_per_epoch < 1:
             raise ValueError("num_epochs and num_iterations_per_epoch must be >= 1")
         if self.num_iterations is not None and self.num_iterations < 1:
@@ -160,6 +165,12 @@ class TrainConfig:
             raise ValueError(f"checkpoint_every_epochs must be >= 1, found {self.checkpoint_every_epochs}")
         if not 0 <= self.ema_alpha <= 1:
             raise ValueError(f"ema_alpha must be in [0, 1], found {self.ema_alpha}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, found {self.weight_decay}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), found {self.momentum}")
+        if not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0 (the largest gradient norm kept), found {self.grad_clip}")
 
 
 VARIANTS: Registry[dict[str, str]] = Registry("training variant")

@@ -1,7 +1,8 @@
-"""Training one fold: the loop, with checkpointing and logging as small collaborators.
+"""Training one fold, in named steps (``_FoldRun``: set-up, epochs, end of epoch, finish, validation).
 
-Schedule: SGD with Nesterov momentum, learning rate ``initial * (1 - epoch / num_epochs) ** 0.9``
-set at the start of each epoch (poly), gradient-norm clipping. The position in the schedule is
+Schedule: the optimizer of ``train_config.resolve_optimizer`` (SGD with Nesterov momentum, or AdamW
+for short runs), learning rate ``initial * (1 - epoch / num_epochs) ** 0.9`` set at the start of
+each epoch (poly), gradient-norm clipping. The position in the schedule is
 the global iteration; batches are a pure function of it (see dataloader), so an interrupted
 run resumed from ``checkpoint_latest`` produces the same weights as an uninterrupted one.
 """
@@ -11,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import signal
 import time
 from pathlib import Path
@@ -27,6 +29,7 @@ from autoseg.serialization import save_json, to_jsonable
 from autoseg.training.augmentation import resolve_order_data
 from autoseg.training.budget import WARMUP_ITERATIONS
 from autoseg.training.checkpoint import load_checkpoint, save_checkpoint
+from autoseg.training.health import FAILED_MARKER, clear_failed, mark_failed
 from autoseg.training.dataloader import BatchSource, class_frequencies, iterate
 from autoseg.training.loss import build_loss
 from autoseg.training.network import build_network, deep_supervision_scales, init_output_bias
@@ -96,6 +99,16 @@ def _empty_history() -> dict:
     return {k: [] for k in ("train_loss", "val_loss", "pseudo_dice", "ema_dice", "lr", "epoch_time", "data_wait")}
 
 
+# a run whose loss or gradient norm is non-finite this many steps in a row has diverged: it stops,
+# marked failed (checkpoint.mark_failed), without checkpoint_final. Single non-finite steps are
+# skipped (no weight update), as fp16's gradient scaler skips its overflow steps.
+MAX_NON_FINITE_STEPS = 20
+
+
+class _Diverged(Exception):
+    pass
+
+
 class _Restart(Exception):
     """The warm-up showed that another network width fits the time budget (``speed.check_speed``)."""
 
@@ -126,220 +139,326 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
 
 def _train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: TrainConfig, variant: str,
                 device: str | None, resume: bool, validate: bool, started_at: float, width: int | None) -> Path:
-    from tqdm import tqdm
+    """The steps of one run: resolve what to train, then inside the fold's training log set up the
+    network and data, run the epochs, save the final model and validate it."""
+    run = _FoldRun(ws, dataset, configuration, fold, cfg, variant, device, resume, width)
+    with _training_log(run.out):
+        run.set_up(started_at)
+        try:
+            run.train()
+        except _Diverged as exc:
+            mark_failed(run.out, str(exc), run.iteration)
+            log.error("training stopped: %s", exc)
+            raise UserFacingError(
+                f"training of {run.out} diverged: {exc}. No final model was written and the fold is marked failed "
+                f"({FAILED_MARKER}): find_best_config, predict and export_model refuse it. Train it again with a "
+                f"lower learning rate (now {run.cfg.initial_lr:g}; e.g. --set initial_lr={run.cfg.initial_lr / 10:g}) "
+                f"or in fp32 (--set precision=fp32)") from None
+        run.finish()
+        if validate:
+            run.validate()
+    return run.out
 
-    name = ws.dataset_name(dataset)
-    pre = ws.preprocessed / name
-    plans = load_plans(pre / "plans.json")
-    cp = plans.configuration(configuration)
-    data_dir = pre / cp.preprocessed_name
-    if not data_dir.is_dir():
-        raise UserFacingError(f"{data_dir} not found; run 'autoseg preprocess -d {dataset} -c {configuration}' first")
-    train_ids, val_ids = get_split(pre, fold)
-    make_source = BatchSource
-    if cp.previous_stage:  # cascade: the lowres cross-validation masks become extra input channels
-        from autoseg.training.cascade import cascade_batch_source
 
-        make_source = cascade_batch_source(ws, name, plans, configuration, variant, cfg, train_ids + val_ids, fold)
-    out = fold_directory(ws, name, configuration, fold, variant)
-    dev = pick_device(device)
-    if dev.type == "cpu":
-        torch.set_num_threads(usable_cpus())
-    state = None
-    if resume and (out / "checkpoint_latest.pth").is_file():
-        state = load_checkpoint(out / "checkpoint_latest.pth", dev)
-        log.info("resuming from %s at epoch %d", out / "checkpoint_latest.pth", state["epoch"])
-    elif resume and (out / "checkpoint_final.pth").is_file():
-        state = load_checkpoint(out / "checkpoint_final.pth", dev)
-    elif not resume and (out / "checkpoint_final.pth").is_file():
-        raise UserFacingError(f"{out} already holds a finished model; use --continue to extend it, "
-                              "or --val to validate it again, or delete the folder to start over")
-    if state is not None and cfg.optimizer == "auto":  # go on with the optimizer the run started with
-        saved = state.get("train_config", {})
-        cfg = dataclasses.replace(cfg, optimizer=saved.get("optimizer", "sgd"),  # SGD before the choice existed
-                                  initial_lr=cfg.initial_lr if cfg.initial_lr is not None else saved.get("initial_lr"))
-    throughput_path = pre / "throughput.json"  # step timings of the cpu planning
-    throughput = json.loads(throughput_path.read_text()) if dev.type == "cpu" and throughput_path.is_file() else None
-    fold_plans = load_plans(out / "plans.json") if state is not None and (out / "plans.json").is_file() else None
-    requested_precision = cfg.precision
-    resolved = resolve_settings(cfg, plans, configuration, dev, state, throughput, fold_plans, width)
-    cfg, plans, notes = resolved.cfg, resolved.plans, resolved.notes
-    cfg = dataclasses.replace(resolve_optimizer(cfg), augmentation=resolve_order_data(cfg.augmentation, dev.type))
-    torch.manual_seed(cfg.seed)
-    cp = plans.configuration(configuration)
-    out.mkdir(parents=True, exist_ok=True)
-    save_plans(plans, out / "plans.json")
-    save_json(cfg, out / "train_config.json")
-    with _training_log(out):
-        for note in notes:
+class _FoldRun:
+    """One fold's training run, step by step: ``__init__`` resolves the inputs (plans, split,
+    device, a checkpoint to resume, the settings for this machine) and writes the fold's plans and
+    train_config; ``set_up`` builds network, loss, optimizer, budget and batch sources; ``train``
+    runs the epochs (``_epoch``: the iterations; ``_end_epoch``: patch validation, history,
+    budget re-fit, checkpoints, plot); ``finish`` writes the final checkpoint; ``validate`` runs
+    the sliding-window validation of the validation cases."""
+
+    def __init__(self, ws: Workspace, dataset: str, configuration: str, fold, cfg: TrainConfig, variant: str,
+                 device: str | None, resume: bool, width: int | None):
+        self.ws, self.configuration, self.fold, self.width = ws, configuration, fold, width
+        self.name = ws.dataset_name(dataset)
+        pre = ws.preprocessed / self.name
+        plans = load_plans(pre / "plans.json")
+        cp = plans.configuration(configuration)
+        self.data_dir = pre / cp.preprocessed_name
+        if not self.data_dir.is_dir():
+            raise UserFacingError(f"{self.data_dir} not found; run 'autoseg preprocess -d {dataset} -c "
+                                  f"{configuration}' first")
+        self.train_ids, self.val_ids = get_split(pre, fold)
+        self.make_source = BatchSource
+        if cp.previous_stage:  # cascade: the lowres cross-validation masks become extra input channels
+            from autoseg.training.cascade import cascade_batch_source
+
+            self.make_source = cascade_batch_source(ws, self.name, plans, configuration, variant, cfg,
+                                                    self.train_ids + self.val_ids, fold)
+        self.out = out = fold_directory(ws, self.name, configuration, fold, variant)
+        self.dev = dev = pick_device(device)
+        if dev.type == "cpu":
+            torch.set_num_threads(usable_cpus())
+        self.state = state = _resume_state(out, resume, dev)
+        if state is not None and cfg.optimizer == "auto":  # go on with the optimizer the run started with
+            saved = state.get("train_config", {})
+            cfg = dataclasses.replace(cfg, optimizer=saved.get("optimizer", "sgd"),  # SGD before the choice existed
+                                      initial_lr=cfg.initial_lr if cfg.initial_lr is not None
+                                      else saved.get("initial_lr"))
+        throughput_path = pre / "throughput.json"  # step timings of the cpu planning
+        self.throughput = (json.loads(throughput_path.read_text())
+                           if dev.type == "cpu" and throughput_path.is_file() else None)
+        fold_plans = load_plans(out / "plans.json") if state is not None and (out / "plans.json").is_file() else None
+        self.requested_precision = cfg.precision
+        self.resolved = resolve_settings(cfg, plans, configuration, dev, state, self.throughput, fold_plans, width)
+        cfg, self.plans, self.notes = self.resolved.cfg, self.resolved.plans, self.resolved.notes
+        self.cfg = dataclasses.replace(resolve_optimizer(cfg),
+                                       augmentation=resolve_order_data(cfg.augmentation, dev.type))
+        torch.manual_seed(self.cfg.seed)
+        self.cp = self.plans.configuration(configuration)
+        out.mkdir(parents=True, exist_ok=True)
+        save_plans(self.plans, out / "plans.json")
+        save_json(self.cfg, out / "train_config.json")
+
+    # ------------------------------------------------------------------------------------ set-up
+
+    def set_up(self, started_at: float) -> None:
+        """Network (output biases from the class frequencies), loss, optimizer, the state of a
+        resumed run, the budget and the batch sources."""
+        cfg, plans, cp, dev = self.cfg, self.plans, self.cp, self.dev
+        for note in self.notes:
             log.info("%s", note)
-
-        batch_size = cfg.batch_size or cp.batch_size
-        scales = deep_supervision_scales(cp) if cfg.deep_supervision else None
-        net = build_network(plans, configuration, cfg.deep_supervision)
-        small = resolve_small_classes(cfg, cp, plans.num_classes, plans.regions is not None)
-        options = dict(small_class_contain=cfg.small_class_placement == "contain", small_class_first=cfg.small_class_slots,
-                       balance_cases=cfg.small_class_balance_cases, paste_shares=small.paste)
-        if state is None and cfg.output_prior_init:
-            # a source of its own (unaugmented: fast), dropped right after so its cases are not held in memory twice
-            frequencies = class_frequencies(make_source(data_dir, train_ids, cp, batch_size,
-                                                        cfg.oversample_foreground_percent, None, None, cfg.seed + 2,
-                                                        small.shares, **options), plans.num_classes,
-                                            regions=plans.regions, ignore_label=plans.ignore_label)
-            priors = init_output_bias(net, frequencies, cfg.output_prior_min, sigmoid=plans.regions is not None)
-            log.info("output biases from class frequencies in training patches: %s",
-                     " ".join(f"{p:.4f}" for p in priors))
-        layout = torch_memory_format(cfg.memory_format, cp.network.dim)
-        net = net.to(dev, memory_format=layout)
-        loss_fn = build_loss(cfg.loss, cp.batch_dice if cfg.batch_dice is None else cfg.batch_dice,
-                             cfg.ce_weight, cfg.dice_weight, len(scales) if scales else None,
-                             small.ce_weights, small.batch_dice_classes, plans.ignore_label, plans.regions)
+        self.batch_size = cfg.batch_size or cp.batch_size
+        self.scales = deep_supervision_scales(cp) if cfg.deep_supervision else None
+        self.net = build_network(plans, self.configuration, cfg.deep_supervision)
+        self.small = small = resolve_small_classes(cfg, cp, plans.num_classes, plans.regions is not None)
+        self.source_options = dict(small_class_contain=cfg.small_class_placement == "contain",
+                                   small_class_first=cfg.small_class_slots, balance_cases=cfg.small_class_balance_cases,
+                                   paste_shares=small.paste)
+        if self.state is None and cfg.output_prior_init:
+            self._init_output_prior()
+        self.layout = torch_memory_format(cfg.memory_format, cp.network.dim)
+        self.net = self.net.to(dev, memory_format=self.layout)
+        self.loss_fn = build_loss(cfg.loss, cp.batch_dice if cfg.batch_dice is None else cfg.batch_dice,
+                                  cfg.ce_weight, cfg.dice_weight, len(self.scales) if self.scales else None,
+                                  small.ce_weights, small.batch_dice_classes, plans.ignore_label, plans.regions)
         if plans.regions:
             log.info("region-based: %d sigmoid outputs (%s), loss %s on each region's mask", len(plans.regions),
                      ", ".join(f"{v}: {list(m)}" for v, m in plans.regions), cfg.loss)
         if cfg.optimizer == "adamw":
-            opt = torch.optim.AdamW(net.parameters(), lr=cfg.initial_lr, weight_decay=cfg.weight_decay)
+            self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.initial_lr, weight_decay=cfg.weight_decay)
         else:
-            opt = torch.optim.SGD(net.parameters(), lr=cfg.initial_lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                                  weight_decay=cfg.weight_decay)
-        scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
-        amp_dtype = autocast_dtype(cfg.precision)
-        history, best_ema, iteration = _empty_history(), -1.0, 0
-        if state is not None:
-            net.load_state_dict(state["network"])
-            opt.load_state_dict(state["optimizer"])
-            if scaler is not None and state.get("grad_scaler"):
-                scaler.load_state_dict(state["grad_scaler"])
-            history, best_ema, iteration = state["history"], float(state["best_ema"]), int(state["iteration"])
-            if cfg.time_budget_s and state.get("budget", {}).get("fitted"):  # keep the fitted schedule, time spent
-                b = state["budget"]
-                cfg = dataclasses.replace(cfg, num_epochs=int(b["num_epochs"]), num_iterations=b.get("num_iterations"),
-                                          num_iterations_per_epoch=int(b["num_iterations_per_epoch"]),
-                                          num_val_iterations_per_epoch=int(b["num_val_iterations_per_epoch"]))
-                started_at -= float(b["elapsed_s"])
-
-        budget = Budget(cfg, started_at, data_dir, val_ids, cp, fitted=bool(state and state.get("budget", {}).get("fitted") and cfg.time_budget_s))
-        n_it, n_val = budget.cfg.num_iterations_per_epoch, budget.cfg.num_val_iterations_per_epoch
-        total = budget.total_iterations
-        train_src = make_source(data_dir, train_ids, cp, batch_size, cfg.oversample_foreground_percent,
-                                cfg.augmentation, scales, cfg.seed, small.shares, **options)
-        val_src = make_source(data_dir, val_ids, cp, batch_size, cfg.oversample_foreground_percent, None, None,
-                              cfg.seed + 1)
+            self.opt = torch.optim.SGD(self.net.parameters(), lr=cfg.initial_lr, momentum=cfg.momentum,
+                                       nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+        self.amp_dtype = autocast_dtype(cfg.precision)
+        self.history, self.best_ema, self.iteration = _empty_history(), -1.0, 0
+        self.non_finite = 0  # steps in a row with a non-finite loss or gradient norm
+        if self.state is not None:
+            started_at = self._restore(started_at)
+        self.started_at, state = started_at, self.state
+        self.budget = budget = Budget(self.cfg, started_at, self.data_dir, self.val_ids, cp,
+                                      fitted=bool(state and state.get("budget", {}).get("fitted")
+                                                  and self.cfg.time_budget_s))
+        self.total = budget.total_iterations
+        cfg = self.cfg
+        self.train_src = self.make_source(self.data_dir, self.train_ids, cp, self.batch_size,
+                                          cfg.oversample_foreground_percent, cfg.augmentation, self.scales, cfg.seed,
+                                          small.shares, **self.source_options)
+        self.val_src = self.make_source(self.data_dir, self.val_ids, cp, self.batch_size,
+                                        cfg.oversample_foreground_percent, None, None, cfg.seed + 1)
         schedule = (f"time budget {cfg.time_budget_s:.0f} s (schedule fitted after {WARMUP_ITERATIONS} iterations)"
-                    if budget.active and not budget.fitted else f"{budget.cfg.num_epochs} epochs x {n_it} iterations")
+                    if budget.active and not budget.fitted
+                    else f"{budget.cfg.num_epochs} epochs x {budget.cfg.num_iterations_per_epoch} iterations")
         log.info("training %s %s fold %s on %s: %s, batch %d, patch %s, %d train / %d val cases, %s from lr %g",
-                 name, configuration, fold, dev, schedule, batch_size, cp.patch_size, len(train_ids), len(val_ids),
-                 "AdamW" if cfg.optimizer == "adamw" else "SGD", cfg.initial_lr)
+                 self.name, self.configuration, self.fold, dev, schedule, self.batch_size, cp.patch_size,
+                 len(self.train_ids), len(self.val_ids), "AdamW" if cfg.optimizer == "adamw" else "SGD",
+                 cfg.initial_lr)
         if small.active:
             log.info("%s", small.describe())
 
-        def checkpoint(path_name: str) -> None:
-            save_checkpoint({
-                "network": net.state_dict(), "optimizer": opt.state_dict(),
-                "grad_scaler": scaler.state_dict() if scaler is not None else {},
-                "epoch": iteration // n_it, "iteration": iteration, "history": history, "best_ema": best_ema,
-                "configuration": configuration, "train_config": to_jsonable(budget.cfg),
-                "budget": budget.state(),
-            }, out / f"{path_name}.pth")
+    def _init_output_prior(self) -> None:
+        """Output biases from the class (or region) frequencies of unaugmented training patches; a
+        source of its own, dropped right after so its cases are not held in memory twice."""
+        cfg, plans = self.cfg, self.plans
+        source = self.make_source(self.data_dir, self.train_ids, self.cp, self.batch_size,
+                                  cfg.oversample_foreground_percent, None, None, cfg.seed + 2, self.small.shares,
+                                  **self.source_options)
+        frequencies = class_frequencies(source, plans.num_classes, regions=plans.regions,
+                                        ignore_label=plans.ignore_label)
+        priors = init_output_bias(self.net, frequencies, cfg.output_prior_min, sigmoid=plans.regions is not None)
+        log.info("output biases from class frequencies in training patches: %s", " ".join(f"{p:.4f}" for p in priors))
 
-        batches = iterate(train_src, iteration, budget.max_iterations - iteration, cfg.num_workers)
-        plotted_at = time.perf_counter()
-        recheck = (state is None and width is None and budget.active and cfg.fit_width_to_budget
-                   and planned_on_this_cpu(throughput, dev))
+    def _restore(self, started_at: float) -> float:
+        """Weights, optimizer, history and position of the resumed run; a fitted budget keeps its
+        schedule and the time already spent (returned: the run's start moved back by it)."""
+        state = self.state
+        self.net.load_state_dict(state["network"])
+        self.opt.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
+        self.history, self.best_ema = state["history"], float(state["best_ema"])
+        self.iteration = int(state["iteration"])
+        if self.cfg.time_budget_s and state.get("budget", {}).get("fitted"):
+            b = state["budget"]
+            self.cfg = dataclasses.replace(self.cfg, num_epochs=int(b["num_epochs"]),
+                                           num_iterations=b.get("num_iterations"),
+                                           num_iterations_per_epoch=int(b["num_iterations_per_epoch"]),
+                                           num_val_iterations_per_epoch=int(b["num_val_iterations_per_epoch"]))
+            started_at -= float(b["elapsed_s"])
+        return started_at
 
-        def verdict(warm: list) -> object:  # the warm-up's steps against the planned one (speed.py)
-            return warm_up_verdict(warm, resolved.expected_step_s, budget, total - iteration, throughput, plans,
-                                   configuration, requested_precision, recheck)
+    # ------------------------------------------------------------------------------------ epochs
 
-        monitor = RunMonitor(resolved.expected_step_s, torch.get_num_threads() if dev.type == "cpu" else 1, verdict,
-                             WARMUP_ITERATIONS, logger=log)
-        with _StopRequest() as stop, monitor:
+    def train(self) -> None:
+        """Epochs until the schedule (or the budget) ends; SIGTERM or Ctrl-C saves checkpoint_latest
+        and re-raises. A warm-up that finds another width better raises ``_Restart``."""
+        self.batches = iterate(self.train_src, self.iteration, self.budget.max_iterations - self.iteration,
+                               self.cfg.num_workers)
+        self.plotted_at = time.perf_counter()
+        self.monitor = RunMonitor(self.resolved.expected_step_s,
+                                  torch.get_num_threads() if self.dev.type == "cpu" else 1, self._verdict,
+                                  WARMUP_ITERATIONS, logger=log)
+        self.recheck = (self.state is None and self.width is None and self.budget.active
+                        and self.cfg.fit_width_to_budget and planned_on_this_cpu(self.throughput, self.dev))
+        with _StopRequest() as self.stop, self.monitor:
             try:
-                while iteration < total:
-                    epoch, started = iteration // n_it, time.perf_counter()
-                    lr = poly_lr(cfg.initial_lr, epoch, budget.cfg.num_epochs, cfg.poly_exponent)
-                    for g in opt.param_groups:
-                        g["lr"] = lr
-                    net.train()
-                    losses, norms, waited, trained = [], [], 0.0, 0.0
-                    bar = tqdm(total=n_it, initial=iteration % n_it, desc=f"epoch {epoch}", unit="it", leave=False,
-                               disable=None)
-                    while iteration < min((epoch + 1) * n_it, total):
-                        step_started = time.perf_counter()
-                        monitor.step_started()
-                        batch = next(batches)
-                        wait_s = time.perf_counter() - step_started
-                        waited += wait_s
-                        loss, norm = _train_step(net, loss_fn, opt, scaler, batch, dev, cfg.grad_clip, amp_dtype, layout)
-                        losses.append(loss)
-                        norms.append(norm)
-                        iteration += 1
-                        step_s = time.perf_counter() - step_started
-                        trained += step_s
-                        new_width = monitor.step_done(step_s, wait_s, last=iteration == total)
-                        if new_width is not None:
-                            del batches  # stops the augmentation workers
-                            raise _Restart(new_width)
-                        if budget.active and not budget.fitted:
-                            budget.step_times.append(step_s)
-                        bar.update()
-                        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-                        if stop.requested:
-                            raise KeyboardInterrupt
-                        if budget.out_of_time(iteration):
-                            total = budget.total_iterations
-                        if budget.needs_fit(iteration):
-                            budget.fit(iteration, net, batch["data"], dev)
-                            n_it, n_val = budget.cfg.num_iterations_per_epoch, budget.cfg.num_val_iterations_per_epoch
-                            total = budget.total_iterations
-                            save_json(budget.cfg, out / "train_config.json")
-                    bar.close()
-                    val_loss, dice, forward_total = _validate_patches(net, loss_fn, val_src, epoch * n_val, n_val, dev,
-                                                                      plans, scales, cfg.precision)
-                    forward_s = forward_total / max(1, n_val * batch_size)
-                    ema = dice.mean() if not history["ema_dice"] else (
-                        cfg.ema_alpha * history["ema_dice"][-1] + (1 - cfg.ema_alpha) * dice.mean())
-                    for key, value in (("train_loss", float(np.mean(losses))), ("val_loss", val_loss),
-                                       ("pseudo_dice", [float(d) for d in dice]), ("ema_dice", float(ema)),
-                                       ("lr", lr), ("epoch_time", time.perf_counter() - started),
-                                       ("epoch_iterations", len(losses)),
-                                       ("data_wait", waited / max(trained, 1e-9)),
-                                       ("grad_norm", float(np.median(norms))),
-                                       ("clipped", float(np.mean(np.array(norms) > cfg.grad_clip)))):
-                        history.setdefault(key, []).append(value)
-                    log.info(format_epoch(history, epoch))
-                    if budget.active:
-                        budget.refit(iteration, history["epoch_time"], history.get("epoch_iterations", []), forward_s)
-                        total = budget.total_iterations
-                        save_json(budget.cfg, out / "train_config.json")
-                    if ema > best_ema:
-                        best_ema = float(ema)
-                        checkpoint("checkpoint_best")
-                    if (epoch + 1) % cfg.checkpoint_every_epochs == 0:
-                        checkpoint("checkpoint_latest")
-                    if time.perf_counter() - plotted_at >= PLOT_EVERY_S:
-                        plot_progress(history, out / "progress.png")
-                        plotted_at = time.perf_counter()
+                while self.iteration < self.total:
+                    self._end_epoch(*self._epoch())
             except KeyboardInterrupt:
-                checkpoint("checkpoint_latest")
-                if history["train_loss"]:
-                    plot_progress(history, out / "progress.png")
-                log.info("interrupted at iteration %d; checkpoint_latest saved, resume with --continue", iteration)
+                self.checkpoint("checkpoint_latest")
+                if self.history["train_loss"]:
+                    plot_progress(self.history, self.out / "progress.png")
+                log.info("interrupted at iteration %d; checkpoint_latest saved, resume with --continue", self.iteration)
                 raise
-        del batches  # stops the augmentation workers before validation
-        if history["train_loss"]:
-            plot_progress(history, out / "progress.png")
-        checkpoint("checkpoint_final")
-        checkpoint("checkpoint_latest")
-        log.info("training done: %s (%d iterations)", out / "checkpoint_final.pth", iteration)
-        if validate:
-            validation_started = time.perf_counter()
-            run_validation(out, ws, name, val_ids, dev, budget.cfg)
-            if budget.active:
-                log.info("final validation took %.0f s (estimated %.0f s); total %.0f s of a %.0f s budget",
-                         time.perf_counter() - validation_started, budget.validation_s,
-                         time.perf_counter() - started_at, cfg.time_budget_s)
-        return out
+        del self.batches  # stops the augmentation workers before validation
+
+    def _verdict(self, warm: list) -> object:
+        """The warm-up's steps against the planned one (speed.py)."""
+        return warm_up_verdict(warm, self.resolved.expected_step_s, self.budget, self.total - self.iteration,
+                               self.throughput, self.plans, self.configuration, self.requested_precision,
+                               self.recheck)
+
+    def _epoch(self) -> tuple[int, float, float, dict]:
+        """The iterations of one epoch; returns (epoch, its start, its learning rate, its step
+        statistics)."""
+        from tqdm import tqdm
+
+        cfg, budget = self.cfg, self.budget
+        n_it = budget.cfg.num_iterations_per_epoch
+        epoch, started = self.iteration // n_it, time.perf_counter()
+        lr = poly_lr(cfg.initial_lr, epoch, budget.cfg.num_epochs, cfg.poly_exponent)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.net.train()
+        steps = {"losses": [], "norms": [], "waited": 0.0, "trained": 0.0}
+        bar = tqdm(total=n_it, initial=self.iteration % n_it, desc=f"epoch {epoch}", unit="it", leave=False,
+                   disable=None)
+        while self.iteration < min((epoch + 1) * n_it, self.total):
+            step_started = time.perf_counter()
+            self.monitor.step_started()
+            batch = next(self.batches)
+            wait_s = time.perf_counter() - step_started
+            steps["waited"] += wait_s
+            loss, norm = _train_step(self.net, self.loss_fn, self.opt, self.scaler, batch, self.dev, cfg.grad_clip,
+                                     self.amp_dtype, self.layout)
+            self.non_finite = 0 if math.isfinite(loss) and math.isfinite(norm) else self.non_finite + 1
+            if self.non_finite >= MAX_NON_FINITE_STEPS:
+                raise _Diverged(f"the loss or the gradients were not finite (NaN or inf) for {self.non_finite} steps "
+                                f"in a row (last loss {loss}, gradient norm {norm})")
+            steps["losses"].append(loss)
+            steps["norms"].append(norm)
+            self.iteration += 1
+            step_s = time.perf_counter() - step_started
+            steps["trained"] += step_s
+            new_width = self.monitor.step_done(step_s, wait_s, last=self.iteration == self.total)
+            if new_width is not None:
+                del self.batches  # stops the augmentation workers
+                raise _Restart(new_width)
+            if budget.active and not budget.fitted:
+                budget.step_times.append(step_s)
+            bar.update()
+            bar.set_postfix(loss=f"{loss:.3f}")
+            if self.stop.requested:
+                raise KeyboardInterrupt
+            if budget.out_of_time(self.iteration):
+                self.total = budget.total_iterations
+            if budget.needs_fit(self.iteration):
+                budget.fit(self.iteration, self.net, batch["data"], self.dev)
+                n_it = budget.cfg.num_iterations_per_epoch
+                self.total = budget.total_iterations
+                save_json(budget.cfg, self.out / "train_config.json")
+        bar.close()
+        return epoch, started, lr, steps
+
+    def _end_epoch(self, epoch: int, started: float, lr: float, steps: dict) -> None:
+        """Patch validation (loss, pseudo-Dice, EMA), the history and its log line, the budget's
+        re-fit, checkpoint_best / checkpoint_latest and the progress plot."""
+        cfg, budget, history = self.cfg, self.budget, self.history
+        n_val = budget.cfg.num_val_iterations_per_epoch
+        val_loss, dice, forward_total = _validate_patches(self.net, self.loss_fn, self.val_src, epoch * n_val, n_val,
+                                                          self.dev, self.plans, self.scales, cfg.precision)
+        forward_s = forward_total / max(1, n_val * self.batch_size)
+        ema = dice.mean() if not history["ema_dice"] else (
+            cfg.ema_alpha * history["ema_dice"][-1] + (1 - cfg.ema_alpha) * dice.mean())
+        losses, norms = steps["losses"], steps["norms"]
+        for key, value in (("train_loss", float(np.mean(losses))), ("val_loss", val_loss),
+                           ("pseudo_dice", [float(d) for d in dice]), ("ema_dice", float(ema)),
+                           ("lr", lr), ("epoch_time", time.perf_counter() - started),
+                           ("epoch_iterations", len(losses)),
+                           ("data_wait", steps["waited"] / max(steps["trained"], 1e-9)),
+                           ("grad_norm", float(np.median(norms))),
+                           ("clipped", float(np.mean(np.array(norms) > cfg.grad_clip)))):
+            history.setdefault(key, []).append(value)
+        log.info(format_epoch(history, epoch))
+        if budget.active:
+            budget.refit(self.iteration, history["epoch_time"], history.get("epoch_iterations", []), forward_s)
+            self.total = budget.total_iterations
+            save_json(budget.cfg, self.out / "train_config.json")
+        if ema > self.best_ema:
+            self.best_ema = float(ema)
+            self.checkpoint("checkpoint_best")
+        if (epoch + 1) % cfg.checkpoint_every_epochs == 0:
+            self.checkpoint("checkpoint_latest")
+        if time.perf_counter() - self.plotted_at >= PLOT_EVERY_S:
+            plot_progress(history, self.out / "progress.png")
+            self.plotted_at = time.perf_counter()
+
+    # ------------------------------------------------------------------------------------ end
+
+    def checkpoint(self, path_name: str) -> None:
+        save_checkpoint({
+            "network": self.net.state_dict(), "optimizer": self.opt.state_dict(),
+            "grad_scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            "epoch": self.iteration // self.budget.cfg.num_iterations_per_epoch, "iteration": self.iteration,
+            "history": self.history, "best_ema": self.best_ema, "configuration": self.configuration,
+            "train_config": to_jsonable(self.budget.cfg), "budget": self.budget.state(),
+        }, self.out / f"{path_name}.pth")
+
+    def finish(self) -> None:
+        """The progress plot, checkpoint_final and checkpoint_latest (a failed earlier run's mark
+        removed)."""
+        clear_failed(self.out)
+        if self.history["train_loss"]:
+            plot_progress(self.history, self.out / "progress.png")
+        self.checkpoint("checkpoint_final")
+        self.checkpoint("checkpoint_latest")
+        log.info("training done: %s (%d iterations)", self.out / "checkpoint_final.pth", self.iteration)
+
+    def validate(self) -> None:
+        """The sliding-window validation of the validation cases (``run_validation``)."""
+        validation_started = time.perf_counter()
+        run_validation(self.out, self.ws, self.name, self.val_ids, self.dev, self.budget.cfg)
+        if self.budget.active:
+            log.info("final validation took %.0f s (estimated %.0f s); total %.0f s of a %.0f s budget",
+                     time.perf_counter() - validation_started, self.budget.validation_s,
+                     time.perf_counter() - self.started_at, self.cfg.time_budget_s)
+
+
+def _resume_state(out: Path, resume: bool, dev) -> dict | None:
+    """The checkpoint a run goes on from: checkpoint_latest with ``resume`` (else checkpoint_final,
+    to extend a finished run); None for a new run, which must not overwrite a finished model."""
+    if resume and (out / "checkpoint_latest.pth").is_file():
+        state = load_checkpoint(out / "checkpoint_latest.pth", dev)
+        log.info("resuming from %s at epoch %d", out / "checkpoint_latest.pth", state["epoch"])
+        return state
+    if resume and (out / "checkpoint_final.pth").is_file():
+        return load_checkpoint(out / "checkpoint_final.pth", dev)
+    if not resume and (out / "checkpoint_final.pth").is_file():
+        raise UserFacingError(f"{out} already holds a finished model; use --continue to extend it, "
+                              "or --val to validate it again, or delete the folder to start over")
+    return None
 
 
 def _train_step(net, loss_fn, opt, scaler, batch, dev, grad_clip, amp_dtype=None,
@@ -365,7 +484,8 @@ def _train_step(net, loss_fn, opt, scaler, batch, dev, grad_clip, amp_dtype=None
     else:
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
-        opt.step()
+        if torch.isfinite(norm):  # a non-finite step would poison every weight; the run counts these
+            opt.step()
     return float(loss.detach()), float(norm)
 
 

@@ -252,3 +252,55 @@ def test_layout_timings_of_another_precision_are_not_used(prepared):
     assert resolved.memory_format == "channels_last"
     resolved, note = resolve.resolve_memory_format(cfg, plans, "3d_fullres", None, cpu)  # no throughput.json
     assert resolved.memory_format == "contiguous" and "no timings" in note
+
+
+def test_a_diverged_run_stops_marked_failed_and_its_model_is_refused(prepared, monkeypatch):
+    """From the 4th step on every step's loss and gradients are NaN: the run stops after
+    MAX_NON_FINITE_STEPS of them in a row with a message, writes no checkpoint_final, and the
+    fold is refused by every use of its model until a run of it succeeds."""
+    from autoseg.errors import UserFacingError
+    from autoseg.training.health import FAILED_MARKER
+
+    ws = prepared
+    real_step, calls = trainer._train_step, {"n": 0}
+
+    def diverging_step(*args):
+        calls["n"] += 1
+        result = real_step(*args)
+        return (float("nan"), float("nan")) if calls["n"] >= 4 else result
+
+    monkeypatch.setattr(trainer, "_train_step", diverging_step)
+    cfg = dataclasses.replace(small_config(20), initial_lr=1e-3)
+    with pytest.raises(UserFacingError, match=r"diverged: .*not finite \(NaN or inf\) for 20 steps in a row.*"
+                                              r"--set initial_lr=0.0001"):
+        trainer.train_fold(ws, "901", "3d_fullres", 0, cfg, variant="nan", validate=False)
+    fold = ws.results_dataset("901") / "3d_fullres" / "nan" / "fold_0"
+    assert not (fold / "checkpoint_final.pth").exists() and (fold / FAILED_MARKER).is_file()
+    assert json.loads((fold / FAILED_MARKER).read_text())["iteration"] == 3 + 19
+    with pytest.raises(UserFacingError, match="its training failed: the loss or the gradients"):
+        load_trained_model(fold, "checkpoint_latest")
+    monkeypatch.setattr(trainer, "_train_step", real_step)
+    trainer.train_fold(ws, "901", "3d_fullres", 0, small_config(1), variant="nan", validate=False)
+    assert not (fold / FAILED_MARKER).exists() and load_trained_model(fold).network is not None
+
+
+def test_a_non_finite_gradient_is_not_applied():
+    net = torch.nn.Linear(2, 1)
+    before = [p.detach().clone() for p in net.parameters()]
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    x = torch.tensor([[float("inf"), 1.0]])
+    loss, norm = trainer._train_step(net, lambda out, target: out.sum(), opt, None, {"data": x, "target": x},
+                                     torch.device("cpu"), 12.0)
+    assert not torch.isfinite(torch.tensor(norm))
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("initial_lr=inf", "initial_lr must be a finite number, found inf"),
+    ("weight_decay=nan", "weight_decay must be a finite number, found nan"),
+    ("momentum=1", "momentum must be in [0, 1), found 1.0"),
+    ("grad_clip=0", "grad_clip must be > 0"),
+])
+def test_training_numbers_out_of_range_are_refused_when_parsed(workspace, setting, message, capsys):
+    assert main(["train", "3d_fullres", "0", "-d", "901", "--root", str(workspace), "--set", setting]) == 2
+    assert message in capsys.readouterr().err
