@@ -7,7 +7,8 @@ them) it reads the reference of the same name and counts, over all voxels of all
 reference label i were predicted as label j. Each folder's matrix is printed (rows: reference,
 columns: prediction), with each foreground label's Dice, false positives and false negatives from
 it (Dice over all voxels pooled, not the mean over cases that ``autoseg evaluate`` reports), and
-where its false negatives went. Used for the implanted-lesion benchmark (docs/benchmarks.md): does a
+where its false negatives went. Used for the implanted-lesion benchmark
+(docs/experiments/small_class_sampler_cost.md): does a
 model lose anatomy Dice to lesion labels on the anatomy, to the background, or at the border between
 two anatomy labels?
 """

@@ -7,8 +7,9 @@ square of Adam's second-moment estimate (``exp_avg_sq``: the running mean of the
 so its root is a gradient size) in A and in B, and their ratio A / B; then the median ratio and its
 range over the convolution weights (tensors of two or more dimensions; biases and norm parameters
 are listed, not summarised). AdamW divides every step by the root of that estimate, so a
-ratio above 1 means A's steps were divided by more. Used in docs/benchmarks.md ("A higher learning
-rate for both arms") to ask whether the small-class loss shortens the anatomy's steps.
+ratio above 1 means A's steps were divided by more. Used in
+docs/experiments/small_class_sampler_cost.md (a higher learning rate for both arms) to ask whether
+the small-class loss shortens the anatomy's steps.
 """
 from __future__ import annotations
 

@@ -3,7 +3,8 @@ instance norms are computed by plain reductions.
 
 Why: under bf16 autocast a third of the U-Net's forward on this project's AMX CPU went into
 layout and dtype copies around ``InstanceNorm``, and the norm's own reduction over a
-channels-last tensor was slower than the convolutions (docs/benchmarks.md, "Predict"). Here the
+channels-last tensor was slower than the convolutions (docs/experiments/inference_forward.md).
+Here the
 whole network is in bf16 and channels-last memory format, so oneDNN's convolutions read and write
 that layout without reorders, and each ``InstanceNorm -> LeakyReLU`` pair becomes one
 ``NormLeakyReLU``: per sample and channel, the mean from one sum, the variance from the sum of
@@ -19,7 +20,7 @@ layout. torch sends an fp32 convolution of a batch of one with a kernel of at mo
 reference implementation when batch x channels x the first two spatial sizes is at most 20,480,
 which the sliding window's batch-1 tiles hit in every narrow layer. On this project's AVX2 machine
 (batch 1, patch 40 x 56 x 40) the forward of the 8-64 U-Net went from 275 to 59 ms, 16-128 from
-233 to 99 ms, 32-256 from 419 to 375 ms (docs/benchmarks.md, "Predict on an AVX2 CPU").
+233 to 99 ms, 32-256 from 419 to 375 ms (docs/experiments/inference_forward.md).
 Everywhere else (CUDA, MPS) the network runs under autocast as before
 (``autoseg.device.with_autocast``).
 """
@@ -144,7 +145,7 @@ def inference_forward(net: nn.Module, precision: str, device: torch.device):
     again after the weights change); elsewhere ``with_autocast``."""
     if device.type == "cpu" and precision == "fp32" and _onednn_on_x86():
         # one copy (the fusion's), contiguous whatever layout the network trained in: at batch 1
-        # channels-last was slower here (docs/benchmarks.md, "Predict on an AVX2 CPU")
+        # channels-last was slower here (docs/experiments/inference_forward.md)
         return _swap_convolutions(fuse_norm_activation(net)).to(memory_format=torch.contiguous_format).eval()
     if device.type != "cpu" or precision != "bf16":
         return with_autocast(net, precision, device)

@@ -41,7 +41,8 @@ class AugmentationConfig:
     mirror: bool = True  # each axis flipped with probability 0.5 (batchgenerators' MirrorTransform)
     # Spline order of the image in rotation/scaling. None: chosen for the device the network trains
     # on (resolve_order_data): 1 on a CPU, where the augmentation worker shares the cores with the
-    # network and order 3 costs twice as much per batch (docs/benchmarks.md); nnU-Net's 3 elsewhere.
+    # network and order 3 costs twice as much per batch (docs/experiments/cpu_augmentation.md);
+    # nnU-Net's 3 elsewhere.
     order_data: Optional[int] = None
     low_resolution_order_upsample: int = 3  # the upsampling back in the low-resolution simulation
     # "auto": rotation/scaling with linear image interpolation and the simulated low resolution run in

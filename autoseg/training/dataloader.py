@@ -27,7 +27,8 @@ placed at random among those that a random patch could take and that hold the vo
 eighth of the patch inside its faces (``choose_lower_corner_containing``), not centred on it: a
 patch always centred on a lesion teaches the network that lesions sit in the middle of its view,
 which the sliding window's tiles do not respect (on the implanted Hippocampus data lesion F1
-0.16 centred, 0.76 placed so, docs/benchmarks.md). With ``balance_cases`` the other samples'
+0.16 centred, 0.76 placed so, docs/experiments/small_class_first_runs.md). With ``balance_cases``
+the other samples'
 cases are drawn so that every case keeps its plain-training share of all samples where the
 small-class samples leave room (``case_weights``), instead of uniformly. Copy-paste
 (``paste_shares``, ``paste.py``): after a sample is drawn, with probability the sum of the shares
@@ -410,7 +411,7 @@ def default_num_workers() -> int:
     built between training steps. There a worker process runs beside torch's two threads on the
     same two cores, and the threads' stalls cost more than building the batch inline: Hippocampus
     3d_fullres (16-128, batch 2, bf16) 190-198 ms per iteration with one worker, 178-183 ms inline;
-    2d (batch 64) 317 against 300 ms (docs/benchmarks.md)."""
+    2d (batch 64) 317 against 300 ms (docs/experiments/cpu_augmentation.md)."""
     cores = usable_cpus()
     return 0 if cores <= 2 else min(8, cores // 2)
 

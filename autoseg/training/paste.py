@@ -15,7 +15,8 @@ less for it.
 
 Why: the sampler (``small_class_oversample``) shows the network lesions by drawing the cases that
 hold them more often, which also shifts how often each case's anatomy is seen (on the implanted
-Hippocampus data the anatomy cost fell on the cases without lesions, docs/benchmarks.md). A pasted
+Hippocampus data the anatomy cost fell on the cases without lesions,
+docs/experiments/small_class_sampler_cost.md). A pasted
 lesion goes into a sample drawn as in plain training, so every case's anatomy keeps its plain share.
 Object-level copy-paste is the augmentation used for tumours in this role (TumorCP, Yang et al.,
 MICCAI 2021; CarveMix, Zhang et al., MICCAI 2021).

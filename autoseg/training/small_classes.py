@@ -14,7 +14,8 @@ handling off). For the resolved classes:
 - **loss** (``loss.DiceCELoss``, plain by default): cross-entropy weight ``small_class_ce_weight``
   for those classes (others 1), and their soft Dice pooled over the batch (``small_class_batch_dice``).
 
-Why these defaults (numbers in docs/small_structures.md and docs/benchmarks.md): the soft-Dice term
+Why these defaults (numbers in docs/small_structures.md and
+docs/experiments/small_class_copy_paste.md): the soft-Dice term
 already gives every class the same weight whatever its size, as long as the class is in the sample;
 per sample, a sample without it adds an absent-class term (about 1, with almost no gradient). With
 every sample holding a pasted component that term never arises, so neither a pooled Dice nor a

@@ -8,7 +8,7 @@ for a CPU that trains the network on the same cores: batchgenerators interpolate
 ``scipy.ndimage.map_coordinates``, one single-threaded call per image channel and one per label
 of the segmentation (about 10 ms each for a 40 x 56 x 40 patch on the AVX2 machine); here the
 image channels and the labels' indicator channels go through one ``torch.nn.functional.grid_sample``
-call, which uses torch's threads (docs/benchmarks.md, "Augmentation cost on the CPU").
+call, which uses torch's threads (docs/experiments/cpu_augmentation.md).
 
 Per sample (``p_rotation``, ``p_scaling`` as in ``AugmentationConfig``): with the rotation drawn,
 angles uniform in the three ranges (one, ``angle_x``, in 2D); with the scaling drawn, one factor

@@ -23,7 +23,7 @@ from autoseg.training.augmentation import AugmentationConfig
 OPTIMIZERS = ("auto", "sgd", "adamw")
 DEFAULT_LR = {"sgd": 1e-2, "adamw": 1e-3}
 # "auto" trains schedules up to this long with AdamW: the range measured (1,200-4,000 iterations,
-# docs/benchmarks.md); longer ones keep nnU-Net's SGD, tuned for its 250,000
+# docs/experiments/short_run_optimizer.md); longer ones keep nnU-Net's SGD, tuned for its 250,000
 ADAMW_MAX_ITERATIONS = 5000
 
 
@@ -37,7 +37,8 @@ class TrainConfig:
     num_iterations: Optional[int] = None
     # "sgd": nnU-Net's SGD (momentum, nesterov below); "adamw": AdamW; "auto": AdamW for a short run
     # (a time budget, or at most ADAMW_MAX_ITERATIONS: 0.851 against 0.839-0.842 Dice in 10 CPU
-    # minutes on Hippocampus, docs/benchmarks.md), SGD for a long one. The trainer saves the one it
+    # minutes on Hippocampus, docs/experiments/short_run_optimizer.md), SGD for a long one.
+    # The trainer saves the one it
     # used (resolve_optimizer)
     optimizer: str = "auto"
     initial_lr: Optional[float] = None  # None: 1e-2 for SGD (nnU-Net's), 1e-3 for AdamW
