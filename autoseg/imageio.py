@@ -181,7 +181,8 @@ def file_ending(path: str | os.PathLike) -> str:
     )
 
 
-def _natural_2d_geometry(height: int, width: int) -> ImageGeometry:
+def natural_2d_geometry(height: int, width: int) -> ImageGeometry:
+    """The geometry of a PNG/TIFF/BMP picture of ``height`` x ``width`` pixels (no physical one)."""
     return ImageGeometry(spacing=(FAKE_2D_SPACING, 1.0, 1.0), origin=(0.0, 0.0),
                          direction=(1.0, 0.0, 0.0, 1.0), shape=(1, height, width), is_2d=True)
 
@@ -224,7 +225,7 @@ def _read_with_pil(path: Path, palette_as_indices: bool) -> tuple[np.ndarray, Im
     if mode == "PA" and palette_as_indices:  # index + alpha: the index is the class
         arr = arr[..., 0]
     arr = arr[None, None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)[:, None]
-    return arr, _natural_2d_geometry(arr.shape[2], arr.shape[3])
+    return arr, natural_2d_geometry(arr.shape[2], arr.shape[3])
 
 
 def _read_one(path: Path, palette_as_indices: bool = False) -> tuple[np.ndarray, ImageGeometry]:
@@ -246,14 +247,25 @@ def _read_one(path: Path, palette_as_indices: bool = False) -> tuple[np.ndarray,
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
         raise ImageReadError(f"cannot read {path}: {first}; {_CORRUPT_FIX}") from None
+    payload_bad = _check_nifti_payload(path) if file_ending(path) in (".nii.gz", ".nii") else 0
+    return from_sitk(img, path, file_ending(path) in NATURAL_2D_ENDINGS, payload_bad)
+
+
+def from_sitk(img, path: str | os.PathLike = "image", natural_2d: bool = False,
+              known_bad: int = 0) -> tuple[np.ndarray, ImageGeometry]:
+    """A SimpleITK image (read from ``path``, or made in memory) as (C, Z, Y, X) and its geometry,
+    refused when it holds NaN/inf (``known_bad``: such values found in the file beforehand) or has
+    another dimension than 2 or 3. ``natural_2d``: a PNG/TIFF/BMP picture (no physical geometry)."""
+    import SimpleITK as sitk
+
     arr = sitk.GetArrayFromImage(img)
-    bad = _check_nifti_payload(path) if file_ending(path) in (".nii.gz", ".nii") else 0
+    bad = known_bad
     if np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.complexfloating):
         bad += int(arr.size - np.count_nonzero(np.isfinite(arr)))
     if bad:
         raise _non_finite_error(path, bad, arr.size)
     n_comp = img.GetNumberOfComponentsPerPixel()
-    is_2d = file_ending(path) in NATURAL_2D_ENDINGS
+    is_2d = natural_2d
     if is_2d:
         if img.GetDimension() != 2:
             raise ImageReadError(
@@ -261,7 +273,7 @@ def _read_one(path: Path, palette_as_indices: bool = False) -> tuple[np.ndarray,
                 f"{img.GetSize()}; save each 2D image as its own file, or a 3D stack as NIfTI (.nii.gz)"
             )
         arr = arr[None, None] if n_comp == 1 else np.moveaxis(arr, -1, 0)[:, None]
-        return arr, _natural_2d_geometry(arr.shape[2], arr.shape[3])
+        return arr, natural_2d_geometry(arr.shape[2], arr.shape[3])
     if img.GetDimension() == 2:  # a 2D medical image (e.g. a 2D .nii or .mha)
         spacing = (FAKE_2D_SPACING,) + tuple(float(s) for s in reversed(img.GetSpacing()))
         origin, direction = tuple(img.GetOrigin()), tuple(img.GetDirection())
@@ -354,6 +366,31 @@ def _as_index_map(arr: np.ndarray, path: Path, natural_2d: bool) -> np.ndarray:
     )
 
 
+def to_sitk(array: np.ndarray, geometry: ImageGeometry, natural_2d_file: bool = False):
+    """A ``(Z, Y, X)`` array with ``geometry`` as a SimpleITK image (a 2D image without its leading
+    slice axis). ``natural_2d_file``: for a PNG/TIFF/BMP file (integers as uint8 or uint16, no
+    spacing)."""
+    import SimpleITK as sitk
+
+    if array.ndim != 3:
+        raise ValueError(f"expected a (Z, Y, X) array, got shape {array.shape}")
+    if tuple(array.shape) != tuple(geometry.shape):
+        raise ValueError(f"array shape {array.shape} does not match geometry {geometry.shape}")
+    if geometry.is_2d:
+        arr2 = array[0]
+        if natural_2d_file and np.issubdtype(arr2.dtype, np.integer):
+            arr2 = arr2.astype(np.uint8 if arr2.min() >= 0 and arr2.max() <= 255 else np.uint16)
+        img = sitk.GetImageFromArray(arr2)
+        if not natural_2d_file:
+            img.SetSpacing(tuple(reversed(geometry.spacing[1:])))
+    else:
+        img = sitk.GetImageFromArray(array)
+        img.SetSpacing(tuple(reversed(geometry.spacing)))
+    img.SetOrigin(geometry.origin)
+    img.SetDirection(geometry.direction)
+    return img
+
+
 def write_image(array: np.ndarray, geometry: ImageGeometry, path: str | os.PathLike) -> None:
     """Write a ``(Z, Y, X)`` array with ``geometry`` atomically (temp file + rename).
 
@@ -364,27 +401,7 @@ def write_image(array: np.ndarray, geometry: ImageGeometry, path: str | os.PathL
 
     path = Path(path)
     ending = file_ending(path)
-    if array.ndim != 3:
-        raise ValueError(f"write_image expects a (Z, Y, X) array, got shape {array.shape}")
-    if tuple(array.shape) != tuple(geometry.shape):
-        raise ValueError(f"array shape {array.shape} does not match geometry {geometry.shape}")
-    if geometry.is_2d:
-        arr2 = array[0]
-        if ending in NATURAL_2D_ENDINGS and np.issubdtype(arr2.dtype, np.integer):
-            if arr2.min() >= 0 and arr2.max() <= 255:
-                arr2 = arr2.astype(np.uint8)
-            else:
-                arr2 = arr2.astype(np.uint16)
-        img = sitk.GetImageFromArray(arr2)
-        if ending not in NATURAL_2D_ENDINGS:
-            img.SetSpacing(tuple(reversed(geometry.spacing[1:])))
-        img.SetOrigin(geometry.origin)
-        img.SetDirection(geometry.direction)
-    else:
-        img = sitk.GetImageFromArray(array)
-        img.SetSpacing(tuple(reversed(geometry.spacing)))
-        img.SetOrigin(geometry.origin)
-        img.SetDirection(geometry.direction)
+    img = to_sitk(array, geometry, natural_2d_file=ending in NATURAL_2D_ENDINGS)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{ending}")
     try:

@@ -131,20 +131,12 @@ def predict_folder(input_dir, output_dir, ws: Workspace, dataset: str, configura
     from tqdm import tqdm
 
     from autoseg.imageio import read_image, write_image
-    from autoseg.inference.validation import save_probabilities as save_probs
-    from autoseg.labels import probabilities_to_labels
-    from autoseg.postprocess.components import Postprocessing, apply_postprocessing
     from autoseg.inference.onnx_backend import choose_backend
+    from autoseg.inference.validation import save_probabilities as save_probs
 
     name = ws.dataset_name(dataset)
-    postprocessing = Postprocessing()
-    if not configurations:
-        from autoseg.postprocess.selection import load_selection
-
-        sel = load_selection(ws.results_dataset(name))
-        configurations, variant, checkpoint = sel.configurations, sel.variant, sel.checkpoint
-        folds = folds or sel.folds
-        postprocessing = sel.postprocessing
+    configurations, variant, checkpoint, folds, postprocessing = selected_model(ws, name, configurations, variant,
+                                                                                folds, checkpoint)
     chosen = choose_backend(backend, device, precision)
 
     def load_all(with_backend: str) -> list:
@@ -187,14 +179,7 @@ def predict_folder(input_dir, output_dir, ws: Workspace, dataset: str, configura
             image, geometry = read_image(case.files)
             if image.shape[0] != num_channels:
                 raise UserFacingError(f"{image.shape[0]} channel(s) found, the model expects {num_channels}")
-            probs = None
-            for p in predictors:
-                _, pr = p.predict_case(image, geometry)
-                probs = pr if probs is None else probs + pr
-            probs /= len(predictors)
-            seg = probabilities_to_labels(probs, order)
-            if postprocess:
-                seg = apply_postprocessing(seg, postprocessing, probs)
+            seg, probs = segment(predictors, image, geometry, postprocessing if postprocess else None)
             write_image(seg, geometry, target)
             if save_probabilities:
                 save_probs(out / case.case_id, probs, geometry, order)
@@ -202,6 +187,36 @@ def predict_folder(input_dir, output_dir, ws: Workspace, dataset: str, configura
             failed += 1
             log.error("case %s failed: %s", case.case_id, exc)
     return failed
+
+
+def selected_model(ws: Workspace, name: str, configurations, variant: str, folds, checkpoint: str):
+    """(configurations, variant, checkpoint, folds, postprocessing) to predict with: those given, or
+    without ``configurations`` what ``find_best_config`` selected (``folds`` given still win)."""
+    from autoseg.postprocess.components import Postprocessing
+
+    if configurations:
+        return list(configurations), variant, checkpoint, folds, Postprocessing()
+    from autoseg.postprocess.selection import load_selection
+
+    sel = load_selection(ws.results_dataset(name))
+    return list(sel.configurations), sel.variant, sel.checkpoint, folds or sel.folds, sel.postprocessing
+
+
+def segment(predictors: list, image: np.ndarray, geometry, postprocessing=None) -> tuple[np.ndarray, np.ndarray]:
+    """One case's label map and probabilities in its own geometry: every predictor (configuration)
+    averaged, turned into labels (argmax, or regions at 0.5), then ``postprocessing`` (None: none)."""
+    from autoseg.labels import probabilities_to_labels
+    from autoseg.postprocess.components import apply_postprocessing
+
+    probs = None
+    for p in predictors:
+        _, pr = p.predict_case(image, geometry)
+        probs = pr if probs is None else probs + pr
+    probs /= len(predictors)
+    seg = probabilities_to_labels(probs, predictors[0].plans.regions_class_order)
+    if postprocessing is not None:
+        seg = apply_postprocessing(seg, postprocessing, probs)
+    return seg, probs
 
 
 def _torch_pays_off(predictors: list, cases: list, tta: bool) -> str:
