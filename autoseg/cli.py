@@ -112,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     _root(p)
     _plan_args(p)
 
+    p = add("transfer_plans", "autoseg.planners.transfer:cli_transfer_plans",
+            "plan a target dataset with a source dataset's plans (to fine-tune a model of the source on it)")
+    p.add_argument("--source-dataset", required=True, help="the dataset whose plans (and model) are reused")
+    p.add_argument("--target-dataset", required=True, help="the dataset to plan with them")
+    _root(p)
+    _np(p)
+
     p = add("preprocess", "autoseg.preprocess.run:cli_preprocess",
             "preprocess the raw dataset for the planned configurations")
     _dataset(p)
@@ -140,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resume from checkpoint_latest (or extend a finished run)")
     p.add_argument("--val", dest="validate_only", action="store_true",
                    help="only (re)run the final validation of a finished model")
+    p.add_argument("--pretrained", default=None, metavar="PATH",
+                   help="start from another model's weights: a fold folder or a .pth checkpoint (the matching "
+                        "layers are copied; see autoseg transfer_plans)")
     p.add_argument("--time-budget", default=None,
                    help="wall-clock budget such as 30m or 2h for all the folds given, final validation "
                         "included; the schedule is fitted to it")

@@ -29,6 +29,10 @@ def _resolve(args: argparse.Namespace):
     cfg = resolve_train_config(args.variant or "default", args.overrides)
     if args.num_workers is not None:
         cfg = dataclasses.replace(cfg, num_workers=args.num_workers)
+    if getattr(args, "pretrained", None):
+        from autoseg.training.pretrained import pretrained_checkpoint
+
+        cfg = dataclasses.replace(cfg, pretrained=str(pretrained_checkpoint(args.pretrained).resolve()))
     budget = parse_duration(args.time_budget) if args.time_budget else None
     return cfg, budget
 

@@ -56,6 +56,8 @@ class TrainConfig:
     # (network.init_output_bias); false: zero biases (uniform softmax at the start)
     output_prior_init: bool = True
     output_prior_min: float = 1e-3
+    # a checkpoint (or fold folder) whose matching weights a new run starts from (training/pretrained.py)
+    pretrained: Optional[str] = None
     oversample_foreground_percent: float = 0.33
     # Small/rare classes (autoseg/training/small_classes.py). None: the plans' small_classes of the
     # configuration; (): no special handling. By default every sample gets a component of a small

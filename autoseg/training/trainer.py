@@ -33,6 +33,7 @@ from autoseg.training.health import FAILED_MARKER, clear_failed, mark_failed
 from autoseg.training.dataloader import BatchSource, class_frequencies, iterate
 from autoseg.training.loss import build_loss
 from autoseg.training.network import build_network, deep_supervision_scales, init_output_bias
+from autoseg.training.pretrained import load_pretrained
 from autoseg.training.progress import format_epoch, plot_progress
 from autoseg.training.resolve import planned_on_this_cpu, resolve_settings
 from autoseg.training.schedule import Budget
@@ -228,6 +229,8 @@ class _FoldRun:
                                    paste_shares=small.paste)
         if self.state is None and cfg.output_prior_init:
             self._init_output_prior()
+        if self.state is None and cfg.pretrained:  # after the prior: heads copied when the classes agree
+            load_pretrained(self.net, cfg.pretrained, plans, log)
         self.layout = torch_memory_format(cfg.memory_format, cp.network.dim)
         self.net = self.net.to(dev, memory_format=self.layout)
         self.loss_fn = build_loss(cfg.loss, cp.batch_dice if cfg.batch_dice is None else cfg.batch_dice,
