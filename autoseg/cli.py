@@ -243,6 +243,8 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-budget", default=None,
                    help="cpu profile: the training time you intend per fold (default 30m); the network "
                         "width is chosen from speed measured on this machine to fit it")
+    p.add_argument("--network", default="plain", choices=("plain", "resenc"),
+                   help="plain U-Net (default) or nnU-Net's residual-encoder U-Net (ResEnc) for every configuration")
     p.add_argument("--force-lowres", action="store_true",
                    help="also plan 3d_lowres and the cascade even where the automatic trigger does not fire")
 

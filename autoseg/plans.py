@@ -17,6 +17,7 @@ from autoseg.serialization import SchemaError, load_json_as, save_json
 
 PLANS_SCHEMA_VERSION = 1
 CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
+ENCODERS = ("plain", "residual")
 NORMALIZATION_SCHEMES = ("ct", "zscore", "noNorm", "rescale_to_0_1", "rgb_to_0_1")
 
 
@@ -43,8 +44,18 @@ class NetworkPlan:
     strides: tuple[tuple[int, ...], ...]
     n_conv_per_stage: int = 2
     n_conv_per_stage_decoder: int = 2
+    # "plain": n_conv_per_stage convolutions per encoder stage; "residual": a residual encoder (nnU-Net's
+    # ResEnc), blocks_per_stage residual blocks of two convolutions each (training/network.py)
+    encoder: str = "plain"
+    blocks_per_stage: tuple[int, ...] = ()
 
     def __post_init__(self):
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"network encoder must be one of {ENCODERS}, found {self.encoder!r}")
+        if self.encoder == "residual" and (len(self.blocks_per_stage) != len(self.features_per_stage)
+                                           or min(self.blocks_per_stage, default=0) < 1):
+            raise ValueError(f"a residual encoder needs >= 1 block for each of its {len(self.features_per_stage)} "
+                             f"stages, found blocks_per_stage {self.blocks_per_stage}")
         n = len(self.features_per_stage)
         if len(self.kernel_sizes) != n or len(self.strides) != n:
             raise ValueError(

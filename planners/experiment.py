@@ -226,8 +226,26 @@ def is_large_image(fp: Fingerprint, spacing: tuple[float, ...], full: Configurat
     return math.prod(reference.patch_size) / math.prod(reference.median_shape) < LOWRES_TRIGGER
 
 
-def plan_experiment(fingerprint: Fingerprint, profile: str = "gpu-8gb", force_lowres: bool = False) -> Plans:
-    """Plans for every configuration that makes sense for ``fingerprint``."""
+# nnU-Net's residual-encoder presets: residual blocks per encoder stage, one convolution per decoder stage
+RESENC_BLOCKS = (1, 3, 4, 6, 6, 6, 6, 6)
+NETWORKS = ("plain", "resenc")
+
+
+def with_residual_encoder(cfg: ConfigurationPlan) -> ConfigurationPlan:
+    """``cfg`` with nnU-Net's residual encoder (``RESENC_BLOCKS``) in place of the plain one; patch,
+    batch, width and strides unchanged."""
+    n = len(cfg.network.features_per_stage)
+    blocks = RESENC_BLOCKS[:n] + (RESENC_BLOCKS[-1],) * max(0, n - len(RESENC_BLOCKS))
+    return dataclasses.replace(cfg, network=dataclasses.replace(
+        cfg.network, encoder="residual", blocks_per_stage=blocks, n_conv_per_stage_decoder=1))
+
+
+def plan_experiment(fingerprint: Fingerprint, profile: str = "gpu-8gb", force_lowres: bool = False,
+                    network: str = "plain") -> Plans:
+    """Plans for every configuration that makes sense for ``fingerprint``; ``network`` "resenc":
+    every configuration with a residual encoder (``with_residual_encoder``)."""
+    if network not in NETWORKS:
+        raise ValueError(f"network must be one of {NETWORKS}, found {network!r}")
     prof = PROFILES.get(profile)
     spacings = np.array([c.spacing for c in fingerprint.cases], float)
     spacing = target_spacing(spacings)
@@ -243,6 +261,8 @@ def plan_experiment(fingerprint: Fingerprint, profile: str = "gpu-8gb", force_lo
             configs["3d_lowres"] = dataclasses.replace(low, next_stage="3d_cascade_fullres")
             configs["3d_cascade_fullres"] = dataclasses.replace(
                 full, name="3d_cascade_fullres", previous_stage="3d_lowres", preprocessed_name="3d_fullres")
+    if network == "resenc":
+        configs = {k: with_residual_encoder(c) for k, c in configs.items()}
     return Plans(
         schema_version=PLANS_SCHEMA_VERSION,
         dataset_name=fingerprint.dataset_name,
@@ -288,7 +308,7 @@ def cli_plan(args: argparse.Namespace) -> int:
         raise UserFacingError(f"{fp_path} not found; run 'autoseg fingerprint -d {args.dataset}' first")
     fingerprint = load_fingerprint(fp_path)
     profile = args.device_profile or detect_profile()
-    plans = plan_experiment(fingerprint, profile, args.force_lowres)
+    plans = plan_experiment(fingerprint, profile, args.force_lowres, getattr(args, "network", "plain") or "plain")
     if profile == "cpu":  # width and precision from the speed measured on this machine (planners/throughput.py)
         plans = _time_on_this_cpu(plans, folder, args)
     save_plans(plans, folder / "plans.json")

@@ -134,7 +134,9 @@ def widen(cfg: ConfigurationPlan, base_features: int, max_features: int) -> Conf
     axes = cfg.spacing[1:] if cfg.network.dim == 2 else cfg.spacing
     _, net = fit_topology(tuple(cfg.patch_size), tuple(axes), base_features, max_features,
                           len(cfg.network.features_per_stage))
-    return dataclasses.replace(cfg, network=net)
+    same = {k: getattr(cfg.network, k) for k in ("encoder", "blocks_per_stage", "n_conv_per_stage",
+                                                  "n_conv_per_stage_decoder")}
+    return dataclasses.replace(cfg, network=dataclasses.replace(net, **same))
 
 
 def choose_width(cfg: ConfigurationPlan, step_seconds: StepTimer, budget_s: float = DEFAULT_FOLD_BUDGET_S,

@@ -122,7 +122,7 @@ def make_png_dataset(root: Path, name: str = "Dataset902_SynthPNG", num_cases: i
     return folder
 
 
-def plan_and_preprocess_cpu(root: str, dataset_id: int = 901) -> None:
+def plan_and_preprocess_cpu(root: str, dataset_id: int = 901, network: str = "plain") -> None:
     """plan_and_preprocess --force-lowres with the cpu profile's plans, minus the step timing that
     ``autoseg plan`` adds on that profile (slow on a loaded machine; widths are not tested here)."""
     from autoseg.cli import main
@@ -133,7 +133,7 @@ def plan_and_preprocess_cpu(root: str, dataset_id: int = 901) -> None:
 
     assert main(["fingerprint", "-d", str(dataset_id), "-np", "1", "--root", root]) == 0
     pre = Workspace(Path(root)).preprocessed_dataset(dataset_id)
-    save_plans(plan_experiment(load_fingerprint(pre / "fingerprint.json"), "cpu", force_lowres=True),
+    save_plans(plan_experiment(load_fingerprint(pre / "fingerprint.json"), "cpu", force_lowres=True, network=network),
                pre / "plans.json")
     assert main(["preprocess", "-d", str(dataset_id), "-np", "1", "--root", root]) == 0
 

@@ -1,7 +1,10 @@
 """The U-Net, built only from a configuration's plans.
 
 Encoder: per stage ``n_conv`` x (conv -> instance norm -> LeakyReLU), the first conv of a
-stage strided (downsampling by strided convolution). Decoder: transposed convolution
+stage strided (downsampling by strided convolution); or, with ``encoder="residual"`` (nnU-Net's
+residual-encoder U-Net, "ResEnc"), ``blocks_per_stage[i]`` residual blocks per stage, each conv ->
+norm -> LeakyReLU -> conv -> norm plus its input (through a strided 1x1 convolution and norm where
+the block changes the shape), then LeakyReLU. Decoder: transposed convolution
 (kernel = stride), concatenation with the skip, ``n_conv_decoder`` x (conv -> norm ->
 LeakyReLU), and a 1x1 segmentation head at every resolution for deep supervision. With deep
 supervision off, only the full-resolution head runs.
@@ -35,6 +38,31 @@ class ConvBlock(nn.Sequential):
         super().__init__(*layers)
 
 
+class ResidualBlock(nn.Module):
+    def __init__(self, dim: int, cin: int, cout: int, kernel, stride):
+        super().__init__()
+        conv, _, norm = _ops(dim)
+        pad = [k // 2 for k in kernel]
+        self.body = nn.Sequential(conv(cin, cout, kernel, stride, padding=pad, bias=True),
+                                  norm(cout, eps=1e-5, affine=True), nn.LeakyReLU(0.01, inplace=True),
+                                  conv(cout, cout, kernel, 1, padding=pad, bias=True), norm(cout, eps=1e-5, affine=True))
+        reshapes = cin != cout or any(s != 1 for s in stride)
+        self.skip = (nn.Sequential(conv(cin, cout, 1, stride, bias=False), norm(cout, eps=1e-5, affine=True))
+                     if reshapes else nn.Identity())
+        self.act = nn.LeakyReLU(0.01, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.skip(x))
+
+
+def _encoder_stage(net: NetworkPlan, i: int, cin: int) -> nn.Module:
+    dim, f, k, s = net.dim, net.features_per_stage[i], net.kernel_sizes[i], net.strides[i]
+    if net.encoder == "residual":
+        return nn.Sequential(*[ResidualBlock(dim, cin if b == 0 else f, f, k, s if b == 0 else (1,) * dim)
+                               for b in range(net.blocks_per_stage[i])])
+    return ConvBlock(dim, cin, f, k, s, net.n_conv_per_stage)
+
+
 class UNet(nn.Module):
     def __init__(self, net: NetworkPlan, in_channels: int, num_classes: int, deep_supervision: bool):
         super().__init__()
@@ -43,8 +71,8 @@ class UNet(nn.Module):
         self.deep_supervision = deep_supervision
         self.encoder = nn.ModuleList()
         cin = in_channels
-        for f, k, s in zip(feats, net.kernel_sizes, net.strides):
-            self.encoder.append(ConvBlock(dim, cin, f, k, s, net.n_conv_per_stage))
+        for i, f in enumerate(feats):
+            self.encoder.append(_encoder_stage(net, i, cin))
             cin = f
         self.up = nn.ModuleList()
         self.decoder = nn.ModuleList()
