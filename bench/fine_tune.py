@@ -12,7 +12,9 @@ Then, one after the other and nothing else running: 207 is planned and trained o
 ``all``, ``--budget``); 209 is preprocessed with 207's plans and trained from 207's weights
 (``--pretrained``, the same ``--budget``). Both small-data models predict the held-out images and
 are scored on them (``autoseg evaluate``). Writes WS/bench_fine_tune/results.json and prints a
-markdown table for docs/benchmarks.md.
+markdown table for docs/benchmarks.md. ``--stage prepare`` stops after the pretraining (its time is
+not compared: it may run while the machine is busy); ``--stage compare`` then reuses it and times
+only the two compared runs.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -97,28 +100,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pretrain-budget", default="10m")
     p.add_argument("--budget", default="5m", help="the small dataset's training budget, the same for both arms")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stage", choices=("all", "prepare", "compare"), default="all",
+                   help="prepare: datasets, plans and pretraining only; compare: the two timed runs on those")
     p.add_argument("--autoseg", default=str(Path(sys.executable).with_name("autoseg")))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = args.root / "bench_fine_tune"
     raws = make_datasets(args.source, args.root, args.few, args.seed)
     a = args.autoseg
-    for dataset_id in (PRETRAIN, FEW):
-        run_untimed([a, "plan_and_preprocess", "-d", str(dataset_id), "--root", str(args.root), "-c", "3d_fullres",
-                     "--time-budget", args.pretrain_budget if dataset_id == PRETRAIN else args.budget],
-                    log_path=out / f"logs_{dataset_id}" / "plan_and_preprocess.log", timeout_s=3600)
-    run_untimed([a, "transfer_plans", "--source-dataset", str(PRETRAIN), "--target-dataset", str(TRANSFER), "--root",
-                 str(args.root)], log_path=out / f"logs_{TRANSFER}" / "transfer_plans.log", timeout_s=1800)
-    run_untimed([a, "preprocess", "-d", str(TRANSFER), "--root", str(args.root), "-c", "3d_fullres"],
-                log_path=out / f"logs_{TRANSFER}" / "preprocess.log", timeout_s=1800)
     pretrain_fold = args.root / "results" / raws[PRETRAIN].name / "3d_fullres" / "default" / "fold_all"
-    shutil.rmtree(pretrain_fold, ignore_errors=True)
-    pretrain = measure([a, "train", "3d_fullres", "all", "-d", str(PRETRAIN), "--root", str(args.root),
-                        "--time-budget", args.pretrain_budget], log_path=out / f"logs_{PRETRAIN}" / "train.log",
-                       timeout_s=7200)
-    results = {"machine": machine_info(), "few": args.few, "budget": args.budget,
-               "pretrain": {"dataset": raws[PRETRAIN].name, "budget": args.pretrain_budget,
-                            "train_wall_s": pretrain.wall_s}}
+    results = {"machine": machine_info(), "few": args.few, "budget": args.budget}
+    if args.stage != "compare":
+        results["pretrain"] = prepare(args, raws, pretrain_fold)
+        write_json(results, out / "prepare.json")
+    if args.stage == "prepare":
+        return 0
+    results["pretrain"] = json.loads((out / "prepare.json").read_text())["pretrain"]
     results["scratch"] = train_and_score(a, args.root, raws[FEW], FEW, args.budget, out)
     write_json(results, out / "results.json")
     results["fine_tuned"] = train_and_score(a, args.root, raws[TRANSFER], TRANSFER, args.budget, out,
@@ -129,6 +126,27 @@ def main(argv: list[str] | None = None) -> int:
             for arm in ("scratch", "fine_tuned")]
     print(markdown_table(["trained", *[f"class {k} Dice" for k in labels], "mean"], rows))
     return 0
+
+
+def prepare(args, raws: dict[int, Path], pretrain_fold: Path) -> dict:
+    """Plans of the three datasets (207 and 208 with the same --budget, so that the CPU timing picks
+    their widths for the same time), 209 preprocessed with 207's plans, and 207 trained on all cases."""
+    a, out = args.autoseg, args.root / "bench_fine_tune"
+    for dataset_id in (PRETRAIN, FEW):
+        run_untimed([a, "plan_and_preprocess", "-d", str(dataset_id), "--root", str(args.root), "-c", "3d_fullres",
+                     "--time-budget", args.budget],
+                    log_path=out / f"logs_{dataset_id}" / "plan_and_preprocess.log", timeout_s=3600)
+    run_untimed([a, "transfer_plans", "--source-dataset", str(PRETRAIN), "--target-dataset", str(TRANSFER), "--root",
+                 str(args.root)], log_path=out / f"logs_{TRANSFER}" / "transfer_plans.log", timeout_s=1800)
+    run_untimed([a, "preprocess", "-d", str(TRANSFER), "--root", str(args.root), "-c", "3d_fullres"],
+                log_path=out / f"logs_{TRANSFER}" / "preprocess.log", timeout_s=1800)
+    shutil.rmtree(pretrain_fold, ignore_errors=True)
+    pretrain = measure([a, "train", "3d_fullres", "all", "-d", str(PRETRAIN), "--root", str(args.root),
+                        "--time-budget", args.pretrain_budget], log_path=out / f"logs_{PRETRAIN}" / "train.log",
+                       timeout_s=7200)
+    done = re.findall(r"training done: .* \((\d+) iterations\)", (pretrain_fold / "training.log").read_text())
+    return {"dataset": raws[PRETRAIN].name, "budget": args.pretrain_budget, "train_wall_s": pretrain.wall_s,
+            "iterations": int(done[-1]) if done else None}
 
 
 if __name__ == "__main__":
