@@ -147,7 +147,7 @@ def _read_fold(folder: Path) -> Fold:
 def _load_state(path: Path) -> dict:
     import torch
 
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # the history only: no weights read
 
 
 # --- the sections -----------------------------------------------------------------------------------------
