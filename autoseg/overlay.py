@@ -173,6 +173,10 @@ def write_overlays(images: str | os.PathLike, segmentations: str | os.PathLike, 
     from autoseg.imageio import read_image, read_label
 
     pairs = _pair(Path(images), Path(segmentations), None if reference is None else Path(reference))
+    inputs = [Path(p).resolve() for p in (images, segmentations, reference) if p is not None]
+    if Path(out).resolve() in inputs:
+        raise UserFacingError(f"the output folder {out} is one of the input folders; {{case}}.png pictures could "
+                              "overwrite PNG images or labels there: give another folder")
     out = output_folder(out)
     written, mismatched = [], []
     for case, channel_files, seg_path, ref_path in pairs:

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from autoseg.cli import main
+from autoseg.report_html import line_chart
 from synthetic import make_dataset, write_nifti
 
 FOLDS = ("0", "1")
@@ -235,3 +236,11 @@ def test_overlay_names_missing_and_mismatching_cases(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "c (image (6, 16, 16), segmentation (6, 16, 15))" in err
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.png"]
+
+    assert main(["overlay", "-i", str(images), "-s", str(segs), "-o", str(segs)]) == 2
+    assert "is one of the input folders" in capsys.readouterr().err
+
+
+def test_a_chart_breaks_its_line_where_a_value_is_missing():
+    svg = line_chart({"loss": [1.0, math.nan, 0.5, 0.4], "dice": [None, 0.2, 0.3, None]}, "t")
+    assert svg.count("<polyline") == 2 and svg.count("<circle") == 1  # loss: a dot, then a line; dice: a line
