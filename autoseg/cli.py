@@ -222,6 +222,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nsd-tolerance", type=number_in(float, 0, low_open=True), default=1.0, metavar="MM",
                    help="tolerance of the normalised surface Dice in mm (default 1.0)")
 
+    p = add("report", "autoseg.report:cli_report",
+            "write one self-contained HTML page on a dataset: data, plans, training curves, cross-validation, "
+            "per-case metrics and overlay pictures")
+    _dataset(p)
+    _root(p)
+    p.add_argument("-o", "--output", default=None, help="HTML file (default: results/<dataset>/report.html)")
+
+    p = add("overlay", "autoseg.overlay:cli_overlay",
+            "write one overlay PNG per case: the slice with the most foreground, labels coloured over the image")
+    p.add_argument("-i", "--input", required=True, help="folder of {case}_{XXXX}.ext images")
+    p.add_argument("-s", "--segmentations", required=True, help="folder of {case}.ext label maps")
+    p.add_argument("-o", "--output", required=True, help="output folder for {case}.png")
+    p.add_argument("--reference", default=None, help="folder of reference {case}.ext labels, drawn as outlines")
+
     p = add("export_model", "autoseg.model_archive:cli_export_model",
             "pack a dataset's trained models, plans and selection into a zip")
     _dataset(p)
