@@ -717,14 +717,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
-    from autoseg.training.budget import parse_duration
+    from autoseg.units import parse_duration
     from autoseg.errors import UserFacingError
 
     budget = args.budget or ("1m" if args.quick else "10m")
     try:
-        budget_s = parse_duration(budget)
+        budget_s = parse_duration(budget, option="--budget")
     except UserFacingError as e:
-        p.error(str(e).replace("--time-budget", "--budget"))
+        p.error(str(e))
     if not args.autoseg.is_file():
         p.error(f"{args.autoseg} not found: run this with autoseg's venv python (.venv/bin/python) or pass --autoseg")
     if args.nnunet_venv is not None and not (args.nnunet_venv / "bin" / "nnUNetv2_plan_and_preprocess").is_file():

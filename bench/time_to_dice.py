@@ -87,7 +87,7 @@ NNUNET_FOLD_DIR = {"a": "nnUNetTrainer__nnUNetPlans__3d_fullres", "b": "nnUNetTr
 
 def parse_budget(text: str) -> float:
     """``"10m"`` -> 600.0 s, ``"1h"`` -> 3600.0, ``"90s"``/``"90"`` -> 90.0 (autoseg's own parser)."""
-    from autoseg.training.budget import parse_duration
+    from autoseg.units import parse_duration
 
     return parse_duration(text)
 

@@ -23,7 +23,7 @@ from autoseg.planners.throughput import (DEFAULT_FOLD_BUDGET_S, QUIET_PARALLEL_S
                                          adapt_to_throughput, detect_profile, precisions_to_time,
                                          step_cap_seconds)
 from autoseg.planners.topology import estimate_memory_bytes, fit_topology
-from autoseg.training.budget import parse_duration
+from autoseg.units import parse_duration
 
 log = logging.getLogger(__name__)
 
