@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="configurations to preprocess (default: all planned)")
     p.add_argument("--clean", action="store_true", help="redo every case, even up-to-date ones")
 
-    p = add("plan_and_preprocess", "autoseg.plan_and_preprocess:cli_plan_and_preprocess",
+    p = add("plan_and_preprocess", "autoseg.preprocess.plan_and_preprocess:cli_plan_and_preprocess",
             "check the dataset, fingerprint it, plan, and preprocess")
     _dataset(p)
     _root(p)
