@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--save_probabilities", action="store_true")
 
-    p = add("apply_postprocessing", "autoseg.postprocess.components:cli_apply_postprocessing",
+    p = add("apply_postprocessing", "autoseg.postprocess.apply_postprocessing:cli_apply_postprocessing",
             "apply the learned postprocessing to a folder of segmentations")
     p.add_argument("-i", "--input", required=True)
     p.add_argument("-o", "--output", required=True)

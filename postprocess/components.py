@@ -27,16 +27,14 @@ scoring assumes that one class alone changes, is not tried on regions.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from autoseg.errors import UserFacingError, output_folder
+from autoseg.errors import UserFacingError
 from autoseg.labels import Regions, class_channel, class_mask, remove_class
 from autoseg.postprocess.lesions import LESION_COUNT_KEYS, detection_scores, label_components
 from autoseg.postprocess.metrics import case_metrics, nanmean
@@ -428,39 +426,3 @@ def _presence_features(current: list[Case], labels: Sequence[int], probabilities
         for label in labels:
             out[label].append(presence_features(pred, label, probs))
     return out
-
-
-def cli_apply_postprocessing(args: argparse.Namespace) -> int:
-    from autoseg.imageio import SUPPORTED_ENDINGS, read_label, write_image
-    from autoseg.paths import Workspace
-    from autoseg.postprocess.selection import load_selection
-
-    ws = Workspace.resolve(args.root)
-    if args.selection:
-        from autoseg.postprocess.selection import Selection
-        from autoseg.serialization import load_json_as
-
-        selection = load_json_as(Selection, args.selection)
-    else:
-        selection = load_selection(ws.results_dataset(args.dataset))
-    pp = selection.postprocessing
-    out = output_folder(args.output)
-    count = 0
-    for p in sorted(Path(args.input).iterdir()):
-        if p.name.startswith(".") or not p.name.endswith(SUPPORTED_ENDINGS):
-            continue
-        seg, geom = read_label(p)
-        probs = None
-        if pp.needs_probabilities:
-            case_id = p.name[: -len(next(e for e in SUPPORTED_ENDINGS if p.name.endswith(e)))]
-            npz = p.with_name(case_id + ".npz")
-            if not npz.is_file():
-                raise UserFacingError(f"{npz} not found: the selected postprocessing gates classes on the softmax "
-                                      "probability; predict with --save_probabilities so each segmentation has "
-                                      "its {case}.npz beside it")
-            with np.load(npz) as z:
-                probs = z["probabilities"].astype(np.float32)
-        write_image(apply_postprocessing(seg[0], pp, probs).astype(np.uint8), geom, out / p.name)
-        count += 1
-    log.info("postprocessed %d segmentations into %s", count, out)
-    return 0
