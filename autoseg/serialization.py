@@ -17,13 +17,9 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-from autoseg.errors import MissingFileError
+from autoseg.errors import MissingFileError, SchemaError  # SchemaError: raised here, defined with the other user errors
 
 T = TypeVar("T")
-
-
-class SchemaError(ValueError):
-    """A JSON file does not match the dataclass it should describe."""
 
 
 def to_jsonable(obj: Any) -> Any:
