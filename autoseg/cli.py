@@ -212,12 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nsd-tolerance", type=number_in(float, 0, low_open=True), default=1.0, metavar="MM",
                    help="tolerance of the normalised surface Dice in mm (default 1.0)")
 
-    p = add("export_model", "autoseg.model_archive:cli_export_model",
+    p = add("export_model", "autoseg.inference.model_archive:cli_export_model",
             "pack a dataset's trained models, plans and selection into a zip")
     _dataset(p)
     _root(p)
     p.add_argument("-o", "--output", required=True)
-    p = add("import_model", "autoseg.model_archive:cli_import_model", "unpack a model zip into the workspace")
+    p = add("import_model", "autoseg.inference.model_archive:cli_import_model", "unpack a model zip into the workspace")
     p.add_argument("archive")
     _root(p)
 
