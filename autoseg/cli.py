@@ -67,6 +67,19 @@ def _np(p: argparse.ArgumentParser) -> None:
                    help="worker processes, >= 1 (default: number of CPU cores)")
 
 
+class _DeprecatedSpelling(argparse.Action):
+    """An old option spelling that still works and warns with the new one (``new``)."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        logging.getLogger(__name__).warning("%s is deprecated here and will be removed: use %s",
+                                            option_string, self.new)
+        setattr(namespace, self.dest, values)
+
+
 def _training(p: argparse.ArgumentParser) -> None:
     """Options shared by ``train`` and ``train_all``."""
     _dataset(p)
@@ -75,9 +88,13 @@ def _training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a TrainConfig field, e.g. --set num_epochs=50 (repeatable)")
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda", "mps"))
-    p.add_argument("-np", "--num-workers", type=number_in(int, 0), default=None,
+    workers = number_in(int, 0)
+    p.add_argument("-nw", "--num-workers", type=workers, default=None,
                    help="augmentation worker processes, >= 0; 0: in the training process (default: chosen "
                         "from the CPU count)")
+    p.add_argument("-np", dest="num_workers", type=workers, action=_DeprecatedSpelling, new="-nw/--num-workers",
+                   help="deprecated spelling of -nw/--num-workers (elsewhere, as in nnU-Net, -np is a number of "
+                        "processes)")
 
 
 def build_parser() -> argparse.ArgumentParser:

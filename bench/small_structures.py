@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="TrainConfig override for both arms (repeatable)")
     p.add_argument("--arms", nargs="+", default=["small", "plain"], choices=list(ARMS))
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda", "mps"))
-    p.add_argument("-np", "--num-workers", type=int, default=None, help="augmentation workers for training")
+    p.add_argument("-nw", "--num-workers", type=int, default=None, help="augmentation workers for training")
     p.add_argument("--reuse-plans", action="store_true",
                    help="keep the plans and step timings of an earlier invocation in ROOT (planning re-times the "
                         "network widths, and a width chosen near the rule's threshold can differ between "
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         train = ["train", args.configuration, *args.folds, "-d", ds, *common, "--variant", variant, *device]
         train += ["--time-budget", args.time_budget] if args.time_budget else []
         train += [f"--set={o}" for o in train_opts]
-        train += ["-np", str(args.num_workers)] if args.num_workers is not None else []
+        train += ["-nw", str(args.num_workers)] if args.num_workers is not None else []
         train_s = autoseg(train, out / "train.log")
         autoseg(["find_best_config", "-d", ds, *common, "-c", args.configuration, "-f", *args.folds,
                  "--variant", variant], out / "find_best_config.log")

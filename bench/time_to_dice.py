@@ -236,7 +236,7 @@ def run_autoseg_method(budget: str, budget_s: float, setup: dict, work: Path, au
     cmd = [autoseg, "train", CONFIGURATION, str(FOLD), "-d", str(DATASET_ID), "--root", root,
            "--time-budget", budget]
     if num_workers is not None:
-        cmd += ["-np", str(num_workers)]
+        cmd += ["-nw", str(num_workers)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     m = measure(cmd, env=env, log_path=work / "logs" / f"c_{budget}.log")
     fold = root / "results" / NNUNET_DATASET / CONFIGURATION / "default" / f"fold_{FOLD}"
