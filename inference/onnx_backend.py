@@ -1,9 +1,8 @@
 """Prediction through ONNX Runtime: the CPU path that does not import torch.
 
-Why: ``import torch`` alone takes 1.2-2.2 s on this project's machines, most of what a
-``predict`` run costs before its first case; onnxruntime imports in 0.05 s. Its fp32 3D
-convolutions are slower than torch's oneDNN path (1.1-1.3x per forward pass on the AVX2 machine;
-docs/experiments/onnx_backend.md), so it pays for short runs only.
+Why: ``import torch`` is most of what a ``predict`` run costs before its first case, and
+onnxruntime imports far faster; its fp32 3D convolutions are slower than torch's oneDNN path, so
+it pays for short runs only (both measured in docs/experiments/onnx_backend.md).
 
 Each fold's checkpoint is exported once, next to it: ``{checkpoint}.onnx`` and
 ``{checkpoint}.onnx.json`` (the checkpoint's size and modification time, the configuration, the
@@ -269,8 +268,8 @@ def _cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
     return None
 
 
-# What importing torch (and its teardown) costs a predict run that ONNX Runtime spares: 1.2-2.2 s
-# for the import alone on this project's machines (docs/experiments/onnx_backend.md).
+# What importing torch (and its teardown) costs a predict run that ONNX Runtime spares: the middle of
+# the range measured in docs/experiments/onnx_backend.md.
 TORCH_FIXED_SECONDS = 1.5
 
 

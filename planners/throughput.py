@@ -29,10 +29,8 @@ recorded as such. Seen on a CPU with AMX: the bf16 backward pass of the 8-wide n
 of 4 x 128 x 112 did not finish within 20 s where the fp32 step took 0.15 s.
 
 ``MIN_ITERATIONS = 2500``: the hand-tuned nnU-Net run above was still improving at 1,750
-iterations; autoseg's own Hippocampus runs reach 0.85 Dice at about 1,000 iterations and keep
-improving to 3,000 (docs/benchmarks.md, "Time to Dice"). Wider networks only pay off once enough
-iterations are
-affordable. The measurements are written next to the plans (``throughput.json``), so the choice
+iterations, as autoseg's own Hippocampus runs do (docs/benchmarks.md, "Time to Dice"). Wider
+networks only pay off once enough iterations are affordable. The measurements are written next to the plans (``throughput.json``), so the choice
 can be checked and reproduced, and training reads its precision and layout from them.
 
 Which layout wins depends on the CPU's oneDNN kernels and the network, not on a rule we could

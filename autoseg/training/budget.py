@@ -90,10 +90,7 @@ def choose_validation_mirroring(budget_s: float, estimate: Callable[[tuple[int, 
                                 options: Sequence[tuple[int, ...]]) -> tuple[tuple[int, ...], float]:
     """The first of ``options`` (``validation_mirror_options``) whose ``estimate`` (seconds of the final
     validation) is at most ``VALIDATION_SHARE`` of ``budget_s``, else the last; with its estimate.
-
-    Cine MRI, 12 x 128 x 160 patch, 10 minutes: every axis ~174 s (29%), in-plane ~87 s (15%) -> in-plane,
-    which scored 0.003-0.006 Dice below every axis in half the time, where no mirroring lost 0.04-0.06
-    (docs/experiments/validation_cost.md)."""
+    Why this share: docs/experiments/validation_cost.md."""
     for axes in options:
         seconds = estimate(axes)
         if seconds <= VALIDATION_SHARE * budget_s:

@@ -26,8 +26,7 @@ one is drawn as often), and the voxel among the component's stored locations. Th
 placed at random among those that a random patch could take and that hold the voxel at least an
 eighth of the patch inside its faces (``choose_lower_corner_containing``), not centred on it: a
 patch always centred on a lesion teaches the network that lesions sit in the middle of its view,
-which the sliding window's tiles do not respect (on the implanted Hippocampus data lesion F1
-0.16 centred, 0.76 placed so, docs/experiments/small_class_first_runs.md). With ``balance_cases``
+which the sliding window's tiles do not respect (docs/experiments/small_class_first_runs.md). With ``balance_cases``
 the other samples'
 cases are drawn so that every case keeps its plain-training share of all samples where the
 small-class samples leave room (``case_weights``), instead of uniformly. Copy-paste
@@ -409,9 +408,8 @@ def default_num_workers() -> int:
     """Augmentation processes when ``TrainConfig.num_workers`` is None: one per two cores (the rest
     run the network), at most 8; none on a machine with two cores or fewer, where each batch is
     built between training steps. There a worker process runs beside torch's two threads on the
-    same two cores, and the threads' stalls cost more than building the batch inline: Hippocampus
-    3d_fullres (16-128, batch 2, bf16) 190-198 ms per iteration with one worker, 178-183 ms inline;
-    2d (batch 64) 317 against 300 ms (docs/experiments/cpu_augmentation.md)."""
+    same two cores, and the threads' stalls cost more than building the batch inline (measured in
+    docs/experiments/cpu_augmentation.md)."""
     cores = usable_cpus()
     return 0 if cores <= 2 else min(8, cores // 2)
 

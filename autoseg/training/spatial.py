@@ -6,7 +6,7 @@ larger sampled one (``random_crop=False``), and draws its random numbers from nu
 generator in the same order, so the same seed gives the same rotations and scales. It is built
 for a CPU that trains the network on the same cores: batchgenerators interpolates with
 ``scipy.ndimage.map_coordinates``, one single-threaded call per image channel and one per label
-of the segmentation (about 10 ms each for a 40 x 56 x 40 patch on the AVX2 machine); here the
+of the segmentation; here the
 image channels and the labels' indicator channels go through one ``torch.nn.functional.grid_sample``
 call, which uses torch's threads (docs/experiments/cpu_augmentation.md).
 

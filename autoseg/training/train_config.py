@@ -36,10 +36,8 @@ class TrainConfig:
     # last epoch (a time budget sets it to what the time allows; the poly schedule spans num_epochs)
     num_iterations: Optional[int] = None
     # "sgd": nnU-Net's SGD (momentum, nesterov below); "adamw": AdamW; "auto": AdamW for a short run
-    # (a time budget, or at most ADAMW_MAX_ITERATIONS: 0.851 against 0.839-0.842 Dice in 10 CPU
-    # minutes on Hippocampus, docs/experiments/short_run_optimizer.md), SGD for a long one.
-    # The trainer saves the one it
-    # used (resolve_optimizer)
+    # (a time budget, or at most ADAMW_MAX_ITERATIONS; docs/experiments/short_run_optimizer.md), SGD
+    # for a long one. The trainer saves the one it used (resolve_optimizer)
     optimizer: str = "auto"
     initial_lr: Optional[float] = None  # None: 1e-2 for SGD (nnU-Net's), 1e-3 for AdamW
     weight_decay: float = 3e-5

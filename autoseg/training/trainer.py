@@ -1,7 +1,7 @@
 """Training one fold, in named steps (``_FoldRun``: set-up, epochs, end of epoch, finish, validation).
 
-Schedule: the optimizer of ``train_config.resolve_optimizer`` (SGD with Nesterov momentum, or AdamW
-for short runs), learning rate ``initial * (1 - epoch / num_epochs) ** 0.9`` set at the start of
+Schedule: the optimizer of ``train_config.resolve_optimizer`` (AdamW for a short run, nnU-Net's SGD
+with Nesterov momentum for a long one), learning rate ``initial * (1 - epoch / num_epochs) ** 0.9`` set at the start of
 each epoch (poly), gradient-norm clipping. The position in the schedule is
 the global iteration; batches are a pure function of it (see dataloader), so an interrupted
 run resumed from ``checkpoint_latest`` produces the same weights as an uninterrupted one.
@@ -463,7 +463,7 @@ def _resume_state(out: Path, resume: bool, dev) -> dict | None:
 
 def _train_step(net, loss_fn, opt, scaler, batch, dev, grad_clip, amp_dtype=None,
                 memory_format=None) -> tuple[float, float]:
-    """One SGD step; under autocast to ``amp_dtype`` (bf16/fp16) when given, with ``scaler`` for fp16;
+    """One optimizer step; under autocast to ``amp_dtype`` (bf16/fp16) when given, with ``scaler`` for fp16;
     the batch in ``memory_format`` (a torch layout; None: as it comes). Returns the loss and the
     gradients' total norm before clipping to ``grad_clip``."""
     data = batch["data"].to(dev, non_blocking=True)
