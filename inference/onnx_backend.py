@@ -10,8 +10,8 @@ number of input channels, and one forward pass timed in each backend on this mac
 whose record no longer matches its checkpoint is redone; only exporting imports torch.
 
 ``choose_backend`` says whether ONNX Runtime can be used at all: not on a GPU (CUDA or MPS), not
-in a precision other than fp32 (on CPUs with AMX the bf16 forward is 2-4x faster than any fp32
-one), not without onnxruntime. ``predict`` (``inference/predict.py``, ``auto``) then weighs it
+in a precision other than fp32 (nor with ``auto`` where bf16 may be faster, by the rule training
+uses: ``autoseg.device.bf16_verdict``), not without onnxruntime. ``predict`` (``inference/predict.py``, ``auto``) then weighs it
 against torch for the run: the forward passes it will make (``forward_passes``) times the
 records' per-pass difference, against torch's import (``TORCH_FIXED_SECONDS``).
 """
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.device import usable_cpus
+from autoseg.device import bf16_verdict, cpuinfo_bf16_flags, usable_cpus
 from autoseg.errors import UserFacingError
 
 log = logging.getLogger(__name__)
@@ -201,7 +201,8 @@ def choose_backend(requested: str, device: str | None, precision: str) -> str:
 
     ``auto`` picks onnx when onnxruntime is installed, the run is on the CPU (``--device cpu``, or
     ``auto`` with a torch build that has no GPU support on a machine without Apple's MPS) and the
-    precision is fp32 (``fp32``, or ``auto`` on a CPU without bf16 instructions)."""
+    precision is fp32 (``fp32``, or ``auto`` on a CPU where ``autoseg.device.bf16_verdict`` says
+    bf16 is not faster)."""
     if requested not in BACKENDS:
         raise UserFacingError(f"--backend must be one of {', '.join(BACKENDS)}, found {requested!r}")
     if requested == "torch":
@@ -221,8 +222,8 @@ def choose_backend(requested: str, device: str | None, precision: str) -> str:
         return "torch"
     if device in (None, "auto") and not _cpu_only_torch():
         return "torch"
-    if precision == "auto" and _cpu_has_bf16() is not False:
-        return "torch"
+    if precision == "auto" and bf16_verdict(*cpuinfo_bf16_flags()) is not False:
+        return "torch"  # bf16 is faster, or torch's timing probe must tell
     return "onnx"
 
 
@@ -252,20 +253,6 @@ def version_file_is_cpu_only(text: str) -> bool:
         if sep and name in ("cuda", "hip", "rocm", "xpu"):
             values[name] = value.split("#")[0].strip()
     return bool(values) and all(v in ("None", "''", '""') for v in values.values())
-
-
-def _cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
-    """Whether the CPU has AMX or AVX512-BF16 (where autoseg computes in bf16 by default), from
-    the kernel's flags; None where they cannot be read (not Linux)."""
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"amx_bf16", "amx_tile", "avx512_bf16"})
-    except OSError:
-        return None
-    return None
 
 
 # What importing torch (and its teardown) costs a predict run that ONNX Runtime spares: the middle of

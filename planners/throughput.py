@@ -478,10 +478,9 @@ def adapt_to_throughput(plans, step_seconds: StepTimer, budget_s: float = DEFAUL
 def precisions_to_time() -> tuple[str, ...]:
     """fp32, and bf16 unless torch says this CPU has neither AMX nor AVX512-BF16 (bf16 would be
     emulated there, several times slower)."""
-    from autoseg.device import _cpu_flag
+    from autoseg.device import bf16_verdict, torch_bf16_flags
 
-    amx, avx512_bf16 = _cpu_flag("_is_amx_tile_supported"), _cpu_flag("_is_avx512_bf16_supported")
-    return ("fp32",) if amx is False and avx512_bf16 is False else ("fp32", "bf16")
+    return ("fp32",) if bf16_verdict(*torch_bf16_flags()) is False else ("fp32", "bf16")
 
 
 def detect_profile() -> str:
