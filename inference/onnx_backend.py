@@ -11,9 +11,10 @@ whose record no longer matches its checkpoint is redone; only exporting imports 
 
 ``choose_backend`` says whether ONNX Runtime can be used at all: not on a GPU (CUDA or MPS), not
 in a precision other than fp32 (nor with ``auto`` where bf16 may be faster, by the rule training
-uses: ``autoseg.device.bf16_verdict``), not without onnxruntime. ``predict`` (``inference/predict.py``, ``auto``) then weighs it
-against torch for the run: the forward passes it will make (``forward_passes``) times the
-records' per-pass difference, against torch's import (``TORCH_FIXED_SECONDS``).
+uses: ``autoseg.device.bf16_verdict``), not without onnxruntime. ``predict``
+(``inference/predict.py``, ``auto``) then weighs it against torch for the run: the forward passes
+it will make (``forward_passes``) times the records' per-pass difference, against torch's import
+(``TORCH_FIXED_SECONDS``).
 """
 from __future__ import annotations
 

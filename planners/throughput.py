@@ -30,8 +30,9 @@ of 4 x 128 x 112 did not finish within 20 s where the fp32 step took 0.15 s.
 
 ``MIN_ITERATIONS = 2500``: the hand-tuned nnU-Net run above was still improving at 1,750
 iterations, as autoseg's own Hippocampus runs do (docs/benchmarks.md, "Time to Dice"). Wider
-networks only pay off once enough iterations are affordable. The measurements are written next to the plans (``throughput.json``), so the choice
-can be checked and reproduced, and training reads its precision and layout from them.
+networks only pay off once enough iterations are affordable. The measurements are written next
+to the plans (``throughput.json``), so the choice can be checked and reproduced, and training
+reads its precision and layout from them.
 
 Which layout wins depends on the CPU's oneDNN kernels and the network, not on a rule we could
 write down (docs/planning.md, "Memory layout").

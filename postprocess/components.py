@@ -200,23 +200,25 @@ def _scores(per_case: list[Metrics], labels: Sequence[int]) -> Scores:
     return Scores(dice, f1)
 
 
-def _v(x: float) -> float:
-    return -1.0 if math.isnan(x) else x
+def _comparable(score: float) -> float:
+    """A score to compare, NaN (undefined: no reference and no prediction of a class) below any other."""
+    return -1.0 if math.isnan(score) else score
 
 
 def _no_worse(new: Scores, old: Scores, skip_f1: int | None = None) -> bool:
-    return (all(_v(new.dice[k]) >= _v(old.dice[k]) - 1e-9 for k in new.dice)
-            and all(_v(new.f1[k]) >= _v(old.f1[k]) - 1e-9 for k in new.f1 if k != skip_f1))
+    return (all(_comparable(new.dice[k]) >= _comparable(old.dice[k]) - 1e-9 for k in new.dice)
+            and all(_comparable(new.f1[k]) >= _comparable(old.f1[k]) - 1e-9 for k in new.f1 if k != skip_f1))
 
 
 def _better(new: Scores, old: Scores) -> bool:
     """Dice-driven rule: the mean Dice rises, and no class's Dice or lesion F1 falls."""
-    return _v(new.mean_dice) > _v(old.mean_dice) + 1e-6 and _no_worse(new, old)
+    return _comparable(new.mean_dice) > _comparable(old.mean_dice) + 1e-6 and _no_worse(new, old)
 
 
 def _lesion_better(new: Scores, old: Scores, label: int) -> bool:
     """Lesion-driven rule: ``label``'s F1 rises; no Dice (mean or class) and no other F1 falls."""
-    return (_v(new.f1[label]) > _v(old.f1[label]) + 1e-6 and _v(new.mean_dice) >= _v(old.mean_dice) - 1e-9
+    return (_comparable(new.f1[label]) > _comparable(old.f1[label]) + 1e-6
+            and _comparable(new.mean_dice) >= _comparable(old.mean_dice) - 1e-9
             and _no_worse(new, old, skip_f1=label))
 
 
@@ -258,10 +260,10 @@ def _gap_thresholds(values: list[float], integer: bool) -> list[float]:
     Sizes: the geometric midpoint rounded up, at least the lower value + 1; probabilities: the
     arithmetic midpoint.
     """
-    u = sorted(set(values))
+    distinct = sorted(set(values))
     if integer:
-        return [float(min(max(math.ceil(math.sqrt(a * b)), a + 1), b)) for a, b in zip(u, u[1:])]
-    return [(a + b) / 2 for a, b in zip(u, u[1:])]
+        return [float(min(max(math.ceil(math.sqrt(a * b)), a + 1), b)) for a, b in zip(distinct, distinct[1:])]
+    return [(a + b) / 2 for a, b in zip(distinct, distinct[1:])]
 
 
 def _f1_vectorised(n_ref: np.ndarray, detected: np.ndarray, n_pred: np.ndarray, true_pred: np.ndarray) -> np.ndarray:
@@ -314,7 +316,8 @@ def _learn_presence(current: list[Case], metrics: list[Metrics], features: list[
     dice_keep, dice_drop = column("dice", "keep"), column("dice", "drop")
     counts = {k: (sum(metrics[i][label][k] for i in absent), column(k, "keep"), column(k, "drop"))
               for k in LESION_COUNT_KEYS}
-    old_f1, old_dice, old_mean = _v(best.f1[label]), _v(best.dice[label]), _v(best.mean_dice)
+    old_f1, old_dice = _comparable(best.f1[label]), _comparable(best.dice[label])
+    old_mean = _comparable(best.mean_dice)
     chosen = None
     for s_min in size_cands:
         keep = (sizes[None, :] >= s_min) & (probs[None, :] >= prob_cands[:, None])  # (rules, present cases)
