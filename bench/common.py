@@ -21,7 +21,14 @@ runs past ``T`` seconds together with every process below it (``kill_tree``: SIG
 after ``KILL_GRACE_S``) and raise ``CommandFailed`` saying so (``measure(check=False)`` returns the
 measurement with ``timed_out`` set instead).
 
-Stdlib only: importable from both /work/venv and /work/nnunet_venv. The raw-dataset helpers at the
+Where things are (``hippocampus_task``, ``nnunet_bin``, ``autoseg_executable``): nothing outside
+this repository has a built-in path. The Decathlon data comes from ``--data``/``--source`` or
+``$AUTOSEG_BENCH_DATA`` (the folder holding ``Task04_Hippocampus``), nnU-Net v2 from
+``$NNUNET_VENV`` (or ``--nnunet-venv``; ``bash bench/setup_nnunet.sh DIR`` makes one), autoseg
+from the venv whose Python runs the script; a missing one stops the script with a message that
+says what to set.
+
+Stdlib only: importable from both autoseg's venv and nnU-Net's. The raw-dataset helpers at the
 end (``raw_cases``, ``building_folder``) are stdlib too; the scripts that use them read the images.
 """
 from __future__ import annotations
@@ -260,6 +267,48 @@ def run_untimed(cmd: Sequence[str], env: Mapping[str, str] | None = None, cwd: s
         raise CommandFailed(f"timed out after {timeout_s:.0f} s: {' '.join(map(str, cmd))}\n{tail}")
     if returncode != 0:
         raise CommandFailed(f"exit {returncode}: {' '.join(map(str, cmd))}\n{tail}")
+
+
+DATA_VARIABLE = "AUTOSEG_BENCH_DATA"  # the folder holding the Decathlon Task04_Hippocampus
+NNUNET_VARIABLE = "NNUNET_VENV"  # nnU-Net v2's venv
+
+
+def hippocampus_task() -> Path | None:
+    """``$AUTOSEG_BENCH_DATA/Task04_Hippocampus``, or None where the variable is not set (a script's
+    ``--data``/``--source`` default; ``require_folder`` then says what to pass)."""
+    root = os.environ.get(DATA_VARIABLE)
+    return Path(root) / "Task04_Hippocampus" if root else None
+
+
+def require_folder(path: Path | None, option: str, what: str = "the Decathlon Task04_Hippocampus folder") -> Path:
+    """``path`` if it is a folder; else stops the script with a message naming ``option`` and
+    ``$AUTOSEG_BENCH_DATA``."""
+    if path is None:
+        raise SystemExit(f"{what} is not known: pass {option} or set {DATA_VARIABLE} to the folder holding it")
+    if not Path(path).is_dir():
+        raise SystemExit(f"{what} {path} does not exist: pass {option} or set {DATA_VARIABLE}")
+    return Path(path)
+
+
+def nnunet_bin(venv: str | Path | None = None) -> Path:
+    """``bin/`` of nnU-Net v2's venv: ``venv``, else ``$NNUNET_VENV``; stops the script with how to
+    make one where neither names a venv with nnU-Net in it."""
+    venv = venv or os.environ.get(NNUNET_VARIABLE)
+    make = "make one with 'bash bench/setup_nnunet.sh DIR'"
+    if not venv:
+        raise SystemExit(f"nnU-Net v2's venv is not known: set {NNUNET_VARIABLE} ({make})")
+    bin_dir = Path(venv) / "bin"
+    if not (bin_dir / "nnUNetv2_plan_and_preprocess").is_file():
+        raise SystemExit(f"{venv} has no bin/nnUNetv2_plan_and_preprocess: {make}")
+    return bin_dir
+
+
+def autoseg_executable() -> Path:
+    """The ``autoseg`` command beside the Python that runs this script (autoseg's venv)."""
+    path = Path(sys.executable).with_name("autoseg")
+    if not path.is_file():
+        raise SystemExit(f"{path} not found: run the benchmarks with autoseg's venv python (.venv/bin/python)")
+    return path
 
 
 def log_tail(path: str | Path, chars: int = 3000) -> str:

@@ -2,12 +2,12 @@
 
 Reproduce (from the repository root; about 10 minutes on this 2-core machine):
 
-    /work/venv/bin/python bench/predict_large.py --root /tmp/predict_large --json bench/out/predict_large.json
+    .venv/bin/python bench/predict_large.py --root /tmp/predict_large --json bench/out/predict_large.json
 
 Smoke test: ``--shape 100 128 128``.
 
 Set-up (untimed), in the workspace ``--root``:
-1. a training set of 6 CT-like cases from bench/make_cascade_dataset.py (``--train-scale`` 0.5:
+1. a training set of 6 CT-like cases from bench/data/make_cascade_dataset.py (``--train-scale`` 0.5:
    about 100 x 145 x 145 voxels at about 2.2 x 1.65 x 1.65 mm), with a third class added: the
    spine (voxels over 300 HU outside the organ) is label 3, so the model has 3 foreground classes
    (organ, lesion, bone);
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE / "data")]  # common, and the data generators
 from common import machine_info, measure, run_untimed, write_json  # noqa: E402
 from make_cascade_dataset import CaseGeometry, _write, case_geometry, make_case  # noqa: E402
 

@@ -202,7 +202,7 @@ def _load_bench_script():
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "make_2d_dataset.py"
+    path = Path(__file__).resolve().parents[1] / "bench" / "data" / "make_2d_dataset.py"
     spec = importlib.util.spec_from_file_location("make_2d_dataset", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,6 +1,6 @@
 """Derive a thick-slice dataset: every case of a raw dataset re-sliced to FACTOR-times thicker slices.
 
-    python bench/make_thick_slices.py --source WS/raw/Dataset201_Hippocampus --root WS
+    python bench/data/make_thick_slices.py --source WS/raw/Dataset201_Hippocampus --root WS
     autoseg plan_and_preprocess -d 202 --root WS --time-budget 10m
     autoseg train 3d_fullres 0 -d 202 --root WS --time-budget 10m
     autoseg predict -i WS/raw/Dataset202_HippocampusThick/imagesTs -o WS/pred202 -d 202 --root WS -c 3d_fullres -f 0
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for common
 from common import building_folder, raw_cases, run_derivation  # noqa: E402
 
 log = logging.getLogger("bench.make_thick_slices")
@@ -130,7 +130,7 @@ def build(source: Path, root: Path, dataset_id: int = 202, factor: int = 4, seed
         out_meta = dict(meta, name=name, numTraining=sum(c.part == "Tr" for c in cases),
                         description=f"{meta.get('name', source.name)} re-sliced to {factor}x thicker slices along "
                                     f"the first array axis (block mean; label majority, ties to the lower label); "
-                                    f"bench/make_thick_slices.py --factor {factor} --seed {seed}")
+                                    f"bench/data/make_thick_slices.py --factor {factor} --seed {seed}")
         out_meta.pop("converted_from", None)
         (tmp / "dataset.json").write_text(json.dumps(out_meta, indent=2) + "\n")
     log.info("wrote %s: %d training + %d held-out cases, %d-%d thick slices", final,

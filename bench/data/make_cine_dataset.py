@@ -24,7 +24,7 @@ v2): ``ROOT/raw/Dataset130_CineSynth/{imagesTr,labelsTr,imagesTs,labelsTs}`` and
 
 Commands (WS is an autoseg workspace; 160 training and 40 held-out cases, about a minute):
 
-    python bench/make_cine_dataset.py --root WS
+    python bench/data/make_cine_dataset.py --root WS
     autoseg plan_and_preprocess -d 130 --root WS --time-budget 30m
     autoseg train 3d_fullres 0 -d 130 --root WS --time-budget 30m
     autoseg predict -i WS/raw/Dataset130_CineSynth/imagesTs -o WS/pred -d 130 --root WS -c 3d_fullres -f 0
@@ -275,7 +275,7 @@ def make_dataset(root: str | Path, dataset_id: int = 130, num_train: int = 160, 
     (folder / "dataset.json").write_text(json.dumps({
         "name": NAME, "channel_names": {"0": "cineMRI"}, "labels": LABELS,
         "numTraining": num_train, "file_ending": ".nii.gz",
-        "description": f"bench/make_cine_dataset.py --num-train {num_train} --num-test {num_test} "
+        "description": f"bench/data/make_cine_dataset.py --num-train {num_train} --num-test {num_test} "
                        f"--scale {scale} --seed {seed}",
     }, indent=2))
     return folder

@@ -16,7 +16,7 @@ plans ``3d_lowres`` and ``3d_cascade_fullres`` without ``--force-lowres``.
 
 Commands (ROOT is an autoseg workspace):
 
-    python bench/make_cascade_dataset.py --root ROOT                 # 20 training + 5 test cases
+    python bench/data/make_cascade_dataset.py --root ROOT                 # 20 training + 5 test cases
     autoseg plan_and_preprocess -d 960 --root ROOT                   # plans 3d_lowres + cascade
     autoseg train 3d_lowres 0 1 2 3 4 -d 960 --root ROOT             # lowres CV masks first
     autoseg train 3d_cascade_fullres 0 1 2 3 4 -d 960 --root ROOT
@@ -28,7 +28,7 @@ Commands (ROOT is an autoseg workspace):
 Tiny version for a smoke test (about 64 x 70 x 70 voxels, the same anatomy at 4x the
 spacing; the trigger does not fire there, so plan with ``--force-lowres``):
 
-    python bench/make_cascade_dataset.py --root ROOT --scale 0.25 --num-cases 6 --num-test 1
+    python bench/data/make_cascade_dataset.py --root ROOT --scale 0.25 --num-cases 6 --num-test 1
     autoseg plan_and_preprocess -d 960 --root ROOT --force-lowres --device-profile cpu
 """
 from __future__ import annotations
@@ -136,7 +136,7 @@ def make_dataset(root: str | Path, dataset_id: int = 960, num_cases: int = 20, n
     (folder / "dataset.json").write_text(json.dumps({
         "name": NAME, "channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1, "lesion": 2},
         "numTraining": num_cases, "file_ending": ".nii.gz",
-        "description": f"bench/make_cascade_dataset.py --num-cases {num_cases} --num-test {num_test} "
+        "description": f"bench/data/make_cascade_dataset.py --num-cases {num_cases} --num-test {num_test} "
                        f"--scale {scale} --seed {seed}",
     }, indent=2))
     return folder

@@ -1,6 +1,6 @@
 """Derive a two-channel dataset: each case's image plus a synthetic second contrast of the same anatomy.
 
-    python bench/make_multichannel.py --source WS/raw/Dataset201_Hippocampus --root WS
+    python bench/data/make_multichannel.py --source WS/raw/Dataset201_Hippocampus --root WS
     autoseg plan_and_preprocess -d 203 --root WS --time-budget 10m
     autoseg train 3d_fullres 0 -d 203 --root WS --time-budget 10m
     autoseg predict -i WS/raw/Dataset203_HippocampusTwoChannel/imagesTs -o WS/pred203 -d 203 --root WS -c 3d_fullres -f 0
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for common
 from common import building_folder, raw_cases, run_derivation  # noqa: E402
 
 log = logging.getLogger("bench.make_multichannel")
@@ -117,7 +117,7 @@ def build(source: Path, root: Path, dataset_id: int = 203, seed: int = 0, noise:
                         numTraining=sum(c.part == "Tr" for c in cases),
                         description=f"{meta.get('name', source.name)} with a synthetic second contrast (channel 1: "
                                     f"non-monotone transfer curve {np.round(knots, 3).tolist()}, bias field, Rician "
-                                    f"noise {noise}); bench/make_multichannel.py --seed {seed}")
+                                    f"noise {noise}); bench/data/make_multichannel.py --seed {seed}")
         out_meta.pop("converted_from", None)
         (tmp / "dataset.json").write_text(json.dumps(out_meta, indent=2) + "\n")
     log.info("wrote %s: %d training + %d held-out cases, transfer knots %s", final, out_meta["numTraining"],

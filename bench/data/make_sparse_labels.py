@@ -1,6 +1,6 @@
 """Derive a sparsely annotated dataset: a few slices of each training label kept, the rest "ignore".
 
-    python bench/make_sparse_labels.py --source WS/raw/Dataset201_Hippocampus --root WS
+    python bench/data/make_sparse_labels.py --source WS/raw/Dataset201_Hippocampus --root WS
     autoseg plan_and_preprocess -d 204 --root WS --time-budget 10m
     autoseg train 3d_fullres 0 -d 204 --root WS --time-budget 10m
     autoseg predict -i WS/raw/Dataset204_HippocampusSparse/imagesTs -o WS/pred204 -d 204 --root WS -c 3d_fullres -f 0
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for common
 from common import building_folder, raw_cases, run_derivation  # noqa: E402
 
 log = logging.getLogger("bench.make_sparse_labels")
@@ -84,7 +84,7 @@ def build(source: Path, root: Path, dataset_id: int = 204, fraction: float = 0.1
         out_meta = dict(meta, name=name, labels={**meta["labels"], "ignore": ignore},
                         description=f"{meta.get('name', source.name)} with {fraction:.0%} of each training label's "
                                     f"slices (first array axis) annotated, the rest 'ignore' ({ignore}); "
-                                    f"bench/make_sparse_labels.py --fraction {fraction} --seed {seed}")
+                                    f"bench/data/make_sparse_labels.py --fraction {fraction} --seed {seed}")
         out_meta.pop("converted_from", None)
         (tmp / "dataset.json").write_text(json.dumps(out_meta, indent=2) + "\n")
     log.info("wrote %s: %.1f%% of the training voxels annotated", final, 100 * annotated / max(1, total))
