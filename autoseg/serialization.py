@@ -5,11 +5,14 @@ types; ``from_jsonable(cls, data)`` rebuilds it from the type hints, checking ev
 field, so a hand-edited or truncated file fails with the field's path in the message.
 ``save_json`` writes atomically and always valid JSON: a non-finite float (NaN, an
 undefined metric) is written as ``null``, and ``null`` in a ``float`` field reads back as NaN.
+A dataclass may list the keys an older version wrote in a ``RETIRED`` class attribute (key -> what
+replaced it): loading skips them with a logged note instead of failing (``TrainConfig.RETIRED``).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import types
@@ -20,6 +23,7 @@ from typing import Any, TypeVar
 from autoseg.errors import MissingFileError, SchemaError  # SchemaError: raised here, defined with the other user errors
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -71,9 +75,12 @@ def _convert(tp: Any, data: Any, where: str) -> Any:
                 kwargs[f.name] = _convert(hints[f.name], data[f.name], f"{where}.{f.name}")
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise SchemaError(f"{where}: missing field '{f.name}'")
-        unknown = set(data) - {f.name for f in dataclasses.fields(tp)}
+        retired = getattr(tp, "RETIRED", {})  # keys an older version wrote, read and ignored
+        unknown = set(data) - {f.name for f in dataclasses.fields(tp)} - set(retired)
         if unknown:
             raise SchemaError(f"{where}: unknown field(s) {sorted(unknown)}")
+        for key in sorted(set(data) & set(retired)):
+            log.info("%s: ignoring the retired setting %s=%r: %s", where, key, data[key], retired[key])
         try:
             return tp(**kwargs)
         except (TypeError, ValueError) as exc:

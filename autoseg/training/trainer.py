@@ -223,9 +223,7 @@ class _FoldRun:
         self.scales = deep_supervision_scales(cp) if cfg.deep_supervision else None
         self.net = build_network(plans, self.configuration, cfg.deep_supervision)
         self.small = small = resolve_small_classes(cfg, cp, plans.num_classes, plans.regions is not None)
-        self.source_options = dict(small_class_contain=cfg.small_class_placement == "contain",
-                                   small_class_first=cfg.small_class_slots, balance_cases=cfg.small_class_balance_cases,
-                                   paste_shares=small.paste)
+        self.source_options = dict(paste_shares=small.paste)
         if self.state is None and cfg.output_prior_init:
             self._init_output_prior()
         self.layout = torch_memory_format(cfg.memory_format, cp.network.dim)
