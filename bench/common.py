@@ -280,6 +280,13 @@ def hippocampus_task() -> Path | None:
     return Path(root) / "Task04_Hippocampus" if root else None
 
 
+def add_task_option(parser, flag: str = "--data", what: str = "Decathlon task folder") -> None:
+    """The option ``flag`` of ``parser``: the Decathlon Task04_Hippocampus folder, by default
+    ``$AUTOSEG_BENCH_DATA/Task04_Hippocampus`` (None where that is unset: ``require_folder``)."""
+    parser.add_argument(flag, type=Path, default=hippocampus_task(),
+                        help=f"{what} (default: ${DATA_VARIABLE}/Task04_Hippocampus)")
+
+
 def require_folder(path: Path | None, option: str, what: str = "the Decathlon Task04_Hippocampus folder") -> Path:
     """``path`` if it is a folder; else stops the script with a message naming ``option`` and
     ``$AUTOSEG_BENCH_DATA``."""
@@ -447,6 +454,21 @@ def building_folder(final: str | Path, subfolders: Sequence[str] = ()) -> Iterat
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
+
+
+def derivation_parser(description: str, source: str, dataset_id: int, default_name: str):
+    """The command line every derived-dataset script shares: ``--source`` (``source`` says which
+    raw dataset folder), ``--root``, ``-d/--dataset-id`` (default ``dataset_id``), ``--seed`` and
+    ``--name`` (``default_name`` says its default); the script adds its own options."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--source", type=Path, required=True, help=f"{source} (nnU-Net v2 layout)")
+    p.add_argument("--root", type=Path, required=True, help="autoseg workspace root (writes ROOT/raw/...)")
+    p.add_argument("-d", "--dataset-id", type=int, default=dataset_id)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default=None, help=f"dataset name (default: {default_name})")
+    return p
 
 
 def run_derivation(source: Path, build: Callable[[], object]) -> int:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import hippocampus_task, require_folder  # noqa: E402
+from common import add_task_option, require_folder  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,8 +65,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workspace", default=str(REPO / "bench" / "out" / "hippocampus_cv"))
     ap.add_argument("--json", default=None)
-    ap.add_argument("--data", type=Path, default=hippocampus_task(),
-                    help="Decathlon task folder (default: $AUTOSEG_BENCH_DATA/Task04_Hippocampus)")
+    add_task_option(ap, "--data")
     args = ap.parse_args()
     task = require_folder(args.data, "--data")
 

@@ -38,7 +38,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (autoseg_executable, hippocampus_task, machine_info, markdown_table, measure,  # noqa: E402
+from common import (add_task_option, autoseg_executable, machine_info, markdown_table, measure,  # noqa: E402
                     nnunet_bin, ratio, require_folder, run_untimed, write_json)
 
 log = logging.getLogger("bench.plan_and_preprocess")
@@ -126,8 +126,7 @@ def summarise(nnunet: dict | None, autoseg: dict | None) -> tuple[list[str], lis
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, default=hippocampus_task(),
-                   help="Decathlon task folder (default: $AUTOSEG_BENCH_DATA/Task04_Hippocampus)")
+    add_task_option(p, "--data")
     p.add_argument("--subset", type=int, default=None, help="use only the first N training cases (smoke tests)")
     p.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes for both tools")
     p.add_argument("--only", choices=("nnunet", "autoseg"), default=None, help="run one tool only")

@@ -50,7 +50,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (autoseg_executable, hippocampus_task, machine_info, markdown_table, measure,  # noqa: E402
+from common import (add_task_option, autoseg_executable, machine_info, markdown_table, measure,  # noqa: E402
                     nnunet_bin, ratio, require_folder, run_untimed, write_json)
 from plan_and_preprocess import (DATASET_ID, NNUNET_DATASET, make_decathlon_copy, nnunet_env, run_autoseg,  # noqa: E402
                                  run_nnunet)
@@ -186,8 +186,7 @@ def table_rows(results: dict) -> list[list]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, default=hippocampus_task(),
-                   help="Decathlon task folder (default: $AUTOSEG_BENCH_DATA/Task04_Hippocampus)")
+    add_task_option(p, "--data")
     p.add_argument("--subset", type=int, default=None, help="plan from the first N training cases only (smoke tests)")
     p.add_argument("-n", "--num-images", type=int, default=10, help="images to predict (>= 2; default 10)")
     p.add_argument("-np", "--num-processes", type=int, default=2, help="processes for the set-up preprocessing")

@@ -50,7 +50,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE / "experiments")]  # common, and paired
 
-from common import hippocampus_task, require_folder  # noqa: E402
+from common import add_task_option, require_folder  # noqa: E402
 from paired import describe, paired_differences  # noqa: E402
 
 log = logging.getLogger("small_structures")
@@ -153,8 +153,7 @@ def set_width(plans_path: Path, configuration: str, width: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--source", type=Path, default=hippocampus_task(),
-                   help="Decathlon Task04_Hippocampus folder (default: $AUTOSEG_BENCH_DATA/Task04_Hippocampus)")
+    add_task_option(p, "--source", what="Decathlon Task04_Hippocampus folder")
     p.add_argument("--root", type=Path, required=True, help="workspace root (dataset, preprocessed, results)")
     p.add_argument("--dataset-id", type=int, default=104)
     p.add_argument("--seed", type=int, default=0, help="seed of the implanted dataset")

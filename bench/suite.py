@@ -98,7 +98,7 @@ from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (CommandFailed, Measurement, hippocampus_task, machine_info, markdown_table,  # noqa: E402
+from common import (CommandFailed, Measurement, add_task_option, machine_info, markdown_table,  # noqa: E402
                     measure, ratio, require_folder, run_untimed, write_json)
 
 log = logging.getLogger("bench.suite")
@@ -704,8 +704,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plan-only", action="store_true",
                    help="only plan_and_preprocess (and nnU-Net's with --nnunet-venv): re-measure planning times")
     p.add_argument("--quick", action="store_true", help="tiny datasets and a 1-minute budget: a smoke test")
-    p.add_argument("--source", type=Path, default=hippocampus_task(),
-                   help="Decathlon Task04_Hippocampus folder (default: $AUTOSEG_BENCH_DATA/Task04_Hippocampus)")
+    add_task_option(p, "--source", what="Decathlon Task04_Hippocampus folder")
     p.add_argument("-np", "--num-processes", type=int, default=2,
                    help="worker processes of both tools' plan_and_preprocess (default 2)")
     p.add_argument("--timeout-factor", type=float, default=1.0, help="multiply every step's timeout by this")

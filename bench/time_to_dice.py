@@ -66,7 +66,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (CommandFailed, hippocampus_task, machine_info, markdown_table, measure,  # noqa: E402
+from common import (CommandFailed, add_task_option, machine_info, markdown_table, measure,  # noqa: E402
                     nnunet_bin, require_folder, run_untimed, write_json)
 from plan_and_preprocess import (DATASET_ID, NNUNET_DATASET,  # noqa: E402
                                  make_decathlon_copy, nnunet_env, run_nnunet)
@@ -397,8 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=sorted(METHODS),
                    help="a: nnU-Net default plans, b: nnU-Net CPU-edited plans, c: autoseg (default: all)")
     p.add_argument("--reference-budget", default="30m", help="budget of (b) whose Dice the others must reach")
-    p.add_argument("--data", type=Path, default=hippocampus_task(),
-                   help="Decathlon task folder (default: $AUTOSEG_BENCH_DATA/Task04_Hippocampus)")
+    add_task_option(p, "--data")
     p.add_argument("--subset", type=int, default=None, help="only the first N training cases (smoke tests)")
     p.add_argument("--workspace", type=Path, default=REPO / "bench" / "out" / "time_to_dice",
                    help="folder for all data, runs and logs (default: %(default)s)")

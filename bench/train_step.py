@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (hippocampus_task, machine_info, markdown_table, nnunet_bin, ratio,  # noqa: E402
+from common import (add_task_option, machine_info, markdown_table, nnunet_bin, ratio,  # noqa: E402
                     require_folder, run_untimed, write_json)
 from plan_and_preprocess import NNUNET_DATASET, make_decathlon_copy, nnunet_env, run_nnunet  # noqa: E402
 
@@ -256,8 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                         "its own default plans)")
     p.add_argument("--autoseg-preprocessed", type=Path, default=None,
                    help="autoseg's preprocessed/Dataset004_Hippocampus folder (needed unless --only nnunet)")
-    p.add_argument("--data", type=Path, default=hippocampus_task(),
-                   help="Decathlon task for nnU-Net's set-up (default: $AUTOSEG_BENCH_DATA/Task04_Hippocampus)")
+    add_task_option(p, "--data", what="Decathlon task for nnU-Net's set-up")
     p.add_argument("--subset", type=int, default=None, help="nnU-Net set-up from the first N cases only (smoke tests)")
     p.add_argument("-np", "--num-processes", type=int, default=2, help="processes for nnU-Net's preprocessing")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for common
-from common import hippocampus_task  # noqa: E402
+from common import add_task_option  # noqa: E402
 
 log = logging.getLogger("implant_lesions")
 LESION = 3
@@ -232,8 +232,7 @@ def swap_test_blobs(source: Path, folder: Path, out: Path, seed: int = 0, max_bl
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--source", type=Path, default=hippocampus_task(),
-                   help="Decathlon Task04_Hippocampus folder (default: $AUTOSEG_BENCH_DATA/Task04_Hippocampus)")
+    add_task_option(p, "--source", what="Decathlon Task04_Hippocampus folder")
     p.add_argument("--root", type=Path, required=True, help="autoseg workspace root (writes ROOT/raw/...)")
     p.add_argument("--dataset-id", type=int, default=104)
     p.add_argument("--seed", type=int, default=0)

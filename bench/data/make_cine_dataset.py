@@ -39,9 +39,13 @@ import argparse
 import json
 import logging
 from dataclasses import dataclass
+import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when loaded by path (tests)
+from nifti import write_nifti  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -244,17 +248,6 @@ def make_case(case: Case, rng: np.random.Generator) -> tuple[np.ndarray, np.ndar
     return np.clip(np.rint(image), 0, 32767).astype(np.int16), label
 
 
-def _write(array: np.ndarray, spacing: tuple[float, ...], path: Path) -> None:
-    import SimpleITK as sitk
-
-    img = sitk.GetImageFromArray(array)
-    img.SetSpacing(tuple(float(s) for s in reversed(spacing)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name[:-len('.nii.gz')]}.tmp.nii.gz")
-    sitk.WriteImage(img, str(tmp), True)
-    tmp.replace(path)
-
-
 def make_dataset(root: str | Path, dataset_id: int = 130, num_train: int = 160, num_test: int = 40,
                  scale: float = 1.0, seed: int = 0) -> Path:
     """Write ``raw/Dataset{id}_CineSynth`` under the workspace ``root``; return its folder. Training
@@ -267,8 +260,8 @@ def make_dataset(root: str | Path, dataset_id: int = 130, num_train: int = 160, 
         cid = f"cine_{i:03d}"
         case = draw_case(rng, scale)
         image, label = make_case(case, rng)
-        _write(image, case.spacing, folder / ("imagesTs" if test else "imagesTr") / f"{cid}_0000.nii.gz")
-        _write(label, case.spacing, folder / ("labelsTs" if test else "labelsTr") / f"{cid}.nii.gz")
+        write_nifti(image, case.spacing, folder / ("imagesTs" if test else "imagesTr") / f"{cid}_0000.nii.gz")
+        write_nifti(label, case.spacing, folder / ("labelsTs" if test else "labelsTr") / f"{cid}.nii.gz")
         counts = np.bincount(label.ravel(), minlength=4)
         log.info("%s: shape %s spacing %s, voxels RV %d MYO %d LV %d", cid, case.shape,
                  tuple(round(s, 2) for s in case.spacing), *counts[1:])

@@ -26,7 +26,6 @@ The suite (bench/suite.py) builds it as dataset 203 from its Hippocampus split 2
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -37,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for common
-from common import building_folder, raw_cases, run_derivation  # noqa: E402
+from common import building_folder, derivation_parser, raw_cases, run_derivation  # noqa: E402
 
 log = logging.getLogger("bench.make_multichannel")
 
@@ -126,13 +125,9 @@ def build(source: Path, root: Path, dataset_id: int = 203, seed: int = 0, noise:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--source", type=Path, required=True, help="single-channel raw dataset folder (nnU-Net v2 layout)")
-    p.add_argument("--root", type=Path, required=True, help="autoseg workspace root (writes ROOT/raw/...)")
-    p.add_argument("-d", "--dataset-id", type=int, default=203)
-    p.add_argument("--seed", type=int, default=0)
+    p = derivation_parser(__doc__.splitlines()[0], "single-channel raw dataset folder", 203,
+                          "the source's name + 'TwoChannel'")
     p.add_argument("--noise", type=float, default=0.04, help="Rician noise SD as a fraction of the [0, 1] range")
-    p.add_argument("--name", default=None, help="dataset name (default: the source's name + 'TwoChannel')")
     args = p.parse_args(argv)
     return run_derivation(args.source, lambda: build(args.source, args.root, args.dataset_id, args.seed, args.noise, args.name))
 

@@ -23,7 +23,6 @@ on identical data and both scored per region. Everything is drawn from ``--seed`
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for common
-from common import building_folder, raw_cases, run_derivation  # noqa: E402
+from common import building_folder, derivation_parser, raw_cases, run_derivation  # noqa: E402
 
 log = logging.getLogger("bench.make_regions")
 
@@ -141,13 +140,9 @@ def build(source: Path, root: Path, dataset_id: int = 205, seed: int = 0, as_lab
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--source", type=Path, required=True, help="two-channel raw dataset folder (nnU-Net v2 layout)")
-    p.add_argument("--root", type=Path, required=True, help="autoseg workspace root (writes ROOT/raw/...)")
-    p.add_argument("-d", "--dataset-id", type=int, default=205)
-    p.add_argument("--seed", type=int, default=0)
+    p = derivation_parser(__doc__.splitlines()[0], "two-channel raw dataset folder", 205,
+                          "LesionRegions, or LesionLabels with --as-labels")
     p.add_argument("--as-labels", action="store_true", help="declare plain labels instead of regions")
-    p.add_argument("--name", default=None)
     args = p.parse_args(argv)
     return run_derivation(args.source, lambda: build(args.source, args.root, args.dataset_id, args.seed,
                                                      args.as_labels, name=args.name))

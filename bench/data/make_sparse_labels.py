@@ -16,7 +16,6 @@ The suite (bench/suite.py) builds it as dataset 204 from its Hippocampus split 2
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for common
-from common import building_folder, raw_cases, run_derivation  # noqa: E402
+from common import building_folder, derivation_parser, raw_cases, run_derivation  # noqa: E402
 
 log = logging.getLogger("bench.make_sparse_labels")
 
@@ -92,13 +91,9 @@ def build(source: Path, root: Path, dataset_id: int = 204, fraction: float = 0.1
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--source", type=Path, required=True, help="densely labelled raw dataset folder (nnU-Net v2 layout)")
-    p.add_argument("--root", type=Path, required=True, help="autoseg workspace root (writes ROOT/raw/...)")
-    p.add_argument("-d", "--dataset-id", type=int, default=204)
+    p = derivation_parser(__doc__.splitlines()[0], "densely labelled raw dataset folder", 204,
+                          "the source's name + 'Sparse'")
     p.add_argument("--fraction", type=float, default=0.1, help="share of each training label's slices kept")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--name", default=None, help="dataset name (default: the source's name + 'Sparse')")
     args = p.parse_args(argv)
     return run_derivation(args.source, lambda: build(args.source, args.root, args.dataset_id, args.fraction, args.seed, args.name))
 

@@ -28,7 +28,6 @@ Channels of a multi-channel case are all re-sliced with the same offset. Same ar
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -38,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for common
-from common import building_folder, raw_cases, run_derivation  # noqa: E402
+from common import building_folder, derivation_parser, raw_cases, run_derivation  # noqa: E402
 
 log = logging.getLogger("bench.make_thick_slices")
 
@@ -140,13 +139,9 @@ def build(source: Path, root: Path, dataset_id: int = 202, factor: int = 4, seed
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--source", type=Path, required=True, help="raw dataset folder (nnU-Net v2 layout) to re-slice")
-    p.add_argument("--root", type=Path, required=True, help="autoseg workspace root (writes ROOT/raw/...)")
-    p.add_argument("-d", "--dataset-id", type=int, default=202)
+    p = derivation_parser(__doc__.splitlines()[0], "raw dataset folder to re-slice", 202,
+                          "the source's name + 'Thick'")  # --seed draws each case's phase offset
     p.add_argument("--factor", type=int, default=4, help="slices averaged into one (default 4: 1 mm -> 4 mm)")
-    p.add_argument("--seed", type=int, default=0, help="draws each case's phase offset")
-    p.add_argument("--name", default=None, help="dataset name (default: the source's name + 'Thick')")
     args = p.parse_args(argv)
     return run_derivation(args.source, lambda: build(args.source, args.root, args.dataset_id, args.factor, args.seed, args.name))
 
