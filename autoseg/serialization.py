@@ -79,8 +79,10 @@ def _convert(tp: Any, data: Any, where: str) -> Any:
         unknown = set(data) - {f.name for f in dataclasses.fields(tp)} - set(retired)
         if unknown:
             raise SchemaError(f"{where}: unknown field(s) {sorted(unknown)}")
-        for key in sorted(set(data) & set(retired)):
-            log.info("%s: ignoring the retired setting %s=%r: %s", where, key, data[key], retired[key])
+        ignored = sorted(set(data) & set(retired))
+        if ignored:
+            log.info("%s: ignoring retired setting(s) %s (%s.RETIRED says what replaced each)", where,
+                     ", ".join(f"{key}={data[key]!r}" for key in ignored), tp.__name__)
         try:
             return tp(**kwargs)
         except (TypeError, ValueError) as exc:
