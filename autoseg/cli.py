@@ -67,6 +67,19 @@ def _np(p: argparse.ArgumentParser) -> None:
                    help="worker processes, >= 1 (default: number of CPU cores)")
 
 
+class _DeprecatedSpelling(argparse.Action):
+    """An old option spelling that still works and warns with the new one (``new``)."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        logging.getLogger(__name__).warning("%s is deprecated here and will be removed: use %s",
+                                            option_string, self.new)
+        setattr(namespace, self.dest, values)
+
+
 def _training(p: argparse.ArgumentParser) -> None:
     """Options shared by ``train`` and ``train_all``."""
     _dataset(p)
@@ -75,9 +88,13 @@ def _training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a TrainConfig field, e.g. --set num_epochs=50 (repeatable)")
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda", "mps"))
-    p.add_argument("-np", "--num-workers", type=number_in(int, 0), default=None,
+    workers = number_in(int, 0)
+    p.add_argument("-nw", "--num-workers", type=workers, default=None,
                    help="augmentation worker processes, >= 0; 0: in the training process (default: chosen "
                         "from the CPU count)")
+    p.add_argument("-np", dest="num_workers", type=workers, action=_DeprecatedSpelling, new="-nw/--num-workers",
+                   help="deprecated spelling of -nw/--num-workers (elsewhere, as in nnU-Net, -np is a number of "
+                        "processes)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="configurations to preprocess (default: all planned)")
     p.add_argument("--clean", action="store_true", help="redo every case, even up-to-date ones")
 
-    p = add("plan_and_preprocess", "autoseg.plan_and_preprocess:cli_plan_and_preprocess",
+    p = add("plan_and_preprocess", "autoseg.preprocess.plan_and_preprocess:cli_plan_and_preprocess",
             "check the dataset, fingerprint it, plan, and preprocess")
     _dataset(p)
     _root(p)
@@ -200,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--save_probabilities", action="store_true")
 
-    p = add("apply_postprocessing", "autoseg.postprocess.components:cli_apply_postprocessing",
+    p = add("apply_postprocessing", "autoseg.postprocess.apply_postprocessing:cli_apply_postprocessing",
             "apply the learned postprocessing to a folder of segmentations")
     p.add_argument("-i", "--input", required=True)
     p.add_argument("-o", "--output", required=True)
@@ -236,12 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output folder for {case}.png")
     p.add_argument("--reference", default=None, help="folder of reference {case}.ext labels, drawn as outlines")
 
-    p = add("export_model", "autoseg.model_archive:cli_export_model",
+    p = add("export_model", "autoseg.inference.model_archive:cli_export_model",
             "pack a dataset's trained models, plans and selection into a zip")
     _dataset(p)
     _root(p)
     p.add_argument("-o", "--output", required=True)
-    p = add("import_model", "autoseg.model_archive:cli_import_model", "unpack a model zip into the workspace")
+    p = add("import_model", "autoseg.inference.model_archive:cli_import_model", "unpack a model zip into the workspace")
     p.add_argument("archive")
     _root(p)
 

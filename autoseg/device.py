@@ -124,21 +124,49 @@ def _cpu_flag(name: str) -> bool | None:
         return None
 
 
-@functools.cache
-def cpu_bf16_is_faster() -> bool:
-    """Whether this CPU runs bf16 convolutions clearly faster than fp32 (answered once per process).
-
-    AMX tiles: yes, without timing (oneDNN's bf16 convolutions run on them at several times the
-    fp32 rate). Neither AMX nor AVX512-BF16: no (bf16 would be emulated, and slower). AVX512-BF16
-    without AMX, or a CPU torch cannot describe: a timing probe (``_bf16_speedup``, ~0.4 s) must
-    show ``BF16_MIN_SPEEDUP``. The flags come first because the probe's few milliseconds of work
-    are noisy: on this project's AMX machine single probes ranged 1.3x-2.0x, and one that ran as
-    another process finished read below 1.3x and trained a whole fold in fp32, 3x slower."""
-    amx, avx512_bf16 = _cpu_flag("_is_amx_tile_supported"), _cpu_flag("_is_avx512_bf16_supported")
+def bf16_verdict(amx: bool | None, avx512_bf16: bool | None) -> bool | None:
+    """The one rule, from a CPU's flags, for whether it computes faster in bf16 than in fp32: True
+    with AMX tiles (oneDNN's bf16 convolutions run on them at several times the fp32 rate); False
+    with neither AMX nor AVX512-BF16 (bf16 would be emulated, and slower); None where only a timing
+    probe can tell (AVX512-BF16 without AMX, or flags unknown: None for a flag nobody could read)."""
     if amx:
         return True
     if amx is False and avx512_bf16 is False:
         return False
+    return None
+
+
+def torch_bf16_flags() -> tuple[bool | None, bool | None]:
+    """(AMX tiles, AVX512-BF16) as torch reports them; imports torch."""
+    return _cpu_flag("_is_amx_tile_supported"), _cpu_flag("_is_avx512_bf16_supported")
+
+
+def cpuinfo_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> tuple[bool | None, bool | None]:
+    """(AMX tiles, AVX512-BF16) from the kernel's CPU flags, without importing torch (for the ONNX
+    backend); (None, None) where they cannot be read (not Linux)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return "amx_tile" in flags, "avx512_bf16" in flags
+    except OSError:
+        pass
+    return None, None
+
+
+@functools.cache
+def cpu_bf16_is_faster() -> bool:
+    """Whether this CPU runs bf16 convolutions clearly faster than fp32 (answered once per process).
+
+    ``bf16_verdict`` of torch's flags; where it cannot tell (AVX512-BF16 without AMX, or a CPU torch
+    cannot describe), a timing probe (``_bf16_speedup``, ~0.4 s) must show ``BF16_MIN_SPEEDUP``.
+    The flags come first because the probe's few milliseconds of work
+    are noisy: on this project's AMX machine single probes ranged 1.3x-2.0x, and one that ran as
+    another process finished read below 1.3x and trained a whole fold in fp32, 3x slower."""
+    verdict = bf16_verdict(*torch_bf16_flags())
+    if verdict is not None:
+        return verdict
     try:
         return _bf16_speedup() >= BF16_MIN_SPEEDUP
     except RuntimeError:  # no bf16 kernels for this CPU

@@ -33,10 +33,13 @@ class MissingFileError(UserFacingError, FileNotFoundError):
     its traceback."""
 
 
+class SchemaError(ValueError):
+    """A JSON file does not match the dataclass it should describe (raised by ``autoseg.serialization``)."""
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     from autoseg.dataset import DatasetError
     from autoseg.imageio import ImageReadError
     from autoseg.paths import DatasetNotFoundError
-    from autoseg.serialization import SchemaError
 
     return (UserFacingError, DatasetError, ImageReadError, DatasetNotFoundError, SchemaError)

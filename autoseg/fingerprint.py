@@ -32,7 +32,7 @@ from autoseg.imageio import read_image, read_label
 from autoseg.labels import foreground_values
 from autoseg.paths import Workspace
 from autoseg.plans import IntensityProperties
-from autoseg.preprocess.cropping import nonzero_bbox
+from autoseg.cropping import nonzero_bbox
 
 log = logging.getLogger(__name__)
 SAMPLES_PER_CASE = 10_000

@@ -5,11 +5,14 @@ types; ``from_jsonable(cls, data)`` rebuilds it from the type hints, checking ev
 field, so a hand-edited or truncated file fails with the field's path in the message.
 ``save_json`` writes atomically and always valid JSON: a non-finite float (NaN, an
 undefined metric) is written as ``null``, and ``null`` in a ``float`` field reads back as NaN.
+A dataclass may list the keys an older version wrote in a ``RETIRED`` class attribute (key -> what
+replaced it): loading skips them with a logged note instead of failing (``TrainConfig.RETIRED``).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import types
@@ -17,13 +20,10 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-from autoseg.errors import MissingFileError
+from autoseg.errors import MissingFileError, SchemaError  # SchemaError: raised here, defined with the other user errors
 
 T = TypeVar("T")
-
-
-class SchemaError(ValueError):
-    """A JSON file does not match the dataclass it should describe."""
+log = logging.getLogger(__name__)
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -75,9 +75,14 @@ def _convert(tp: Any, data: Any, where: str) -> Any:
                 kwargs[f.name] = _convert(hints[f.name], data[f.name], f"{where}.{f.name}")
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise SchemaError(f"{where}: missing field '{f.name}'")
-        unknown = set(data) - {f.name for f in dataclasses.fields(tp)}
+        retired = getattr(tp, "RETIRED", {})  # keys an older version wrote, read and ignored
+        unknown = set(data) - {f.name for f in dataclasses.fields(tp)} - set(retired)
         if unknown:
             raise SchemaError(f"{where}: unknown field(s) {sorted(unknown)}")
+        ignored = sorted(set(data) & set(retired))
+        if ignored:
+            log.info("%s: ignoring retired setting(s) %s (%s.RETIRED says what replaced each)", where,
+                     ", ".join(f"{key}={data[key]!r}" for key in ignored), tp.__name__)
         try:
             return tp(**kwargs)
         except (TypeError, ValueError) as exc:

@@ -21,7 +21,14 @@ runs past ``T`` seconds together with every process below it (``kill_tree``: SIG
 after ``KILL_GRACE_S``) and raise ``CommandFailed`` saying so (``measure(check=False)`` returns the
 measurement with ``timed_out`` set instead).
 
-Stdlib only: importable from both /work/venv and /work/nnunet_venv. The raw-dataset helpers at the
+Where things are (``hippocampus_task``, ``nnunet_bin``, ``autoseg_executable``): nothing outside
+this repository has a built-in path. The Decathlon data comes from ``--data``/``--source`` or
+``$AUTOSEG_BENCH_DATA`` (the folder holding ``Task04_Hippocampus``), nnU-Net v2 from
+``$NNUNET_VENV`` (or ``--nnunet-venv``; ``bash bench/setup_nnunet.sh DIR`` makes one), autoseg
+from the venv whose Python runs the script; a missing one stops the script with a message that
+says what to set.
+
+Stdlib only: importable from both autoseg's venv and nnU-Net's. The raw-dataset helpers at the
 end (``raw_cases``, ``building_folder``) are stdlib too; the scripts that use them read the images.
 """
 from __future__ import annotations
@@ -262,6 +269,55 @@ def run_untimed(cmd: Sequence[str], env: Mapping[str, str] | None = None, cwd: s
         raise CommandFailed(f"exit {returncode}: {' '.join(map(str, cmd))}\n{tail}")
 
 
+DATA_VARIABLE = "AUTOSEG_BENCH_DATA"  # the folder holding the Decathlon Task04_Hippocampus
+NNUNET_VARIABLE = "NNUNET_VENV"  # nnU-Net v2's venv
+
+
+def hippocampus_task() -> Path | None:
+    """``$AUTOSEG_BENCH_DATA/Task04_Hippocampus``, or None where the variable is not set (a script's
+    ``--data``/``--source`` default; ``require_folder`` then says what to pass)."""
+    root = os.environ.get(DATA_VARIABLE)
+    return Path(root) / "Task04_Hippocampus" if root else None
+
+
+def add_task_option(parser, flag: str = "--data", what: str = "Decathlon task folder") -> None:
+    """The option ``flag`` of ``parser``: the Decathlon Task04_Hippocampus folder, by default
+    ``$AUTOSEG_BENCH_DATA/Task04_Hippocampus`` (None where that is unset: ``require_folder``)."""
+    parser.add_argument(flag, type=Path, default=hippocampus_task(),
+                        help=f"{what} (default: ${DATA_VARIABLE}/Task04_Hippocampus)")
+
+
+def require_folder(path: Path | None, option: str, what: str = "the Decathlon Task04_Hippocampus folder") -> Path:
+    """``path`` if it is a folder; else stops the script with a message naming ``option`` and
+    ``$AUTOSEG_BENCH_DATA``."""
+    if path is None:
+        raise SystemExit(f"{what} is not known: pass {option} or set {DATA_VARIABLE} to the folder holding it")
+    if not Path(path).is_dir():
+        raise SystemExit(f"{what} {path} does not exist: pass {option} or set {DATA_VARIABLE}")
+    return Path(path)
+
+
+def nnunet_bin(venv: str | Path | None = None) -> Path:
+    """``bin/`` of nnU-Net v2's venv: ``venv``, else ``$NNUNET_VENV``; stops the script with how to
+    make one where neither names a venv with nnU-Net in it."""
+    venv = venv or os.environ.get(NNUNET_VARIABLE)
+    make = "make one with 'bash bench/setup_nnunet.sh DIR'"
+    if not venv:
+        raise SystemExit(f"nnU-Net v2's venv is not known: set {NNUNET_VARIABLE} ({make})")
+    bin_dir = Path(venv) / "bin"
+    if not (bin_dir / "nnUNetv2_plan_and_preprocess").is_file():
+        raise SystemExit(f"{venv} has no bin/nnUNetv2_plan_and_preprocess: {make}")
+    return bin_dir
+
+
+def autoseg_executable() -> Path:
+    """The ``autoseg`` command beside the Python that runs this script (autoseg's venv)."""
+    path = Path(sys.executable).with_name("autoseg")
+    if not path.is_file():
+        raise SystemExit(f"{path} not found: run the benchmarks with autoseg's venv python (.venv/bin/python)")
+    return path
+
+
 def log_tail(path: str | Path, chars: int = 3000) -> str:
     try:
         return Path(path).read_text(errors="replace")[-chars:]
@@ -398,6 +454,21 @@ def building_folder(final: str | Path, subfolders: Sequence[str] = ()) -> Iterat
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
+
+
+def derivation_parser(description: str, source: str, dataset_id: int, default_name: str):
+    """The command line every derived-dataset script shares: ``--source`` (``source`` says which
+    raw dataset folder), ``--root``, ``-d/--dataset-id`` (default ``dataset_id``), ``--seed`` and
+    ``--name`` (``default_name`` says its default); the script adds its own options."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--source", type=Path, required=True, help=f"{source} (nnU-Net v2 layout)")
+    p.add_argument("--root", type=Path, required=True, help="autoseg workspace root (writes ROOT/raw/...)")
+    p.add_argument("-d", "--dataset-id", type=int, default=dataset_id)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default=None, help=f"dataset name (default: {default_name})")
+    return p
 
 
 def run_derivation(source: Path, build: Callable[[], object]) -> int:

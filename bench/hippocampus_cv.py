@@ -1,10 +1,10 @@
 """Hippocampus end to end: 5-fold cross-validation of 3d_fullres and 2d under one time budget,
 find_best_config, predict on held-out cases, evaluate.
 
-    /work/venv/bin/python bench/hippocampus_cv.py --budget 70m --holdout 20 --json bench/out/hippocampus_cv.json
+    .venv/bin/python bench/hippocampus_cv.py --budget 70m --holdout 20 --json bench/out/hippocampus_cv.json
 
 Steps (all through the ``autoseg`` CLI, in a workspace under bench/out/):
-1. convert the Decathlon Task04_Hippocampus from ../shared/data into the raw layout;
+1. convert the Decathlon Task04_Hippocampus from --data (default $AUTOSEG_BENCH_DATA) into the raw layout;
 2. move ``--holdout`` cases (seeded choice) from imagesTr/labelsTr to imagesTs/labelsTs, so they
    take no part in planning, training, cross-validation or selection;
 3. plan_and_preprocess with the cpu device profile (3d_fullres and 2d);
@@ -24,9 +24,10 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import add_task_option, require_folder  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-MSD = next((p for p in (REPO.parent / "shared" / "data" / "Task04_Hippocampus",
-                        Path("/work/shared/data/Task04_Hippocampus")) if p.is_dir()), None)
 
 
 def autoseg(*args: str) -> float:
@@ -64,13 +65,15 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workspace", default=str(REPO / "bench" / "out" / "hippocampus_cv"))
     ap.add_argument("--json", default=None)
+    add_task_option(ap, "--data")
     args = ap.parse_args()
+    task = require_folder(args.data, "--data")
 
     ws = Path(args.workspace)
     if ws.exists():
         shutil.rmtree(ws)
     root = ["--root", str(ws)]
-    times = {"convert": autoseg("convert_msd", "-i", str(MSD), *root)}
+    times = {"convert": autoseg("convert_msd", "-i", str(task), *root)}
     raw = next((ws / "raw").glob("Dataset004_*"))
     held = hold_out(raw, args.holdout, args.seed)
     times["plan_and_preprocess"] = autoseg("plan_and_preprocess", "-d", "4", *root, "--device-profile", "cpu",

@@ -1,8 +1,8 @@
 """Train nnU-Net v2's plain ``nnUNetTrainer`` on one fold within a wall-clock budget, then validate.
 
-Runs inside /work/nnunet_venv (stdlib, torch and nnunetv2 only); bench/time_to_dice.py starts it:
+Runs inside $NNUNET_VENV (stdlib, torch and nnunetv2 only); bench/time_to_dice.py starts it:
 
-    /work/nnunet_venv/bin/python bench/nnunet_budget_train.py --dataset Dataset004_Hippocampus \\
+    $NNUNET_VENV/bin/python bench/nnunet_budget_train.py --dataset Dataset004_Hippocampus \\
         --budget-s 1800 --plans cpu --result r.json
 
 with ``nnUNet_raw``, ``nnUNet_preprocessed`` and ``nnUNet_results`` set, ``nnUNet_n_proc_DA=1``,

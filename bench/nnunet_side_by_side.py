@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import measure  # noqa: E402
-from plan_and_preprocess import NNUNET_BIN, nnunet_env  # noqa: E402
+from common import measure, nnunet_bin  # noqa: E402
+from plan_and_preprocess import nnunet_env  # noqa: E402
 
 TRAINER = Path(__file__).resolve().parent / "nnunet_budget_train.py"
 
@@ -61,7 +61,7 @@ def main() -> int:
         link.symlink_to(raw.resolve())
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
-    plan = measure([NNUNET_BIN / "nnUNetv2_plan_and_preprocess", "-d", str(args.dataset_id), "-c", args.configuration,
+    plan = measure([nnunet_bin() / "nnUNetv2_plan_and_preprocess", "-d", str(args.dataset_id), "-c", args.configuration,
                     "-np", "2", "-npfp", "2"], env=env, log_path=logs / "plan_and_preprocess.log")
     splits = json.loads((root / "preprocessed" / name / "splits.json").read_text())
     nn_pre = work / "nnUNet_preprocessed" / name
@@ -69,7 +69,7 @@ def main() -> int:
     results = work / "nnUNet_results"
     out = work / "run.json"
     env = dict(env, nnUNet_results=str(results), nnUNet_n_proc_DA="1", OMP_NUM_THREADS=str(args.threads))
-    train = measure([NNUNET_BIN / "python", TRAINER, "--dataset", name, "--configuration", args.configuration,
+    train = measure([nnunet_bin() / "python", TRAINER, "--dataset", name, "--configuration", args.configuration,
                      "--fold", str(args.fold), "--budget-s", str(_seconds(args.budget)), "--plans", args.plans,
                      "--threads", str(args.threads), "--result", out], env=env, log_path=logs / "train.log")
     if not out.is_file():

@@ -2,18 +2,18 @@
 
 Reproduce (from the repository root, on a quiet machine):
 
-    /work/venv/bin/python bench/plan_and_preprocess.py --json bench/out/plan_and_preprocess.json
+    .venv/bin/python bench/plan_and_preprocess.py --json bench/out/plan_and_preprocess.json
 
 Smoke test: add ``--subset 10`` (only the first 10 training cases).
 
 What it measures, for each tool, in fresh temporary workspaces on the same data:
-- nnU-Net v2 (from /work/nnunet_venv/bin, never imported here): untimed
+- nnU-Net v2 (from $NNUNET_VENV/bin, never imported here): untimed
   ``nnUNetv2_convert_MSD_dataset -i TASK -overwrite_id 4``, then timed
   ``nnUNetv2_plan_and_preprocess -d 4 -c 3d_fullres 2d -np 2 -npfp 2 --verify_dataset_integrity``
   with ``nnUNet_raw``/``nnUNet_preprocessed``/``nnUNet_results`` in the temp dir and
   ``nnUNet_def_n_proc=2`` (so its integrity check and fingerprint use 2 processes, like autoseg's
   ``-np 2``; its default would be 8).
-- autoseg (``/work/venv/bin/autoseg``): untimed ``autoseg convert_msd -i TASK --root TMP``, then
+- autoseg (the ``autoseg`` beside the Python that runs this): untimed ``autoseg convert_msd -i TASK --root TMP``, then
   timed ``autoseg plan_and_preprocess -d 4 --root TMP -np 2 -c 3d_fullres 2d --device-profile gpu-8gb``
   (the plans that match nnU-Net's; the integrity check always runs).
 Both timed commands include: integrity check, fingerprint, planning, preprocessing of 3d_fullres
@@ -38,13 +38,11 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, markdown_table, measure, ratio, run_untimed, write_json  # noqa: E402
+from common import (add_task_option, autoseg_executable, machine_info, markdown_table, measure,  # noqa: E402
+                    nnunet_bin, ratio, require_folder, run_untimed, write_json)
 
 log = logging.getLogger("bench.plan_and_preprocess")
 
-DEFAULT_DATA = Path("/work/shared/data/Task04_Hippocampus")
-NNUNET_BIN = Path("/work/nnunet_venv/bin")
-AUTOSEG = Path("/work/venv/bin/autoseg")
 DATASET_ID = 4
 NNUNET_DATASET = "Dataset004_Hippocampus"
 CONFIGURATIONS = ("3d_fullres", "2d")
@@ -71,14 +69,15 @@ def make_decathlon_copy(data: Path, parent: Path, subset: int | None = None) -> 
     return task
 
 
-def nnunet_env(base: Path) -> dict[str, str]:
-    """Environment for nnU-Net commands: its three folders under ``base``, 2 default processes."""
+def nnunet_env(base: Path, venv: Path | None = None) -> dict[str, str]:
+    """Environment for nnU-Net commands: its three folders under ``base``, 2 default processes, its
+    venv's ``bin`` (``venv``, else ``$NNUNET_VENV``) first on the PATH."""
     env = dict(os.environ)
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         (base / name).mkdir(parents=True, exist_ok=True)
         env[name] = str(base / name)
     env["nnUNet_def_n_proc"] = "2"
-    env["PATH"] = f"{NNUNET_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PATH"] = f"{nnunet_bin(venv)}{os.pathsep}{env.get('PATH', '')}"
     return env
 
 
@@ -91,9 +90,9 @@ def run_nnunet(task: Path, base: Path, num_processes: int, configurations: tuple
     env = nnunet_env(base)
     logs = base / "logs"
     logs.mkdir(exist_ok=True)
-    run_untimed([NNUNET_BIN / "nnUNetv2_convert_MSD_dataset", "-i", task, "-overwrite_id", str(DATASET_ID),
+    run_untimed([nnunet_bin() / "nnUNetv2_convert_MSD_dataset", "-i", task, "-overwrite_id", str(DATASET_ID),
                  "-np", str(num_processes)], env=env, log_path=logs / "nnunet_convert.log")
-    m = measure([NNUNET_BIN / "nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", *configurations,
+    m = measure([nnunet_bin() / "nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", *configurations,
                  "-np", str(num_processes), "-npfp", str(num_processes), "--verify_dataset_integrity"],
                 env=env, log_path=logs / "nnunet_plan_and_preprocess.log")
     pre = base / "nnUNet_preprocessed" / NNUNET_DATASET
@@ -105,9 +104,10 @@ def run_autoseg(task: Path, root: Path, num_processes: int, configurations: tupl
     """Convert (untimed) and plan_and_preprocess (timed) with autoseg in workspace ``root``."""
     logs = root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    run_untimed([AUTOSEG, "convert_msd", "-i", task, "--root", root, "-np", str(num_processes)],
+    run_untimed([autoseg_executable(), "convert_msd", "-i", task, "--root", root, "-np", str(num_processes)],
                 log_path=logs / "autoseg_convert.log")
-    m = measure([AUTOSEG, "plan_and_preprocess", "-d", str(DATASET_ID), "--root", root, "-np", str(num_processes),
+    m = measure([autoseg_executable(), "plan_and_preprocess", "-d", str(DATASET_ID), "--root", root,
+                 "-np", str(num_processes),
                  "-c", *configurations, "--device-profile", "gpu-8gb", *extra], log_path=logs / "autoseg_plan_and_preprocess.log")
     pre = root / "preprocessed" / NNUNET_DATASET
     return {"measurement": m, "cases": {c: count_cases(pre / c, "*.data.b2") for c in configurations}}
@@ -126,7 +126,7 @@ def summarise(nnunet: dict | None, autoseg: dict | None) -> tuple[list[str], lis
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Decathlon task folder (default: %(default)s)")
+    add_task_option(p, "--data")
     p.add_argument("--subset", type=int, default=None, help="use only the first N training cases (smoke tests)")
     p.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes for both tools")
     p.add_argument("--only", choices=("nnunet", "autoseg"), default=None, help="run one tool only")
@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args.data = require_folder(args.data, "--data")
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_pp_"))
     if work.exists() and any(work.iterdir()):

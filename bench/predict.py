@@ -2,13 +2,13 @@
 
 Reproduce (from the repository root, on a quiet machine):
 
-    /work/venv/bin/python bench/predict.py --json bench/out/predict.json
+    .venv/bin/python bench/predict.py --json bench/out/predict.json
 
 Smoke test: ``--subset 10 -n 2`` (plans from 10 training cases, 2 images to predict).
 
 Set-up (untimed), in a temporary folder, on the same Decathlon copy as
 bench/plan_and_preprocess.py (first ``--subset`` training cases, default all):
-- nnU-Net v2: ``nnUNetv2_plan_and_preprocess -c 3d_fullres``; then, in /work/nnunet_venv, its
+- nnU-Net v2: ``nnUNetv2_plan_and_preprocess -c 3d_fullres``; then, in $NNUNET_VENV, its
   plain ``nnUNetTrainer`` is built from those plans on the CPU, ``initialize()``d (randomly
   initialised weights, no training) and saved with ``save_checkpoint`` as
   ``nnUNet_results/Dataset004_Hippocampus/nnUNetTrainer__nnUNetPlans__3d_fullres/fold_0/
@@ -50,15 +50,16 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, markdown_table, measure, ratio, run_untimed, write_json  # noqa: E402
-from plan_and_preprocess import (AUTOSEG, DATASET_ID, DEFAULT_DATA, NNUNET_BIN, NNUNET_DATASET,  # noqa: E402
-                                 make_decathlon_copy, nnunet_env, run_autoseg, run_nnunet)
+from common import (add_task_option, autoseg_executable, machine_info, markdown_table, measure,  # noqa: E402
+                    nnunet_bin, ratio, require_folder, run_untimed, write_json)
+from plan_and_preprocess import (DATASET_ID, NNUNET_DATASET, make_decathlon_copy, nnunet_env, run_autoseg,  # noqa: E402
+                                 run_nnunet)
 
 log = logging.getLogger("bench.predict")
 
 CONFIGURATION = "3d_fullres"
 
-# Runs inside /work/nnunet_venv: a randomly initialised nnU-Net checkpoint in the predictor's layout.
+# Runs inside $NNUNET_VENV: a randomly initialised nnU-Net checkpoint in the predictor's layout.
 NNUNET_CHECKPOINT_SCRIPT = r"""
 import json, os, shutil, sys
 import torch
@@ -86,12 +87,12 @@ def make_nnunet_checkpoint(base: Path) -> None:
     """Write a randomly initialised fold_0/checkpoint_final.pth for nnU-Net under ``base``."""
     script = base / "make_checkpoint.py"
     script.write_text(NNUNET_CHECKPOINT_SCRIPT)
-    run_untimed([NNUNET_BIN / "python", script, CONFIGURATION, NNUNET_DATASET], env=nnunet_env(base),
+    run_untimed([nnunet_bin() / "python", script, CONFIGURATION, NNUNET_DATASET], env=nnunet_env(base),
                 log_path=base / "logs" / "nnunet_checkpoint.log")
 
 
 def train_autoseg_one_iteration(root: Path) -> None:
-    run_untimed([AUTOSEG, "train", CONFIGURATION, "0", "-d", str(DATASET_ID), "--root", root,
+    run_untimed([autoseg_executable(), "train", CONFIGURATION, "0", "-d", str(DATASET_ID), "--root", root,
                  "--set", "num_epochs=1", "--set", "num_iterations_per_epoch=1",
                  "--set", "num_val_iterations_per_epoch=1", "--device", "cpu"],
                 log_path=root / "logs" / "autoseg_train.log")
@@ -113,14 +114,15 @@ def make_input_folders(data: Path, parent: Path, n: int) -> tuple[Path, Path]:
 
 
 def nnunet_predict_cmd(inp: Path, out: Path, tta: bool) -> list:
-    cmd = [NNUNET_BIN / "nnUNetv2_predict", "-i", inp, "-o", out, "-d", str(DATASET_ID), "-c", CONFIGURATION,
+    cmd = [nnunet_bin() / "nnUNetv2_predict", "-i", inp, "-o", out, "-d", str(DATASET_ID), "-c", CONFIGURATION,
            "-f", "0", "-npp", "1", "-nps", "1", "-device", "cpu", "--disable_progress_bar"]
     return cmd + ([] if tta else ["--disable_tta"])
 
 
 def autoseg_predict_cmd(inp: Path, out: Path, root: Path, tta: bool, precision: str = "auto",
                         backend: str = "auto") -> list:
-    cmd = [AUTOSEG, "predict", "-i", inp, "-o", out, "-d", str(DATASET_ID), "--root", root, "-c", CONFIGURATION,
+    cmd = [autoseg_executable(), "predict", "-i", inp, "-o", out, "-d", str(DATASET_ID), "--root", root,
+           "-c", CONFIGURATION,
            "-f", "0", "--device", "cpu", "--precision", precision, "--backend", backend]
     return cmd + ([] if tta else ["--disable_tta"])
 
@@ -184,7 +186,7 @@ def table_rows(results: dict) -> list[list]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Decathlon task folder (default: %(default)s)")
+    add_task_option(p, "--data")
     p.add_argument("--subset", type=int, default=None, help="plan from the first N training cases only (smoke tests)")
     p.add_argument("-n", "--num-images", type=int, default=10, help="images to predict (>= 2; default 10)")
     p.add_argument("-np", "--num-processes", type=int, default=2, help="processes for the set-up preprocessing")
@@ -198,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="also time autoseg with --backend onnx and with --backend torch (its default, auto, "
                         "picks one per run on a CPU in fp32)")
     args = p.parse_args(argv)
+    args.data = require_folder(args.data, "--data")
     if args.num_images < 2:
         p.error("-n must be at least 2 (the fixed cost needs two runs of different sizes)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -2,12 +2,12 @@
 
 Reproduce (from the repository root; about 10 minutes on this 2-core machine):
 
-    /work/venv/bin/python bench/predict_large.py --root /tmp/predict_large --json bench/out/predict_large.json
+    .venv/bin/python bench/predict_large.py --root /tmp/predict_large --json bench/out/predict_large.json
 
 Smoke test: ``--shape 100 128 128``.
 
 Set-up (untimed), in the workspace ``--root``:
-1. a training set of 6 CT-like cases from bench/make_cascade_dataset.py (``--train-scale`` 0.5:
+1. a training set of 6 CT-like cases from bench/data/make_cascade_dataset.py (``--train-scale`` 0.5:
    about 100 x 145 x 145 voxels at about 2.2 x 1.65 x 1.65 mm), with a third class added: the
    spine (voxels over 300 HU outside the organ) is label 3, so the model has 3 foreground classes
    (organ, lesion, bone);
@@ -34,9 +34,10 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE / "data")]  # common, and the data generators
 from common import machine_info, measure, run_untimed, write_json  # noqa: E402
-from make_cascade_dataset import CaseGeometry, _write, case_geometry, make_case  # noqa: E402
+from make_cascade_dataset import CaseGeometry, case_geometry, make_case  # noqa: E402
+from nifti import write_nifti  # noqa: E402
 
 log = logging.getLogger("bench.predict_large")
 DATASET_ID = 961
@@ -57,8 +58,8 @@ def make_training_set(root: Path, num_cases: int, scale: float, seed: int) -> Pa
     for i in range(num_cases):
         geometry = case_geometry(rng, scale)
         image, label = make_case(geometry, rng)
-        _write(image, geometry.spacing, folder / "imagesTr" / f"case_{i:03d}_0000.nii.gz")
-        _write(with_bone(image, label), geometry.spacing, folder / "labelsTr" / f"case_{i:03d}.nii.gz")
+        write_nifti(image, geometry.spacing, folder / "imagesTr" / f"case_{i:03d}_0000.nii.gz")
+        write_nifti(with_bone(image, label), geometry.spacing, folder / "labelsTr" / f"case_{i:03d}.nii.gz")
     (folder / "dataset.json").write_text(json.dumps({
         "name": "LargeCT", "channel_names": {"0": "CT"},
         "labels": {"background": 0, "organ": 1, "lesion": 2, "bone": 3},
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     if not image_path.is_file():
         log.info("test image %s at %s mm ...", shape, spacing)
         image, _ = make_case(CaseGeometry(shape, spacing), np.random.default_rng(args.seed + 1))
-        _write(image, spacing, image_path)
+        write_nifti(image, spacing, image_path)
         del image
     plans = json.loads((root / "preprocessed" / NAME / "plans.json").read_text())
     cp = plans["configurations"]["3d_fullres"]

@@ -4,7 +4,7 @@
 
 Builds (once) dataset 205 (the lesion as nnU-Net v2 regions: whole tumour [1, 2, 3], tumour core
 [2, 3], enhancing 3) and dataset 206 (the same files as plain labels: edema 1, necrosis 2,
-enhancing 3) with bench/make_regions.py, then for each, one after the other and nothing else
+enhancing 3) with bench/data/make_regions.py, then for each, one after the other and nothing else
 running: ``autoseg plan_and_preprocess -d ID -c 3d_fullres --time-budget BUDGET``, ``autoseg
 train 3d_fullres 0 -d ID --time-budget BUDGET`` (timed), ``autoseg predict`` of the held-out
 images (imagesTs) with that fold, and ``autoseg evaluate -d 205`` of the predictions against the
@@ -22,7 +22,7 @@ import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent / "data")]
 from common import machine_info, markdown_table, measure, run_untimed, write_json  # noqa: E402
 import make_regions  # noqa: E402
 

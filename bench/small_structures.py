@@ -2,7 +2,7 @@
 
 Reproduce (from the repository root; the lead's run, ~25 min on this machine):
 
-    python bench/small_structures.py --source ../shared/data/Task04_Hippocampus --root /tmp/small_ws \\
+    python bench/small_structures.py --source $AUTOSEG_BENCH_DATA/Task04_Hippocampus --root /tmp/small_ws \\
         --time-budget 10m --json bench/out/small_structures.json
 
 Smoke test (about 3 minutes on a quiet machine): ``--max-cases 24 --iterations 2``.
@@ -12,7 +12,7 @@ Repeats that the machine's load does not move: a fixed ``--schedule`` (e.g. ``20
 (copies of one planned ROOT), each pinned to a core with ``taskset`` so that they run side by side.
 
 Steps, all through the ``autoseg`` CLI in subprocesses (logs in ``ROOT/bench_small/``):
-1. ``bench/implant_lesions.py`` builds ``Dataset104_HippocampusLesions`` (skipped when it exists):
+1. ``bench/data/implant_lesions.py`` builds ``Dataset104_HippocampusLesions`` (skipped when it exists):
    Hippocampus with bright blobs of label 3 in about a third of the cases, a held-out test part
    with references in ``labelsTs/``;
 2. ``autoseg plan_and_preprocess -c CONFIG --device-profile PROFILE`` (the planner flags class 3
@@ -30,7 +30,7 @@ Steps, all through the ``autoseg`` CLI in subprocesses (logs in ``ROOT/bench_sma
 5. with both arms, the per-case Dice differences small - plain of every class, paired by case,
    with a bootstrap 95% interval over the test cases (``paired_differences``; it says whether a
    difference is larger than the spread of the cases, not whether another training seed would
-   give it again; ``bench/paired.py`` does the same for any two summaries).
+   give it again; ``bench/experiments/paired.py`` does the same for any two summaries).
 The arms run one after the other (``selection.json`` is one per dataset); each arm's selection is
 copied beside its predictions.
 """
@@ -48,8 +48,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE / "experiments")]  # common, and paired
 
+from common import add_task_option, require_folder  # noqa: E402
 from paired import describe, paired_differences  # noqa: E402
 
 log = logging.getLogger("small_structures")
@@ -152,7 +153,7 @@ def set_width(plans_path: Path, configuration: str, width: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--source", type=Path, default=HERE.parents[1] / "shared" / "data" / "Task04_Hippocampus")
+    add_task_option(p, "--source", what="Decathlon Task04_Hippocampus folder")
     p.add_argument("--root", type=Path, required=True, help="workspace root (dataset, preprocessed, results)")
     p.add_argument("--dataset-id", type=int, default=104)
     p.add_argument("--seed", type=int, default=0, help="seed of the implanted dataset")
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="TrainConfig override for both arms (repeatable)")
     p.add_argument("--arms", nargs="+", default=["small", "plain"], choices=list(ARMS))
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda", "mps"))
-    p.add_argument("-np", "--num-workers", type=int, default=None, help="augmentation workers for training")
+    p.add_argument("-nw", "--num-workers", type=int, default=None, help="augmentation workers for training")
     p.add_argument("--reuse-plans", action="store_true",
                    help="keep the plans and step timings of an earlier invocation in ROOT (planning re-times the "
                         "network widths, and a width chosen near the rule's threshold can differ between "
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     if not raw.is_dir():
         from implant_lesions import build
 
-        build(args.source, root, args.dataset_id, args.seed, max_cases=args.max_cases)
+        build(require_folder(args.source, "--source"), root, args.dataset_id, args.seed, max_cases=args.max_cases)
     common = ["--root", str(root)]
     plans_path = root / "preprocessed" / raw.name / "plans.json"
     if args.reuse_plans and plans_path.is_file():
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         train = ["train", args.configuration, *args.folds, "-d", ds, *common, "--variant", variant, *device]
         train += ["--time-budget", args.time_budget] if args.time_budget else []
         train += [f"--set={o}" for o in train_opts]
-        train += ["-np", str(args.num_workers)] if args.num_workers is not None else []
+        train += ["-nw", str(args.num_workers)] if args.num_workers is not None else []
         train_s = autoseg(train, out / "train.log")
         autoseg(["find_best_config", "-d", ds, *common, "-c", args.configuration, "-f", *args.folds,
                  "--variant", variant], out / "find_best_config.log")

@@ -2,7 +2,7 @@
 
 Full run (hours; run it on a quiet machine, from the repository root, with autoseg's venv):
 
-    .venv/bin/python bench/suite.py --root WS --budget 10m --nnunet-venv /work/nnunet_venv \\
+    .venv/bin/python bench/suite.py --root WS --budget 10m --nnunet-venv $NNUNET_VENV \\
         --json bench/out/suite.json --markdown bench/out/suite.md
 
 Smoke test of every dataset (tiny sizes, a 1-minute budget; about 20 minutes on 2 busy cores, 3 more
@@ -27,21 +27,21 @@ For each dataset, in this order (all commands' output goes to ``WS/suite/<datase
 1. the raw dataset ``WS/raw/DatasetXXX_Name`` (nnU-Net v2 layout, imagesTr/labelsTr/imagesTs/
    labelsTs, dataset.json), made by a seeded generator; skipped when it exists and
    ``WS/suite/<dataset>/make.json`` records the same arguments (else remade from scratch):
-   - ``hippocampus`` [201]: the Decathlon Task04_Hippocampus (../shared/data; ``--quick``: its first
-     24 cases) converted by ``autoseg convert_msd``, then a seeded hold-out (bench/hippocampus_cv.py's
-     ``hold_out``) of 40 cases (quick: 4) moved to imagesTs/labelsTs;
+   - ``hippocampus`` [201]: the Decathlon Task04_Hippocampus (``--source``, default under
+     ``$AUTOSEG_BENCH_DATA``; ``--quick``: its first 24 cases) converted by ``autoseg convert_msd``,
+     then a seeded hold-out (bench/hippocampus_cv.py's ``hold_out``) of 40 cases (quick: 4) moved to imagesTs/labelsTs;
    - ``hippocampus_thick`` [202]: that split re-sliced to 4 mm along the first array axis
-     (bench/make_thick_slices.py); ``two_channel`` [203]: that split with a synthetic second
-     contrast (bench/make_multichannel.py); ``hippocampus_sparse`` [204]: that split with 10% of
+     (bench/data/make_thick_slices.py); ``two_channel`` [203]: that split with a synthetic second
+     contrast (bench/data/make_multichannel.py); ``hippocampus_sparse`` [204]: that split with 10% of
      each training label's slices annotated and the rest "ignore", scored on dense held-out labels
-     (bench/make_sparse_labels.py);
-   - ``cine`` [130]: bench/make_cine_dataset.py, 160 + 40 cases (quick: 6 + 2 at ``--scale
+     (bench/data/make_sparse_labels.py);
+   - ``cine`` [130]: bench/data/make_cine_dataset.py, 160 + 40 cases (quick: 6 + 2 at ``--scale
      0.25``; skipped, saying so, while that file is missing);
-     ``oct2d`` [120]: bench/make_2d_dataset.py, 60 + 20 scans of 192 x 256 (quick: 10 + 3 of
-     96 x 128); ``ct_cascade`` [960]: bench/make_cascade_dataset.py, 10 + 2 full-size volumes
+     ``oct2d`` [120]: bench/data/make_2d_dataset.py, 60 + 20 scans of 192 x 256 (quick: 10 + 3 of
+     96 x 128); ``ct_cascade`` [960]: bench/data/make_cascade_dataset.py, 10 + 2 full-size volumes
      (quick: 6 + 1 at scale 0.25; its steps get 3x the timeouts, and its prediction with the
      default mirroring is the slowest step of the suite); ``lesions`` [104]:
-     bench/implant_lesions.py on the Decathlon cases (40 of 208 held out; quick: 4 of 24);
+     bench/data/implant_lesions.py on the Decathlon cases (40 of 208 held out; quick: 4 of 24);
 2. ``autoseg plan_and_preprocess -d ID --root WS -np N --time-budget BUDGET`` (no device profile:
    the machine's own, the cpu one here, which times candidate widths for the budget), measured by
    bench/common.py's ``measure``: wall time and peak RSS summed over the process tree (sampled
@@ -98,16 +98,14 @@ from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (CommandFailed, Measurement, machine_info, markdown_table, measure, ratio,  # noqa: E402
-                    run_untimed, write_json)
+from common import (CommandFailed, Measurement, add_task_option, machine_info, markdown_table,  # noqa: E402
+                    measure, ratio, require_folder, run_untimed, write_json)
 
 log = logging.getLogger("bench.suite")
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
-DEFAULT_SOURCE = next((p for p in (REPO.parent / "shared" / "data" / "Task04_Hippocampus",
-                                   Path("/work/shared/data/Task04_Hippocampus")) if p.is_dir()),
-                      Path("/work/shared/data/Task04_Hippocampus"))
+GENERATORS = BENCH / "data"
 FOLD = 0
 VARIANT = "default"
 # timeouts (s) of each step, before --timeout-factor; training gets its budget plus TRAIN_MARGIN
@@ -210,15 +208,15 @@ def _derived_args(extra: dict) -> Callable[[Context], dict]:
 def _make_derived(script: str, dataset_id: int, options: Callable[[dict], list[str]]):
     def make(ctx: Context, args: dict, log_path: Path) -> None:
         source = raw_folder(ctx.root, 201)
-        run_untimed([ctx.python, BENCH / script, "--source", source, "--root", ctx.root, "-d", str(dataset_id),
+        run_untimed([ctx.python, GENERATORS / script, "--source", source, "--root", ctx.root, "-d", str(dataset_id),
                      *options(args)], log_path=log_path, timeout_s=ctx.timeout("make"))
     return make
 
 
 def _generator(script: str, options: Callable[[Context, dict], list[str]]):
-    """A make step that runs ``bench/<script> --root WS ...``; Skipped while the script is missing."""
+    """A make step that runs ``bench/data/<script> --root WS ...``; Skipped while the script is missing."""
     def make(ctx: Context, args: dict, log_path: Path) -> None:
-        path = BENCH / script
+        path = GENERATORS / script
         if not path.is_file():
             raise Skipped(f"{path.relative_to(REPO)} does not exist (yet)")
         run_untimed([ctx.python, path, "--root", ctx.root, *options(ctx, args)], log_path=log_path,
@@ -562,8 +560,7 @@ def nnunet_plan_and_preprocess(ctx: Context, d: DatasetDef, raw: Path, logs: Pat
     configurations = ("2d",) if d.dim == 2 else ("3d_fullres", "2d")
     base = Path(tempfile.mkdtemp(prefix=f"nnunet_{d.key}_", dir=ctx.root / "suite"))
     try:
-        env = nnunet_env(base)
-        env["PATH"] = f"{ctx.nnunet_venv / 'bin'}:{env['PATH']}"
+        env = nnunet_env(base, ctx.nnunet_venv)
         (base / "nnUNet_raw" / raw.name).symlink_to(raw.resolve(), target_is_directory=True)
         m = measure([binary, "-d", str(d.dataset_id), "-c", *configurations, "-np", str(ctx.num_processes),
                      "-npfp", str(ctx.num_processes), "--verify_dataset_integrity"], env=env,
@@ -707,7 +704,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plan-only", action="store_true",
                    help="only plan_and_preprocess (and nnU-Net's with --nnunet-venv): re-measure planning times")
     p.add_argument("--quick", action="store_true", help="tiny datasets and a 1-minute budget: a smoke test")
-    p.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="Decathlon Task04_Hippocampus folder")
+    add_task_option(p, "--source", what="Decathlon Task04_Hippocampus folder")
     p.add_argument("-np", "--num-processes", type=int, default=2,
                    help="worker processes of both tools' plan_and_preprocess (default 2)")
     p.add_argument("--timeout-factor", type=float, default=1.0, help="multiply every step's timeout by this")
@@ -717,14 +714,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
-    from autoseg.training.budget import parse_duration
+    from autoseg.units import parse_duration
     from autoseg.errors import UserFacingError
 
     budget = args.budget or ("1m" if args.quick else "10m")
     try:
-        budget_s = parse_duration(budget)
+        budget_s = parse_duration(budget, option="--budget")
     except UserFacingError as e:
-        p.error(str(e).replace("--time-budget", "--budget"))
+        p.error(str(e))
     if not args.autoseg.is_file():
         p.error(f"{args.autoseg} not found: run this with autoseg's venv python (.venv/bin/python) or pass --autoseg")
     if args.nnunet_venv is not None and not (args.nnunet_venv / "bin" / "nnUNetv2_plan_and_preprocess").is_file():
@@ -735,7 +732,8 @@ def main(argv: list[str] | None = None) -> int:
     root = args.root.resolve()
     (root / "suite").mkdir(parents=True, exist_ok=True)
     ctx = Context(root=root, autoseg=args.autoseg.absolute(), python=args.autoseg.absolute().with_name("python"),
-                  source=args.source.resolve(), quick=args.quick, budget=budget, budget_s=budget_s,
+                  source=require_folder(args.source, "--source").resolve(), quick=args.quick, budget=budget,
+                  budget_s=budget_s,
                   num_processes=args.num_processes, timeout_factor=args.timeout_factor,
                   nnunet_venv=args.nnunet_venv.absolute() if args.nnunet_venv else None,
                   skip_existing=args.skip_existing, plan_only=args.plan_only)

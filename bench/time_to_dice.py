@@ -2,13 +2,13 @@
 
 Reproduce (from the repository root, on a quiet machine; about 5.5 hours for the three budgets):
 
-    /work/venv/bin/python bench/time_to_dice.py --budgets 10m 30m 60m \\
+    .venv/bin/python bench/time_to_dice.py --budgets 10m 30m 60m \\
         --json bench/out/time_to_dice.json --plot bench/out/time_to_dice.png
 
 Smoke test (the first 30 cases, a 2-minute budget, a 2-iteration nnU-Net warm-up; about 25
 minutes on a loaded 2-core machine, Dice near 0, nothing meaningful):
 
-    /work/venv/bin/python bench/time_to_dice.py --budgets 2m --subset 30 --reference-budget 2m \\
+    .venv/bin/python bench/time_to_dice.py --budgets 2m --subset 30 --reference-budget 2m \\
         --nnunet-warmup 2 --workspace /tmp/time_to_dice_smoke
 
 ``--methods a b c`` runs a subset of the methods; ``--workspace DIR`` keeps everything there
@@ -23,7 +23,7 @@ copied to nnU-Net as ``splits_final.json`` so that all three methods train on th
 are validated on the same cases.
 
 Methods, for every budget, one after the other in this order:
-(a) nnU-Net v2 (2.8.1, /work/nnunet_venv) 3d_fullres, its default plans (``nnUNetv2_plan_and_preprocess``),
+(a) nnU-Net v2 (2.8.1, $NNUNET_VENV) 3d_fullres, its default plans (``nnUNetv2_plan_and_preprocess``),
     its plain ``nnUNetTrainer`` through its Python API on the CPU, poly schedule fitted to the budget
     from a short warm-up (bench/nnunet_budget_train.py says how); then ``perform_actual_validation()``.
     Its budget covers trainer set-up, warm-up and ``run_training()``; the final validation runs
@@ -66,9 +66,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (CommandFailed, machine_info, markdown_table, measure, run_untimed,  # noqa: E402
-                    write_json)
-from plan_and_preprocess import (DATASET_ID, DEFAULT_DATA, NNUNET_BIN, NNUNET_DATASET,  # noqa: E402
+from common import (CommandFailed, add_task_option, machine_info, markdown_table, measure,  # noqa: E402
+                    nnunet_bin, require_folder, run_untimed, write_json)
+from plan_and_preprocess import (DATASET_ID, NNUNET_DATASET,  # noqa: E402
                                  make_decathlon_copy, nnunet_env, run_nnunet)
 
 log = logging.getLogger("bench.time_to_dice")
@@ -87,7 +87,7 @@ NNUNET_FOLD_DIR = {"a": "nnUNetTrainer__nnUNetPlans__3d_fullres", "b": "nnUNetTr
 
 def parse_budget(text: str) -> float:
     """``"10m"`` -> 600.0 s, ``"1h"`` -> 3600.0, ``"90s"``/``"90"`` -> 90.0 (autoseg's own parser)."""
-    from autoseg.training.budget import parse_duration
+    from autoseg.units import parse_duration
 
     return parse_duration(text)
 
@@ -175,7 +175,7 @@ def run_nnunet_method(method: str, budget: str, budget_s: float, setup: dict, wo
                OMP_NUM_THREADS=str(threads))
     results.mkdir(parents=True)
     out = results / "run.json"
-    m = measure([NNUNET_BIN / "python", NNUNET_TRAINER_SCRIPT, "--dataset", NNUNET_DATASET, "--configuration",
+    m = measure([nnunet_bin() / "python", NNUNET_TRAINER_SCRIPT, "--dataset", NNUNET_DATASET, "--configuration",
                  CONFIGURATION, "--fold", str(FOLD), "--budget-s", str(budget_s),
                  "--plans", "default" if method == "a" else "cpu", "--epochs", str(epochs), "--warmup", str(warmup),
                  "--threads", str(threads), "--result", out],
@@ -236,7 +236,7 @@ def run_autoseg_method(budget: str, budget_s: float, setup: dict, work: Path, au
     cmd = [autoseg, "train", CONFIGURATION, str(FOLD), "-d", str(DATASET_ID), "--root", root,
            "--time-budget", budget]
     if num_workers is not None:
-        cmd += ["-np", str(num_workers)]
+        cmd += ["-nw", str(num_workers)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     m = measure(cmd, env=env, log_path=work / "logs" / f"c_{budget}.log")
     fold = root / "results" / NNUNET_DATASET / CONFIGURATION / "default" / f"fold_{FOLD}"
@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=sorted(METHODS),
                    help="a: nnU-Net default plans, b: nnU-Net CPU-edited plans, c: autoseg (default: all)")
     p.add_argument("--reference-budget", default="30m", help="budget of (b) whose Dice the others must reach")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Decathlon task folder (default: %(default)s)")
+    add_task_option(p, "--data")
     p.add_argument("--subset", type=int, default=None, help="only the first N training cases (smoke tests)")
     p.add_argument("--workspace", type=Path, default=REPO / "bench" / "out" / "time_to_dice",
                    help="folder for all data, runs and logs (default: %(default)s)")
@@ -423,8 +423,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--report-only needs the runs of an earlier invocation; {work / 'setup.json'} not found")
     if work.exists() and any(work.iterdir()) and not (args.reuse or args.report_only):
         p.error(f"--workspace {work} is not empty; give a new folder, delete it, or pass --reuse")
-    if {"a", "b"} & set(args.methods) and not (NNUNET_BIN / "python").is_file() and not args.report_only:
-        p.error(f"nnU-Net's venv {NNUNET_BIN.parent} is missing; make it with 'bash bench/setup_nnunet.sh'")
+    if {"a", "b"} & set(args.methods) and not args.report_only:
+        nnunet_bin()  # stops here, saying how to make it, where nnU-Net's venv is missing
+    if not args.report_only:
+        args.data = require_folder(args.data, "--data")
     work.mkdir(parents=True, exist_ok=True)
 
     setup = (json.loads((work / "setup.json").read_text()) if args.report_only else

@@ -2,8 +2,8 @@
 
 Reproduce (from the repository root, on a quiet machine):
 
-    /work/venv/bin/python bench/train_step.py --json bench/out/train_step.json
-    /work/venv/bin/python bench/train_step.py --plans cpu --json bench/out/train_step_cpu.json
+    .venv/bin/python bench/train_step.py --json bench/out/train_step.json
+    .venv/bin/python bench/train_step.py --plans cpu --json bench/out/train_step_cpu.json
 
 Smoke test: ``--iterations 3 --warmup 1 --subset 10``. Same batch for both: ``--batch-size 2``.
 
@@ -12,7 +12,7 @@ untimed ones; torch on ``--threads`` threads, default 2 = this machine's cores):
 (a) peak: this machine's fp32 matmul rate, best of repeated 2048x2048 @ 2048x2048 products
     (2 * 2048**3 FLOP each), in GFLOP/s: the ceiling the steps below are compared with; also the
     bf16 rate (the ceiling of a bf16 step: AMX on this machine's CPU).
-(b) nnU-Net v2 (a subprocess in /work/nnunet_venv): its plain ``nnUNetTrainer`` built on the CPU from
+(b) nnU-Net v2 (a subprocess in $NNUNET_VENV): its plain ``nnUNetTrainer`` built on the CPU from
     its own 3d_fullres plans (patch and batch from the plans), ``initialize()``d, then
     ``trainer.train_step(batch)`` (forward, deep-supervised Dice+CE loss, backward, grad clipping,
     SGD step): "raw" on one fixed random batch, and "with data" on batches from its real
@@ -44,19 +44,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, markdown_table, ratio, run_untimed, write_json  # noqa: E402
-from plan_and_preprocess import (DEFAULT_DATA, NNUNET_BIN, NNUNET_DATASET, make_decathlon_copy,  # noqa: E402
-                                 nnunet_env, run_nnunet)
+from common import (add_task_option, machine_info, markdown_table, nnunet_bin, ratio,  # noqa: E402
+                    require_folder, run_untimed, write_json)
+from plan_and_preprocess import NNUNET_DATASET, make_decathlon_copy, nnunet_env, run_nnunet  # noqa: E402
 
 log = logging.getLogger("bench.train_step")
 
 CONFIGURATION = "3d_fullres"
-AUTOSEG_PREPROCESSED = {  # the lead's workspaces; override with --autoseg-preprocessed
-    "default": Path("/tmp/ws1/preprocessed/Dataset004_Hippocampus"),
-    "cpu": Path("/tmp/wsc/preprocessed/Dataset004_Hippocampus"),
-}
+PLAN_PROFILES = {"default": "", "cpu": " --device-profile cpu"}  # --plans: the autoseg plans it names
 
-# Runs inside /work/nnunet_venv: argv = configuration, dataset, iterations, warmup, threads, batch size
+# Runs inside $NNUNET_VENV: argv = configuration, dataset, iterations, warmup, threads, batch size
 # (0: as planned), result path.
 NNUNET_STEP_SCRIPT = r"""
 import json, os, sys, time
@@ -144,7 +141,7 @@ def nnunet_train_step(data: Path, work: Path, subset: int | None, iterations: in
     script, result = base / "train_step.py", base / "train_step.json"
     script.write_text(NNUNET_STEP_SCRIPT)
     env = dict(nnunet_env(base), nnUNet_n_proc_DA="1", OMP_NUM_THREADS=str(threads))
-    run_untimed([NNUNET_BIN / "python", script, CONFIGURATION, NNUNET_DATASET, str(iterations), str(warmup),
+    run_untimed([nnunet_bin() / "python", script, CONFIGURATION, NNUNET_DATASET, str(iterations), str(warmup),
                  str(threads), str(batch_size or 0), result], env=env, log_path=base / "logs" / "nnunet_train_step.log")
     return json.loads(result.read_text())
 
@@ -254,12 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads for both tools (default 2)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="same batch for both tools (default: each tool's planned batch size)")
-    p.add_argument("--plans", choices=sorted(AUTOSEG_PREPROCESSED), default="default",
-                   help="which autoseg plans (nnU-Net always uses its own default plans)")
+    p.add_argument("--plans", choices=sorted(PLAN_PROFILES), default="default",
+                   help="which autoseg plans --autoseg-preprocessed holds, for the report (nnU-Net always uses "
+                        "its own default plans)")
     p.add_argument("--autoseg-preprocessed", type=Path, default=None,
-                   help="autoseg preprocessed/Dataset004_Hippocampus folder (default: per --plans, "
-                        + ", ".join(f"{k}: {v}" for k, v in AUTOSEG_PREPROCESSED.items()) + ")")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Decathlon task for nnU-Net's set-up")
+                   help="autoseg's preprocessed/Dataset004_Hippocampus folder (needed unless --only nnunet)")
+    add_task_option(p, "--data", what="Decathlon task for nnU-Net's set-up")
     p.add_argument("--subset", type=int, default=None, help="nnU-Net set-up from the first N cases only (smoke tests)")
     p.add_argument("-np", "--num-processes", type=int, default=2, help="processes for nnU-Net's preprocessing")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
@@ -271,11 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    preprocessed = args.autoseg_preprocessed or AUTOSEG_PREPROCESSED[args.plans]
-    if args.only != "nnunet" and not (preprocessed / "plans.json").is_file():
+    preprocessed = args.autoseg_preprocessed
+    if args.only != "nnunet" and not (preprocessed and (preprocessed / "plans.json").is_file()):
         p.error(f"no autoseg plans.json in {preprocessed}; make one with 'autoseg plan_and_preprocess -d 4 "
-                f"--root ROOT -c 3d_fullres{' --device-profile cpu' if args.plans == 'cpu' else ''}' and pass "
+                f"--root ROOT -c 3d_fullres{PLAN_PROFILES[args.plans]}' and pass "
                 "--autoseg-preprocessed ROOT/preprocessed/Dataset004_Hippocampus")
+    if args.only != "autoseg":
+        args.data = require_folder(args.data, "--data")
 
     peak = matmul_peak_gflops(args.threads)
     bf16_peak = matmul_peak_gflops(args.threads, dtype="bf16")

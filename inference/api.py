@@ -156,7 +156,7 @@ def load_model(source, dataset=None, configurations: Optional[Sequence[str]] = N
     source = Path(source)
     copy = None
     if source.is_file():
-        from autoseg.model_archive import import_model
+        from autoseg.inference.model_archive import import_model
 
         copy = Path(tempfile.mkdtemp(prefix="autoseg_model_"))
         try:

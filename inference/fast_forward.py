@@ -18,9 +18,8 @@ On an x86 CPU in fp32 (CPUs without fast bf16, e.g. AVX2-only laptops) inference
 convolutions call oneDNN directly (``OneDNNConv``), with the fused norm, in the usual contiguous
 layout. torch sends an fp32 convolution of a batch of one with a kernel of at most 3 to its slow
 reference implementation when batch x channels x the first two spatial sizes is at most 20,480,
-which the sliding window's batch-1 tiles hit in every narrow layer. On this project's AVX2 machine
-(batch 1, patch 40 x 56 x 40) the forward of the 8-64 U-Net went from 275 to 59 ms, 16-128 from
-233 to 99 ms, 32-256 from 419 to 375 ms (docs/experiments/inference_forward.md).
+which the sliding window's batch-1 tiles hit in every narrow layer (the gain is measured in
+docs/experiments/inference_forward.md).
 Everywhere else (CUDA, MPS) the network runs under autocast as before
 (``autoseg.device.with_autocast``).
 """

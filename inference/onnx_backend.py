@@ -1,9 +1,8 @@
 """Prediction through ONNX Runtime: the CPU path that does not import torch.
 
-Why: ``import torch`` alone takes 1.2-2.2 s on this project's machines, most of what a
-``predict`` run costs before its first case; onnxruntime imports in 0.05 s. Its fp32 3D
-convolutions are slower than torch's oneDNN path (1.1-1.3x per forward pass on the AVX2 machine;
-docs/experiments/onnx_backend.md), so it pays for short runs only.
+Why: ``import torch`` is most of what a ``predict`` run costs before its first case, and
+onnxruntime imports far faster; its fp32 3D convolutions are slower than torch's oneDNN path, so
+it pays for short runs only (both measured in docs/experiments/onnx_backend.md).
 
 Each fold's checkpoint is exported once, next to it: ``{checkpoint}.onnx`` and
 ``{checkpoint}.onnx.json`` (the checkpoint's size and modification time, the configuration, the
@@ -11,10 +10,11 @@ number of input channels, and one forward pass timed in each backend on this mac
 whose record no longer matches its checkpoint is redone; only exporting imports torch.
 
 ``choose_backend`` says whether ONNX Runtime can be used at all: not on a GPU (CUDA or MPS), not
-in a precision other than fp32 (on CPUs with AMX the bf16 forward is 2-4x faster than any fp32
-one), not without onnxruntime. ``predict`` (``inference/predict.py``, ``auto``) then weighs it
-against torch for the run: the forward passes it will make (``forward_passes``) times the
-records' per-pass difference, against torch's import (``TORCH_FIXED_SECONDS``).
+in a precision other than fp32 (nor with ``auto`` where bf16 may be faster, by the rule training
+uses: ``autoseg.device.bf16_verdict``), not without onnxruntime. ``predict``
+(``inference/predict.py``, ``auto``) then weighs it against torch for the run: the forward passes
+it will make (``forward_passes``) times the records' per-pass difference, against torch's import
+(``TORCH_FIXED_SECONDS``).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.device import usable_cpus
+from autoseg.device import bf16_verdict, cpuinfo_bf16_flags, usable_cpus
 from autoseg.errors import UserFacingError
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,8 @@ def choose_backend(requested: str, device: str | None, precision: str) -> str:
 
     ``auto`` picks onnx when onnxruntime is installed, the run is on the CPU (``--device cpu``, or
     ``auto`` with a torch build that has no GPU support on a machine without Apple's MPS) and the
-    precision is fp32 (``fp32``, or ``auto`` on a CPU without bf16 instructions)."""
+    precision is fp32 (``fp32``, or ``auto`` on a CPU where ``autoseg.device.bf16_verdict`` says
+    bf16 is not faster)."""
     if requested not in BACKENDS:
         raise UserFacingError(f"--backend must be one of {', '.join(BACKENDS)}, found {requested!r}")
     if requested == "torch":
@@ -222,8 +223,8 @@ def choose_backend(requested: str, device: str | None, precision: str) -> str:
         return "torch"
     if device in (None, "auto") and not _cpu_only_torch():
         return "torch"
-    if precision == "auto" and _cpu_has_bf16() is not False:
-        return "torch"
+    if precision == "auto" and bf16_verdict(*cpuinfo_bf16_flags()) is not False:
+        return "torch"  # bf16 is faster, or torch's timing probe must tell
     return "onnx"
 
 
@@ -255,22 +256,8 @@ def version_file_is_cpu_only(text: str) -> bool:
     return bool(values) and all(v in ("None", "''", '""') for v in values.values())
 
 
-def _cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
-    """Whether the CPU has AMX or AVX512-BF16 (where autoseg computes in bf16 by default), from
-    the kernel's flags; None where they cannot be read (not Linux)."""
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"amx_bf16", "amx_tile", "avx512_bf16"})
-    except OSError:
-        return None
-    return None
-
-
-# What importing torch (and its teardown) costs a predict run that ONNX Runtime spares: 1.2-2.2 s
-# for the import alone on this project's machines (docs/experiments/onnx_backend.md).
+# What importing torch (and its teardown) costs a predict run that ONNX Runtime spares: the middle of
+# the range measured in docs/experiments/onnx_backend.md.
 TORCH_FIXED_SECONDS = 1.5
 
 

@@ -13,7 +13,7 @@ A foreground class is flagged for a configuration when either
 
 Worked example (Hippocampus, 3d_fullres, patch 40 x 56 x 40 at 1 mm = 89,600 mm3, edge 44.8 mm):
 posterior hippocampus, median component 1590.5 mm3 (edge 11.7 mm, ratio 0.26 >= 0.171, 1.8% of
-the patch) and present in every case: not flagged. The blobs of bench/implant_lesions.py, median
+the patch) and present in every case: not flagged. The blobs of bench/data/implant_lesions.py, median
 32 mm3 (edge 3.2 mm, ratio 0.071, 0.036% of the patch), in a third of the cases: small and rare.
 """
 from __future__ import annotations

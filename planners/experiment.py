@@ -23,7 +23,7 @@ from autoseg.planners.throughput import (DEFAULT_FOLD_BUDGET_S, QUIET_PARALLEL_S
                                          adapt_to_throughput, detect_profile, precisions_to_time,
                                          step_cap_seconds)
 from autoseg.planners.topology import estimate_memory_bytes, fit_topology
-from autoseg.training.budget import parse_duration
+from autoseg.units import parse_duration
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,7 @@ PROFILES.add("gpu-24gb", DeviceProfile("gpu-24gb", 24.0))
 PROFILES.add("gpu-40gb", DeviceProfile("gpu-40gb", 40.0))
 # The CPU profile sizes the patch for the narrowest network the width timing considers (8 base
 # features) in 0.5 GB: context first, then the widest network that trains enough iterations in the
-# budget (planners/throughput.py). On the cine set of bench/make_cine_dataset.py, a 10-minute fold
-# reached validation Dice 0.870 with a 12 x 128 x 160 patch against 0.734 with the 12 x 64 x 80 patch
-# that sizing for 16 features in 0.38 GB gave, both 8 wide (docs/experiments/cpu_patch_size.md).
+# budget (planners/throughput.py). Why context first: docs/experiments/cpu_patch_size.md.
 PROFILES.add("cpu", DeviceProfile("cpu", 0.5, base_features=8, max_features_3d=80, max_features_2d=128,
                                   max_batch_3d=2))
 

@@ -29,11 +29,10 @@ recorded as such. Seen on a CPU with AMX: the bf16 backward pass of the 8-wide n
 of 4 x 128 x 112 did not finish within 20 s where the fp32 step took 0.15 s.
 
 ``MIN_ITERATIONS = 2500``: the hand-tuned nnU-Net run above was still improving at 1,750
-iterations; autoseg's own Hippocampus runs reach 0.85 Dice at about 1,000 iterations and keep
-improving to 3,000 (docs/benchmarks.md, "Time to Dice"). Wider networks only pay off once enough
-iterations are
-affordable. The measurements are written next to the plans (``throughput.json``), so the choice
-can be checked and reproduced, and training reads its precision and layout from them.
+iterations, as autoseg's own Hippocampus runs do (docs/benchmarks.md, "Time to Dice"). Wider
+networks only pay off once enough iterations are affordable. The measurements are written next
+to the plans (``throughput.json``), so the choice can be checked and reproduced, and training
+reads its precision and layout from them.
 
 Which layout wins depends on the CPU's oneDNN kernels and the network, not on a rule we could
 write down (docs/planning.md, "Memory layout").
@@ -482,10 +481,9 @@ def adapt_to_throughput(plans, step_seconds: StepTimer, budget_s: float = DEFAUL
 def precisions_to_time() -> tuple[str, ...]:
     """fp32, and bf16 unless torch says this CPU has neither AMX nor AVX512-BF16 (bf16 would be
     emulated there, several times slower)."""
-    from autoseg.device import _cpu_flag
+    from autoseg.device import bf16_verdict, torch_bf16_flags
 
-    amx, avx512_bf16 = _cpu_flag("_is_amx_tile_supported"), _cpu_flag("_is_avx512_bf16_supported")
-    return ("fp32",) if amx is False and avx512_bf16 is False else ("fp32", "bf16")
+    return ("fp32",) if bf16_verdict(*torch_bf16_flags()) is False else ("fp32", "bf16")
 
 
 def detect_profile() -> str:

@@ -27,16 +27,14 @@ scoring assumes that one class alone changes, is not tried on regions.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from autoseg.errors import UserFacingError, output_folder
+from autoseg.errors import UserFacingError
 from autoseg.labels import Regions, class_channel, class_mask, remove_class
 from autoseg.postprocess.lesions import LESION_COUNT_KEYS, detection_scores, label_components
 from autoseg.postprocess.metrics import case_metrics, nanmean
@@ -202,23 +200,25 @@ def _scores(per_case: list[Metrics], labels: Sequence[int]) -> Scores:
     return Scores(dice, f1)
 
 
-def _v(x: float) -> float:
-    return -1.0 if math.isnan(x) else x
+def _comparable(score: float) -> float:
+    """A score to compare, NaN (undefined: no reference and no prediction of a class) below any other."""
+    return -1.0 if math.isnan(score) else score
 
 
 def _no_worse(new: Scores, old: Scores, skip_f1: int | None = None) -> bool:
-    return (all(_v(new.dice[k]) >= _v(old.dice[k]) - 1e-9 for k in new.dice)
-            and all(_v(new.f1[k]) >= _v(old.f1[k]) - 1e-9 for k in new.f1 if k != skip_f1))
+    return (all(_comparable(new.dice[k]) >= _comparable(old.dice[k]) - 1e-9 for k in new.dice)
+            and all(_comparable(new.f1[k]) >= _comparable(old.f1[k]) - 1e-9 for k in new.f1 if k != skip_f1))
 
 
 def _better(new: Scores, old: Scores) -> bool:
     """Dice-driven rule: the mean Dice rises, and no class's Dice or lesion F1 falls."""
-    return _v(new.mean_dice) > _v(old.mean_dice) + 1e-6 and _no_worse(new, old)
+    return _comparable(new.mean_dice) > _comparable(old.mean_dice) + 1e-6 and _no_worse(new, old)
 
 
 def _lesion_better(new: Scores, old: Scores, label: int) -> bool:
     """Lesion-driven rule: ``label``'s F1 rises; no Dice (mean or class) and no other F1 falls."""
-    return (_v(new.f1[label]) > _v(old.f1[label]) + 1e-6 and _v(new.mean_dice) >= _v(old.mean_dice) - 1e-9
+    return (_comparable(new.f1[label]) > _comparable(old.f1[label]) + 1e-6
+            and _comparable(new.mean_dice) >= _comparable(old.mean_dice) - 1e-9
             and _no_worse(new, old, skip_f1=label))
 
 
@@ -260,10 +260,10 @@ def _gap_thresholds(values: list[float], integer: bool) -> list[float]:
     Sizes: the geometric midpoint rounded up, at least the lower value + 1; probabilities: the
     arithmetic midpoint.
     """
-    u = sorted(set(values))
+    distinct = sorted(set(values))
     if integer:
-        return [float(min(max(math.ceil(math.sqrt(a * b)), a + 1), b)) for a, b in zip(u, u[1:])]
-    return [(a + b) / 2 for a, b in zip(u, u[1:])]
+        return [float(min(max(math.ceil(math.sqrt(a * b)), a + 1), b)) for a, b in zip(distinct, distinct[1:])]
+    return [(a + b) / 2 for a, b in zip(distinct, distinct[1:])]
 
 
 def _f1_vectorised(n_ref: np.ndarray, detected: np.ndarray, n_pred: np.ndarray, true_pred: np.ndarray) -> np.ndarray:
@@ -316,7 +316,8 @@ def _learn_presence(current: list[Case], metrics: list[Metrics], features: list[
     dice_keep, dice_drop = column("dice", "keep"), column("dice", "drop")
     counts = {k: (sum(metrics[i][label][k] for i in absent), column(k, "keep"), column(k, "drop"))
               for k in LESION_COUNT_KEYS}
-    old_f1, old_dice, old_mean = _v(best.f1[label]), _v(best.dice[label]), _v(best.mean_dice)
+    old_f1, old_dice = _comparable(best.f1[label]), _comparable(best.dice[label])
+    old_mean = _comparable(best.mean_dice)
     chosen = None
     for s_min in size_cands:
         keep = (sizes[None, :] >= s_min) & (probs[None, :] >= prob_cands[:, None])  # (rules, present cases)
@@ -428,39 +429,3 @@ def _presence_features(current: list[Case], labels: Sequence[int], probabilities
         for label in labels:
             out[label].append(presence_features(pred, label, probs))
     return out
-
-
-def cli_apply_postprocessing(args: argparse.Namespace) -> int:
-    from autoseg.imageio import SUPPORTED_ENDINGS, read_label, write_image
-    from autoseg.paths import Workspace
-    from autoseg.postprocess.selection import load_selection
-
-    ws = Workspace.resolve(args.root)
-    if args.selection:
-        from autoseg.postprocess.selection import Selection
-        from autoseg.serialization import load_json_as
-
-        selection = load_json_as(Selection, args.selection)
-    else:
-        selection = load_selection(ws.results_dataset(args.dataset))
-    pp = selection.postprocessing
-    out = output_folder(args.output)
-    count = 0
-    for p in sorted(Path(args.input).iterdir()):
-        if p.name.startswith(".") or not p.name.endswith(SUPPORTED_ENDINGS):
-            continue
-        seg, geom = read_label(p)
-        probs = None
-        if pp.needs_probabilities:
-            case_id = p.name[: -len(next(e for e in SUPPORTED_ENDINGS if p.name.endswith(e)))]
-            npz = p.with_name(case_id + ".npz")
-            if not npz.is_file():
-                raise UserFacingError(f"{npz} not found: the selected postprocessing gates classes on the softmax "
-                                      "probability; predict with --save_probabilities so each segmentation has "
-                                      "its {case}.npz beside it")
-            with np.load(npz) as z:
-                probs = z["probabilities"].astype(np.float32)
-        write_image(apply_postprocessing(seg[0], pp, probs).astype(np.uint8), geom, out / p.name)
-        count += 1
-    log.info("postprocessed %d segmentations into %s", count, out)
-    return 0

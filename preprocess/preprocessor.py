@@ -12,7 +12,7 @@ import numpy as np
 from autoseg.imageio import ImageGeometry
 from autoseg.labels import all_values, probabilities_to_labels
 from autoseg.plans import Plans
-from autoseg.preprocess.cropping import crop, nonzero_bbox
+from autoseg.cropping import crop, nonzero_bbox
 from autoseg.preprocess.normalization import normalize
 from autoseg.preprocess.resampling import (
     coarse_axis,

@@ -18,7 +18,7 @@ import numpy as np
 from autoseg.errors import UserFacingError
 from autoseg.labels import all_values
 from autoseg.plans import Plans
-from autoseg.preprocess.cropping import crop
+from autoseg.cropping import crop
 from autoseg.preprocess.resampling import resample_seg
 from autoseg.preprocess.storage import CaseProperties
 

@@ -175,7 +175,7 @@ def test_png_dataset_through_every_command(tmp_path):
     assert list(plans["configurations"]) == ["2d"]
     assert sorted(p.name for p in pre.iterdir() if p.is_dir()) == ["2d", "gt_segmentations"]
 
-    assert main(["train", "2d", "0", "-d", "902", "-np", "0", "--set", "num_epochs=3",
+    assert main(["train", "2d", "0", "-d", "902", "-nw", "0", "--set", "num_epochs=3",
                  "--set", "num_iterations_per_epoch=8", "--set", "num_val_iterations_per_epoch=1", *root]) == 0
     assert main(["find_best_config", "-d", "902", "-f", "0", *root]) == 0
     selection = json.loads((ws / "results" / "Dataset902_SynthPNG" / "selection.json").read_text())
@@ -202,7 +202,7 @@ def _load_bench_script():
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "make_2d_dataset.py"
+    path = Path(__file__).resolve().parents[1] / "bench" / "data" / "make_2d_dataset.py"
     spec = importlib.util.spec_from_file_location("make_2d_dataset", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

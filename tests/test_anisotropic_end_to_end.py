@@ -1,4 +1,4 @@
-"""A shallow, thick-slice dataset (a small version of bench/make_cine_dataset.py) through plan,
+"""A shallow, thick-slice dataset (a small version of bench/data/make_cine_dataset.py) through plan,
 time-budgeted training, predict and evaluate on the cpu profile."""
 import json
 import sys
@@ -10,7 +10,7 @@ import SimpleITK as sitk
 
 from autoseg.cli import main
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "data"))
 
 from make_cine_dataset import make_dataset  # noqa: E402
 

@@ -13,8 +13,9 @@ PREDICT = ["predict", "-i", "in", "-o", "out", "-d", "4"]
     (PREDICT + ["--step_size", "1.01"], "--step_size", "a number in (0, 1]", "1.01"),
     (PREDICT + ["--step_size", "nan"], "--step_size", "a number in (0, 1]", "nan"),
     (PREDICT + ["--step_size", "half"], "--step_size", "a number in (0, 1]", "half"),
-    (["train", "3d_fullres", "0", "-d", "4", "-np", "-1"], "-np/--num-workers", "a whole number >= 0", "-1"),
-    (["train_all", "-d", "4", "-np", "2.5"], "-np/--num-workers", "a whole number >= 0", "2.5"),
+    (["train", "3d_fullres", "0", "-d", "4", "-nw", "-1"], "-nw/--num-workers", "a whole number >= 0", "-1"),
+    (["train_all", "-d", "4", "-nw", "2.5"], "-nw/--num-workers", "a whole number >= 0", "2.5"),
+    (["train", "3d_fullres", "0", "-d", "4", "-np", "-1"], "-np", "a whole number >= 0", "-1"),
     (["plan_and_preprocess", "-d", "4", "-np", "0"], "-np/--num-processes", "a whole number >= 1", "0"),
     (["convert_msd", "-i", "Task04", "-d", "1000"], "-d/--dataset-id", "a whole number in [0, 999]", "1000"),
     (["evaluate", "-ref", "r", "-pred", "p", "--nsd-tolerance", "-1"], "--nsd-tolerance", "a number > 0", "-1"),
@@ -37,3 +38,12 @@ def test_number_in_takes_the_closed_edges_and_refuses_the_open_ones():
     assert number_in(float, high=2, high_open=True)("1.5") == 1.5
     with pytest.raises(Exception, match="expected a number < 2, found '2'"):
         number_in(float, high=2, high_open=True)("2")
+
+
+def test_train_takes_nw_for_workers_and_still_takes_np_with_a_warning(caplog):
+    from autoseg.cli import build_parser
+
+    assert build_parser().parse_args(["train", "3d_fullres", "0", "-d", "4", "-nw", "3"]).num_workers == 3
+    assert not caplog.records
+    assert build_parser().parse_args(["train_all", "-d", "4", "-np", "2"]).num_workers == 2
+    assert "-np is deprecated here" in caplog.text and "-nw/--num-workers" in caplog.text

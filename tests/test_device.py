@@ -96,3 +96,20 @@ def test_pool_size_asks_for_no_more_processes_than_jobs(monkeypatch):
     assert device_module.pool_size(None, 3) == 3  # no more than the jobs
     assert device_module.pool_size(8, 10) == 8  # -np wins over the CPU count
     assert device_module.pool_size(None, 0) == 1  # never none
+
+
+def test_cpu_flags_from_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\nbugs\t\t: none\n")
+    assert device_module.cpuinfo_bf16_flags(str(info)) == (False, False)
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16\n")
+    assert device_module.cpuinfo_bf16_flags(str(info)) == (True, True)
+    assert device_module.cpuinfo_bf16_flags(str(tmp_path / "missing")) == (None, None)
+
+
+@pytest.mark.parametrize("amx, avx512_bf16, verdict", [
+    (True, True, True), (True, None, True), (False, False, False),
+    (False, True, None), (None, False, None), (None, None, None),
+])
+def test_one_bf16_rule_for_training_planning_and_the_onnx_choice(amx, avx512_bf16, verdict):
+    assert device_module.bf16_verdict(amx, avx512_bf16) is verdict

@@ -144,7 +144,7 @@ def test_a_sparsely_annotated_dataset_with_a_file_list_end_to_end(tmp_path):
     classes = {c["label"] for c in json.loads((pre / "fingerprint.json").read_text())["classes"]}
     assert classes == {1, 2} and len(list((pre / "gt_segmentations").glob("case_*.nii.gz"))) == 8
     for configuration in ("3d_fullres", "2d"):  # 2d: each sample one slice, an annotated one
-        assert main(["train", configuration, "0", "-d", "905", "-np", "1", "--set", "num_epochs=3",
+        assert main(["train", configuration, "0", "-d", "905", "-nw", "1", "--set", "num_epochs=3",
                      "--set", "num_iterations_per_epoch=8", "--set", "num_val_iterations_per_epoch=2", *root]) == 0
         fold = ws / "results" / "Dataset905_Sparse" / configuration / "default" / "fold_0"
         validation = json.loads((fold / "validation" / "summary.json").read_text())

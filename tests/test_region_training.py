@@ -16,7 +16,7 @@ from synthetic import make_dataset, plan_and_preprocess_cpu
 
 NAME = "Dataset906_Regions"
 TINY = ["--set", "num_epochs=1", "--set", "num_iterations_per_epoch=3", "--set", "num_val_iterations_per_epoch=1",
-        "--set", "validation_mirroring=false", "-np", "0"]
+        "--set", "validation_mirroring=false", "-nw", "0"]
 
 
 @pytest.mark.slow

@@ -26,11 +26,9 @@ at v = 0.05: 2,711 iterations with the warm-up, 25 epochs of 108 and a 26th of 1
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from autoseg.errors import UserFacingError
 
 WARMUP_ITERATIONS = 10
 TARGET_EPOCHS = 25
@@ -40,25 +38,6 @@ VALIDATION_SAFETY = 1.25  # the final-validation estimate is multiplied by this
 # the final validation of a time-budgeted fold mirrors on fewer axes where every axis would take more
 # than this share of the budget (choose_validation_mirroring)
 VALIDATION_SHARE = 0.15
-
-_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
-
-
-def parse_duration(text: str) -> float:
-    """``"30m"`` -> 1800.0, ``"1h30m"`` -> 5400.0, ``"90s"`` and ``"90"`` -> 90.0, ``"1.5h"`` -> 5400.0."""
-    s = str(text).strip().lower().replace(" ", "")
-    if re.fullmatch(r"\d+(\.\d+)?", s):
-        seconds = float(s)
-    else:
-        parts = re.findall(r"(\d+(?:\.\d+)?)(h|min|m|sec|s)", s)
-        if not parts or "".join(n + u for n, u in parts) != s:
-            raise UserFacingError(f"--time-budget: expected a duration such as 30m, 1h30m, 90s or 2.5h, "
-                                  f"found '{text}'")
-        seconds = sum(float(n) * _UNITS[u] for n, u in parts)
-    if seconds <= 0:
-        raise UserFacingError(f"--time-budget must be positive, found '{text}'")
-    return seconds
-
 
 def split_budget(total_s: float, spent_s: float, remaining_runs: int) -> float:
     """Budget of the next of ``remaining_runs`` runs: what is left, shared equally.
@@ -111,10 +90,7 @@ def choose_validation_mirroring(budget_s: float, estimate: Callable[[tuple[int, 
                                 options: Sequence[tuple[int, ...]]) -> tuple[tuple[int, ...], float]:
     """The first of ``options`` (``validation_mirror_options``) whose ``estimate`` (seconds of the final
     validation) is at most ``VALIDATION_SHARE`` of ``budget_s``, else the last; with its estimate.
-
-    Cine MRI, 12 x 128 x 160 patch, 10 minutes: every axis ~174 s (29%), in-plane ~87 s (15%) -> in-plane,
-    which scored 0.003-0.006 Dice below every axis in half the time, where no mirroring lost 0.04-0.06
-    (docs/experiments/validation_cost.md)."""
+    Why this share: docs/experiments/validation_cost.md."""
     for axes in options:
         seconds = estimate(axes)
         if seconds <= VALIDATION_SHARE * budget_s:

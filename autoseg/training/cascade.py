@@ -93,9 +93,10 @@ def find_previous_stage_segmentations(ws: Workspace, dataset: str, plans: Plans,
     """
     name = ws.dataset_name(dataset)
     prev = plans.configuration(configuration).previous_stage
-    pre = ws.preprocessed / name
-    get_split(pre, 0)  # writes splits.json if it does not exist yet, and validates it
-    owner = heldout_folds(json.loads((pre / "splits.json").read_text()), case_ids, pre / "splits.json")
+    preprocessed = ws.preprocessed / name
+    get_split(preprocessed, 0)  # writes splits.json if it does not exist yet, and validates it
+    splits = preprocessed / "splits.json"
+    owner = heldout_folds(json.loads(splits.read_text()), case_ids, splits)
     base = ws.results / name / prev / variant
     needed = sorted(set(owner.values()))
     missing: list[int] = []

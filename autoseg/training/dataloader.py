@@ -15,22 +15,17 @@ with an ignore label (sparse annotation), where they are centred on a random ann
 Small classes (``class_shares``, resolved by ``small_classes.resolve_small_classes``): ``k``
 samples of each batch each hold a connected component of one small class, ``k`` being ``B x (sum
 of shares)`` rounded at random (B=2 and 0.33: one sample in 66% of the batches, none in the
-others, so 33% of all samples). By default (``small_class_first`` "forced") they take the
-foreground-forced places first and the randomly placed ones only when ``k`` exceeds those, so
-the share of randomly placed patches (the only ones placed like the sliding window's tiles: an
-image smaller than the patch sits in its centre) stays that of plain training; "random" does the
-other way round and keeps the share of foreground-forced patches. The class is drawn with
+others, so 33% of all samples). They take the foreground-forced places first and the randomly
+placed ones only when ``k`` exceeds those, so the share of randomly placed patches (the only ones
+placed like the sliding window's tiles: an image smaller than the patch sits in its centre) stays
+that of plain training. The class is drawn with
 probability share / sum, the case drawn among the training cases that contain the class, the
 component uniformly among its components in that case (so a 5-voxel lesion beside a 500-voxel
 one is drawn as often), and the voxel among the component's stored locations. The patch is then
 placed at random among those that a random patch could take and that hold the voxel at least an
 eighth of the patch inside its faces (``choose_lower_corner_containing``), not centred on it: a
 patch always centred on a lesion teaches the network that lesions sit in the middle of its view,
-which the sliding window's tiles do not respect (on the implanted Hippocampus data lesion F1
-0.16 centred, 0.76 placed so, docs/experiments/small_class_first_runs.md). With ``balance_cases``
-the other samples'
-cases are drawn so that every case keeps its plain-training share of all samples where the
-small-class samples leave room (``case_weights``), instead of uniformly. Copy-paste
+which the sliding window's tiles do not respect (docs/experiments/small_class_first_runs.md). Copy-paste
 (``paste_shares``, ``paste.py``): after a sample is drawn, with probability the sum of the shares
 a component of a small class from another case is pasted into it; where no place matches, the
 sample is replaced by one that holds that component in its own case. Without small classes the
@@ -145,7 +140,6 @@ class BatchSource:
     def __init__(self, folder: str | Path, case_ids: list[str], cfg: ConfigurationPlan, batch_size: int,
                  oversample: float, augmentation: AugmentationConfig | None,
                  ds_scales: list[tuple[float, ...]] | None, seed: int, class_shares: dict[int, float] | None = None,
-                 small_class_contain: bool = True, small_class_first: str = "forced", balance_cases: bool = False,
                  paste_shares: dict[int, float] | None = None):
         self.folder, self.case_ids = Path(folder), list(case_ids)
         self.dim = cfg.network.dim
@@ -160,16 +154,6 @@ class BatchSource:
         # per small class (sampled or pasted), the cases that hold it: one scan of the locations
         self._cases_with = self._cases_holding([*(class_shares or {}), *(paste_shares or {})])
         self.class_shares = self._held(class_shares or {})
-        # small-class samples: placed at random among the patches that hold the component's voxel
-        # (True, choose_lower_corner_containing; TrainConfig.small_class_placement "contain") or
-        # centred on it (False, "centre")
-        self.small_class_contain = small_class_contain
-        # which places small-class samples take first: the foreground-forced ones ("forced") or the
-        # randomly placed ones ("random"); TrainConfig.small_class_slots
-        self.small_class_first = small_class_first
-        # the other samples' cases drawn so that each case keeps its plain-training share of all
-        # samples as far as the small-class samples leave room (None: uniform); TrainConfig.small_class_balance_cases
-        self._case_weights = self.case_weights() if balance_cases and self.class_shares else None
         self._components: dict[tuple[str, int], list[np.ndarray]] = {}
         # copy-paste (TrainConfig.small_class_paste, autoseg/training/paste.py): per sample, the
         # probability that a component of each class is pasted into it; classes in no case dropped
@@ -189,25 +173,6 @@ class BatchSource:
     def _held(self, shares: dict[int, float]) -> dict[int, float]:
         """``shares`` without the classes of zero share or in no case."""
         return {c: s for c, s in shares.items() if self._cases_with[c] and s > 0}
-
-    def case_weights(self) -> np.ndarray:
-        """Probabilities, over ``case_ids``, of the case of a sample that is not a small-class one,
-        such that each case's expected share of all samples is ``1 / N`` as in plain training where
-        the small-class samples allow it. A case gets ``q`` = the expected share of all samples that
-        the small-class draws give it; the others fill ``1 / N - q``, floored at 0 (a case with a
-        small class already drawn more often than ``1 / N`` gets no other samples), normalised.
-
-        Example: 6 cases, a small class in 2 of them with share 0.1: q = 0.05 each, weights
-        (1/6 - 0.05) / 0.9 = 0.130 for those two and (1/6) / 0.9 = 0.185 for the others."""
-        n = len(self.case_ids)
-        total = sum(self.class_shares.values())
-        q = np.zeros(n)
-        index = {cid: i for i, cid in enumerate(self.case_ids)}
-        for cls, share in self.class_shares.items():
-            for cid in self._cases_with[cls]:
-                q[index[cid]] += min(1.0, total) * share / total / len(self._cases_with[cls])
-        w = np.clip(1.0 / n - q, 0.0, None)
-        return w / w.sum() if w.sum() > 0 else np.full(n, 1.0 / n)
 
     def _locations(self, case_id: str) -> dict[int, np.ndarray]:
         if self._cases is not None:
@@ -243,13 +208,13 @@ class BatchSource:
         return self._crop(case, voxel, rng)
 
     def small_class_slots(self, rng: np.random.Generator) -> list[int | None]:
-        """Per sample of a batch, the small class to centre it on (None: the usual sampling)."""
+        """Per sample of a batch, the small class whose component it holds (None: the usual sampling)."""
         slots: list[int | None] = [None] * self.batch_size
         if not self.class_shares:
             return slots
         total = sum(self.class_shares.values())
         for j in range(small_class_count(self.batch_size, min(1.0, total), rng)):
-            place = self.batch_size - 1 - j if self.small_class_first == "forced" else j  # forced samples come last
+            place = self.batch_size - 1 - j  # the foreground-forced places (the last ones) first
             slots[place] = draw_class(self.class_shares, rng)
         return slots
 
@@ -276,7 +241,7 @@ class BatchSource:
         components = self.component_locations(case_id, case, cls)
         members = components[rng.integers(len(components))]
         voxel = case.locations[cls][members[rng.integers(len(members))]]
-        return self._crop(case, voxel, rng, contain=self.small_class_contain)
+        return self._crop(case, voxel, rng, contain=True)
 
     def _crop(self, case: _Case, voxel: np.ndarray | None, rng: np.random.Generator,
               contain: bool = False) -> tuple[np.ndarray, np.ndarray, tuple]:
@@ -326,9 +291,7 @@ class BatchSource:
             if small[j] is not None:
                 d, s, inside = self.sample_component(small[j], rng)
             else:
-                pick = (rng.integers(len(self.case_ids)) if self._case_weights is None
-                        else rng.choice(len(self.case_ids), p=self._case_weights))
-                case = self._case(self.case_ids[pick])
+                case = self._case(self.case_ids[rng.integers(len(self.case_ids))])
                 d, s, inside = self.sample(case, forced=j >= self.batch_size - n_forced, rng=rng)
             if paste_rate and rng.random() < paste_rate:
                 cls = draw_class(self.paste_shares, rng)
@@ -409,9 +372,8 @@ def default_num_workers() -> int:
     """Augmentation processes when ``TrainConfig.num_workers`` is None: one per two cores (the rest
     run the network), at most 8; none on a machine with two cores or fewer, where each batch is
     built between training steps. There a worker process runs beside torch's two threads on the
-    same two cores, and the threads' stalls cost more than building the batch inline: Hippocampus
-    3d_fullres (16-128, batch 2, bf16) 190-198 ms per iteration with one worker, 178-183 ms inline;
-    2d (batch 64) 317 against 300 ms (docs/experiments/cpu_augmentation.md)."""
+    same two cores, and the threads' stalls cost more than building the batch inline (measured in
+    docs/experiments/cpu_augmentation.md)."""
     cores = usable_cpus()
     return 0 if cores <= 2 else min(8, cores // 2)
 

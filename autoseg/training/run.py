@@ -23,7 +23,7 @@ def _check_fold(fold: str) -> str:
 
 
 def _resolve(args: argparse.Namespace):
-    from autoseg.training.budget import parse_duration
+    from autoseg.units import parse_duration
     from autoseg.training.train_config import resolve_train_config
 
     cfg = resolve_train_config(args.variant or "default", args.overrides)

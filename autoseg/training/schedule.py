@@ -24,13 +24,14 @@ log = logging.getLogger("autoseg.training.trainer")  # its lines belong in the f
 class Budget:
     """The schedule of one fold: fixed by the config, or fitted to ``cfg.time_budget_s``."""
 
-    def __init__(self, cfg: TrainConfig, started_at: float, data_dir: Path, val_ids: list[str], cp,
+    def __init__(self, cfg: TrainConfig, started_at: float, data_dir: Path, val_ids: list[str], configuration_plan,
                  fitted: bool):
         self.cfg, self.started_at, self.fitted = cfg, started_at, fitted
         self.active = cfg.time_budget_s is not None
         self.val_shapes = [load_properties(data_dir, c).shape_after_resample for c in val_ids] if self.active else []
-        self.patch = tuple(cp.patch_size)
-        self.mirror_options = validation_mirror_options(cp.network.kernel_sizes[0]) if self.active else [()]
+        self.patch = tuple(configuration_plan.patch_size)
+        first_kernel = configuration_plan.network.kernel_sizes[0]
+        self.mirror_options = validation_mirror_options(first_kernel) if self.active else [()]
         self.mirroring_logged = False
         self.validation_s = 0.0
         self.forward_readings: list[float] = []  # per epoch: seconds per forward pass in its patch validation

@@ -6,7 +6,7 @@ larger sampled one (``random_crop=False``), and draws its random numbers from nu
 generator in the same order, so the same seed gives the same rotations and scales. It is built
 for a CPU that trains the network on the same cores: batchgenerators interpolates with
 ``scipy.ndimage.map_coordinates``, one single-threaded call per image channel and one per label
-of the segmentation (about 10 ms each for a 40 x 56 x 40 patch on the AVX2 machine); here the
+of the segmentation; here the
 image channels and the labels' indicator channels go through one ``torch.nn.functional.grid_sample``
 call, which uses torch's threads (docs/experiments/cpu_augmentation.md).
 
@@ -184,17 +184,17 @@ class LinearSpatialTransform:
         data, seg = batch["data"], batch.get("seg")
         out_data = np.empty(data.shape[:2] + self.patch_size, np.float32)
         out_seg = None if seg is None else np.empty(seg.shape[:2] + self.patch_size, np.float32)
-        for b in range(data.shape[0]):
+        for sample in range(data.shape[0]):
             matrix = self.draw()
             if matrix is None:
-                out_data[b] = centre_crop(data[b], self.patch_size)
+                out_data[sample] = centre_crop(data[sample], self.patch_size)
                 if seg is not None:
-                    out_seg[b] = centre_crop(seg[b], self.patch_size)
+                    out_seg[sample] = centre_crop(seg[sample], self.patch_size)
                 continue
-            image, labels = resample(data[b], None if seg is None else seg[b], self.patch_size, matrix)
-            out_data[b] = image
+            image, labels = resample(data[sample], None if seg is None else seg[sample], self.patch_size, matrix)
+            out_data[sample] = image
             if seg is not None:
-                out_seg[b] = labels
+                out_seg[sample] = labels
         batch["data"] = out_data
         if seg is not None:
             batch["seg"] = out_seg

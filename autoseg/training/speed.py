@@ -244,9 +244,8 @@ class ThreadGovernor:
 
     torch's OpenMP threads spin at every barrier while they wait for the slowest of them; when
     another process of the same priority runs on one of the cores, the thread sharing it falls
-    behind and the step takes far longer than on one thread fewer (2 cores, Hippocampus 16-wide fp32
-    step: 1.23 s on 2 threads beside a busy process against 0.81 s on 1; quiet: 0.47 s against 0.79 s;
-    bench/omp_wait_policy.py, docs/experiments/threads_under_contention.md).
+    behind and the step takes far longer than on one thread fewer (measured in
+    docs/experiments/threads_under_contention.md).
 
     A try is a duel: ``trial`` steps on the other count, then ``trial`` steps back on the current one
     (the first step after each switch left out), so that both are measured alike just after a switch;

@@ -11,7 +11,7 @@ import difflib
 import math
 import typing
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 from autoseg.device import MEMORY_FORMATS, PRECISIONS
 from autoseg.errors import UserFacingError
@@ -36,10 +36,8 @@ class TrainConfig:
     # last epoch (a time budget sets it to what the time allows; the poly schedule spans num_epochs)
     num_iterations: Optional[int] = None
     # "sgd": nnU-Net's SGD (momentum, nesterov below); "adamw": AdamW; "auto": AdamW for a short run
-    # (a time budget, or at most ADAMW_MAX_ITERATIONS: 0.851 against 0.839-0.842 Dice in 10 CPU
-    # minutes on Hippocampus, docs/experiments/short_run_optimizer.md), SGD for a long one.
-    # The trainer saves the one it
-    # used (resolve_optimizer)
+    # (a time budget, or at most ADAMW_MAX_ITERATIONS; docs/experiments/short_run_optimizer.md), SGD
+    # for a long one. The trainer saves the one it used (resolve_optimizer)
     optimizer: str = "auto"
     initial_lr: Optional[float] = None  # None: 1e-2 for SGD (nnU-Net's), 1e-3 for AdamW
     weight_decay: float = 3e-5
@@ -72,15 +70,6 @@ class TrainConfig:
     small_class_shares: Optional[tuple[float, ...]] = None
     small_class_ce_weight: float = 1.0  # cross-entropy weight of small classes (others 1)
     small_class_batch_dice: bool = False  # Dice of small classes pooled over the batch
-    # where a small-class sample's patch goes: "contain": at random among the placements of a
-    # random patch that hold the component's voxel away from the faces; "centre": on that voxel
-    small_class_placement: str = "contain"
-    # which samples of a batch the small-class ones replace: "forced" (the foreground-forced ones
-    # first) or "random" (the randomly placed ones first)
-    small_class_slots: str = "forced"
-    # draw the other samples' cases so that every training case keeps the share of all samples it
-    # has in plain training, as far as the small-class samples leave room (false: uniformly)
-    small_class_balance_cases: bool = False
     # probability that a sample gets one small-class component pasted into it from a training case
     # that holds one, where its surroundings match (autoseg/training/paste.py); 0: no pasting
     small_class_paste: float = 1.0
@@ -110,6 +99,18 @@ class TrainConfig:
     # cascade: the variant of the previous stage (3d_lowres) whose cross-validation masks feed this
     # one and which predict runs first; None: the same variant as this training
     previous_stage_variant: Optional[str] = None
+
+    # Settings measured and not adopted, then removed: a train_config.json written before still
+    # loads (autoseg.serialization skips these keys with a note; they never changed prediction),
+    # and --set names why one is gone. Key -> what training does now, and where it was measured.
+    RETIRED: ClassVar[dict[str, str]] = {
+        "small_class_placement": "a small-class patch is always placed at random so that it holds the component "
+                                 "('centre' found far fewer lesions: docs/experiments/small_class_first_runs.md)",
+        "small_class_slots": "small-class samples always take the foreground-forced places first ('random' cost "
+                             "more anatomy Dice: docs/experiments/small_class_sampler_cost.md)",
+        "small_class_balance_cases": "the other samples' cases are always drawn uniformly (balancing them lost the "
+                                     "lesions of one seed in six: docs/experiments/small_class_sampler_cost.md)",
+    }
 
     @property
     def total_iterations(self) -> int:
@@ -151,10 +152,6 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, found {self.precision!r}")
         if self.memory_format not in MEMORY_FORMATS:
             raise ValueError(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}, found {self.memory_format!r}")
-        if self.small_class_placement not in ("centre", "contain"):
-            raise ValueError(f"small_class_placement must be 'centre' or 'contain', found {self.small_class_placement!r}")
-        if self.small_class_slots not in ("forced", "random"):
-            raise ValueError(f"small_class_slots must be 'forced' or 'random', found {self.small_class_slots!r}")
         if self.small_class_ce_weight <= 0:
             raise ValueError(f"small_class_ce_weight must be > 0, found {self.small_class_ce_weight}")
         if not 0 < self.validation_step_size <= 1:  # 0 divides by zero; below it the tiles never advance
@@ -236,6 +233,9 @@ def _split(item: str) -> tuple[str, str]:
 def _set(obj, path: list[str], value: str, full_key: str):
     names = [f.name for f in dataclasses.fields(obj)]
     head = path[0]
+    retired = getattr(obj, "RETIRED", {})
+    if head in retired:
+        raise UserFacingError(f"the training setting '{full_key}' was retired: {retired[head]}")
     if head not in names:
         close = difflib.get_close_matches(head, names, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""

@@ -1,7 +1,7 @@
 """Training one fold, in named steps (``_FoldRun``: set-up, epochs, end of epoch, finish, validation).
 
-Schedule: the optimizer of ``train_config.resolve_optimizer`` (SGD with Nesterov momentum, or AdamW
-for short runs), learning rate ``initial * (1 - epoch / num_epochs) ** 0.9`` set at the start of
+Schedule: the optimizer of ``train_config.resolve_optimizer`` (AdamW for a short run, nnU-Net's SGD
+with Nesterov momentum for a long one), learning rate ``initial * (1 - epoch / num_epochs) ** 0.9`` set at the start of
 each epoch (poly), gradient-norm clipping. The position in the schedule is
 the global iteration; batches are a pure function of it (see dataloader), so an interrupted
 run resumed from ``checkpoint_latest`` produces the same weights as an uninterrupted one.
@@ -224,9 +224,7 @@ class _FoldRun:
         self.scales = deep_supervision_scales(cp) if cfg.deep_supervision else None
         self.net = build_network(plans, self.configuration, cfg.deep_supervision)
         self.small = small = resolve_small_classes(cfg, cp, plans.num_classes, plans.regions is not None)
-        self.source_options = dict(small_class_contain=cfg.small_class_placement == "contain",
-                                   small_class_first=cfg.small_class_slots, balance_cases=cfg.small_class_balance_cases,
-                                   paste_shares=small.paste)
+        self.source_options = dict(paste_shares=small.paste)
         if self.state is None and cfg.output_prior_init:
             self._init_output_prior()
         if self.state is None and cfg.pretrained:  # after the prior: heads copied when the classes agree
@@ -466,7 +464,7 @@ def _resume_state(out: Path, resume: bool, dev) -> dict | None:
 
 def _train_step(net, loss_fn, opt, scaler, batch, dev, grad_clip, amp_dtype=None,
                 memory_format=None) -> tuple[float, float]:
-    """One SGD step; under autocast to ``amp_dtype`` (bf16/fp16) when given, with ``scaler`` for fp16;
+    """One optimizer step; under autocast to ``amp_dtype`` (bf16/fp16) when given, with ``scaler`` for fp16;
     the batch in ``memory_format`` (a torch layout; None: as it comes). Returns the loss and the
     gradients' total norm before clipping to ``grad_clip``."""
     data = batch["data"].to(dev, non_blocking=True)

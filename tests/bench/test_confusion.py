@@ -1,4 +1,4 @@
-"""bench/confusion.py: voxel confusion matrices of prediction folders against references."""
+"""bench/experiments/confusion.py: voxel confusion matrices of prediction folders against references."""
 import sys
 from pathlib import Path
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "experiments"))
 
 from confusion import confusion, main, per_label  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""bench/implant_lesions.py on a tiny Decathlon-layout dataset: blobs where and how big they should
+"""bench/data/implant_lesions.py on a tiny Decathlon-layout dataset: blobs where and how big they should
 be, anatomy kept, seeded, and the planner flags the implanted class and not the anatomy."""
 import json
 import sys
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "data"))
 
 from implant_lesions import LESION, build, swap_test_blobs  # noqa: E402
 from synthetic import ellipsoid_case, write_nifti  # noqa: E402

@@ -1,11 +1,11 @@
-"""bench/optimizer_state.py: the size of Adam's second-moment estimate, per tensor, in two checkpoints."""
+"""bench/experiments/optimizer_state.py: the size of Adam's second-moment estimate, per tensor, in two checkpoints."""
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "experiments"))
 
 from optimizer_state import compare, gradient_sizes, main  # noqa: E402
 

@@ -1,11 +1,11 @@
-"""bench/paired.py: per-case Dice differences between two models scored on the same cases."""
+"""bench/experiments/paired.py: per-case Dice differences between two models scored on the same cases."""
 import math
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "experiments"))
 
 import json  # noqa: E402
 

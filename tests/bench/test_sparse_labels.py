@@ -1,10 +1,10 @@
-"""bench/make_sparse_labels.py: which slices stay annotated."""
+"""bench/data/make_sparse_labels.py: which slices stay annotated."""
 import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "data"))
 
 from make_sparse_labels import kept_slices, sparsify  # noqa: E402
 

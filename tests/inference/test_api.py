@@ -20,7 +20,7 @@ def selected_root(tmp_path_factory) -> str:
     r = str(root)
     assert main(["plan_and_preprocess", "-d", "901", "-np", "1", "--device-profile", "cpu", "-c", "3d_fullres",
                  "--root", r]) == 0
-    assert main(["train", "3d_fullres", "0", "-d", "901", "--root", r, "-np", "0", "--set", "num_epochs=2",
+    assert main(["train", "3d_fullres", "0", "-d", "901", "--root", r, "-nw", "0", "--set", "num_epochs=2",
                  "--set", "num_iterations_per_epoch=3", "--set", "num_val_iterations_per_epoch=1",
                  "--set", "validation_mirroring=false"]) == 0
     assert main(["find_best_config", "-d", "901", "-f", "0", "--root", r]) == 0

@@ -23,20 +23,11 @@ def test_version_file_of_a_cpu_build_and_of_gpu_builds():
     assert not version_file_is_cpu_only("__version__ = '2.1.0'\n")  # names no toolkit: cannot tell
 
 
-def test_cpu_flags_from_cpuinfo(tmp_path):
-    info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\nbugs\t\t: none\n")
-    assert onnx_backend._cpu_has_bf16(str(info)) is False
-    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16\n")
-    assert onnx_backend._cpu_has_bf16(str(info)) is True
-    assert onnx_backend._cpu_has_bf16(str(tmp_path / "missing")) is None
-
-
 @pytest.fixture
 def cpu_machine(monkeypatch):
     """A CPU-only torch build on a CPU without bf16 instructions, onnxruntime installed."""
     monkeypatch.setattr(onnx_backend, "_cpu_only_torch", lambda: True)
-    monkeypatch.setattr(onnx_backend, "_cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(onnx_backend, "cpuinfo_bf16_flags", lambda: (False, False))
     monkeypatch.setattr(onnx_backend, "onnxruntime_available", lambda: True)
     return monkeypatch
 
@@ -53,10 +44,12 @@ def test_auto_keeps_torch_for_gpus_bf16_cpus_and_other_precisions(cpu_machine):
     cpu_machine.setattr(onnx_backend, "_cpu_only_torch", lambda: False)  # a CUDA build: may have a GPU
     assert choose_backend("auto", "auto", "auto") == "torch"
     assert choose_backend("auto", "cpu", "auto") == "onnx"  # the CPU asked for by name
-    cpu_machine.setattr(onnx_backend, "_cpu_has_bf16", lambda: True)  # AMX: bf16 in torch is faster
+    cpu_machine.setattr(onnx_backend, "cpuinfo_bf16_flags", lambda: (True, True))  # AMX: bf16 in torch is faster
     assert choose_backend("auto", "cpu", "auto") == "torch"
     assert choose_backend("auto", "cpu", "fp32") == "onnx"
-    cpu_machine.setattr(onnx_backend, "_cpu_has_bf16", lambda: None)  # cannot read the flags
+    cpu_machine.setattr(onnx_backend, "cpuinfo_bf16_flags", lambda: (False, True))  # torch's probe decides
+    assert choose_backend("auto", "cpu", "auto") == "torch"
+    cpu_machine.setattr(onnx_backend, "cpuinfo_bf16_flags", lambda: (None, None))  # cannot read the flags
     assert choose_backend("auto", "cpu", "auto") == "torch"
 
 

@@ -1,5 +1,5 @@
 """When 3d_lowres and the cascade are planned: ``--force-lowres`` through the CLI, and the automatic
-trigger on the geometry of bench/make_cascade_dataset.py."""
+trigger on the geometry of bench/data/make_cascade_dataset.py."""
 import dataclasses
 import importlib.util
 import json
@@ -21,7 +21,7 @@ NAME = "Dataset901_Synth"
 
 
 def _generator():
-    spec = importlib.util.spec_from_file_location("make_cascade_dataset", REPO / "bench" / "make_cascade_dataset.py")
+    spec = importlib.util.spec_from_file_location("make_cascade_dataset", REPO / "bench" / "data" / "make_cascade_dataset.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)

@@ -5,7 +5,7 @@ import pytest
 
 from autoseg.imageio import ImageGeometry
 from autoseg.plans import ConfigurationPlan, IntensityProperties, NetworkPlan, Plans
-from autoseg.preprocess.cropping import nonzero_bbox
+from autoseg.cropping import nonzero_bbox
 from autoseg.preprocess.normalization import normalize
 from autoseg.preprocess.preprocessor import export_to_original, preprocess_case
 from autoseg.preprocess.resampling import compute_new_shape, resample_data, resample_seg

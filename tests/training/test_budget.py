@@ -10,20 +10,9 @@ from autoseg.cli import main
 from autoseg.errors import UserFacingError
 from autoseg.paths import Workspace
 from autoseg.training.budget import (MARGIN_FRACTION, count_tiles, estimate_validation_seconds, fit_schedule,
-                                     parse_duration, refit_iterations, split_budget)
+                                     refit_iterations, split_budget)
 from autoseg.training.checkpoint import load_checkpoint, load_trained_model
 from autoseg.training.train_config import TrainConfig
-
-
-def test_parse_duration():
-    assert parse_duration("30m") == 1800
-    assert parse_duration("1h30m") == 5400
-    assert parse_duration("90s") == parse_duration("90") == 90
-    assert parse_duration("2.5h") == 9000
-    assert parse_duration("10min") == 600
-    for bad in ("ten minutes", "30x", "0m", "m30", ""):
-        with pytest.raises(UserFacingError, match="time-budget"):
-            parse_duration(bad)
 
 
 def test_split_budget_gives_unused_time_to_later_runs():

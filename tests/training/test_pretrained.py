@@ -16,7 +16,7 @@ from autoseg.training.pretrained import load_pretrained
 from synthetic import make_dataset
 
 TINY = ["--set", "num_epochs=1", "--set", "num_iterations_per_epoch=2", "--set", "num_val_iterations_per_epoch=1",
-        "--set", "validation_mirroring=false", "-np", "0"]
+        "--set", "validation_mirroring=false", "-nw", "0"]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from autoseg.training.network import ResidualBlock, UNet
 from synthetic import make_dataset, plan_and_preprocess_cpu
 
 TINY = ["--set", "num_epochs=1", "--set", "num_iterations_per_epoch=2", "--set", "num_val_iterations_per_epoch=1",
-        "--set", "validation_mirroring=false", "-np", "0"]
+        "--set", "validation_mirroring=false", "-nw", "0"]
 
 
 def test_a_residual_encoder_has_the_planned_blocks_and_the_plain_decoder():

@@ -132,7 +132,7 @@ def test_small_class_settings_reach_the_sampler_and_loss(prepared, monkeypatch):
     monkeypatch.setattr(trainer, "BatchSource", source)
     monkeypatch.setattr(trainer, "build_loss", loss)
     cfg = dataclasses.replace(small_config(1), small_classes=(1,), small_class_ce_weight=3.0,
-                              small_class_placement="centre", small_class_oversample=0.33, small_class_batch_dice=True)
+                              small_class_oversample=0.33, small_class_batch_dice=True)
     # a validation that found none of the 5 reference lesions of class 1: the log says it was not learned
     from autoseg.inference import validation
 
@@ -143,8 +143,7 @@ def test_small_class_settings_reach_the_sampler_and_loss(prepared, monkeypatch):
         (fold / "training.log").read_text()
     assert seen["shares"][0] == {1: pytest.approx(cfg.small_class_oversample)}  # training batches
     with_shares = [s for s, shares in zip(seen["sources"], seen["shares"]) if shares]  # priors', training's
-    assert len(with_shares) == 2 and not any(s.small_class_contain for s in with_shares)
-    assert TrainConfig().small_class_placement == "contain"
+    assert len(with_shares) == 2
     num_classes = len(seen["loss_args"][5])
     assert seen["loss_args"][5] == tuple(3.0 if k == 1 else 1.0 for k in range(num_classes))
     assert seen["loss_args"][6] == (1,)

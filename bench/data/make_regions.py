@@ -1,7 +1,7 @@
 """Derive a BraTS-like region dataset: a nested lesion implanted in each case of a two-channel set.
 
-    python bench/make_regions.py --source WS/raw/Dataset203_HippocampusTwoChannel --root WS
-    python bench/make_regions.py --source WS/raw/Dataset203_HippocampusTwoChannel --root WS -d 206 --as-labels
+    python bench/data/make_regions.py --source WS/raw/Dataset203_HippocampusTwoChannel --root WS
+    python bench/data/make_regions.py --source WS/raw/Dataset203_HippocampusTwoChannel --root WS -d 206 --as-labels
     python bench/regions.py --root WS     # both trained at the same budget, scored per region
 
 writes ``WS/raw/Dataset205_LesionRegions/`` (or with ``--as-labels`` ``Dataset206_LesionLabels/``):
@@ -23,18 +23,16 @@ on identical data and both scored per region. Everything is drawn from ``--seed`
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import shutil
 import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import building_folder, raw_cases, run_derivation  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for common
+from common import building_folder, derivation_parser, raw_cases, run_derivation  # noqa: E402
 
 log = logging.getLogger("bench.make_regions")
 
@@ -105,7 +103,7 @@ def build(source: Path, root: Path, dataset_id: int = 205, seed: int = 0, as_lab
     meta, cases = raw_cases(source)
     if len(meta["channel_names"]) != 2:
         raise ValueError(f"{source}: expected two channels, found {meta['channel_names']} "
-                         "(make one with bench/make_multichannel.py)")
+                         "(make one with bench/data/make_multichannel.py)")
     name = name or ("LesionLabels" if as_labels else "LesionRegions")
     final = Path(root) / "raw" / f"Dataset{dataset_id:03d}_{name}"
     ending = meta["file_ending"]
@@ -129,7 +127,7 @@ def build(source: Path, root: Path, dataset_id: int = 205, seed: int = 0, as_lab
         out_meta = dict(meta, name=name, channel_names={"0": "T1", "1": "FLAIR"}, labels=labels,
                         numTraining=sum(c.part == "Tr" for c in cases),
                         description=f"{meta.get('name', source.name)} with a nested lesion implanted per case "
-                                    f"(edema 1, necrosis 2, enhancing rim 3); bench/make_regions.py --seed {seed}"
+                                    f"(edema 1, necrosis 2, enhancing rim 3); bench/data/make_regions.py --seed {seed}"
                                     + (" --as-labels" if as_labels else ""))
         if not as_labels:
             out_meta["regions_class_order"] = [1, 2, 3]
@@ -142,13 +140,9 @@ def build(source: Path, root: Path, dataset_id: int = 205, seed: int = 0, as_lab
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--source", type=Path, required=True, help="two-channel raw dataset folder (nnU-Net v2 layout)")
-    p.add_argument("--root", type=Path, required=True, help="autoseg workspace root (writes ROOT/raw/...)")
-    p.add_argument("-d", "--dataset-id", type=int, default=205)
-    p.add_argument("--seed", type=int, default=0)
+    p = derivation_parser(__doc__.splitlines()[0], "two-channel raw dataset folder", 205,
+                          "LesionRegions, or LesionLabels with --as-labels")
     p.add_argument("--as-labels", action="store_true", help="declare plain labels instead of regions")
-    p.add_argument("--name", default=None)
     args = p.parse_args(argv)
     return run_derivation(args.source, lambda: build(args.source, args.root, args.dataset_id, args.seed,
                                                      args.as_labels, name=args.name))

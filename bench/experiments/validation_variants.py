@@ -3,7 +3,7 @@ copies and with inference tiles larger than the training patch.
 
 Reproduce (a trained fold of any dataset; on a quiet machine):
 
-    python bench/validation_variants.py --root WS -d 130 -c 3d_fullres -f 0 --json OUT.json
+    python bench/experiments/validation_variants.py --root WS -d 130 -c 3d_fullres -f 0 --json OUT.json
 
 For every variant the fold's own validation cases are predicted from their preprocessed arrays
 exactly as the final validation does (Gaussian-weighted sliding window, step 0.5, the precision the

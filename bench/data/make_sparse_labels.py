@@ -1,6 +1,6 @@
 """Derive a sparsely annotated dataset: a few slices of each training label kept, the rest "ignore".
 
-    python bench/make_sparse_labels.py --source WS/raw/Dataset201_Hippocampus --root WS
+    python bench/data/make_sparse_labels.py --source WS/raw/Dataset201_Hippocampus --root WS
     autoseg plan_and_preprocess -d 204 --root WS --time-budget 10m
     autoseg train 3d_fullres 0 -d 204 --root WS --time-budget 10m
     autoseg predict -i WS/raw/Dataset204_HippocampusSparse/imagesTs -o WS/pred204 -d 204 --root WS -c 3d_fullres -f 0
@@ -16,7 +16,6 @@ The suite (bench/suite.py) builds it as dataset 204 from its Hippocampus split 2
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -26,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import building_folder, raw_cases, run_derivation  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for common
+from common import building_folder, derivation_parser, raw_cases, run_derivation  # noqa: E402
 
 log = logging.getLogger("bench.make_sparse_labels")
 
@@ -84,7 +83,7 @@ def build(source: Path, root: Path, dataset_id: int = 204, fraction: float = 0.1
         out_meta = dict(meta, name=name, labels={**meta["labels"], "ignore": ignore},
                         description=f"{meta.get('name', source.name)} with {fraction:.0%} of each training label's "
                                     f"slices (first array axis) annotated, the rest 'ignore' ({ignore}); "
-                                    f"bench/make_sparse_labels.py --fraction {fraction} --seed {seed}")
+                                    f"bench/data/make_sparse_labels.py --fraction {fraction} --seed {seed}")
         out_meta.pop("converted_from", None)
         (tmp / "dataset.json").write_text(json.dumps(out_meta, indent=2) + "\n")
     log.info("wrote %s: %.1f%% of the training voxels annotated", final, 100 * annotated / max(1, total))
@@ -92,13 +91,9 @@ def build(source: Path, root: Path, dataset_id: int = 204, fraction: float = 0.1
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--source", type=Path, required=True, help="densely labelled raw dataset folder (nnU-Net v2 layout)")
-    p.add_argument("--root", type=Path, required=True, help="autoseg workspace root (writes ROOT/raw/...)")
-    p.add_argument("-d", "--dataset-id", type=int, default=204)
+    p = derivation_parser(__doc__.splitlines()[0], "densely labelled raw dataset folder", 204,
+                          "the source's name + 'Sparse'")
     p.add_argument("--fraction", type=float, default=0.1, help="share of each training label's slices kept")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--name", default=None, help="dataset name (default: the source's name + 'Sparse')")
     args = p.parse_args(argv)
     return run_derivation(args.source, lambda: build(args.source, args.root, args.dataset_id, args.fraction, args.seed, args.name))
 

@@ -1,6 +1,6 @@
 """Where two models' labels differ: the voxel confusion matrix of each against the same references.
 
-    python bench/confusion.py REF_DIR PRED_DIR [PRED_DIR ...] [--json out.json]
+    python bench/experiments/confusion.py REF_DIR PRED_DIR [PRED_DIR ...] [--json out.json]
 
 For every case in the first prediction folder (``{case}.nii.gz`` etc., as ``autoseg predict`` writes
 them) it reads the reference of the same name and counts, over all voxels of all cases, how many of
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parents[1]))  # the repository, for autoseg
 
 
 def confusion(ref_dir: Path, pred_dir: Path, cases: list[str], num_labels: int) -> np.ndarray:

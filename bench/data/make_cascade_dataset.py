@@ -16,7 +16,7 @@ plans ``3d_lowres`` and ``3d_cascade_fullres`` without ``--force-lowres``.
 
 Commands (ROOT is an autoseg workspace):
 
-    python bench/make_cascade_dataset.py --root ROOT                 # 20 training + 5 test cases
+    python bench/data/make_cascade_dataset.py --root ROOT                 # 20 training + 5 test cases
     autoseg plan_and_preprocess -d 960 --root ROOT                   # plans 3d_lowres + cascade
     autoseg train 3d_lowres 0 1 2 3 4 -d 960 --root ROOT             # lowres CV masks first
     autoseg train 3d_cascade_fullres 0 1 2 3 4 -d 960 --root ROOT
@@ -28,7 +28,7 @@ Commands (ROOT is an autoseg workspace):
 Tiny version for a smoke test (about 64 x 70 x 70 voxels, the same anatomy at 4x the
 spacing; the trigger does not fire there, so plan with ``--force-lowres``):
 
-    python bench/make_cascade_dataset.py --root ROOT --scale 0.25 --num-cases 6 --num-test 1
+    python bench/data/make_cascade_dataset.py --root ROOT --scale 0.25 --num-cases 6 --num-test 1
     autoseg plan_and_preprocess -d 960 --root ROOT --force-lowres --device-profile cpu
 """
 from __future__ import annotations
@@ -37,9 +37,13 @@ import argparse
 import json
 import logging
 from dataclasses import dataclass
+import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when loaded by path (tests)
+from nifti import write_nifti  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -105,17 +109,6 @@ def make_case(geometry: CaseGeometry, rng: np.random.Generator) -> tuple[np.ndar
     return np.clip(np.rint(image), -1024, 3071).astype(np.int16), label
 
 
-def _write(array: np.ndarray, spacing: tuple[float, ...], path: Path) -> None:
-    import SimpleITK as sitk
-
-    img = sitk.GetImageFromArray(array)
-    img.SetSpacing(tuple(float(s) for s in reversed(spacing)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name[:-len('.nii.gz')]}.tmp.nii.gz")
-    sitk.WriteImage(img, str(tmp), True)
-    tmp.replace(path)
-
-
 def make_dataset(root: str | Path, dataset_id: int = 960, num_cases: int = 20, num_test: int = 5,
                  scale: float = 1.0, seed: int = 0) -> Path:
     """Write ``raw/Dataset{id}_CascadeSynth`` under the workspace ``root``; return its folder.
@@ -129,14 +122,14 @@ def make_dataset(root: str | Path, dataset_id: int = 960, num_cases: int = 20, n
         cid = f"{'test' if test else 'case'}_{i - num_cases if test else i:03d}"
         geometry = case_geometry(rng, scale)
         image, label = make_case(geometry, rng)
-        _write(image, geometry.spacing, folder / ("imagesTs" if test else "imagesTr") / f"{cid}_0000.nii.gz")
-        _write(label, geometry.spacing, folder / ("labelsTs" if test else "labelsTr") / f"{cid}.nii.gz")
+        write_nifti(image, geometry.spacing, folder / ("imagesTs" if test else "imagesTr") / f"{cid}_0000.nii.gz")
+        write_nifti(label, geometry.spacing, folder / ("labelsTs" if test else "labelsTr") / f"{cid}.nii.gz")
         log.info("%s: shape %s spacing %s, organ %d voxels", cid, geometry.shape,
                  tuple(round(s, 3) for s in geometry.spacing), int((label > 0).sum()))
     (folder / "dataset.json").write_text(json.dumps({
         "name": NAME, "channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1, "lesion": 2},
         "numTraining": num_cases, "file_ending": ".nii.gz",
-        "description": f"bench/make_cascade_dataset.py --num-cases {num_cases} --num-test {num_test} "
+        "description": f"bench/data/make_cascade_dataset.py --num-cases {num_cases} --num-test {num_test} "
                        f"--scale {scale} --seed {seed}",
     }, indent=2))
     return folder

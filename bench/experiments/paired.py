@@ -1,7 +1,7 @@
 """Two models scored on the same cases: their Dice differences case by case, with a bootstrap interval.
 
-    python bench/paired.py A/summary.json B/summary.json      # two `autoseg evaluate` summaries
-    python bench/paired.py A1.json,A2.json,A3.json B1.json,B2.json   # several training runs per arm
+    python bench/experiments/paired.py A/summary.json B/summary.json      # two `autoseg evaluate` summaries
+    python bench/experiments/paired.py A1.json,A2.json,A3.json B1.json,B2.json   # several training runs per arm
 
 prints, per foreground label, the mean and median of Dice(A) - Dice(B) over the cases, a 95%
 interval of the mean (bootstrap over the cases, 10,000 resamples, seeded) and in how many cases

@@ -1,6 +1,6 @@
 """How large the optimizer's running gradient statistics are in one checkpoint against another.
 
-    python bench/optimizer_state.py A/checkpoint_final.pth B/checkpoint_final.pth
+    python bench/experiments/optimizer_state.py A/checkpoint_final.pth B/checkpoint_final.pth
 
 For each parameter tensor of the network (in the order the optimizer holds them), the root mean
 square of Adam's second-moment estimate (``exp_avg_sq``: the running mean of the squared gradient,
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, for autoseg
 
 
 def gradient_sizes(state: dict) -> list[tuple[str, int, float]]:

@@ -24,7 +24,7 @@ v2): ``ROOT/raw/Dataset130_CineSynth/{imagesTr,labelsTr,imagesTs,labelsTs}`` and
 
 Commands (WS is an autoseg workspace; 160 training and 40 held-out cases, about a minute):
 
-    python bench/make_cine_dataset.py --root WS
+    python bench/data/make_cine_dataset.py --root WS
     autoseg plan_and_preprocess -d 130 --root WS --time-budget 30m
     autoseg train 3d_fullres 0 -d 130 --root WS --time-budget 30m
     autoseg predict -i WS/raw/Dataset130_CineSynth/imagesTs -o WS/pred -d 130 --root WS -c 3d_fullres -f 0
@@ -39,9 +39,13 @@ import argparse
 import json
 import logging
 from dataclasses import dataclass
+import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when loaded by path (tests)
+from nifti import write_nifti  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -244,17 +248,6 @@ def make_case(case: Case, rng: np.random.Generator) -> tuple[np.ndarray, np.ndar
     return np.clip(np.rint(image), 0, 32767).astype(np.int16), label
 
 
-def _write(array: np.ndarray, spacing: tuple[float, ...], path: Path) -> None:
-    import SimpleITK as sitk
-
-    img = sitk.GetImageFromArray(array)
-    img.SetSpacing(tuple(float(s) for s in reversed(spacing)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name[:-len('.nii.gz')]}.tmp.nii.gz")
-    sitk.WriteImage(img, str(tmp), True)
-    tmp.replace(path)
-
-
 def make_dataset(root: str | Path, dataset_id: int = 130, num_train: int = 160, num_test: int = 40,
                  scale: float = 1.0, seed: int = 0) -> Path:
     """Write ``raw/Dataset{id}_CineSynth`` under the workspace ``root``; return its folder. Training
@@ -267,15 +260,15 @@ def make_dataset(root: str | Path, dataset_id: int = 130, num_train: int = 160, 
         cid = f"cine_{i:03d}"
         case = draw_case(rng, scale)
         image, label = make_case(case, rng)
-        _write(image, case.spacing, folder / ("imagesTs" if test else "imagesTr") / f"{cid}_0000.nii.gz")
-        _write(label, case.spacing, folder / ("labelsTs" if test else "labelsTr") / f"{cid}.nii.gz")
+        write_nifti(image, case.spacing, folder / ("imagesTs" if test else "imagesTr") / f"{cid}_0000.nii.gz")
+        write_nifti(label, case.spacing, folder / ("labelsTs" if test else "labelsTr") / f"{cid}.nii.gz")
         counts = np.bincount(label.ravel(), minlength=4)
         log.info("%s: shape %s spacing %s, voxels RV %d MYO %d LV %d", cid, case.shape,
                  tuple(round(s, 2) for s in case.spacing), *counts[1:])
     (folder / "dataset.json").write_text(json.dumps({
         "name": NAME, "channel_names": {"0": "cineMRI"}, "labels": LABELS,
         "numTraining": num_train, "file_ending": ".nii.gz",
-        "description": f"bench/make_cine_dataset.py --num-train {num_train} --num-test {num_test} "
+        "description": f"bench/data/make_cine_dataset.py --num-train {num_train} --num-test {num_test} "
                        f"--scale {scale} --seed {seed}",
     }, indent=2))
     return folder

@@ -8,7 +8,7 @@ import pytest
 
 from autoseg.cli import main
 from autoseg.errors import UserFacingError
-from autoseg.model_archive import export_model, import_model
+from autoseg.inference.model_archive import export_model, import_model
 from autoseg.paths import Workspace
 
 NAME = "Dataset901_Synth"
@@ -192,7 +192,7 @@ def test_a_failed_write_leaves_no_staging_folder(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         os.rename(src, dst)
 
-    monkeypatch.setattr("autoseg.model_archive.os.replace", failing_replace)
+    monkeypatch.setattr("autoseg.inference.model_archive.os.replace", failing_replace)
     with pytest.raises(OSError, match="No space left"):
         import_model(archive, Workspace(tmp_path / "ws"))
     assert not (tmp_path / "ws").exists()  # the two files renamed before it, their folders, the staging folder

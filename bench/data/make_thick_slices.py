@@ -1,6 +1,6 @@
 """Derive a thick-slice dataset: every case of a raw dataset re-sliced to FACTOR-times thicker slices.
 
-    python bench/make_thick_slices.py --source WS/raw/Dataset201_Hippocampus --root WS
+    python bench/data/make_thick_slices.py --source WS/raw/Dataset201_Hippocampus --root WS
     autoseg plan_and_preprocess -d 202 --root WS --time-budget 10m
     autoseg train 3d_fullres 0 -d 202 --root WS --time-budget 10m
     autoseg predict -i WS/raw/Dataset202_HippocampusThick/imagesTs -o WS/pred202 -d 202 --root WS -c 3d_fullres -f 0
@@ -28,7 +28,6 @@ Channels of a multi-channel case are all re-sliced with the same offset. Same ar
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -37,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import building_folder, raw_cases, run_derivation  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for common
+from common import building_folder, derivation_parser, raw_cases, run_derivation  # noqa: E402
 
 log = logging.getLogger("bench.make_thick_slices")
 
@@ -130,7 +129,7 @@ def build(source: Path, root: Path, dataset_id: int = 202, factor: int = 4, seed
         out_meta = dict(meta, name=name, numTraining=sum(c.part == "Tr" for c in cases),
                         description=f"{meta.get('name', source.name)} re-sliced to {factor}x thicker slices along "
                                     f"the first array axis (block mean; label majority, ties to the lower label); "
-                                    f"bench/make_thick_slices.py --factor {factor} --seed {seed}")
+                                    f"bench/data/make_thick_slices.py --factor {factor} --seed {seed}")
         out_meta.pop("converted_from", None)
         (tmp / "dataset.json").write_text(json.dumps(out_meta, indent=2) + "\n")
     log.info("wrote %s: %d training + %d held-out cases, %d-%d thick slices", final,
@@ -140,13 +139,9 @@ def build(source: Path, root: Path, dataset_id: int = 202, factor: int = 4, seed
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--source", type=Path, required=True, help="raw dataset folder (nnU-Net v2 layout) to re-slice")
-    p.add_argument("--root", type=Path, required=True, help="autoseg workspace root (writes ROOT/raw/...)")
-    p.add_argument("-d", "--dataset-id", type=int, default=202)
+    p = derivation_parser(__doc__.splitlines()[0], "raw dataset folder to re-slice", 202,
+                          "the source's name + 'Thick'")  # --seed draws each case's phase offset
     p.add_argument("--factor", type=int, default=4, help="slices averaged into one (default 4: 1 mm -> 4 mm)")
-    p.add_argument("--seed", type=int, default=0, help="draws each case's phase offset")
-    p.add_argument("--name", default=None, help="dataset name (default: the source's name + 'Thick')")
     args = p.parse_args(argv)
     return run_derivation(args.source, lambda: build(args.source, args.root, args.dataset_id, args.factor, args.seed, args.name))
 

@@ -8,14 +8,14 @@ for it. ``OMP_WAIT_POLICY=PASSIVE`` makes waiting threads sleep at once.
 
 Reproduce (from the repository root; nothing else running):
 
-    python bench/omp_wait_policy.py --json bench/out/omp_wait_policy.json
+    python bench/experiments/omp_wait_policy.py --json bench/out/omp_wait_policy.json
 
 For each setting (policy unset or PASSIVE with all threads; policy unset with one thread fewer) and
 each load (quiet; one busy-loop process at nice 19, as a low-priority job; one at nice 0), a fresh
 process times a training step (forward, deep-supervised Dice+CE,
 backward, SGD) of a U-Net with all of the machine's threads: the Hippocampus cpu plan (patch
 40 x 56 x 40, batch 2, 16-32-64-128) in fp32 and, where the CPU has bf16 instructions, in bf16;
-and the cine plan of bench/make_cine_dataset.py (patch 12 x 64 x 80, anisotropic kernels, width 8)
+and the cine plan of bench/data/make_cine_dataset.py (patch 12 x 64 x 80, anisotropic kernels, width 8)
 in bf16 channels-last. Reported: the median of 7 steps after 2 untimed ones.
 """
 from __future__ import annotations

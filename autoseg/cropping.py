@@ -1,4 +1,8 @@
-"""Cropping to the nonzero region (the part of the image that holds data)."""
+"""Cropping to the nonzero region (the part of the image that holds data).
+
+In the core because two stages use it: the fingerprint measures shapes after this crop, and
+preprocessing applies it (``preprocess/preprocessor.py``).
+"""
 from __future__ import annotations
 
 import numpy as np

@@ -2,7 +2,8 @@
 
 The zip holds, relative to the workspace root: ``preprocessed/<dataset>/{plans,dataset,
 fingerprint}.json``, every fold's ``plans.json``, ``train_config.json`` and final/best
-checkpoints, and ``results/<dataset>/selection.json``: all that ``predict`` needs.
+checkpoints, and ``results/<dataset>/selection.json``: all that ``predict`` needs, which is
+why it sits with inference, the last stage (it reads what training and selection wrote).
 """
 from __future__ import annotations
 

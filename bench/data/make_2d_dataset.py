@@ -10,7 +10,7 @@ the same arguments always give the same files. Raw layout (nnU-Net v2)::
 
 Full run (from the repository root; WS is any empty folder; 192 x 256 scans)::
 
-    python bench/make_2d_dataset.py --root WS
+    python bench/data/make_2d_dataset.py --root WS
     autoseg plan_and_preprocess -d 120 --root WS --device-profile cpu
     autoseg train_all -d 120 --root WS --time-budget 2h        # 5 folds of 2d (the only configuration)
     autoseg find_best_config -d 120 --root WS
@@ -154,7 +154,7 @@ def make_dataset(root: Path, num_train: int = 60, num_test: int = 20, seed: int 
         Image.fromarray(label).save(tmp / f"labels{split}" / f"{cid}{file_ending}")
     meta = {
         "name": "SynthOCT",
-        "description": f"synthetic retinal OCT B-scans, bench/make_2d_dataset.py --seed {seed}",
+        "description": f"synthetic retinal OCT B-scans, bench/data/make_2d_dataset.py --seed {seed}",
         "channel_names": {"0": "R", "1": "G", "2": "B"} if rgb else {"0": "OCT"},
         "labels": {"background": 0, **{layer: k + 1 for k, layer in enumerate(LAYERS)}},
         "numTraining": num_train,

@@ -1,6 +1,6 @@
 """Derive a two-channel dataset: each case's image plus a synthetic second contrast of the same anatomy.
 
-    python bench/make_multichannel.py --source WS/raw/Dataset201_Hippocampus --root WS
+    python bench/data/make_multichannel.py --source WS/raw/Dataset201_Hippocampus --root WS
     autoseg plan_and_preprocess -d 203 --root WS --time-budget 10m
     autoseg train 3d_fullres 0 -d 203 --root WS --time-budget 10m
     autoseg predict -i WS/raw/Dataset203_HippocampusTwoChannel/imagesTs -o WS/pred203 -d 203 --root WS -c 3d_fullres -f 0
@@ -26,7 +26,6 @@ The suite (bench/suite.py) builds it as dataset 203 from its Hippocampus split 2
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -36,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import building_folder, raw_cases, run_derivation  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for common
+from common import building_folder, derivation_parser, raw_cases, run_derivation  # noqa: E402
 
 log = logging.getLogger("bench.make_multichannel")
 
@@ -117,7 +116,7 @@ def build(source: Path, root: Path, dataset_id: int = 203, seed: int = 0, noise:
                         numTraining=sum(c.part == "Tr" for c in cases),
                         description=f"{meta.get('name', source.name)} with a synthetic second contrast (channel 1: "
                                     f"non-monotone transfer curve {np.round(knots, 3).tolist()}, bias field, Rician "
-                                    f"noise {noise}); bench/make_multichannel.py --seed {seed}")
+                                    f"noise {noise}); bench/data/make_multichannel.py --seed {seed}")
         out_meta.pop("converted_from", None)
         (tmp / "dataset.json").write_text(json.dumps(out_meta, indent=2) + "\n")
     log.info("wrote %s: %d training + %d held-out cases, transfer knots %s", final, out_meta["numTraining"],
@@ -126,13 +125,9 @@ def build(source: Path, root: Path, dataset_id: int = 203, seed: int = 0, noise:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--source", type=Path, required=True, help="single-channel raw dataset folder (nnU-Net v2 layout)")
-    p.add_argument("--root", type=Path, required=True, help="autoseg workspace root (writes ROOT/raw/...)")
-    p.add_argument("-d", "--dataset-id", type=int, default=203)
-    p.add_argument("--seed", type=int, default=0)
+    p = derivation_parser(__doc__.splitlines()[0], "single-channel raw dataset folder", 203,
+                          "the source's name + 'TwoChannel'")
     p.add_argument("--noise", type=float, default=0.04, help="Rician noise SD as a fraction of the [0, 1] range")
-    p.add_argument("--name", default=None, help="dataset name (default: the source's name + 'TwoChannel')")
     args = p.parse_args(argv)
     return run_derivation(args.source, lambda: build(args.source, args.root, args.dataset_id, args.seed, args.noise, args.name))
 
