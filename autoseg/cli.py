@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nsd-tolerance", type=number_in(float, 0, low_open=True), default=1.0, metavar="MM",
                    help="tolerance of the normalised surface Dice in mm (default 1.0)")
 
-    p = add("report", "autoseg.report:cli_report",
+    p = add("report", "autoseg.inference.report:cli_report",
             "write one self-contained HTML page on a dataset: data, plans, training curves, cross-validation, "
             "per-case metrics and overlay pictures")
     _dataset(p)
