@@ -27,6 +27,22 @@ def output_folder(path, what: str = "output folder"):
     return path
 
 
+def output_file(path, what: str = "output file"):
+    """``path`` checked as a file to write later: ``UserFacingError`` when a folder is in its place
+    or a file in the place of one of its folders. Nothing is written or created."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserFacingError(f"the {what} {path} is a folder; expected a file path (existing or to be created): "
+                              f"give a file name, e.g. {path / 'summary.json'}")
+    blocker = next((p for p in path.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise UserFacingError(f"the {what} {path} cannot be written: {blocker} is a file, not a folder; "
+                              "give a path inside a folder")
+    return path
+
+
 class MissingFileError(UserFacingError, FileNotFoundError):
     """A file the user was to make (a trained checkpoint, plans) is not there; still a
     FileNotFoundError for callers that catch those. Any other FileNotFoundError is a bug and keeps

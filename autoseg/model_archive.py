@@ -15,7 +15,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from autoseg.errors import UserFacingError
+from autoseg.errors import UserFacingError, output_file
 from autoseg.paths import Workspace
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ def _members(ws: Workspace, name: str) -> list[Path]:
 def export_model(ws: Workspace, dataset: str, output: str | Path) -> Path:
     from autoseg.training.health import refuse_failed
 
+    output_file(output, "model archive")
     name = ws.dataset_name(dataset)
     for fold in sorted((ws.results / name).glob("*/*/fold_*")):
         refuse_failed(fold)
