@@ -239,9 +239,9 @@ def predict_folder(input_dir, output_dir, ws: Workspace, dataset: str, configura
             seg = probabilities_to_labels(probs, order)
             if postprocess:
                 seg = apply_postprocessing(seg, postprocessing, probs)
-            write_image(seg, geometry, target)
-            if save_probabilities:
+            if save_probabilities:  # before the segmentation, whose file marks the case done for --continue
                 save_probs(out / case.case_id, probs, geometry, order)
+            write_image(seg, geometry, target)
         except Exception as exc:  # one bad case must not stop the others
             failed += 1
             log.error("case %s failed: %s", case.case_id, exc)

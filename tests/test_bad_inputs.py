@@ -435,3 +435,25 @@ def test_a_bad_input_is_refused_with_a_message_and_changes_nothing(bad, request,
 
 def test_the_catalogue_is_large_and_its_names_unique():
     assert len(CATALOGUE) >= 40 and len({b.name for b in CATALOGUE}) == len(CATALOGUE)
+
+
+def test_a_case_that_does_not_fit_beside_good_ones_fails_alone(trained, tmp_path, caplog):
+    ctx = Ctx(trained, tmp_path)
+    folder = input_folder(ctx, {"good": {0: volume()}, "two": {0: volume(2), 1: volume(3)}})
+    assert run_cli(predict(ctx, folder)) == 1  # per-case failures: the others are written, exit code 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.nii.gz"]
+    assert "case two failed: 2 channel(s) found in two_0000.nii.gz, two_0001.nii.gz, the model expects 1" in caplog.text
+
+
+def test_a_3d_image_does_not_fit_a_model_trained_on_2d_images(tmp_path):
+    from autoseg.errors import UserFacingError
+    from autoseg.inference.predict import find_input_cases, fit_to_model
+
+    folder = input_folder(Ctx(tmp_path, tmp_path), {"vol": {0: volume()}})
+    with pytest.raises(UserFacingError, match=r"vol_0000.nii.gz holds a 3D image, the model was trained on 2D images"):
+        fit_to_model(find_input_cases(folder), folder, ("grey",), model_2d=True)
+    from PIL import Image
+
+    png = _mkdir(tmp_path / "png")
+    Image.fromarray(np.zeros((6, 5, 3), np.uint8)).save(png / "rgb_0000.png")  # one file, three channels
+    assert fit_to_model(find_input_cases(png), png, ("R", "G", "B"), model_2d=True)[0].problem == ""
