@@ -20,9 +20,11 @@ def output_folder(path, what: str = "output folder"):
     from pathlib import Path
 
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UserFacingError(f"the {what} {path} is a file; expected a folder (existing or to be created): "
-                              "give a folder path")
+    blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        where = "" if blocker == path else f" ({blocker}, one of its folders, is a file)"
+        raise UserFacingError(f"the {what} {path} is a file{where}; expected a folder (existing or to be "
+                              "created): give a folder path")
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -38,7 +40,7 @@ def output_file(path, what: str = "output file"):
                               f"give a file name, e.g. {path / 'summary.json'}")
     blocker = next((p for p in path.parents if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
-        raise UserFacingError(f"the {what} {path} cannot be written: {blocker} is a file, not a folder; "
+        raise UserFacingError(f"the {what} {path} cannot be written: {blocker}, one of its folders, is a file; "
                               "give a path inside a folder")
     return path
 

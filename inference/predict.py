@@ -35,7 +35,9 @@ class InputCase:
 def find_input_cases(folder: Path) -> list[InputCase]:
     """Group ``{case}_{XXXX}{ending}`` files into cases; ``UserFacingError`` when there are none."""
     if not folder.is_dir():
-        raise UserFacingError(f"input folder {folder} does not exist")
+        found = "is a file" if folder.exists() else "does not exist"
+        raise UserFacingError(f"input folder {folder} {found}; expected a folder of {{case}}_{{XXXX}}.ext images "
+                              "(one file per channel, e.g. case_0000.nii.gz)")
     cases: dict[str, InputCase] = {}
     for ending in SUPPORTED_ENDINGS:
         for cid, chans in group_channel_files(folder, ending).items():

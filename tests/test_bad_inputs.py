@@ -97,12 +97,17 @@ def fingerprint(ctx: Ctx) -> list:
     return ["fingerprint", "-d", "901", "-np", "1", "--root", ctx.root]
 
 
-def raw_case(change: Callable[[Ctx], None]) -> Callable[[Ctx], list]:
-    """A broken raw dataset, checked by ``fingerprint`` (the first stage that reads it)."""
+def after(change: Callable[[Ctx], None], command: Callable[[Ctx], list]) -> Callable[[Ctx], list]:
+    """Break something with ``change``, then run ``command``."""
     def make(ctx: Ctx) -> list:
         change(ctx)
-        return fingerprint(ctx)
+        return command(ctx)
     return make
+
+
+def raw_case(change: Callable[[Ctx], None]) -> Callable[[Ctx], list]:
+    """A broken raw dataset, checked by ``fingerprint`` (the first stage that reads it)."""
+    return after(change, fingerprint)
 
 
 def second_channel(ctx: Ctx, shape_change=None) -> None:
@@ -171,6 +176,69 @@ def a_file(ctx: Ctx, name: str) -> Path:
     path = ctx.scratch / name
     path.write_bytes(b"in the way")
     return path
+
+
+def _failed(ctx: Ctx) -> None:
+    from autoseg.training.health import mark_failed
+
+    mark_failed(ctx.fold0, "the loss was NaN for 20 steps in a row", 7)
+
+
+def _edit_plans(ctx: Ctx, **changes) -> None:
+    path = ctx.root / "preprocessed" / DS / "plans.json"
+    plans = json.loads(path.read_text())
+    plans.update(changes)
+    path.write_text(json.dumps(plans))
+
+
+def _corrupt_zip(ctx: Ctx) -> list:
+    path = ctx.scratch / "model.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        z.writestr(f"results/{DS}/plans.json", b"x" * 200)
+    data = bytearray(path.read_bytes())
+    data[data.index(b"x" * 200) + 50] = ord("y")  # the stored bytes no longer match their CRC
+    path.write_bytes(bytes(data))
+    return ["import_model", path, "--root", ctx.root]
+
+
+def _clashing_zip(ctx: Ctx) -> list:
+    path = ctx.scratch / "model.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(f"preprocessed/{DS}/plans.json", b"{}")
+    return ["import_model", path, "--root", ctx.root]
+
+
+def _shape_mismatch(ctx: Ctx) -> list:
+    ref, pred = _mkdir(ctx.scratch / "ref"), _mkdir(ctx.scratch / "pred")
+    write_nifti(np.zeros((4, 4, 4), np.uint8), ref / "c1.nii.gz")
+    write_nifti(np.zeros((4, 4, 5), np.uint8), pred / "c1.nii.gz")
+    return ["evaluate", "-ref", ref, "-pred", pred]
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _renamed(folder: Path, old: str, new: str) -> Path:
+    for p in folder.iterdir():
+        p.rename(p.with_name(p.name.replace(old, new)))
+    return folder
+
+
+def _unsupported_files(ctx: Ctx) -> Path:
+    folder = _mkdir(ctx.scratch / "jpg")
+    for cid in ("a", "b"):
+        (folder / f"{cid}_0000.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    return folder
+
+
+def _refs(ctx: Ctx) -> Path:
+    folder = _mkdir(ctx.scratch / "refs")
+    if not any(folder.iterdir()):
+        write_nifti(np.zeros((4, 4, 4), np.uint8), folder / "c1.nii.gz")
+    return folder
+
 
 
 # --------------------------------------------------------------------------------- the catalogue
@@ -339,32 +407,63 @@ CATALOGUE = [
         lambda c: ["apply_postprocessing", "-i", _refs(c), "-o", c.scratch / "pp", "-d", "901", "--root", c.root],
         ("selection.json", "find_best_config")),
     Bad("train before planning", "raw", lambda c: train(c), ("plan_and_preprocess",)),
+    # more of each kind
+    Bad("4D image", "raw", raw_case(lambda c: sitk.WriteImage(sitk.JoinSeries([sitk.ReadImage(str(image(c, 0)))] * 2),
+                                                              str(image(c, 0)))),
+        ("case_000_0000.nii.gz", "4D")),
+    Bad("ignore label not the largest", "raw",
+        raw_case(lambda c: edit_json(c, labels={"background": 0, "ignore": 1, "inner": 2})), ("ignore",)),
+    Bad("regions without their order", "raw",
+        raw_case(lambda c: edit_json(c, labels={"background": 0, "outer": [1, 2], "inner": 2})),
+        ("regions_class_order",)),
+    Bad("imagesTr missing", "raw", raw_case(lambda c: shutil.rmtree(c.raw / "imagesTr")), ("imagesTr",)),
+    Bad("fold given twice", "model", lambda c: ["train", "3d_fullres", "1", "1", "-d", "901", "--root", c.root],
+        ("fold given twice",)),
+    Bad("a time budget that is not a duration", "model", lambda c: train(c, "--time-budget", "soon"), ("soon",)),
+    Bad("a negative time budget", "model", lambda c: train(c, "--time-budget=-5m"), ("-5m",)),
+    Bad("--set an unknown loss", "model", set_option("loss=dic"), ("unknown loss 'dic'", "dice")),
+    Bad("--set zero iterations", "model", set_option("num_iterations_per_epoch=0"), ("num_iterations_per_epoch",)),
+    Bad("--set oversampling above 1", "model", set_option("oversample_foreground_percent=2"),
+        ("oversample_foreground_percent", "[0, 1]")),
+    Bad("validate an untrained fold", "model", lambda c: train(c, "--val", fold="2"), ("fold_2", "train")),
+    Bad("an unknown precision", "model", lambda c: predict(c, c.scratch, "--precision", "fp8"),
+        ("invalid choice: 'fp8'",)),
+    Bad("predict with a fold that is not a number", "model",
+        lambda c: predict(c, input_folder(c, {"a": {0: volume()}}))[:-3] + ["-f", "x"], ("x",)),
+    Bad("predict with an unknown checkpoint name", "model",
+        lambda c: predict(c, input_folder(c, {"a": {0: volume()}}), "--chk", "checkpoint_nope"),
+        ("checkpoint_nope.pth", "train")),
+    Bad("predict with a model whose training failed", "model_copy",
+        after(_failed, lambda c: predict(c, input_folder(c, {"a": {0: volume()}}))), ("training failed",)),
+    Bad("export a model whose training failed", "model_copy",
+        after(_failed, lambda c: ["export_model", "-d", "901", "--root", c.root, "-o", c.scratch / "m.zip"]),
+        ("training failed",)),
+    Bad("predict with a corrupt selection.json", "model_copy",
+        after(lambda c: (c.root / "results" / DS / "selection.json").write_text("{not json"),
+              lambda c: predict(c, input_folder(c, {"a": {0: volume()}}))[:-5]), ("selection.json",)),
+    Bad("train with corrupt plans", "model_copy",
+        after(lambda c: (c.root / "preprocessed" / DS / "plans.json").write_text("[]"), train), ("plans.json",)),
+    Bad("train with plans of another schema", "model_copy",
+        after(lambda c: _edit_plans(c, schema_version=999), train), ("plans.json", "999")),
+    Bad("import a zip with a corrupt member", "raw", lambda c: _corrupt_zip(c), ("model.zip",)),
+    Bad("import over a different model", "model", lambda c: _clashing_zip(c), ("overwrite",)),
+    Bad("evaluate references and predictions of other shapes", "raw", lambda c: _shape_mismatch(c),
+        ("shape",)),
+    Bad("evaluate an empty reference folder", "raw",
+        lambda c: ["evaluate", "-ref", _mkdir(c.scratch / "noref"), "-pred", _refs(c)], ("noref",)),
+    Bad("predict: output under a file", "model",
+        lambda c: predict(c, input_folder(c, {"a": {0: volume()}}), "-o", a_file(c, "blocker") / "out"),
+        ("blocker", "is a file")),
+    Bad("predict: input is a file", "model",
+        lambda c: predict(c, input_folder(c, {"a": {0: volume()}}) / "a_0000.nii.gz"), ("a_0000.nii.gz", "folder")),
+    Bad("ensemble: output is a file", "model",
+        lambda c: ["ensemble", "-i", c.root / "predictions", c.root / "predictions", "-o", a_file(c, "e")],
+        ("is a file",)),
+    Bad("workspace root is a file", "raw", lambda c: ["fingerprint", "-d", "901", "--root", a_file(c, "rootfile")],
+        ("rootfile",)),
+    Bad("convert a missing Decathlon folder", "raw",
+        lambda c: ["convert_msd", "-i", c.scratch / "Task09_Spleen", "--root", c.root], ("Task09_Spleen",)),
 ]
-
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _renamed(folder: Path, old: str, new: str) -> Path:
-    for p in folder.iterdir():
-        p.rename(p.with_name(p.name.replace(old, new)))
-    return folder
-
-
-def _unsupported_files(ctx: Ctx) -> Path:
-    folder = _mkdir(ctx.scratch / "jpg")
-    for cid in ("a", "b"):
-        (folder / f"{cid}_0000.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
-    return folder
-
-
-def _refs(ctx: Ctx) -> Path:
-    folder = _mkdir(ctx.scratch / "refs")
-    if not any(folder.iterdir()):
-        write_nifti(np.zeros((4, 4, 4), np.uint8), folder / "c1.nii.gz")
-    return folder
 
 
 # --------------------------------------------------------------------------------- running them
@@ -378,7 +477,8 @@ def raw_template(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A workspace with Dataset901_Synth planned, preprocessed and fold 0 of 3d_fullres trained (one epoch of
-    two iterations), and predicted once so that the ONNX export beside its checkpoint exists."""
+    two iterations), and one case predicted with probabilities into predictions/ with each backend (so that
+    the ONNX export beside the checkpoint exists)."""
     root = tmp_path_factory.mktemp("trained")
     make_dataset(root / "raw", num_cases=5, shape=(12, 14, 13))
     r = str(root)
@@ -386,10 +486,11 @@ def trained(tmp_path_factory) -> Path:
                  "--root", r]) == 0
     assert main(["train", "3d_fullres", "0", "-d", "901", "--root", r, "-np", "0", "--set", "num_epochs=1",
                  "--set", "num_iterations_per_epoch=2", "--set", "num_val_iterations_per_epoch=1"]) == 0
-    scratch = tmp_path_factory.mktemp("warm")
-    folder = input_folder(Ctx(root, scratch), {"a": {0: volume()}})
+    ctx = Ctx(root, tmp_path_factory.mktemp("warm"))
+    folder = input_folder(ctx, {"a": {0: volume()}})
     for backend in ("torch", "onnx"):
-        assert run_cli(predict(Ctx(root, scratch), folder, "--backend", backend)) == 0
+        assert run_cli(predict(ctx, folder, "--backend", backend, "-o", root / "predictions",
+                               "--save_probabilities")) == 0
     return root
 
 

@@ -27,6 +27,9 @@ def _resolve(args: argparse.Namespace):
     from autoseg.training.train_config import resolve_train_config
 
     cfg = resolve_train_config(args.variant or "default", args.overrides)
+    from autoseg.training.loss import LOSSES
+
+    LOSSES.get(cfg.loss)  # an unknown name is refused before any fold folder is written
     if args.num_workers is not None:
         cfg = dataclasses.replace(cfg, num_workers=args.num_workers)
     budget = parse_duration(args.time_budget) if args.time_budget else None
