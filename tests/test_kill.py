@@ -26,7 +26,8 @@ from synthetic import ellipsoid_case, make_dataset
 
 DS = "Dataset901_Synth"
 TRAIN = ["train", "3d_fullres", "0", "-d", "901", "-np", "0", "--device", "cpu", "--set", "precision=fp32",
-         "--set", "num_epochs=4", "--set", "num_iterations_per_epoch=2", "--set", "num_val_iterations_per_epoch=1"]
+         "--set", "num_epochs=4", "--set", "num_iterations_per_epoch=2", "--set", "num_val_iterations_per_epoch=1",
+         "--set", "checkpoint_every_epochs=1"]
 
 
 def start(args: list, root: Path) -> subprocess.Popen:
@@ -41,16 +42,20 @@ def run(args: list, root: Path) -> None:
     assert proc.returncode == 0, err
 
 
-def timed(args: list, root: Path, begun: Callable[[], bool]) -> float:
-    """Run ``args`` to its end; the seconds from when ``begun()`` first held to the end."""
+def timed(args: list, root: Path, begun: Callable[[], bool], ended: Callable[[], bool] = lambda: False) -> float:
+    """Run ``args`` to its end; the seconds from when ``begun()`` first held to when ``ended()`` first
+    held (or the process ended)."""
     proc = start(args, root)
-    since = None
+    since = until = None
     while proc.poll() is None:
         if since is None and begun():
             since = time.monotonic()
+        if until is None and ended():
+            until = time.monotonic()
         time.sleep(0.02)
     assert proc.returncode == 0, proc.stderr.read()
-    return time.monotonic() - (since or time.monotonic())
+    now = time.monotonic()
+    return (until or now) - (since or now)
 
 
 def killed(args: list, root: Path, begun: Callable[[], bool], work_s: float, rng: random.Random,
@@ -108,10 +113,12 @@ def planned(raw, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(planned, tmp_path_factory) -> tuple[Path, float]:
-    """A copy of ``planned`` with fold 0 trained uninterrupted, and the seconds its training took."""
+    """A copy of ``planned`` with fold 0 trained uninterrupted, and the seconds its epochs took (from its
+    fold folder's creation to checkpoint_final; the final validation after it is left out, so that kills
+    land between epochs and within them)."""
     root = tmp_path_factory.mktemp("trained") / "ws"
     shutil.copytree(planned, root)
-    work_s = timed(TRAIN, root, lambda: fold0(root).is_dir())
+    work_s = timed(TRAIN, root, lambda: fold0(root).is_dir(), lambda: (fold0(root) / "checkpoint_final.pth").exists())
     return root, work_s
 
 
