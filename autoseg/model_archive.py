@@ -23,7 +23,9 @@ FOLD_FILES = ("plans.json", "train_config.json", "checkpoint_final.pth", "checkp
 
 
 def _members(ws: Workspace, name: str) -> list[Path]:
-    files = [ws.preprocessed / name / f for f in ("plans.json", "dataset.json", "fingerprint.json")]
+    # throughput.json: the precision timed at planning, which predict --precision auto takes on the same CPU
+    # (without it an imported model's precision is probed anew and may differ from the exporter's predictions)
+    files = [ws.preprocessed / name / f for f in ("plans.json", "dataset.json", "fingerprint.json", "throughput.json")]
     files.append(ws.results / name / "selection.json")
     for fold in sorted((ws.results / name).glob("*/*/fold_*")):
         files += [fold / f for f in FOLD_FILES]

@@ -43,12 +43,16 @@ def find_input_cases(folder: Path) -> list[InputCase]:
         for cid, chans in group_channel_files(folder, ending).items():
             order = tuple(sorted(chans))
             cases.setdefault(cid, InputCase(cid, tuple(chans[k] for k in order), ending, channels=order))
+    taken = {p for c in cases.values() for p in c.files}
+    others = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and p not in taken)
     if not cases:
-        others = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
         found = (f"found {len(others)} other file(s), e.g. {', '.join(others[:3])}" if others
                  else "the folder is empty")
         raise UserFacingError(f"no images named {{case}}_{{XXXX}}.ext (e.g. case_0000.nii.gz) in {folder}: {found}; "
                               f"expected one file per channel ending in one of {', '.join(SUPPORTED_ENDINGS)}")
+    if others:
+        log.warning("%d file(s) in %s are not {case}_{XXXX} images of a supported format and are not predicted: %s%s",
+                    len(others), folder, ", ".join(others[:5]), " ..." if len(others) > 5 else "")
     return [cases[k] for k in sorted(cases)]
 
 

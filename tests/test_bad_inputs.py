@@ -479,11 +479,17 @@ def trained(tmp_path_factory) -> Path:
     """A workspace with Dataset901_Synth planned, preprocessed and fold 0 of 3d_fullres trained (one epoch of
     two iterations), and one case predicted with probabilities into predictions/ with each backend (so that
     the ONNX export beside the checkpoint exists)."""
+    from autoseg.fingerprint_types import load_fingerprint
+    from autoseg.planners.experiment import plan_experiment
+    from autoseg.plans import save_plans
+
     root = tmp_path_factory.mktemp("trained")
     make_dataset(root / "raw", num_cases=5, shape=(12, 14, 13))
     r = str(root)
-    assert main(["plan_and_preprocess", "-d", "901", "-np", "1", "--device-profile", "cpu", "-c", "3d_fullres",
-                 "--root", r]) == 0
+    assert main(["fingerprint", "-d", "901", "-np", "1", "--root", r]) == 0
+    pre = root / "preprocessed" / DS  # the cpu profile's plans without the step timing 'autoseg plan' adds
+    save_plans(plan_experiment(load_fingerprint(pre / "fingerprint.json"), "cpu"), pre / "plans.json")
+    assert main(["preprocess", "-d", "901", "-np", "1", "-c", "3d_fullres", "--root", r]) == 0
     assert main(["train", "3d_fullres", "0", "-d", "901", "--root", r, "-np", "0", "--set", "num_epochs=1",
                  "--set", "num_iterations_per_epoch=2", "--set", "num_val_iterations_per_epoch=1"]) == 0
     ctx = Ctx(root, tmp_path_factory.mktemp("warm"))
@@ -541,8 +547,10 @@ def test_the_catalogue_is_large_and_its_names_unique():
 def test_a_case_that_does_not_fit_beside_good_ones_fails_alone(trained, tmp_path, caplog):
     ctx = Ctx(trained, tmp_path)
     folder = input_folder(ctx, {"good": {0: volume()}, "two": {0: volume(2), 1: volume(3)}})
+    (folder / "notes.txt").write_text("not an image")
     assert run_cli(predict(ctx, folder)) == 1  # per-case failures: the others are written, exit code 1
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.nii.gz"]
+    assert "1 file(s) in" in caplog.text and "are not predicted: notes.txt" in caplog.text
     assert "case two failed: 2 channel(s) found in two_0000.nii.gz, two_0001.nii.gz, the model expects 1" in caplog.text
 
 
