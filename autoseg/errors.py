@@ -37,7 +37,7 @@ def output_file(path, what: str = "output file"):
     path = Path(path)
     if path.is_dir():
         raise UserFacingError(f"the {what} {path} is a folder; expected a file path (existing or to be created): "
-                              f"give a file name, e.g. {path / 'summary.json'}")
+                              "give the name of a file, not of a folder")
     blocker = next((p for p in path.parents if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
         raise UserFacingError(f"the {what} {path} cannot be written: {blocker}, one of its folders, is a file; "

@@ -151,14 +151,16 @@ def set_option(*items: str) -> Callable[[Ctx], list]:
     return lambda ctx: train(ctx, *[a for item in items for a in ("--set", item)])
 
 
-def damaged_checkpoint(name: str, content: Callable[[bytes], bytes], *command) -> Callable[[Ctx], list]:
+def damaged_checkpoint(name: str, content: Callable[[bytes], bytes],
+                       command: Callable[[Ctx], list]) -> Callable[[Ctx], list]:
+    """``name``.pth made from checkpoint_final's bytes by ``content``, then ``command``."""
     def make(ctx: Ctx) -> list:
         final = ctx.fold0 / "checkpoint_final.pth"
         target = ctx.fold0 / f"{name}.pth"
         target.write_bytes(content(final.read_bytes()))
         if name == "checkpoint_latest":
             final.unlink()  # an unfinished run: --continue reads checkpoint_latest
-        return list(command[0](ctx))
+        return command(ctx)
     return make
 
 
@@ -198,13 +200,6 @@ def _corrupt_zip(ctx: Ctx) -> list:
     data = bytearray(path.read_bytes())
     data[data.index(b"x" * 200) + 50] = ord("y")  # the stored bytes no longer match their CRC
     path.write_bytes(bytes(data))
-    return ["import_model", path, "--root", ctx.root]
-
-
-def _clashing_zip(ctx: Ctx) -> list:
-    path = ctx.scratch / "model.zip"
-    with zipfile.ZipFile(path, "w") as z:
-        z.writestr(f"preprocessed/{DS}/plans.json", b"{}")
     return ["import_model", path, "--root", ctx.root]
 
 
@@ -445,9 +440,9 @@ CATALOGUE = [
         after(lambda c: (c.root / "preprocessed" / DS / "plans.json").write_text("[]"), train), ("plans.json",)),
     Bad("train with plans of another schema", "model_copy",
         after(lambda c: _edit_plans(c, schema_version=999), train), ("plans.json", "999")),
-    Bad("import a zip with a corrupt member", "raw", lambda c: _corrupt_zip(c), ("model.zip",)),
-    Bad("import over a different model", "model", lambda c: _clashing_zip(c), ("overwrite",)),
-    Bad("evaluate references and predictions of other shapes", "raw", lambda c: _shape_mismatch(c),
+    Bad("import a zip with a corrupt member", "raw", _corrupt_zip, ("model.zip",)),
+    Bad("import over a different model", "model", model_zip({f"preprocessed/{DS}/plans.json": b"{}"}), ("overwrite",)),
+    Bad("evaluate references and predictions of other shapes", "raw", _shape_mismatch,
         ("shape",)),
     Bad("evaluate an empty reference folder", "raw",
         lambda c: ["evaluate", "-ref", _mkdir(c.scratch / "noref"), "-pred", _refs(c)], ("noref",)),

@@ -24,11 +24,10 @@ def _check_fold(fold: str) -> str:
 
 def _resolve(args: argparse.Namespace):
     from autoseg.training.budget import parse_duration
+    from autoseg.training.loss import LOSSES
     from autoseg.training.train_config import resolve_train_config
 
     cfg = resolve_train_config(args.variant or "default", args.overrides)
-    from autoseg.training.loss import LOSSES
-
     LOSSES.get(cfg.loss)  # an unknown name is refused before any fold folder is written
     if args.num_workers is not None:
         cfg = dataclasses.replace(cfg, num_workers=args.num_workers)
