@@ -70,6 +70,7 @@ def killed(args: list, root: Path, begun: Callable[[], bool], work_s: float, rng
     while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.01)
     if proc.poll() is not None:
+        assert proc.returncode == 0, proc.stderr.read()  # ended by itself, and well
         return False
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
