@@ -20,10 +20,28 @@ def output_folder(path, what: str = "output folder"):
     from pathlib import Path
 
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UserFacingError(f"the {what} {path} is a file; expected a folder (existing or to be created): "
-                              "give a folder path")
+    blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        where = "" if blocker == path else f" ({blocker}, one of its folders, is a file)"
+        raise UserFacingError(f"the {what} {path} is a file{where}; expected a folder (existing or to be "
+                              "created): give a folder path")
     path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def output_file(path, what: str = "output file"):
+    """``path`` checked as a file to write later: ``UserFacingError`` when a folder is in its place
+    or a file in the place of one of its folders. Nothing is written or created."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserFacingError(f"the {what} {path} is a folder; expected a file path (existing or to be created): "
+                              "give the name of a file, not of a folder")
+    blocker = next((p for p in path.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise UserFacingError(f"the {what} {path} cannot be written: {blocker}, one of its folders, is a file; "
+                              "give a path inside a folder")
     return path
 
 

@@ -294,6 +294,34 @@ def from_sitk(img, path: str | os.PathLike = "image", natural_2d: bool = False,
     return arr, geom
 
 
+def read_layout(paths: Sequence[str | os.PathLike]) -> tuple[int, bool]:
+    """(number of channels, whether 2D) of one case's channel files, from their headers: what
+    ``read_image`` would return as ``image.shape[0]`` and ``geometry.is_2d``, without reading the
+    voxels of medical formats (natural 2D files are small and read whole: their channels depend on
+    the palette). Raises ``ImageReadError`` for a file whose header cannot be read.
+
+    Example: ``case_0000.nii.gz`` (3D) and ``case_0001.nii.gz`` (3D) -> (2, False); one RGB
+    ``case_0000.png`` -> (3, True)."""
+    import SimpleITK as sitk
+
+    channels, is_2d = 0, False
+    for p in map(Path, paths):
+        if file_ending(p) in NATURAL_2D_ENDINGS:
+            channels += _read_one(p)[0].shape[0]
+            is_2d = True
+            continue
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(p))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+            raise ImageReadError(f"cannot read {p}: {first}; {_CORRUPT_FIX}") from None
+        channels += reader.GetNumberOfComponents()
+        is_2d = reader.GetDimension() == 2
+    return channels, is_2d
+
+
 def read_image(paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, ImageGeometry]:
     """Read the channel files of one case into a float32 ``(C, Z, Y, X)`` array.
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from autoseg.labels import LabelValue, Regions, foreground_values, ignore_value, num_outputs, regions_of, scored_classes
-from autoseg.errors import UnknownNameError
+from autoseg.errors import MissingFileError, UnknownNameError
 from autoseg.serialization import SchemaError, load_json_as, save_json
 
 PLANS_SCHEMA_VERSION = 1
@@ -194,7 +194,14 @@ def save_plans(plans: Plans, path: str | Path) -> None:
 
 
 def load_plans(path: str | Path) -> Plans:
+    """The plans in ``path``; a missing file names the command that writes it (a dataset's plans:
+    ``autoseg plan_and_preprocess``; a fold's copy: ``autoseg train``)."""
     try:
         return load_json_as(Plans, path)
+    except MissingFileError as exc:
+        parent = Path(path).parent
+        writer = ("autoseg train, which copies them into the fold" if parent.name.startswith("fold_")
+                  else f"autoseg plan_and_preprocess -d {parent.name}")
+        raise MissingFileError(f"{exc}; the plans are written by {writer}: run it first") from None
     except SchemaError as exc:
         raise SchemaError(f"{exc}\nRe-run 'autoseg plan' to regenerate the plans.") from None

@@ -16,7 +16,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from autoseg.errors import UserFacingError
+from autoseg.errors import UserFacingError, output_file
 from autoseg.paths import Workspace
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,9 @@ FOLD_FILES = ("plans.json", "train_config.json", "checkpoint_final.pth", "checkp
 
 
 def _members(ws: Workspace, name: str) -> list[Path]:
-    files = [ws.preprocessed / name / f for f in ("plans.json", "dataset.json", "fingerprint.json")]
+    # throughput.json: the precision timed at planning, which predict --precision auto takes on the same CPU
+    # (without it an imported model's precision is probed anew and may differ from the exporter's predictions)
+    files = [ws.preprocessed / name / f for f in ("plans.json", "dataset.json", "fingerprint.json", "throughput.json")]
     files.append(ws.results / name / "selection.json")
     for fold in sorted((ws.results / name).glob("*/*/fold_*")):
         files += [fold / f for f in FOLD_FILES]
@@ -34,6 +36,7 @@ def _members(ws: Workspace, name: str) -> list[Path]:
 def export_model(ws: Workspace, dataset: str, output: str | Path) -> Path:
     from autoseg.training.health import refuse_failed
 
+    output_file(output, "model archive")
     name = ws.dataset_name(dataset)
     for fold in sorted((ws.results / name).glob("*/*/fold_*")):
         refuse_failed(fold)

@@ -16,8 +16,9 @@ import numpy as np
 
 from autoseg.dataset import group_channel_files
 from autoseg.errors import UserFacingError, output_folder
-from autoseg.imageio import SUPPORTED_ENDINGS
+from autoseg.imageio import FAKE_2D_SPACING, SUPPORTED_ENDINGS
 from autoseg.paths import Workspace
+from autoseg.plans import load_plans
 
 log = logging.getLogger(__name__)
 
@@ -28,24 +29,72 @@ class InputCase:
     files: tuple[Path, ...]
     ending: str
     problem: str = ""
+    channels: tuple[int, ...] = ()  # the XXXX of each file, in order
 
 
-def find_input_cases(folder: Path, num_channels: int) -> list[InputCase]:
-    """Group ``{case}_{XXXX}{ending}`` files; a case with missing channels carries a problem."""
+def find_input_cases(folder: Path) -> list[InputCase]:
+    """Group ``{case}_{XXXX}{ending}`` files into cases; ``UserFacingError`` when there are none."""
     if not folder.is_dir():
-        raise UserFacingError(f"input folder {folder} does not exist")
+        found = "is a file" if folder.exists() else "does not exist"
+        raise UserFacingError(f"input folder {folder} {found}; expected a folder of {{case}}_{{XXXX}}.ext images "
+                              "(one file per channel, e.g. case_0000.nii.gz)")
     cases: dict[str, InputCase] = {}
     for ending in SUPPORTED_ENDINGS:
         for cid, chans in group_channel_files(folder, ending).items():
-            files = tuple(chans[k] for k in sorted(chans))
-            problem = ""
-            if sorted(chans) != list(range(len(chans))) or (len(chans) != num_channels and len(chans) > 1):
-                problem = (f"expected channel files {cid}_0000..{cid}_{num_channels - 1:04d}{ending}, "
-                           f"found channels {sorted(chans)}")
-            cases.setdefault(cid, InputCase(cid, files, ending, problem))
+            order = tuple(sorted(chans))
+            cases.setdefault(cid, InputCase(cid, tuple(chans[k] for k in order), ending, channels=order))
+    taken = {p for c in cases.values() for p in c.files}
+    others = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and p not in taken)
     if not cases:
-        raise UserFacingError(f"no images named {{case}}_{{XXXX}}.ext (e.g. case_0000.nii.gz) in {folder}")
+        found = (f"found {len(others)} other file(s), e.g. {', '.join(others[:3])}" if others
+                 else "the folder is empty")
+        raise UserFacingError(f"no images named {{case}}_{{XXXX}}.ext (e.g. case_0000.nii.gz) in {folder}: {found}; "
+                              f"expected one file per channel ending in one of {', '.join(SUPPORTED_ENDINGS)}")
+    if others:
+        log.warning("%d file(s) in %s are not {case}_{XXXX} images of a supported format and are not predicted: %s%s",
+                    len(others), folder, ", ".join(others[:5]), " ..." if len(others) > 5 else "")
     return [cases[k] for k in sorted(cases)]
+
+
+def fit_to_model(cases: list[InputCase], folder: Path, channel_names: tuple[str, ...],
+                 model_2d: bool) -> list[InputCase]:
+    """``cases`` with the problem each has against the model, from the files' names and headers:
+    channel files numbered 0000 on without gaps, as many channels as the model was trained on, 2D
+    or 3D as its training images. A case with a problem is reported alone when predicted; when no
+    case fits, ``UserFacingError`` says why for the first few (nothing can be predicted)."""
+    from dataclasses import replace
+
+    checked = [replace(c, problem=c.problem or _misfit(c, channel_names, model_2d)) for c in cases]
+    misfits = [c for c in checked if c.problem]
+    if checked and len(misfits) == len(checked):
+        shown = "; ".join(f"case {c.case_id}: {c.problem}" for c in misfits[:3])
+        more = f" (and {len(misfits) - 3} more)" if len(misfits) > 3 else ""
+        raise UserFacingError(f"none of the {len(checked)} case(s) in {folder} can be predicted with this model: "
+                              f"{shown}{more}")
+    return checked
+
+
+def _misfit(case: InputCase, channel_names: tuple[str, ...], model_2d: bool) -> str:
+    """Why ``case`` does not fit a model of ``channel_names`` (2D or 3D), or ""."""
+    from autoseg.imageio import ImageReadError, read_layout
+
+    n = len(channel_names)
+    expected = f"{case.case_id}_0000{case.ending}" + (f" .. {case.case_id}_{n - 1:04d}{case.ending}" if n > 1 else "")
+    names = ", ".join(p.name for p in case.files)
+    if list(case.channels) != list(range(len(case.channels))):
+        return f"channel files are numbered from 0000 without gaps; expected {expected}, found {names}"
+    try:
+        found, is_2d = read_layout(case.files)
+    except ImageReadError as exc:
+        return str(exc)
+    if found != n:
+        return (f"{found} channel(s) found in {names}, the model expects {n} ({', '.join(channel_names)}): "
+                f"give {expected}")
+    if is_2d != model_2d:
+        dims = ("2D", "3D") if is_2d else ("3D", "2D")
+        return (f"{names} holds a {dims[0]} image, the model was trained on {dims[1]} images: give {dims[1]} "
+                f"images like its training data")
+    return ""
 
 
 def _fold_dirs(ws: Workspace, dataset: str, configuration: str, variant: str, folds, checkpoint: str) -> list[Path]:
@@ -72,7 +121,6 @@ def planned_precision_here(ws: Workspace, dataset: str, configuration: str, fold
 
     import torch
 
-    from autoseg.plans import load_plans
     from autoseg.training.resolve import auto_precision, planned_on_this_cpu
 
     if precision != "auto":
@@ -137,6 +185,9 @@ def predict_folder(input_dir, output_dir, ws: Workspace, dataset: str, configura
     name = ws.dataset_name(dataset)
     configurations, variant, checkpoint, folds, postprocessing = selected_model(ws, name, configurations, variant,
                                                                                 folds, checkpoint)
+    plans = load_plans(_fold_dirs(ws, name, configurations[0], variant, folds, checkpoint)[0] / "plans.json")
+    cases = fit_to_model(find_input_cases(Path(input_dir)), Path(input_dir), plans.channel_names,
+                         plans.original_median_spacing[0] >= FAKE_2D_SPACING)
     chosen = choose_backend(backend, device, precision)
 
     def load_all(with_backend: str) -> list:
@@ -158,7 +209,6 @@ def predict_folder(input_dir, output_dir, ws: Workspace, dataset: str, configura
         chosen, predictors = "torch", load_all("torch")
     num_channels = len(predictors[0].plans.channel_names)
     order = predictors[0].plans.regions_class_order  # region-based model: sigmoid maps -> labels
-    cases = find_input_cases(Path(input_dir), num_channels)
     out = Path(output_dir)
     reason = ""
     if backend == "auto" and chosen == "onnx":
@@ -180,9 +230,9 @@ def predict_folder(input_dir, output_dir, ws: Workspace, dataset: str, configura
             if image.shape[0] != num_channels:
                 raise UserFacingError(f"{image.shape[0]} channel(s) found, the model expects {num_channels}")
             seg, probs = segment(predictors, image, geometry, postprocessing if postprocess else None)
-            write_image(seg, geometry, target)
-            if save_probabilities:
+            if save_probabilities:  # before the segmentation, whose file marks the case done for --continue
                 save_probs(out / case.case_id, probs, geometry, order)
+            write_image(seg, geometry, target)
         except Exception as exc:  # one bad case must not stop the others
             failed += 1
             log.error("case %s failed: %s", case.case_id, exc)

@@ -17,7 +17,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from autoseg.device import pool_size
-from autoseg.errors import UserFacingError
+from autoseg.errors import UserFacingError, output_file
 from autoseg.imageio import SUPPORTED_ENDINGS, read_label
 from autoseg.labels import Regions, ignore_value, label_names, regions_of, scored_classes
 from autoseg.postprocess.lesions import LESION_COUNT_KEYS, detection_scores
@@ -235,6 +235,8 @@ def cli_evaluate(args: argparse.Namespace) -> int:
             found |= set(np.unique(read_label(p)[0]).tolist())
         labels = sorted(v for v in found if v and v != ignore)
     out = Path(args.output) if args.output else Path(args.prediction) / "summary.json"
+    if args.output:
+        output_file(out, "summary file")
     summary = evaluate_folder(args.reference, args.prediction, labels, output_json=out,
                               nsd_tolerance_mm=args.nsd_tolerance, ignore_label=ignore, regions=regions)
     print(format_table(summary, names))

@@ -23,10 +23,12 @@ def _check_fold(fold: str) -> str:
 
 
 def _resolve(args: argparse.Namespace):
+    from autoseg.training.loss import LOSSES
     from autoseg.units import parse_duration
     from autoseg.training.train_config import resolve_train_config
 
     cfg = resolve_train_config(args.variant or "default", args.overrides)
+    LOSSES.get(cfg.loss)  # an unknown name is refused before any fold folder is written
     if args.num_workers is not None:
         cfg = dataclasses.replace(cfg, num_workers=args.num_workers)
     if getattr(args, "pretrained", None):

@@ -17,6 +17,7 @@ EXPORTED = {
     f"preprocessed/{NAME}/plans.json": b'{"plans": 1}\n',
     f"preprocessed/{NAME}/dataset.json": b'{"labels": {}}\n',
     f"preprocessed/{NAME}/fingerprint.json": b'{"fp": 2}\n',
+    f"preprocessed/{NAME}/throughput.json": b'{"cpu": "x"}\n',
     f"results/{NAME}/selection.json": b'{"configurations": ["3d_fullres"]}\n',
     f"{FOLD}/plans.json": b'{"plans": 1}\n',
     f"{FOLD}/train_config.json": b'{"num_epochs": 1}\n',
@@ -177,7 +178,7 @@ def test_stray_files_where_folders_belong_are_refused_not_overwritten(tmp_path):
     root = tmp_path / "ws"
     root.mkdir()
     (root / "preprocessed").write_bytes(b"")  # what importing a zip with folder entries used to leave
-    with pytest.raises(UserFacingError, match="would overwrite 3 different file.*preprocessed/"):
+    with pytest.raises(UserFacingError, match="would overwrite 4 different file.*preprocessed/"):
         import_model(archive, Workspace(root))
     assert sorted(p.name for p in root.iterdir()) == ["preprocessed"]
 
