@@ -166,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
                    help="auto: ONNX Runtime on a CPU in fp32 (no torch import; each checkpoint exported "
                         "once beside itself), else torch")
+    p.add_argument("--num-parts", type=number_in(int, 1), default=1, metavar="K",
+                   help="split the sorted cases into K parts, one per machine or process (default 1)")
+    p.add_argument("--part-id", type=number_in(int, 0), default=0, metavar="I",
+                   help="predict only part I (0-based, in [0, K-1]) of --num-parts K: every K-th case from I")
 
     p = add("train_all", "autoseg.training.run:cli_train_all",
             "train all 5 folds of every configuration find_best_config compares, within one time budget")
