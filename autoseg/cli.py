@@ -143,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", default=None,
                    help="wall-clock budget such as 30m or 2h for all the folds given, final validation "
                         "included; the schedule is fitted to it")
+    p.add_argument("--num-gpus", type=number_in(int, 1), default=1, metavar="N",
+                   help="train each fold on N processes of this node with DistributedDataParallel, one per GPU "
+                        "(NCCL; with --device cpu: N processes sharing the cores, gloo); the planned batch is "
+                        "split across them. Several nodes: start the same command under torchrun instead "
+                        "(README, 'Training on several GPUs')")
 
     p = add("predict", "autoseg.inference.predict:cli_predict", "segment new images")
     p.add_argument("-i", "--input", required=True, help="folder of {case}_{XXXX}.ext images")
