@@ -52,6 +52,13 @@ def number_in(kind: type, low: float | None = None, high: float | None = None, *
     return parse
 
 
+def _gpu_list(text: str) -> list[int]:
+    """``--gpus 0,1`` (parsed without importing torch)."""
+    from autoseg.training.parallel_folds import parse_gpus
+
+    return parse_gpus(text)
+
+
 def _root(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default=None,
                    help="workspace folder (default: $AUTOSEG_ROOT, else ./autoseg_data)")
@@ -183,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="configurations to train (default: every planned one; 3d_lowres before its cascade)")
     p.add_argument("--time-budget", default=None,
                    help="total wall-clock budget such as 8h, split across the folds still to train")
+    p.add_argument("--gpus", type=_gpu_list, default=None, metavar="LIST",
+                   help="train folds at the same time, one process per GPU, e.g. 0,1,2,3 (with --device cpu: "
+                        "as many processes, each on its share of the cores); each GPU gets the whole "
+                        "--time-budget for its folds")
 
     p = add("find_best_config", "autoseg.postprocess.selection:cli_find_best_config",
             "choose the best configuration or ensemble and its postprocessing from cross-validation")

@@ -222,11 +222,14 @@ def configure_rank_logging(ranks: Ranks, verbose: bool = False) -> None:
     logging.getLogger("autoseg").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
-def launch_local(num_processes: int, entry, *args) -> None:
+def launch_local(num_processes: int, entry, *args,
+                 then: str = "checkpoint_latest holds the last saved epoch: fix the cause and resume with --continue"
+                 ) -> None:
     """Run ``entry(*args)`` on ``num_processes`` processes of this node under torchrun's agent
     (``torch.distributed.run``'s ``elastic_launch``, standalone rendezvous on a free local port,
     no restarts): when one process fails, the agent stops the others and this raises a
-    ``UserFacingError`` naming the ranks that failed and their exit codes."""
+    ``UserFacingError`` naming the ranks that failed and their exit codes, then ``then`` (what to
+    do next)."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -241,5 +244,4 @@ def launch_local(num_processes: int, entry, *args) -> None:
         described = ", ".join(f"rank {rank} (exit code {f.exitcode}{f', ' + f.signal_name() if f.exitcode < 0 else ''})"
                               for rank, f in failures)
         raise UserFacingError(f"the training on {num_processes} processes failed: {described}; rank "
-                              f"{first.local_rank}'s messages are above. checkpoint_latest holds the last saved "
-                              "epoch: fix the cause and resume with --continue") from None
+                              f"{first.local_rank}'s messages are above. {then}") from None

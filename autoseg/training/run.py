@@ -141,6 +141,15 @@ def train_rank(args: argparse.Namespace) -> None:
         sys.exit(code)
 
 
+def _one_gpu(args: argparse.Namespace) -> str | None:
+    """``--device``, or on CUDA the one GPU of ``--gpus K``."""
+    from autoseg.device import pick_device
+
+    if not args.gpus or pick_device(args.device).type != "cuda":
+        return args.device
+    return f"cuda:{args.gpus[0]}"
+
+
 def cli_train_all(args: argparse.Namespace) -> int:
     """Every fold of every configuration to compare; finished folds are skipped, interrupted ones resumed."""
     from autoseg.plans import load_plans
@@ -172,7 +181,12 @@ def cli_train_all(args: argparse.Namespace) -> int:
             runs.append((configuration, fold))
     print(f"training {len(runs)} fold(s): " + ", ".join(f"{c}/{f}" for c, f in runs) if runs else "nothing to train")
     try:
-        train_runs(ws, name, runs, cfg, budget, variant, args.device, resume=True)
+        if args.gpus and len(args.gpus) > 1 and runs:
+            from autoseg.training.parallel_folds import train_concurrently
+
+            train_concurrently(ws, name, runs, cfg, budget, variant, args.device, args.gpus)
+        else:
+            train_runs(ws, name, runs, cfg, budget, variant, _one_gpu(args), resume=True)
     except KeyboardInterrupt:
         return 130
     print(f"next: autoseg find_best_config -d {args.dataset}" + (f" --root {args.root}" if args.root else ""))

@@ -268,3 +268,30 @@ def test_cli_train_on_two_processes(ws):
     fold = ws.results / "Dataset901_Synth" / "3d_fullres" / "default" / "fold_1"
     assert load_checkpoint(fold / "checkpoint_final.pth")["iteration"] == 2
     assert (fold / "validation" / "summary.json").is_file()
+
+
+def test_folds_in_parallel_are_dealt_round_robin_in_two_rounds_with_shares_of_the_budget():
+    from autoseg.training.parallel_folds import device_runs, parse_gpus, stage_budget, stages
+
+    assert parse_gpus("0,1,3") == [0, 1, 3]
+    for bad in ("0,0", "-1", "a", ""):
+        with pytest.raises(Exception, match="expected distinct GPU indices"):
+            parse_gpus(bad)
+    runs = [(c, f) for c in ("3d_fullres", "3d_lowres", "3d_cascade_fullres") for f in "01234"]
+    first, second = stages(runs)
+    assert [c for c, _ in second] == ["3d_cascade_fullres"] * 5 and len(first) == 10
+    assert device_runs(first[:5], 2, 0) == [("3d_fullres", f) for f in "024"]
+    assert device_runs(first[:5], 2, 1) == [("3d_fullres", f) for f in "13"]
+    assert stage_budget(3600, 0, 10, 15) == 2400 and stage_budget(3600, 2600, 5, 5) == 1000
+
+
+@pytest.mark.slow
+def test_train_all_runs_folds_at_once_on_two_cpu_processes(ws):
+    code = main(["train_all", "-d", "901", "-c", "3d_fullres", "--root", str(ws.root), "-np", "0", "--device", "cpu",
+                 "--gpus", "0,1",
+                 "--set", "num_epochs=1", "--set", "num_iterations_per_epoch=1", "--set", "num_val_iterations_per_epoch=1",
+                 "--set", "precision=fp32", "--set", "validation_mirroring=false"])
+    assert code == 0
+    for fold in "01234":
+        fold_dir = ws.results / "Dataset901_Synth" / "3d_fullres" / "default" / f"fold_{fold}"
+        assert (fold_dir / "checkpoint_final.pth").is_file() and (fold_dir / "validation" / "summary.json").is_file()
