@@ -50,8 +50,9 @@ def ws(tmp_path_factory) -> Workspace:
 
 
 def small_config(epochs: int = 2, **changes) -> TrainConfig:
-    return TrainConfig(num_epochs=epochs, num_iterations_per_epoch=3, num_val_iterations_per_epoch=1, num_workers=0,
-                       batch_size=2, precision="fp32", collective_timeout_s=20.0, **changes)
+    settings = dict(num_epochs=epochs, num_iterations_per_epoch=3, num_val_iterations_per_epoch=1, num_workers=0,
+                    batch_size=2, precision="fp32", collective_timeout_s=20.0)
+    return TrainConfig(**{**settings, **changes})
 
 
 def free_port() -> int:
@@ -156,6 +157,17 @@ def test_two_ranks_follow_the_loss_trajectory_of_one_process_with_the_same_globa
     two = load_checkpoint(straight[0] / "checkpoint_final.pth")["history"]
     alone = load_checkpoint(one / "checkpoint_final.pth")["history"]
     # the same samples: only the order of the float sums differs (tolerance 1e-3 relative)
+    np.testing.assert_allclose(two["train_loss"], alone["train_loss"], rtol=1e-3)
+    np.testing.assert_allclose(two["val_loss"], alone["val_loss"], rtol=1e-3)
+
+
+def test_an_uneven_split_is_weighted_to_the_global_batchs_mean(ws):
+    cfg = small_config(1, batch_size=3)  # 2 + 1 samples
+    assert run_ranks(train, ws, "uneven", cfg) == {0: "ok", 1: "ok"}
+    one = trainer.train_fold(ws, "901", "3d_fullres", 0, cfg, variant="uneven_one", validate=False)
+    two = fold_dir(ws, "uneven")
+    assert "split 2 + 1; each rank's loss is weighted by its share" in (two / "training.log").read_text()
+    two, alone = (load_checkpoint(d / "checkpoint_final.pth")["history"] for d in (two, one))
     np.testing.assert_allclose(two["train_loss"], alone["train_loss"], rtol=1e-3)
     np.testing.assert_allclose(two["val_loss"], alone["val_loss"], rtol=1e-3)
 
