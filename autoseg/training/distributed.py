@@ -17,7 +17,8 @@ NCCL on CUDA (rank ``r`` on GPU ``LOCAL_RANK``), gloo on a CPU.
 - The planned (global) batch is split as evenly as it goes (``batch_shares``: 5 on 2 ranks is
   3 + 2); with unequal shares each rank's loss is weighted by ``share x ranks / batch`` so that
   the averaged gradient is that of the global batch's mean loss. Fewer samples than ranks is
-  refused. A Dice pooled over the batch (``batch_dice``) is pooled over each rank's share.
+  refused. A Dice pooled over the batch (``batch_dice``, and the small classes'
+  ``small_class_batch_dice``) is pooled over the global batch (``Ranks.pool``).
 - Reduced across ranks: the training loss of every step, the patch validation's loss and its
   TP/FP/FN counts (so the logged numbers are those of the global batch); gradients by DDP.
 - Rank 0 alone writes (plans, train_config, checkpoints, training.log, progress.png) and runs the
@@ -115,6 +116,13 @@ class Ranks:
         self._collective(what, lambda: torch.distributed.all_reduce(t))
         return t.cpu().numpy()
 
+    def pool(self, sums: torch.Tensor) -> torch.Tensor:
+        """``sums`` (over this rank's samples) summed over every rank, differentiably: the gradient
+        of a Dice pooled over the global batch reaches each rank's samples (``loss.Pool``). DDP then
+        averages the ranks' gradients, and since every rank's loss holds the same pooled Dice, that
+        average is the gradient of the global batch's loss."""
+        return _SumOverRanks.apply(sums)
+
     def from_main(self, obj: Any, what: str) -> Any:
         """Rank 0's ``obj`` (picklable) on every rank."""
         if not self.active:
@@ -133,6 +141,23 @@ class Ranks:
         if len(set(box)) > 1:
             raise UserFacingError(f"the ranks disagree on {what}: {box} (rank 0 first); every rank must read the "
                                   "same workspace (a shared file system, or the same files copied to every node)")
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) whose gradient is the all-reduced (summed) gradient: each rank's input
+    gets the gradient that every rank's use of the sum sends back."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        torch.distributed.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.clone()
+        torch.distributed.all_reduce(total)
+        return total
 
 
 def is_collective_failure(exc: BaseException) -> bool:

@@ -246,7 +246,8 @@ class _FoldRun:
         self.net = self.net.to(dev, memory_format=self.layout)
         self.loss_fn = build_loss(cfg.loss, cp.batch_dice if cfg.batch_dice is None else cfg.batch_dice,
                                   cfg.ce_weight, cfg.dice_weight, len(self.scales) if self.scales else None,
-                                  small.ce_weights, small.batch_dice_classes, plans.ignore_label, plans.regions)
+                                  small.ce_weights, small.batch_dice_classes, plans.ignore_label, plans.regions,
+                                  self.ranks.pool if self.ranks.active else None)
         self.part = self.ranks.share(self.batch_size)  # this rank's samples of each global batch
         self.local_batch = self.part.stop - self.part.start
         if self.ranks.loss_weight(self.batch_size) != 1:

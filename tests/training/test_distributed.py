@@ -157,18 +157,25 @@ def test_two_ranks_follow_the_loss_trajectory_of_one_process_with_the_same_globa
     two = load_checkpoint(straight[0] / "checkpoint_final.pth")["history"]
     alone = load_checkpoint(one / "checkpoint_final.pth")["history"]
     # the same samples: only the order of the float sums differs (tolerance 1e-3 relative)
-    np.testing.assert_allclose(two["train_loss"], alone["train_loss"], rtol=1e-3)
+    np.testing.assert_allclose(two["train_loss"], alone["train_loss"], rtol=1e-4)
     np.testing.assert_allclose(two["val_loss"], alone["val_loss"], rtol=1e-3)
 
 
-def test_an_uneven_split_is_weighted_to_the_global_batchs_mean(ws):
-    cfg = small_config(1, batch_size=3)  # 2 + 1 samples
-    assert run_ranks(train, ws, "uneven", cfg) == {0: "ok", 1: "ok"}
-    one = trainer.train_fold(ws, "901", "3d_fullres", 0, cfg, variant="uneven_one", validate=False)
-    two = fold_dir(ws, "uneven")
-    assert "split 2 + 1; each rank's loss is weighted by its share" in (two / "training.log").read_text()
+@pytest.mark.parametrize("batch, batch_dice, split", [(3, False, "2 + 1; each rank's loss is weighted by its share"),
+                                                      (2, True, "1 + 1")])
+def test_an_uneven_split_and_a_batch_dice_follow_one_process(ws, batch, batch_dice, split):
+    """An uneven split weighted to the global batch's mean; a Dice pooled over the global batch.
+    Training losses within 1e-4 (2e-5 measured); without the weights 4e-3 apart, without the pooling 2e-4.
+    The validation losses within 1e-3: AdamW's first steps move a weight whose gradient is float noise by
+    about the learning rate either way."""
+    cfg = small_config(1, batch_size=batch, batch_dice=batch_dice)
+    variant = f"b{batch}_{batch_dice}"
+    assert run_ranks(train, ws, variant, cfg) == {0: "ok", 1: "ok"}
+    one = trainer.train_fold(ws, "901", "3d_fullres", 0, cfg, variant=variant + "_one", validate=False)
+    two = fold_dir(ws, variant)
+    assert f"split {split}" in (two / "training.log").read_text()
     two, alone = (load_checkpoint(d / "checkpoint_final.pth")["history"] for d in (two, one))
-    np.testing.assert_allclose(two["train_loss"], alone["train_loss"], rtol=1e-3)
+    np.testing.assert_allclose(two["train_loss"], alone["train_loss"], rtol=1e-4)
     np.testing.assert_allclose(two["val_loss"], alone["val_loss"], rtol=1e-3)
 
 
@@ -196,7 +203,7 @@ def test_a_stop_on_one_rank_stops_both_and_the_run_resumes_on_two_or_one(ws, str
     alone = load_checkpoint(on_one / "checkpoint_final.pth")
     assert alone["iteration"] == 6
     # the same batches as the two ranks resumed from there (epoch 1's mean: its last two steps)
-    np.testing.assert_allclose(alone["history"]["train_loss"], resumed["history"]["train_loss"], rtol=1e-3)
+    np.testing.assert_allclose(alone["history"]["train_loss"], resumed["history"]["train_loss"], rtol=1e-4)
 
 
 class RankClock:
