@@ -58,6 +58,7 @@ def train_runs(ws: Workspace, dataset: str, runs: list[tuple[str, str]], cfg, to
 
 def cli_train(args: argparse.Namespace) -> int:
     from autoseg.device import pick_device
+    from autoseg.training import distributed
     from autoseg.training.trainer import fold_directory, run_validation
 
     folds = [_check_fold(f) for f in args.folds]
@@ -66,18 +67,18 @@ def cli_train(args: argparse.Namespace) -> int:
     ws = Workspace.resolve(args.root)
     variant = args.variant or "default"
     cfg, budget = _resolve(args)
+    ranks = distributed.from_environment()  # under torchrun
     if args.validate_only:
         from autoseg.training.splits import get_split
 
+        if ranks is not None and not ranks.main:  # rank 0 validates
+            return 0
         name = ws.dataset_name(args.dataset)
         for fold in folds:
             fold_dir = fold_directory(ws, name, args.configuration, fold, variant)
             _, val_ids = get_split(ws.preprocessed / name, fold)
             run_validation(fold_dir, ws, name, val_ids, pick_device(args.device), cfg)
         return 0
-    from autoseg.training import distributed
-
-    ranks = distributed.from_environment()
     if ranks is None and args.num_gpus > 1:
         _check_processes(args.num_gpus, pick_device(args.device))
         log.info("training on %d processes (torchrun's agent on this node)", args.num_gpus)
@@ -155,6 +156,11 @@ def cli_train_all(args: argparse.Namespace) -> int:
     from autoseg.plans import load_plans
     from autoseg.training.trainer import fold_directory
 
+    from autoseg.training.distributed import from_environment
+
+    if from_environment() is not None:
+        raise UserFacingError("train_all starts its own processes (--gpus 0,1,...): run it without torchrun; "
+                              "to train one fold on several GPUs use 'autoseg train CONFIG FOLD --num-gpus N'")
     ws = Workspace.resolve(args.root)
     name = ws.dataset_name(args.dataset)
     plans_path = ws.preprocessed / name / "plans.json"

@@ -278,6 +278,17 @@ def test_the_local_launcher_stops_the_other_ranks_and_names_the_failed_one():
     assert time.monotonic() - started < 45
 
 
+def test_under_torchrun_train_all_is_refused_and_only_rank_zero_validates(ws, monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert main(["train_all", "-d", "901", "--root", str(ws.root)]) == 2
+    assert "train_all starts its own processes" in capsys.readouterr().err
+    # rank 1 of a --val run: nothing to do (the fold is not even trained)
+    assert main(["train", "3d_fullres", "4", "-d", "901", "--root", str(ws.root), "--val"]) == 0
+
+
 @pytest.mark.slow
 def test_cli_train_on_two_processes(ws):
     code = main(["train", "3d_fullres", "1", "-d", "901", "--root", str(ws.root), "-np", "0", "--device", "cpu",
