@@ -27,7 +27,10 @@ NCCL on CUDA (rank ``r`` on GPU ``LOCAL_RANK``), gloo on a CPU.
   rank stops at the same iteration; a stop request (SIGTERM) on any rank stops all of them there.
 - A rank that dies or hangs: every collective has the run's ``collective_timeout_s`` (and gloo
   notices a closed connection at once); the ranks left raise ``RankLost``, whose message says
-  what to do, and torchrun's agent stops the others.
+  what to do, and torchrun's agent stops the others. On NCCL a collective that times out is
+  ended by NCCL's watchdog, which aborts the process with its own message (torch's default
+  ``TORCH_NCCL_ASYNC_ERROR_HANDLING``); a peer's failure it reports is a ``RankLost``.
+- On a CPU the ranks of one node share its cores: each runs ``cores / ranks`` threads.
 """
 from __future__ import annotations
 
