@@ -52,6 +52,13 @@ def number_in(kind: type, low: float | None = None, high: float | None = None, *
     return parse
 
 
+def _gpu_list(text: str) -> list[int]:
+    """``--gpus 0,1`` (parsed without importing torch)."""
+    from autoseg.training.parallel_folds import parse_gpus
+
+    return parse_gpus(text)
+
+
 def _root(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default=None,
                    help="workspace folder (default: $AUTOSEG_ROOT, else ./autoseg_data)")
@@ -170,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", default=None,
                    help="wall-clock budget such as 30m or 2h for all the folds given, final validation "
                         "included; the schedule is fitted to it")
+    p.add_argument("--num-gpus", type=number_in(int, 1), default=1, metavar="N",
+                   help="train each fold on N processes of this node with DistributedDataParallel, one per GPU "
+                        "(NCCL; with --device cpu: N processes sharing the cores, gloo); the planned batch is "
+                        "split across them. Several nodes: start the same command under torchrun instead "
+                        "(README, 'Training on several GPUs')")
 
     p = add("predict", "autoseg.inference.predict:cli_predict", "segment new images")
     p.add_argument("-i", "--input", required=True, help="folder of {case}_{XXXX}.ext images")
@@ -193,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
                    help="auto: ONNX Runtime on a CPU in fp32 (no torch import; each checkpoint exported "
                         "once beside itself), else torch")
+    p.add_argument("--num-parts", type=number_in(int, 1), default=1, metavar="K",
+                   help="split the sorted cases into K parts, one per machine or process (default 1)")
+    p.add_argument("--part-id", type=number_in(int, 0), default=0, metavar="I",
+                   help="predict only part I (0-based, in [0, K-1]) of --num-parts K: every K-th case from I")
 
     p = add("train_all", "autoseg.training.run:cli_train_all",
             "train all 5 folds of every configuration find_best_config compares, within one time budget")
@@ -201,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="configurations to train (default: every planned one; 3d_lowres before its cascade)")
     p.add_argument("--time-budget", default=None,
                    help="total wall-clock budget such as 8h, split across the folds still to train")
+    p.add_argument("--gpus", type=_gpu_list, default=None, metavar="LIST",
+                   help="train folds at the same time, one process per GPU, e.g. 0,1,2,3 (with --device cpu: "
+                        "as many processes, each on its share of the cores); each GPU gets the whole "
+                        "--time-budget for its folds")
 
     p = add("find_best_config", "autoseg.postprocess.selection:cli_find_best_config",
             "choose the best configuration or ensemble and its postprocessing from cross-validation")

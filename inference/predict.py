@@ -97,6 +97,19 @@ def _misfit(case: InputCase, channel_names: tuple[str, ...], model_2d: bool) -> 
     return ""
 
 
+def case_part(cases: list, num_parts: int, part_id: int) -> list:
+    """The cases of part ``part_id`` (0-based) of ``num_parts``: every ``num_parts``-th case of the
+    sorted list, starting at ``part_id``, as nnU-Net's ``-num_parts``/``-part_id`` split them. The
+    parts are disjoint, cover every case, and differ in size by at most one; several machines (or
+    processes) predicting the parts 0..K-1 into one output folder write each case once.
+
+    Example: cases a b c d e, 2 parts: part 0 is a c e, part 1 is b d."""
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        raise UserFacingError(f"argument --part-id: expected a whole number in [0, {num_parts - 1}] "
+                              f"(--num-parts {num_parts}), found '{part_id}'")
+    return list(cases[part_id::num_parts])
+
+
 def _fold_dirs(ws: Workspace, dataset: str, configuration: str, variant: str, folds, checkpoint: str) -> list[Path]:
     base = ws.results_dataset(dataset) / configuration / variant
     if folds:
@@ -172,10 +185,12 @@ def load_predictor(ws: Workspace, dataset: str, configuration: str, variant: str
 def predict_folder(input_dir, output_dir, ws: Workspace, dataset: str, configurations=None, folds=None,
                    checkpoint: str = "checkpoint_final", variant: str = "default", step_size: float = 0.5,
                    tta: bool = True, save_probabilities: bool = False, resume: bool = False, device="auto",
-                   postprocess: bool = True, precision: str = "auto", backend: str = "auto") -> int:
+                   postprocess: bool = True, precision: str = "auto", backend: str = "auto", num_parts: int = 1,
+                   part_id: int = 0) -> int:
     """Predict every case of ``input_dir`` into ``output_dir``; return the number of failed cases.
 
-    ``backend``: ``torch``, ``onnx`` or ``auto`` (``onnx_backend.choose_backend``)."""
+    ``backend``: ``torch``, ``onnx`` or ``auto`` (``onnx_backend.choose_backend``). With
+    ``num_parts`` > 1 only part ``part_id`` of the sorted cases (``case_part``)."""
     from tqdm import tqdm
 
     from autoseg.imageio import read_image, write_image
@@ -209,6 +224,11 @@ def predict_folder(input_dir, output_dir, ws: Workspace, dataset: str, configura
         chosen, predictors = "torch", load_all("torch")
     num_channels = len(predictors[0].plans.channel_names)
     order = predictors[0].plans.regions_class_order  # region-based model: sigmoid maps -> labels
+    if num_parts > 1:
+        total = len(cases)
+        cases = case_part(cases, num_parts, part_id)
+        log.info("part %d of %d (--part-id %d --num-parts %d): %d of the %d cases", part_id + 1, num_parts, part_id,
+                 num_parts, len(cases), total)
     out = Path(output_dir)
     reason = ""
     if backend == "auto" and chosen == "onnx":
@@ -296,11 +316,12 @@ def _torch_pays_off(predictors: list, cases: list, tta: bool) -> str:
 
 
 def cli_predict(args: argparse.Namespace) -> int:
+    case_part([], args.num_parts, args.part_id)  # a part outside the parts is refused before any work
     ws = Workspace.resolve(args.root)
     failed = predict_folder(args.input, args.output, ws, args.dataset, args.configurations, args.folds,
                             args.chk, args.variant or "default", args.step_size, not args.disable_tta,
                             args.save_probabilities, args.resume, args.device or "auto",
-                            not args.no_postprocessing, args.precision, args.backend)
+                            not args.no_postprocessing, args.precision, args.backend, args.num_parts, args.part_id)
     if failed:
         log.error("%d case(s) failed; see the messages above", failed)
         return 1

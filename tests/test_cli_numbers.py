@@ -16,6 +16,8 @@ PREDICT = ["predict", "-i", "in", "-o", "out", "-d", "4"]
     (["train", "3d_fullres", "0", "-d", "4", "-nw", "-1"], "-nw/--num-workers", "a whole number >= 0", "-1"),
     (["train_all", "-d", "4", "-nw", "2.5"], "-nw/--num-workers", "a whole number >= 0", "2.5"),
     (["train", "3d_fullres", "0", "-d", "4", "-np", "-1"], "-np", "a whole number >= 0", "-1"),
+    (PREDICT + ["--num-parts", "0"], "--num-parts", "a whole number >= 1", "0"),
+    (PREDICT + ["--part-id", "-1"], "--part-id", "a whole number >= 0", "-1"),
     (["plan_and_preprocess", "-d", "4", "-np", "0"], "-np/--num-processes", "a whole number >= 1", "0"),
     (["convert_msd", "-i", "Task04", "-d", "1000"], "-d/--dataset-id", "a whole number in [0, 999]", "1000"),
     (["evaluate", "-ref", "r", "-pred", "p", "--nsd-tolerance", "-1"], "--nsd-tolerance", "a number > 0", "-1"),
@@ -26,6 +28,17 @@ def test_out_of_range_numbers_stop_the_parser(args, option, allowed, value, caps
     assert info.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last == f"autoseg {args[0]}: error: argument {option}: expected {allowed}, found '{value}'"
+
+
+@pytest.mark.parametrize("parts, part", [("2", "2"), ("1", "1"), ("3", "7")])
+def test_a_part_outside_the_parts_is_refused_before_any_work(parts, part, capsys, tmp_path):
+    code = main(["predict", "-i", str(tmp_path / "missing"), "-o", str(tmp_path / "out"), "-d", "4",
+                 "--root", str(tmp_path), "--num-parts", parts, "--part-id", part])
+    assert code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"autoseg predict: error: argument --part-id: expected a whole number in [0, {int(parts) - 1}] "
+                    f"(--num-parts {parts}), found '{part}'")
+    assert not (tmp_path / "out").exists()
 
 
 def test_number_in_takes_the_closed_edges_and_refuses_the_open_ones():

@@ -315,6 +315,21 @@ class BatchSource:
         return {"data": batch["data"].astype(np.float32), "target": target}
 
 
+class RankShare:
+    """One rank's samples (``part``, a slice of the batch axis) of every batch of ``source``: batch
+    ``i`` of a run on several processes is the same global batch whatever the number of ranks
+    (``training/distributed.py``); picklable like the source."""
+
+    def __init__(self, source: BatchSource, part: slice):
+        self.source, self.part = source, part
+
+    def batch(self, i: int) -> dict[str, np.ndarray | list[np.ndarray]]:
+        full = self.source.batch(i)
+        target = full["target"]
+        return {"data": full["data"][self.part],
+                "target": [t[self.part] for t in target] if isinstance(target, list) else target[self.part]}
+
+
 def class_frequencies(source: BatchSource, num_classes: int, num_batches: int = 25, regions=None,
                       ignore_label: int | None = None) -> np.ndarray:
     """Fraction of voxels of each class in ``num_batches`` batches of ``source`` (batches

@@ -27,23 +27,30 @@ from torch import nn
 from autoseg.registry import Registry
 
 SMOOTH = 1e-5
+# on several processes: sums over the batch -> the same sums over every rank's share of the global
+# batch, differentiably (``distributed.Ranks.pool``); None on one process
+Pool = Callable[[torch.Tensor], torch.Tensor]
 
 
 def soft_dice(probs: torch.Tensor, target: torch.Tensor, batch_dice: bool,
-              batch_dice_classes: tuple[int, ...] = (), mask: torch.Tensor | None = None) -> torch.Tensor:
+              batch_dice_classes: tuple[int, ...] = (), mask: torch.Tensor | None = None,
+              pool: Pool | None = None) -> torch.Tensor:
     """Mean soft Dice over foreground classes. ``probs`` (B, K, ...), ``target`` (B, 1, ...) int with
     values below K wherever ``mask`` (B, 1, ..., bool; default everywhere) is set; voxels outside the
     mask count neither in the prediction nor in the reference.
 
     Each class contributes the mean of its per-sample Dice, or its Dice over the whole batch when
     ``batch_dice`` is set or the class is in ``batch_dice_classes``; the result is the mean over classes.
+    ``pool``: on several processes, the sums pooled over the batch are summed over every rank's share
+    of it (``Pool``).
     """
     onehot = torch.zeros_like(probs).scatter_(1, target.long(), 1.0)
-    return _dice_of_masks(probs[:, 1:], onehot[:, 1:], batch_dice, tuple(k - 1 for k in batch_dice_classes), mask)
+    return _dice_of_masks(probs[:, 1:], onehot[:, 1:], batch_dice, tuple(k - 1 for k in batch_dice_classes), mask,
+                          pool)
 
 
 def _dice_of_masks(probs: torch.Tensor, ref: torch.Tensor, batch_dice: bool, pooled_channels: tuple[int, ...] = (),
-                   mask: torch.Tensor | None = None) -> torch.Tensor:
+                   mask: torch.Tensor | None = None, pool: Pool | None = None) -> torch.Tensor:
     """Mean soft Dice over the channels of ``probs`` and ``ref`` (B, C, ..., float); channels in
     ``pooled_channels`` (or all with ``batch_dice``) pooled over the batch, the others per sample."""
     if mask is not None:
@@ -53,7 +60,10 @@ def _dice_of_masks(probs: torch.Tensor, ref: torch.Tensor, batch_dice: bool, poo
     intersect = (probs * onehot).sum(axes)  # (B, K-1)
     denom = probs.sum(axes) + onehot.sum(axes)
     per_sample = (2 * intersect + SMOOTH) / (denom + SMOOTH).clamp_min(1e-8)
-    pooled = (2 * intersect.sum(0) + SMOOTH) / (denom.sum(0) + SMOOTH).clamp_min(1e-8)
+    sums = torch.stack([intersect.sum(0), denom.sum(0)])
+    if pool is not None and (batch_dice or pooled_channels):
+        sums = pool(sums)
+    pooled = (2 * sums[0] + SMOOTH) / (sums[1] + SMOOTH).clamp_min(1e-8)
     if batch_dice:
         return pooled.mean()
     chosen = torch.tensor([k in pooled_channels for k in range(probs.shape[1])], device=probs.device)
@@ -66,9 +76,9 @@ class DiceCELoss(nn.Module):
 
     def __init__(self, batch_dice: bool, ce_weight: float = 1.0, dice_weight: float = 1.0,
                  ce_class_weights: tuple[float, ...] | None = None, batch_dice_classes: tuple[int, ...] = (),
-                 ignore_label: int | None = None):
+                 ignore_label: int | None = None, pool: Pool | None = None):
         super().__init__()
-        self.batch_dice, self.ce_weight, self.dice_weight = batch_dice, ce_weight, dice_weight
+        self.batch_dice, self.ce_weight, self.dice_weight, self.pool = batch_dice, ce_weight, dice_weight, pool
         self.batch_dice_classes = tuple(batch_dice_classes)
         self.ignore_label = ignore_label
         self.register_buffer("class_weights", None if ce_class_weights is None
@@ -87,7 +97,7 @@ class DiceCELoss(nn.Module):
         if self.dice_weight:
             probs = torch.softmax(logits.float(), 1)
             loss = loss + self.dice_weight * (1 - soft_dice(probs, target, self.batch_dice, self.batch_dice_classes,
-                                                            mask))
+                                                            mask, self.pool))
         return loss
 
 
@@ -109,8 +119,9 @@ class RegionLoss(nn.Module):
     sigmoid maps, every region counted); ``ignore_label`` voxels take no part in either term."""
 
     def __init__(self, regions, batch_dice: bool, bce_weight: float = 1.0, dice_weight: float = 1.0,
-                 ignore_label: int | None = None):
+                 ignore_label: int | None = None, pool: Pool | None = None):
         super().__init__()
+        self.pool = pool
         self.regions = tuple(tuple(int(v) for v in r) for r in regions)
         self.batch_dice, self.bce_weight, self.dice_weight = batch_dice, bce_weight, dice_weight
         self.ignore_label = ignore_label
@@ -129,7 +140,7 @@ class RegionLoss(nn.Module):
             loss = loss + self.bce_weight * bce
         if self.dice_weight:
             loss = loss + self.dice_weight * (1 - _dice_of_masks(torch.sigmoid(logits), ref, self.batch_dice,
-                                                                 mask=mask))
+                                                                 mask=mask, pool=self.pool))
         return loss
 
 
@@ -139,13 +150,13 @@ def region_targets(target: torch.Tensor, regions) -> torch.Tensor:
                       for r in regions], 1)
 
 
-def _dice_ce(batch_dice, ce_weight, dice_weight, regions=None, ignore_label=None, **small) -> nn.Module:
+def _dice_ce(batch_dice, ce_weight, dice_weight, regions=None, ignore_label=None, pool=None, **small) -> nn.Module:
     """CE (BCE on regions) weighted ``ce_weight`` + Dice weighted ``dice_weight``."""
     if regions:
         if any(w != 1 for w in small.get("ce_class_weights") or ()) or small.get("batch_dice_classes"):
             raise ValueError("small-class loss weights do not apply to region-based training")
-        return RegionLoss(regions, batch_dice, ce_weight, dice_weight, ignore_label)
-    return DiceCELoss(batch_dice, ce_weight, dice_weight, ignore_label=ignore_label, **small)
+        return RegionLoss(regions, batch_dice, ce_weight, dice_weight, ignore_label, pool)
+    return DiceCELoss(batch_dice, ce_weight, dice_weight, ignore_label=ignore_label, pool=pool, **small)
 
 
 LOSSES: Registry[Callable[..., nn.Module]] = Registry("loss")
@@ -180,13 +191,14 @@ class DeepSupervisionLoss(nn.Module):
 
 def build_loss(name: str, batch_dice: bool, ce_weight: float, dice_weight: float, n_outputs: int | None,
                ce_class_weights: tuple[float, ...] | None = None, batch_dice_classes: tuple[int, ...] = (),
-               ignore_label: int | None = None, regions=None) -> nn.Module:
+               ignore_label: int | None = None, regions=None, pool: Pool | None = None) -> nn.Module:
     """The named loss, wrapped for deep supervision when ``n_outputs`` is given; ``ce_class_weights``
     and ``batch_dice_classes`` are the small-class settings (``SmallClassSetup.ce_weights``,
     ``.batch_dice_classes``); ``ignore_label`` the dataset's (``Plans.ignore_label``). With
     ``regions`` (``Plans.regions``) the loss is on regions (``RegionLoss``): "dice_ce" is BCE + Dice,
-    "ce" BCE alone, "dice" Dice alone, ``ce_weight`` weighing the BCE."""
+    "ce" BCE alone, "dice" Dice alone, ``ce_weight`` weighing the BCE. ``pool``: on several processes,
+    a Dice pooled over the batch is pooled over the global batch (``Pool``)."""
     base = LOSSES.get(name)(batch_dice, ce_weight, dice_weight, ce_class_weights=ce_class_weights,
                             batch_dice_classes=tuple(batch_dice_classes), ignore_label=ignore_label,
-                            regions=[members for _, members in regions] if regions else None)
+                            regions=[members for _, members in regions] if regions else None, pool=pool)
     return DeepSupervisionLoss(base, n_outputs) if n_outputs else base

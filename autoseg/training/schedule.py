@@ -135,6 +135,12 @@ class Budget:
         left = self.cfg.time_budget_s * (1 - MARGIN_FRACTION) - self.elapsed() - self.validation_s
         if left >= self.elapsed() / max(iteration, 1):
             return False
+        self.end_at(iteration)
+        return True
+
+    def end_at(self, iteration: int) -> None:
+        """The schedule ends at ``iteration`` (the time is up: ``out_of_time``, or rank 0 of a run
+        on several processes found it so)."""
         if self.cfg.total_iterations > iteration:
             log.info("time budget: the time is up after %d iterations (%d were planned; %.0f s left for the "
                      "final validation, estimated %.0f s)", iteration, self.cfg.total_iterations,
@@ -142,7 +148,6 @@ class Budget:
             self.cfg = dataclasses.replace(self.cfg, num_epochs=epochs_holding(iteration,
                                                                                self.cfg.num_iterations_per_epoch),
                                            num_iterations=iteration)
-        return True
 
     def state(self) -> dict:
         if not self.active:

@@ -99,6 +99,11 @@ class TrainConfig:
     # cascade: the variant of the previous stage (3d_lowres) whose cross-validation masks feed this
     # one and which predict runs first; None: the same variant as this training
     previous_stage_variant: Optional[str] = None
+    # training on several processes (training/distributed.py): the longest any rank waits for the
+    # others in one collective before the run ends with a message (a rank that died or hangs); it
+    # must cover the longest gap between two steps of any rank (rank 0 writing a checkpoint, every
+    # rank loading its cases before the first step)
+    collective_timeout_s: float = 1800.0
 
     # Settings measured and not adopted, then removed: a train_config.json written before still
     # loads (autoseg.serialization skips these keys with a note; they never changed prediction),
@@ -134,6 +139,8 @@ class TrainConfig:
             raise ValueError(f"initial_lr must be positive (or None: the optimizer's default), found {self.initial_lr}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ValueError("time_budget_s must be positive (or None for the epoch schedule)")
+        if not self.collective_timeout_s > 0:
+            raise ValueError(f"collective_timeout_s must be > 0 (seconds), found {self.collective_timeout_s}")
         if not 0 <= self.oversample_foreground_percent <= 1:
             raise ValueError("oversample_foreground_percent must be in [0, 1]")
         if not 0 <= self.small_class_oversample <= 1:

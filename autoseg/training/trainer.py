@@ -30,7 +30,8 @@ from autoseg.training.augmentation import resolve_order_data
 from autoseg.training.budget import WARMUP_ITERATIONS
 from autoseg.training.checkpoint import load_checkpoint, save_checkpoint
 from autoseg.training.health import FAILED_MARKER, clear_failed, mark_failed
-from autoseg.training.dataloader import BatchSource, class_frequencies, iterate
+from autoseg.training.dataloader import BatchSource, RankShare, class_frequencies, iterate
+from autoseg.training.distributed import Ranks, ShareWeightedLoss, StepSync, batch_shares, is_collective_failure
 from autoseg.training.loss import build_loss
 from autoseg.training.network import build_network, deep_supervision_scales, init_output_bias
 from autoseg.training.pretrained import load_pretrained
@@ -119,8 +120,12 @@ class _Restart(Exception):
 
 
 def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: TrainConfig, variant: str = "default",
-               device: str | None = "auto", resume: bool = False, validate: bool = True) -> Path:
+               device: str | None = "auto", resume: bool = False, validate: bool = True,
+               ranks: Ranks | None = None) -> Path:
     """Train (or resume) one fold and validate it; return the fold folder.
+
+    ``ranks``: this process's place in a run on several processes (``distributed.py``; its
+    process group started); None: one process.
 
     With ``cfg.time_budget_s`` the schedule (epochs, iterations per epoch, validation iterations)
     is fitted to the budget after a warm-up and re-fitted every epoch (see ``budget``); the
@@ -133,22 +138,25 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
     while True:
         try:
             return _train_fold(ws, dataset, configuration, fold, cfg, variant, device, resume, validate,
-                               started_at, width)
+                               started_at, width, ranks or Ranks())
         except _Restart as restart:
             width = restart.width
 
 
 def _train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: TrainConfig, variant: str,
-                device: str | None, resume: bool, validate: bool, started_at: float, width: int | None) -> Path:
+                device: str | None, resume: bool, validate: bool, started_at: float, width: int | None,
+                ranks: Ranks) -> Path:
     """The steps of one run: resolve what to train, then inside the fold's training log set up the
-    network and data, run the epochs, save the final model and validate it."""
-    run = _FoldRun(ws, dataset, configuration, fold, cfg, variant, device, resume, width)
-    with _training_log(run.out):
+    network and data, run the epochs, save the final model and validate it (on several processes:
+    rank 0 alone writes the log and validates)."""
+    run = _FoldRun(ws, dataset, configuration, fold, cfg, variant, device, resume, width, ranks)
+    with _training_log(run.out) if ranks.main else contextlib.nullcontext():
         run.set_up(started_at)
         try:
             run.train()
         except _Diverged as exc:
-            mark_failed(run.out, str(exc), run.iteration)
+            if ranks.main:
+                mark_failed(run.out, str(exc), run.iteration)
             log.error("training stopped: %s", exc)
             raise UserFacingError(
                 f"training of {run.out} diverged: {exc}. No final model was written and the fold is marked failed "
@@ -156,7 +164,7 @@ def _train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Trai
                 f"lower learning rate (now {run.cfg.initial_lr:g}; e.g. --set initial_lr={run.cfg.initial_lr / 10:g}) "
                 f"or in fp32 (--set precision=fp32)") from None
         run.finish()
-        if validate:
+        if validate and ranks.main:
             run.validate()
     return run.out
 
@@ -167,11 +175,12 @@ class _FoldRun:
     train_config; ``set_up`` builds network, loss, optimizer, budget and batch sources; ``train``
     runs the epochs (``_epoch``: the iterations; ``_end_epoch``: patch validation, history,
     budget re-fit, checkpoints, plot); ``finish`` writes the final checkpoint; ``validate`` runs
-    the sliding-window validation of the validation cases."""
+    the sliding-window validation of the validation cases. On several processes (``ranks``) each
+    step is shared as ``distributed.py`` says and rank 0 alone writes files."""
 
     def __init__(self, ws: Workspace, dataset: str, configuration: str, fold, cfg: TrainConfig, variant: str,
-                 device: str | None, resume: bool, width: int | None):
-        self.ws, self.configuration, self.fold, self.width = ws, configuration, fold, width
+                 device: str | None, resume: bool, width: int | None, ranks: Ranks):
+        self.ws, self.configuration, self.fold, self.width, self.ranks = ws, configuration, fold, width, ranks
         self.name = ws.dataset_name(dataset)
         pre = ws.preprocessed / self.name
         plans = load_plans(pre / "plans.json")
@@ -188,10 +197,11 @@ class _FoldRun:
             self.make_source = cascade_batch_source(ws, self.name, plans, configuration, variant, cfg,
                                                     self.train_ids + self.val_ids, fold)
         self.out = out = fold_directory(ws, self.name, configuration, fold, variant)
-        self.dev = dev = pick_device(device)
-        if dev.type == "cpu":
-            torch.set_num_threads(usable_cpus())
+        self.dev = dev = torch.device(ranks.device) if ranks.active else pick_device(device)
+        if dev.type == "cpu":  # the ranks of one node share its cores
+            torch.set_num_threads(max(1, usable_cpus() // ranks.local_world))
         self.state = state = _resume_state(out, resume, dev)
+        ranks.check_same(-1 if state is None else int(state["iteration"]), "the iteration of the checkpoint to resume")
         if state is not None and cfg.optimizer == "auto":  # go on with the optimizer the run started with
             saved = state.get("train_config", {})
             cfg = dataclasses.replace(cfg, optimizer=saved.get("optimizer", "sgd"),  # SGD before the choice existed
@@ -202,15 +212,19 @@ class _FoldRun:
                            if dev.type == "cpu" and throughput_path.is_file() else None)
         fold_plans = load_plans(out / "plans.json") if state is not None and (out / "plans.json").is_file() else None
         self.requested_precision = cfg.precision
-        self.resolved = resolve_settings(cfg, plans, configuration, dev, state, self.throughput, fold_plans, width)
+        # rank 0 resolves (a precision probe times this machine), the other ranks take its settings
+        self.resolved = ranks.from_main(resolve_settings(cfg, plans, configuration, dev, state, self.throughput,
+                                                         fold_plans, width) if ranks.main else None,
+                                        "the run's settings")
         cfg, self.plans, self.notes = self.resolved.cfg, self.resolved.plans, self.resolved.notes
         self.cfg = dataclasses.replace(resolve_optimizer(cfg),
                                        augmentation=resolve_order_data(cfg.augmentation, dev.type))
         torch.manual_seed(self.cfg.seed)
         self.cp = self.plans.configuration(configuration)
         out.mkdir(parents=True, exist_ok=True)
-        save_plans(self.plans, out / "plans.json")
-        save_json(self.cfg, out / "train_config.json")
+        if ranks.main:
+            save_plans(self.plans, out / "plans.json")
+            save_json(self.cfg, out / "train_config.json")
 
     # ------------------------------------------------------------------------------------ set-up
 
@@ -233,7 +247,12 @@ class _FoldRun:
         self.net = self.net.to(dev, memory_format=self.layout)
         self.loss_fn = build_loss(cfg.loss, cp.batch_dice if cfg.batch_dice is None else cfg.batch_dice,
                                   cfg.ce_weight, cfg.dice_weight, len(self.scales) if self.scales else None,
-                                  small.ce_weights, small.batch_dice_classes, plans.ignore_label, plans.regions)
+                                  small.ce_weights, small.batch_dice_classes, plans.ignore_label, plans.regions,
+                                  self.ranks.pool if self.ranks.active else None)
+        self.part = self.ranks.share(self.batch_size)  # this rank's samples of each global batch
+        self.local_batch = self.part.stop - self.part.start
+        if self.ranks.loss_weight(self.batch_size) != 1:
+            self.loss_fn = ShareWeightedLoss(self.loss_fn, self.ranks.loss_weight(self.batch_size))
         if plans.regions:
             log.info("region-based: %d sigmoid outputs (%s), loss %s on each region's mask", len(plans.regions),
                      ", ".join(f"{v}: {list(m)}" for v, m in plans.regions), cfg.loss)
@@ -248,6 +267,13 @@ class _FoldRun:
         self.non_finite = 0  # steps in a row with a non-finite loss or gradient norm
         if self.state is not None:
             started_at = self._restore(started_at)
+        self.train_net = self.net  # what the steps run: the network, or DDP around it on several processes
+        if self.ranks.active:
+            # deep supervision's lowest output has weight 0 (loss.deep_supervision_weights): its head gets no
+            # gradient, which DDP must be told; it leaves that gradient None, as one process does
+            self.train_net = torch.nn.parallel.DistributedDataParallel(
+                self.net, device_ids=[dev.index] if dev.type == "cuda" else None,
+                find_unused_parameters=bool(self.scales))
         self.started_at, state = started_at, self.state
         self.budget = budget = Budget(self.cfg, started_at, self.data_dir, self.val_ids, cp,
                                       fitted=bool(state and state.get("budget", {}).get("fitted")
@@ -259,6 +285,12 @@ class _FoldRun:
                                           small.shares, **self.source_options)
         self.val_src = self.make_source(self.data_dir, self.val_ids, cp, self.batch_size,
                                         cfg.oversample_foreground_percent, None, None, cfg.seed + 1)
+        if self.ranks.active:
+            self.train_src, self.val_src = RankShare(self.train_src, self.part), RankShare(self.val_src, self.part)
+            shares = " + ".join(str(n) for n in batch_shares(self.batch_size, self.ranks.world))
+            log.info("%d processes: the global batch of %d is split %s%s", self.ranks.world, self.batch_size, shares,
+                     "" if self.ranks.loss_weight(self.batch_size) == 1 else
+                     "; each rank's loss is weighted by its share so that the gradient is the global batch's mean")
         schedule = (f"time budget {cfg.time_budget_s:.0f} s (schedule fitted after {WARMUP_ITERATIONS} iterations)"
                     if budget.active and not budget.fitted
                     else f"{budget.cfg.num_epochs} epochs x {budget.cfg.num_iterations_per_epoch} iterations")
@@ -311,7 +343,7 @@ class _FoldRun:
         self.monitor = RunMonitor(self.resolved.expected_step_s,
                                   torch.get_num_threads() if self.dev.type == "cpu" else 1, self._verdict,
                                   WARMUP_ITERATIONS, logger=log)
-        self.recheck = (self.state is None and self.width is None and self.budget.active
+        self.recheck = (self.state is None and self.width is None and self.budget.active and not self.ranks.active
                         and self.cfg.fit_width_to_budget and planned_on_this_cpu(self.throughput, self.dev))
         with _StopRequest() as self.stop, self.monitor:
             try:
@@ -319,7 +351,7 @@ class _FoldRun:
                     self._end_epoch(*self._epoch())
             except KeyboardInterrupt:
                 self.checkpoint("checkpoint_latest")
-                if self.history["train_loss"]:
+                if self.history["train_loss"] and self.ranks.main:
                     plot_progress(self.history, self.out / "progress.png")
                 log.info("interrupted at iteration %d; checkpoint_latest saved, resume with --continue", self.iteration)
                 raise
@@ -345,15 +377,23 @@ class _FoldRun:
         self.net.train()
         steps = {"losses": [], "norms": [], "waited": 0.0, "trained": 0.0}
         bar = tqdm(total=n_it, initial=self.iteration % n_it, desc=f"epoch {epoch}", unit="it", leave=False,
-                   disable=None)
+                   disable=None if self.ranks.main else True)
         while self.iteration < min((epoch + 1) * n_it, self.total):
             step_started = time.perf_counter()
             self.monitor.step_started()
             batch = next(self.batches)
             wait_s = time.perf_counter() - step_started
             steps["waited"] += wait_s
-            loss, norm = _train_step(self.net, self.loss_fn, self.opt, self.scaler, batch, self.dev, cfg.grad_clip,
-                                     self.amp_dtype, self.layout)
+            try:
+                loss, norm = _train_step(self.train_net, self.loss_fn, self.opt, self.scaler, batch, self.dev,
+                                         cfg.grad_clip, self.amp_dtype, self.layout)
+            except RuntimeError as exc:  # the gradients' all-reduce runs inside the step
+                if self.ranks.active and is_collective_failure(exc):
+                    raise self.ranks.lost("a training step", exc) from exc
+                raise
+            synced = self._sync_step(loss) if self.ranks.active else None
+            if synced is not None:
+                loss = synced.loss
             self.non_finite = 0 if math.isfinite(loss) and math.isfinite(norm) else self.non_finite + 1
             if self.non_finite >= MAX_NON_FINITE_STEPS:
                 raise _Diverged(f"the loss or the gradients were not finite (NaN or inf) for {self.non_finite} steps "
@@ -371,17 +411,34 @@ class _FoldRun:
                 budget.step_times.append(step_s)
             bar.update()
             bar.set_postfix(loss=f"{loss:.3f}")
-            if self.stop.requested:
+            if synced.stop if synced is not None else self.stop.requested:
                 raise KeyboardInterrupt
-            if budget.out_of_time(self.iteration):
+            if synced.out_of_time if synced is not None else budget.out_of_time(self.iteration):
                 self.total = budget.total_iterations
             if budget.needs_fit(self.iteration):
                 budget.fit(self.iteration, self.net, batch["data"], self.dev)
+                self._sync_budget()
                 n_it = budget.cfg.num_iterations_per_epoch
                 self.total = budget.total_iterations
-                save_json(budget.cfg, self.out / "train_config.json")
+                if self.ranks.main:
+                    save_json(budget.cfg, self.out / "train_config.json")
         bar.close()
         return epoch, started, lr, steps
+
+    def _sync_step(self, loss: float) -> StepSync:
+        """On several processes, after each step: the mean loss, a stop asked of any rank, and rank
+        0's verdict on the time budget (the schedule then ends at this iteration on every rank)."""
+        synced = StepSync.exchange(self.ranks, loss, self.stop.requested,
+                                   self.ranks.main and self.budget.out_of_time(self.iteration + 1))
+        if synced.out_of_time and not self.ranks.main:
+            self.budget.end_at(self.iteration + 1)
+        return synced
+
+    def _sync_budget(self) -> None:
+        """Every rank takes rank 0's fitted schedule (each rank measured its own speed)."""
+        b = self.budget
+        b.cfg, b.validation_s, b.fitted = self.ranks.from_main((b.cfg, b.validation_s, b.fitted),
+                                                               "the time budget's schedule")
 
     def _end_epoch(self, epoch: int, started: float, lr: float, steps: dict) -> None:
         """Patch validation (loss, pseudo-Dice, EMA), the history and its log line, the budget's
@@ -389,8 +446,8 @@ class _FoldRun:
         cfg, budget, history = self.cfg, self.budget, self.history
         n_val = budget.cfg.num_val_iterations_per_epoch
         val_loss, dice, forward_total = _validate_patches(self.net, self.loss_fn, self.val_src, epoch * n_val, n_val,
-                                                          self.dev, self.plans, self.scales, cfg.precision)
-        forward_s = forward_total / max(1, n_val * self.batch_size)
+                                                          self.dev, self.plans, self.scales, cfg.precision, self.ranks)
+        forward_s = forward_total / max(1, n_val * self.local_batch)
         ema = dice.mean() if not history["ema_dice"] else (
             cfg.ema_alpha * history["ema_dice"][-1] + (1 - cfg.ema_alpha) * dice.mean())
         losses, norms = steps["losses"], steps["norms"]
@@ -405,20 +462,24 @@ class _FoldRun:
         log.info(format_epoch(history, epoch))
         if budget.active:
             budget.refit(self.iteration, history["epoch_time"], history.get("epoch_iterations", []), forward_s)
+            self._sync_budget()
             self.total = budget.total_iterations
-            save_json(budget.cfg, self.out / "train_config.json")
+            if self.ranks.main:
+                save_json(budget.cfg, self.out / "train_config.json")
         if ema > self.best_ema:
             self.best_ema = float(ema)
             self.checkpoint("checkpoint_best")
         if (epoch + 1) % cfg.checkpoint_every_epochs == 0:
             self.checkpoint("checkpoint_latest")
-        if time.perf_counter() - self.plotted_at >= PLOT_EVERY_S:
+        if time.perf_counter() - self.plotted_at >= PLOT_EVERY_S and self.ranks.main:
             plot_progress(history, self.out / "progress.png")
             self.plotted_at = time.perf_counter()
 
     # ------------------------------------------------------------------------------------ end
 
     def checkpoint(self, path_name: str) -> None:
+        if not self.ranks.main:  # rank 0 writes every file
+            return
         save_checkpoint({
             "network": self.net.state_dict(), "optimizer": self.opt.state_dict(),
             "grad_scaler": self.scaler.state_dict() if self.scaler is not None else {},
@@ -429,7 +490,9 @@ class _FoldRun:
 
     def finish(self) -> None:
         """The progress plot, checkpoint_final and checkpoint_latest (a failed earlier run's mark
-        removed)."""
+        removed); nothing on the ranks other than 0."""
+        if not self.ranks.main:
+            return
         clear_failed(self.out)
         if self.history["train_loss"]:
             plot_progress(self.history, self.out / "progress.png")
@@ -492,9 +555,10 @@ def _train_step(net, loss_fn, opt, scaler, batch, dev, grad_clip, amp_dtype=None
 
 @torch.no_grad()
 def _validate_patches(net, loss_fn, src: BatchSource, start: int, count: int, dev, plans: Plans, scales,
-                      precision: str = "fp32"):
+                      precision: str = "fp32", ranks: Ranks | None = None):
     """Validation loss, pseudo-Dice per foreground class or region (TP/FP/FN summed over all
-    patches) and the seconds spent in the network's forward passes alone (what the final
+    patches, and over the ``ranks`` of a run on several processes, as the loss is averaged) and the
+    seconds spent in the network's forward passes alone (what the final
     sliding-window validation costs per patch; making the batches, which for a cascade means
     loading large cases, is not)."""
     net.eval()
@@ -531,8 +595,13 @@ def _validate_patches(net, loss_fn, src: BatchSource, start: int, count: int, de
             tp[k] += float((p & r).sum())
             fp[k] += float((p & ~r & annotated).sum())
             fn[k] += float((~p & r).sum())
+    mean_loss = float(np.mean(losses)) if losses else float("nan")
+    if ranks is not None and ranks.active:
+        k = len(tp)
+        total = ranks.sum(np.concatenate([tp, fp, fn, [mean_loss]]), "the patch validation")
+        tp, fp, fn, mean_loss = total[:k], total[k:2 * k], total[2 * k:3 * k], float(total[-1]) / ranks.world
     dice = 2 * tp / np.maximum(2 * tp + fp + fn, 1e-8)
-    return float(np.mean(losses)) if losses else float("nan"), dice, forward_s
+    return mean_loss, dice, forward_s
 
 
 def run_validation(fold_dir: Path, ws: Workspace, dataset: str, val_ids: list[str], dev, cfg: TrainConfig) -> dict:

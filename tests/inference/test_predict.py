@@ -233,3 +233,32 @@ def test_predict_takes_the_precision_the_planning_timed_on_this_cpu(trained_root
         assert planned_as("fp32", cpu="another CPU") == "bf16"  # timed elsewhere: the probe decides
     finally:
         path.write_text(original)
+
+
+def test_case_parts_are_disjoint_cover_every_case_and_differ_by_at_most_one():
+    from autoseg.inference.predict import case_part
+
+    cases = ["a", "b", "c", "d", "e"]
+    assert case_part(cases, 2, 0) == ["a", "c", "e"] and case_part(cases, 2, 1) == ["b", "d"]
+    assert case_part(cases, 1, 0) == cases
+    assert case_part(cases, 7, 6) == []  # more parts than cases: some parts are empty
+    for k in range(1, 7):
+        parts = [case_part(cases, k, i) for i in range(k)]
+        assert sorted(c for p in parts for c in p) == cases
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_two_parts_predict_each_case_once_as_one_run_does(trained_root, images, tmp_path, caplog):
+    caplog.set_level("INFO", logger="autoseg.inference.predict")
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    common = ("-c", "3d_fullres", "-f", "0", "--disable_tta", "--backend", "torch")
+    assert predict(trained_root, images, whole, *common) == 1  # the corrupt case fails
+    # sorted cases: bad, good_a, good_b -> part 0: bad, good_b; part 1: good_a
+    assert predict(trained_root, images, split, *common, "--num-parts", "2", "--part-id", "1") == 0
+    assert sorted(p.name for p in split.iterdir()) == ["good_a.nii.gz"]
+    assert "1 of the 3 cases" in caplog.text
+    assert predict(trained_root, images, split, *common, "--num-parts", "2", "--part-id", "0") == 1
+    assert sorted(p.name for p in split.iterdir()) == sorted(p.name for p in whole.iterdir())
+    for p in whole.iterdir():
+        assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(p))),
+                              sitk.GetArrayFromImage(sitk.ReadImage(str(split / p.name))))
