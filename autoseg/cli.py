@@ -52,11 +52,15 @@ def number_in(kind: type, low: float | None = None, high: float | None = None, *
     return parse
 
 
-def _gpu_list(text: str) -> list[int]:
-    """``--gpus 0,1`` (parsed without importing torch)."""
-    from autoseg.training.parallel_folds import parse_gpus
-
-    return parse_gpus(text)
+def parse_gpus(text: str) -> list[int]:
+    """``--gpus 0,1,3`` -> [0, 1, 3]; refused: anything but distinct whole numbers >= 0."""
+    try:
+        gpus = [int(part) for part in text.split(",")]
+    except ValueError:
+        gpus = []
+    if not gpus or min(gpus) < 0 or len(set(gpus)) != len(gpus):
+        raise argparse.ArgumentTypeError(f"expected distinct GPU indices separated by commas such as 0,1, found {text!r}")
+    return gpus
 
 
 def _root(p: argparse.ArgumentParser) -> None:
@@ -217,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="configurations to train (default: every planned one; 3d_lowres before its cascade)")
     p.add_argument("--time-budget", default=None,
                    help="total wall-clock budget such as 8h, split across the folds still to train")
-    p.add_argument("--gpus", type=_gpu_list, default=None, metavar="LIST",
+    p.add_argument("--gpus", type=parse_gpus, default=None, metavar="LIST",
                    help="train folds at the same time, one process per GPU, e.g. 0,1,2,3 (with --device cpu: "
                         "as many processes, each on its share of the cores); each GPU gets the whole "
                         "--time-budget for its folds")

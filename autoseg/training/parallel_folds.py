@@ -25,19 +25,6 @@ log = logging.getLogger(__name__)
 CASCADE = "3d_cascade_fullres"
 
 
-def parse_gpus(text: str) -> list[int]:
-    """``--gpus 0,1,3`` -> [0, 1, 3]; refused: anything but distinct whole numbers >= 0."""
-    import argparse
-
-    try:
-        gpus = [int(part) for part in text.split(",")]
-    except ValueError:
-        gpus = []
-    if not gpus or min(gpus) < 0 or len(set(gpus)) != len(gpus):
-        raise argparse.ArgumentTypeError(f"expected distinct GPU indices separated by commas such as 0,1, found {text!r}")
-    return gpus
-
-
 def device_runs(runs: list, devices: int, k: int) -> list:
     """The runs process ``k`` of ``devices`` trains: every ``devices``-th from ``k``, in order
     (runs 0..4 on 2 devices: 0 2 4 and 1 3)."""
@@ -99,7 +86,7 @@ def train_device(root: str, dataset: str, runs: list, cfg, budget_s: float | Non
 
     from autoseg.errors import user_errors
     from autoseg.paths import Workspace
-    from autoseg.training.run import train_runs
+    from autoseg.training.trainer import train_runs
 
     k, n = int(os.environ["LOCAL_RANK"]), len(gpus)
     if kind == "cuda":

@@ -5,7 +5,6 @@ import argparse
 import dataclasses
 import logging
 import sys
-import time
 
 from autoseg.errors import UserFacingError
 from autoseg.paths import Workspace
@@ -40,32 +39,10 @@ def _resolve(args: argparse.Namespace):
     return cfg, budget
 
 
-def train_runs(ws: Workspace, dataset: str, runs: list[tuple[str, str]], cfg, total_budget_s: float | None,
-               variant: str, device: str | None, resume: bool, ranks=None) -> None:
-    """Train ``(configuration, fold)`` runs in order; a total budget is shared among them, a run
-    that finishes early leaving its time to the ones after it. ``ranks``: each run on the
-    processes of a started process group (``distributed.Ranks``); None: on this process."""
-    from autoseg.training.budget import split_budget
-    from autoseg.training.trainer import train_fold
-
-    started = time.perf_counter()
-    for k, (configuration, fold) in enumerate(runs):
-        run_cfg = cfg
-        if total_budget_s:
-            share = split_budget(total_budget_s, time.perf_counter() - started, len(runs) - k)
-            if share < 1.0:  # the budget is spent: the warm-up and the validation only, never a default schedule
-                log.warning("%s fold %s: the time budget is used up; training it for the warm-up only",
-                            configuration, fold)
-                share = 1.0
-            run_cfg = dataclasses.replace(cfg, time_budget_s=share)
-            log.info("%s fold %s: %.0f s of the %.0f s budget", configuration, fold, share, total_budget_s)
-        train_fold(ws, dataset, configuration, fold, run_cfg, variant, device, resume, ranks=ranks)
-
-
 def cli_train(args: argparse.Namespace) -> int:
     from autoseg.device import pick_device
     from autoseg.training import distributed
-    from autoseg.training.trainer import fold_directory, run_validation
+    from autoseg.training.trainer import fold_directory, run_validation, train_runs
 
     folds = [_check_fold(f) for f in args.folds]
     if len(set(folds)) != len(folds):
@@ -121,6 +98,7 @@ def _train_on_ranks(args: argparse.Namespace, ranks, ws: Workspace, folds: list[
     each on all the ranks."""
     from autoseg.device import pick_device
     from autoseg.training import distributed
+    from autoseg.training.trainer import train_runs
 
     distributed.configure_rank_logging(ranks, getattr(args, "verbose", False))
     if args.num_gpus > 1 and args.num_gpus != ranks.local_world:
@@ -160,7 +138,7 @@ def _one_gpu(args: argparse.Namespace) -> str | None:
 def cli_train_all(args: argparse.Namespace) -> int:
     """Every fold of every configuration to compare; finished folds are skipped, interrupted ones resumed."""
     from autoseg.plans import load_plans
-    from autoseg.training.trainer import fold_directory
+    from autoseg.training.trainer import fold_directory, train_runs
 
     from autoseg.training.distributed import from_environment
 

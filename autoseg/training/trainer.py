@@ -143,6 +143,27 @@ def train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: Train
             width = restart.width
 
 
+def train_runs(ws: Workspace, dataset: str, runs: list[tuple[str, str]], cfg, total_budget_s: float | None,
+               variant: str, device: str | None, resume: bool, ranks=None) -> None:
+    """Train ``(configuration, fold)`` runs in order; a total budget is shared among them, a run
+    that finishes early leaving its time to the ones after it. ``ranks``: each run on the
+    processes of a started process group (``distributed.Ranks``); None: on this process."""
+    from autoseg.training.budget import split_budget
+
+    started = time.perf_counter()
+    for k, (configuration, fold) in enumerate(runs):
+        run_cfg = cfg
+        if total_budget_s:
+            share = split_budget(total_budget_s, time.perf_counter() - started, len(runs) - k)
+            if share < 1.0:  # the budget is spent: the warm-up and the validation only, never a default schedule
+                log.warning("%s fold %s: the time budget is used up; training it for the warm-up only",
+                            configuration, fold)
+                share = 1.0
+            run_cfg = dataclasses.replace(cfg, time_budget_s=share)
+            log.info("%s fold %s: %.0f s of the %.0f s budget", configuration, fold, share, total_budget_s)
+        train_fold(ws, dataset, configuration, fold, run_cfg, variant, device, resume, ranks=ranks)
+
+
 def _train_fold(ws: Workspace, dataset: str, configuration: str, fold, cfg: TrainConfig, variant: str,
                 device: str | None, resume: bool, validate: bool, started_at: float, width: int | None,
                 ranks: Ranks) -> Path:

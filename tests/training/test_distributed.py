@@ -301,7 +301,8 @@ def test_cli_train_on_two_processes(ws):
 
 
 def test_folds_in_parallel_are_dealt_round_robin_in_two_rounds_with_shares_of_the_budget():
-    from autoseg.training.parallel_folds import device_runs, parse_gpus, stage_budget, stages
+    from autoseg.cli import parse_gpus
+    from autoseg.training.parallel_folds import device_runs, stage_budget, stages
 
     assert parse_gpus("0,1,3") == [0, 1, 3]
     for bad in ("0,0", "-1", "a", ""):

@@ -34,7 +34,10 @@ def test_an_older_train_config_loads_with_a_note_for_each_retired_key(caplog):
     for key in TrainConfig.RETIRED:
         assert f"{key}={written[key]!r}" in caplog.text
     kept = {k: v for k, v in written.items() if k not in TrainConfig.RETIRED}
-    assert to_jsonable(cfg) == kept  # every other setting read as written
+    read = to_jsonable(cfg)
+    assert {k: read[k] for k in kept} == kept  # every other setting read as written
+    assert {k: read[k] for k in set(read) - set(kept)} == {  # settings added since: their defaults
+        k: to_jsonable(TrainConfig())[k] for k in set(read) - set(kept)}
     with pytest.raises(SchemaError, match="unknown field"):  # anything else unknown still fails
         from_jsonable(TrainConfig, dict(written, small_class_sideways=1))
 
