@@ -14,7 +14,6 @@ import hashlib
 import logging
 import zlib
 from multiprocessing import get_context
-from pathlib import Path
 
 import numpy as np
 

@@ -6,7 +6,6 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 
 from autoseg.errors import UserFacingError, output_folder
 from autoseg.imageio import ImageGeometry, write_image
