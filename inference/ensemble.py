@@ -6,7 +6,6 @@ import json
 import logging
 from pathlib import Path
 
-
 from autoseg.errors import UserFacingError, output_folder
 from autoseg.imageio import ImageGeometry, write_image
 from autoseg.labels import probabilities_to_labels
