@@ -47,7 +47,13 @@ class ProbeTimeout(Exception):
 
 
 class ProbeFailed(Exception):
-    """The probe raised in the child (the child's traceback is the message), or the child died."""
+    """The probe raised in the child (the child's traceback is the message), or the child died
+    (``died``: a native crash such as a double free or a segmentation fault, whose exit code is
+    the message)."""
+
+    def __init__(self, message: str, died: bool = False):
+        super().__init__(message)
+        self.died = died
 
 
 class CappedChild:
@@ -105,7 +111,7 @@ class CappedChild:
             if line is None:  # the child's stdout closed: it died
                 code = self._proc.wait()
                 self._proc = None
-                raise ProbeFailed(f"{target}: the probe process ended with exit code {code}")
+                raise ProbeFailed(f"{target}: the probe process ended with exit code {code}", died=True)
             message = json.loads(line)
             if "error" in message:
                 raise ProbeFailed(f"{target} failed in the probe process:\n{message['error']}")

@@ -214,7 +214,7 @@ class CappedStepTimer:
         self.child.close()
 
     def __call__(self, net: NetworkPlan, patch: tuple[int, ...], batch: int, combos: tuple[Combo, ...]) -> StepTiming:
-        from autoseg.capped import ProbeTimeout
+        from autoseg.capped import ProbeFailed, ProbeTimeout
         from autoseg.serialization import to_jsonable
 
         abandoned, remaining = [], list(combos)
@@ -241,6 +241,19 @@ class CappedStepTimer:
                 abandoned.append(f"{p} {f}: a step took over {stop.cap_s:.1f} s (abandoned)")
                 log.warning("timing %s wide network, patch %s, batch %d: a %s %s step took over %.1f s; abandoned",
                             net.features_per_stage[0], tuple(patch), batch, p, f, stop.cap_s)
+                remaining.pop(running)
+                continue
+            except ProbeFailed as crash:  # a native crash in a step (seen: "double free" in a ResEnc step)
+                if not crash.died:
+                    raise
+                running = caps.running
+                if running is None:
+                    abandoned += [f"{p} {f}: the probe process died ({crash})" for p, f in remaining]
+                    break
+                p, f = remaining[running]
+                abandoned.append(f"{p} {f}: the probe process died in a step ({crash}); abandoned")
+                log.warning("timing %s wide network, patch %s, batch %d: the probe process died in a %s %s step "
+                            "(%s); abandoned", net.features_per_stage[0], tuple(patch), batch, p, f, crash)
                 remaining.pop(running)
                 continue
             seconds: dict[str, dict[str, float]] = {}

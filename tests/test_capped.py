@@ -103,3 +103,39 @@ def test_the_step_timer_abandons_a_combination_that_overruns_and_times_the_other
     assert timed.seconds == {"fp32": {"contiguous": pytest.approx(0.01), "channels_last": pytest.approx(0.011)}}
     assert len(timed.abandoned) == 1 and timed.abandoned[0].startswith("bf16 contiguous: a step took over 3.0 s")
     assert timer.contention()["parallel_speedup"] == pytest.approx(0.02 / 0.011, abs=1e-3)
+
+
+def crashing_step_rounds(network, patch, batch, in_channels, num_classes, combos, rounds):
+    """``fake_step_rounds`` whose bf16 step kills the process natively (as a "double free" in a
+    oneDNN kernel did while a residual-encoder step was timed)."""
+    import os
+
+    yield {"kind": "threads", "one": 0.02, "all": 0.011, "threads": 2}
+    yield {"kind": "ready"}
+    for r in range(rounds + 1):
+        for i, (precision, _) in enumerate(combos):
+            yield {"kind": "start", "combo": i, "round": r}
+            if precision == "bf16":
+                os.abort()
+            time.sleep(0.01)
+            yield {"kind": "step", "combo": i, "round": r, "seconds": 0.01 + 0.001 * i}
+
+
+def test_a_step_that_crashes_the_probe_is_abandoned_and_the_others_are_timed():
+    from autoseg.planners.throughput import CappedStepTimer
+    from autoseg.plans import NetworkPlan
+
+    net = NetworkPlan(dim=3, features_per_stage=(8, 16), kernel_sizes=((1, 3, 3),) * 2,
+                      strides=((1, 1, 1), (1, 2, 2)))
+    timer = CappedStepTimer(1, 4, cap_s=30, child=CappedChild(python_path=[HERE]),
+                            target="test_capped:crashing_step_rounds", rounds=2)
+    try:
+        timed = timer(net, (4, 128, 112), 2, (("bf16", "contiguous"), ("fp32", "contiguous")))
+    finally:
+        timer.close()
+    assert timed.seconds == {"fp32": {"contiguous": pytest.approx(0.01)}}  # timed again, alone, in a new child
+    assert len(timed.abandoned) == 1 and timed.abandoned[0].startswith("bf16 contiguous: the probe process died")
+    with CappedChild(python_path=[HERE]) as child:  # a Python error in the probe is still raised
+        with pytest.raises(ProbeFailed) as failed:
+            list(child.call("test_capped:failing", {}, cap_s=30))
+        assert not failed.value.died
