@@ -63,15 +63,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--datasets", type=int, nargs="+", required=True)
     p.add_argument("--root", type=Path, required=True, help="folder for the two workspaces and the results")
     p.add_argument("--budget", default="10m")
+    p.add_argument("--networks", nargs="+", choices=NETWORKS, default=list(NETWORKS))
+    p.add_argument("--json", type=Path, default=None, help="results file (default ROOT/results.json)")
     p.add_argument("--autoseg", default=str(Path(sys.executable).with_name("autoseg")))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     results = {"machine": machine_info(), "budget": args.budget, "runs": []}
     for dataset_id in args.datasets:
-        for network in NETWORKS:
+        for network in args.networks:
             log.info("dataset %d, %s", dataset_id, network)
             results["runs"].append(run(args.autoseg, args.root, args.raw, dataset_id, network, args.budget))
-            write_json(results, args.root / "results.json")
+            write_json(results, args.json or args.root / "results.json")
     rows = [[r["dataset"], r["network"], r["width"], "x".join(map(str, r["patch"])), r["iterations"],
              r["held_out_dice"]] for r in results["runs"]]
     print(markdown_table(["dataset", "network", "width", "patch", "iterations", "held-out Dice"], rows))
