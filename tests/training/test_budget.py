@@ -115,7 +115,7 @@ def test_budget_is_respected_on_a_simulated_clock(prepared, monkeypatch):
 
 
 def test_several_folds_share_one_budget(prepared, monkeypatch):
-    from autoseg.training import run
+    from autoseg.training import trainer
 
     budgets = []
     monkeypatch.setattr("autoseg.training.trainer.train_fold",
@@ -125,6 +125,8 @@ def test_several_folds_share_one_budget(prepared, monkeypatch):
     assert [f for f, _ in budgets] == ["0", "1"]
     # the first fold returns at once here, so the second gets all that is left
     assert budgets[0][1] == pytest.approx(300, abs=1) and budgets[1][1] == pytest.approx(600, abs=1)
+    from autoseg.training import run
+
     assert run.FOLDS == ("0", "1", "2", "3", "4")
 
 
@@ -135,7 +137,7 @@ def test_bad_fold_and_bad_budget_are_user_errors(prepared):
 
 
 def test_a_spent_budget_never_falls_back_to_the_default_schedule(prepared, monkeypatch):
-    from autoseg.training import run
+    from autoseg.training import trainer
 
     budgets = []
 
@@ -145,7 +147,7 @@ def test_a_spent_budget_never_falls_back_to_the_default_schedule(prepared, monke
 
     clock = [0.0]
     monkeypatch.setattr("autoseg.training.trainer.train_fold", slow_fold)
-    monkeypatch.setattr(run.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(trainer.time, "perf_counter", lambda: clock[0])
     assert main(["train", "3d_fullres", "0", "1", "-d", "901", "--root", str(prepared.root),
                  "--time-budget", "100s"]) == 0
     assert budgets == [50.0, 1.0]
