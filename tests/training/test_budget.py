@@ -115,8 +115,6 @@ def test_budget_is_respected_on_a_simulated_clock(prepared, monkeypatch):
 
 
 def test_several_folds_share_one_budget(prepared, monkeypatch):
-    from autoseg.training import trainer
-
     budgets = []
     monkeypatch.setattr("autoseg.training.trainer.train_fold",
                         lambda ws, ds, c, fold, cfg, *a, **k: budgets.append((fold, cfg.time_budget_s)))
