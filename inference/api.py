@@ -87,12 +87,9 @@ class Model:
     def predict_folder(self, folder, probabilities: bool = False) -> Iterator[tuple[str, Prediction]]:
         """(case id, prediction) for each case of ``folder`` (``{case}_{XXXX}{ending}`` files, as
         ``autoseg predict -i`` reads them), in case-id order; a case with missing channels raises."""
-        from autoseg.imageio import FAKE_2D_SPACING
-        from autoseg.inference.predict import find_input_cases, fit_to_model
+        from autoseg.inference.predict import input_cases_for
 
-        plans = self.plans
-        model_2d = plans.original_median_spacing[0] >= FAKE_2D_SPACING
-        for case in fit_to_model(find_input_cases(Path(folder)), Path(folder), plans.channel_names, model_2d):
+        for case in input_cases_for(Path(folder), self.plans):
             if case.problem:
                 raise UserFacingError(f"case {case.case_id}: {case.problem}")
             yield case.case_id, next(self.predict_files([case.files], probabilities))

@@ -74,6 +74,13 @@ def fit_to_model(cases: list[InputCase], folder: Path, channel_names: tuple[str,
     return checked
 
 
+def input_cases_for(folder: Path, plans) -> list[InputCase]:
+    """The cases of ``folder``, each with its problem against a model of ``plans``
+    (``fit_to_model``; the model is 2D when its training images were)."""
+    return fit_to_model(find_input_cases(folder), folder, plans.channel_names,
+                        plans.original_median_spacing[0] >= FAKE_2D_SPACING)
+
+
 def _misfit(case: InputCase, channel_names: tuple[str, ...], model_2d: bool) -> str:
     """Why ``case`` does not fit a model of ``channel_names`` (2D or 3D), or ""."""
     from autoseg.imageio import ImageReadError, read_layout
@@ -201,8 +208,7 @@ def predict_folder(input_dir, output_dir, ws: Workspace, dataset: str, configura
     configurations, variant, checkpoint, folds, postprocessing = selected_model(ws, name, configurations, variant,
                                                                                 folds, checkpoint)
     plans = load_plans(_fold_dirs(ws, name, configurations[0], variant, folds, checkpoint)[0] / "plans.json")
-    cases = fit_to_model(find_input_cases(Path(input_dir)), Path(input_dir), plans.channel_names,
-                         plans.original_median_spacing[0] >= FAKE_2D_SPACING)
+    cases = input_cases_for(Path(input_dir), plans)
     chosen = choose_backend(backend, device, precision)
 
     def load_all(with_backend: str) -> list:

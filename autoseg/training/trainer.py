@@ -32,7 +32,7 @@ from autoseg.training.checkpoint import load_checkpoint, save_checkpoint
 from autoseg.training.health import FAILED_MARKER, clear_failed, mark_failed
 from autoseg.training.dataloader import BatchSource, RankShare, class_frequencies, iterate
 from autoseg.training.distributed import Ranks, ShareWeightedLoss, StepSync, batch_shares, is_collective_failure
-from autoseg.training.loss import build_loss
+from autoseg.training.loss import build_loss, region_targets
 from autoseg.training.network import build_network, deep_supervision_scales, init_output_bias
 from autoseg.training.pretrained import load_pretrained
 from autoseg.training.progress import format_epoch, plot_progress
@@ -606,8 +606,8 @@ def _validate_patches(net, loss_fn, src: BatchSource, start: int, count: int, de
         t = target[:, 0]
         if regions:  # a region is predicted where its logit is above 0 (sigmoid above 0.5)
             annotated = t != plans.ignore_label if plans.ignore_label is not None else torch.ones_like(t, dtype=bool)
-            masks = [(full[:, k] > 0, torch.isin(t, torch.tensor(members, device=t.device, dtype=t.dtype)))
-                     for k, (_, members) in enumerate(regions)]
+            refs = region_targets(target, [members for _, members in regions])
+            masks = [(full[:, k] > 0, refs[:, k]) for k in range(len(regions))]
         else:
             pred = full.argmax(1)
             annotated = t < num_classes  # the ignore label, where there is one, is the highest value
