@@ -88,7 +88,7 @@ def train_and_score(autoseg: str, root: Path, raw: Path, dataset_id: int, budget
     run_untimed([autoseg, "evaluate", "-ref", raw / "labelsTs", "-pred", pred, *ident],
                 log_path=logs / "evaluate.log", timeout_s=1800)
     summary = json.loads((pred / "summary.json").read_text())
-    return {"dataset": raw.name, "train_wall_s": train.wall_s, "held_out_cases": summary["num_cases"],
+    return {"dataset": raw.name, "train_wall_s": train.wall_s, **fold_facts(fold), "held_out_cases": summary["num_cases"],
             "dice": {k: v["dice"] for k, v in summary["mean"].items()}, "mean_dice": summary["foreground_mean"]["dice"]}
 
 
@@ -144,9 +144,16 @@ def prepare(args, raws: dict[int, Path], pretrain_fold: Path) -> dict:
     pretrain = measure([a, "train", "3d_fullres", "all", "-d", str(PRETRAIN), "--root", str(args.root),
                         "--time-budget", args.pretrain_budget], log_path=out / f"logs_{PRETRAIN}" / "train.log",
                        timeout_s=7200)
-    done = re.findall(r"training done: .* \((\d+) iterations\)", (pretrain_fold / "training.log").read_text())
     return {"dataset": raws[PRETRAIN].name, "budget": args.pretrain_budget, "train_wall_s": pretrain.wall_s,
-            "iterations": int(done[-1]) if done else None}
+            **fold_facts(pretrain_fold)}
+
+
+def fold_facts(fold: Path) -> dict:
+    """Iterations and precision of a finished fold, from its training.log (both arms must match)."""
+    text = (fold / "training.log").read_text()
+    done = re.findall(r"training done: .* \((\d+) iterations\)", text)
+    precision = re.findall(r"precision (\w+):", text)
+    return {"iterations": int(done[-1]) if done else None, "precision": precision[-1] if precision else None}
 
 
 if __name__ == "__main__":
