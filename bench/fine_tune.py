@@ -28,7 +28,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import building_folder, machine_info, markdown_table, raw_cases, run_untimed, write_json  # noqa: E402
+from common import machine_info, markdown_table, run_untimed, write_json  # noqa: E402
+from raw_datasets import building_folder, raw_cases  # noqa: E402
 from steps import fold_facts, fold_folder, predict_and_evaluate, train_fold  # noqa: E402
 
 log = logging.getLogger("bench.fine_tune")
