@@ -28,26 +28,23 @@ this repository has a built-in path. The Decathlon data comes from ``--data``/``
 from the venv whose Python runs the script; a missing one stops the script with a message that
 says what to set.
 
-Stdlib only: importable from both autoseg's venv and nnU-Net's. The raw-dataset helpers at the
-end (``raw_cases``, ``building_folder``) are stdlib too; the scripts that use them read the images.
+Stdlib only: importable from both autoseg's venv and nnU-Net's. The raw-dataset helpers
+(``raw_cases``, ``building_folder``, the derived-dataset command line) are in ``raw_datasets.py``.
 """
 from __future__ import annotations
 
 import json
-import logging
 import os
 import resource
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
-from contextlib import contextmanager
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
 SAMPLE_INTERVAL_S = 0.05
 KB_PER_MB = 1024.0
@@ -393,98 +390,6 @@ def cpu_flags(names: Sequence[str] = BF16_FLAGS) -> dict[str, bool]:
         pass
     return {name: name in flags for name in names}
 
-
-
-# ---------------------------------------------------------------------------------------------- raw datasets
-
-@dataclass(frozen=True)
-class RawCase:
-    """One case of a raw dataset (nnU-Net v2 layout): its image file per channel and its label."""
-
-    case_id: str
-    part: str  # "Tr" (imagesTr/labelsTr) or "Ts" (imagesTs/labelsTs)
-    images: tuple[Path, ...]  # {case}_0000{ending}, {case}_0001{ending}, ... in channel order
-    label: Path | None  # None for a held-out case without labelsTs
-
-
-def raw_cases(folder: str | Path) -> tuple[dict, list[RawCase]]:
-    """``dataset.json`` and every case of the raw dataset ``folder``, training cases first.
-
-    A training case must have its label; a held-out one (imagesTs) may lack it. Every channel
-    that ``channel_names`` declares must be there; files starting with '.' are ignored."""
-    folder = Path(folder)
-    meta = json.loads((folder / "dataset.json").read_text())
-    ending, channels = meta["file_ending"], len(meta["channel_names"])
-    cases = []
-    for part in ("Tr", "Ts"):
-        image_dir, label_dir = folder / f"images{part}", folder / f"labels{part}"
-        if not image_dir.is_dir():
-            continue
-        names = [p.name[: -len(ending)] for p in image_dir.iterdir()
-                 if p.name.endswith(ending) and not p.name.startswith(".")]
-        for case_id in sorted({n.rsplit("_", 1)[0] for n in names}):
-            images = tuple(image_dir / f"{case_id}_{c:04d}{ending}" for c in range(channels))
-            missing = [str(p) for p in images if not p.is_file()]
-            label = label_dir / f"{case_id}{ending}"
-            if not label.is_file():
-                if part == "Tr":
-                    missing.append(str(label))
-                label = None
-            if missing:
-                raise ValueError(f"{folder}: case {case_id} lacks {', '.join(missing)}")
-            cases.append(RawCase(case_id, part, images, label))
-    return meta, cases
-
-
-@contextmanager
-def building_folder(final: str | Path, subfolders: Sequence[str] = ()) -> Iterator[Path]:
-    """A new empty sibling of ``final`` (with ``subfolders``) to build in; renamed onto ``final``
-    when the block ends without an error, removed when it raises. Refuses an existing ``final``."""
-    final = Path(final)
-    if final.exists():
-        raise FileExistsError(f"{final} exists; remove it first or choose another dataset id")
-    tmp = final.with_name(f".{final.name}.building{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for sub in subfolders:
-        (tmp / sub).mkdir(parents=True, exist_ok=True)
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-
-def derivation_parser(description: str, source: str, dataset_id: int, default_name: str):
-    """The command line every derived-dataset script shares: ``--source`` (``source`` says which
-    raw dataset folder), ``--root``, ``-d/--dataset-id`` (default ``dataset_id``), ``--seed`` and
-    ``--name`` (``default_name`` says its default); the script adds its own options."""
-    import argparse
-
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--source", type=Path, required=True, help=f"{source} (nnU-Net v2 layout)")
-    p.add_argument("--root", type=Path, required=True, help="autoseg workspace root (writes ROOT/raw/...)")
-    p.add_argument("-d", "--dataset-id", type=int, default=dataset_id)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--name", default=None, help=f"dataset name (default: {default_name})")
-    return p
-
-
-def run_derivation(source: Path, build: Callable[[], object]) -> int:
-    """The end of a derived-dataset script's ``main`` (make_thick_slices.py, make_multichannel.py,
-    make_sparse_labels.py): refuse a ``source`` without dataset.json, run ``build``, and turn its
-    refusals (an existing target, bad arguments) into a message and exit code 2."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if not (Path(source) / "dataset.json").is_file():
-        print(f"{source} is not a raw dataset folder (no dataset.json)", file=sys.stderr)
-        return 2
-    try:
-        build()
-    except (FileExistsError, ValueError) as e:
-        print(e, file=sys.stderr)
-        return 2
-    return 0
 
 
 def _wrapper_main(argv: list[str]) -> int:

@@ -23,13 +23,14 @@ import json
 import logging
 import os
 import random
-import re
 import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import building_folder, machine_info, markdown_table, measure, raw_cases, run_untimed, write_json  # noqa: E402
+from common import machine_info, markdown_table, run_untimed, write_json  # noqa: E402
+from raw_datasets import building_folder, raw_cases  # noqa: E402
+from steps import fold_facts, fold_folder, predict_and_evaluate, train_fold  # noqa: E402
 
 log = logging.getLogger("bench.fine_tune")
 PRETRAIN, FEW, TRANSFER = 207, 208, 209
@@ -77,17 +78,9 @@ def train_and_score(autoseg: str, root: Path, raw: Path, dataset_id: int, budget
                     extra=()) -> dict:
     ident = ["-d", str(dataset_id), "--root", str(root)]
     logs = out / f"logs_{dataset_id}"
-    fold = root / "results" / raw.name / "3d_fullres" / "default" / "fold_all"
-    shutil.rmtree(fold, ignore_errors=True)
-    train = measure([autoseg, "train", "3d_fullres", "all", *ident, "--time-budget", budget, *extra],
-                    log_path=logs / "train.log", timeout_s=7200)
-    pred = out / f"pred_{dataset_id}"
-    shutil.rmtree(pred, ignore_errors=True)
-    measure([autoseg, "predict", "-i", raw / "imagesTs", "-o", pred, *ident, "-c", "3d_fullres", "-f", "all"],
-            log_path=logs / "predict.log", timeout_s=3600)
-    run_untimed([autoseg, "evaluate", "-ref", raw / "labelsTs", "-pred", pred, *ident],
-                log_path=logs / "evaluate.log", timeout_s=1800)
-    summary = json.loads((pred / "summary.json").read_text())
+    fold = fold_folder(root, raw.name, "3d_fullres", "all")
+    train = train_fold(autoseg, ident, "3d_fullres", "all", budget, fold, logs, extra)
+    _, summary = predict_and_evaluate(autoseg, raw, out / f"pred_{dataset_id}", ident, "3d_fullres", "all", logs)
     return {"dataset": raw.name, "train_wall_s": train.wall_s, **fold_facts(fold), "held_out_cases": summary["num_cases"],
             "dice": {k: v["dice"] for k, v in summary["mean"].items()}, "mean_dice": summary["foreground_mean"]["dice"]}
 
@@ -140,20 +133,10 @@ def prepare(args, raws: dict[int, Path], pretrain_fold: Path) -> dict:
                  str(args.root)], log_path=out / f"logs_{TRANSFER}" / "transfer_plans.log", timeout_s=1800)
     run_untimed([a, "preprocess", "-d", str(TRANSFER), "--root", str(args.root), "-c", "3d_fullres"],
                 log_path=out / f"logs_{TRANSFER}" / "preprocess.log", timeout_s=1800)
-    shutil.rmtree(pretrain_fold, ignore_errors=True)
-    pretrain = measure([a, "train", "3d_fullres", "all", "-d", str(PRETRAIN), "--root", str(args.root),
-                        "--time-budget", args.pretrain_budget], log_path=out / f"logs_{PRETRAIN}" / "train.log",
-                       timeout_s=7200)
+    pretrain = train_fold(a, ["-d", str(PRETRAIN), "--root", str(args.root)], "3d_fullres", "all",
+                          args.pretrain_budget, pretrain_fold, out / f"logs_{PRETRAIN}")
     return {"dataset": raws[PRETRAIN].name, "budget": args.pretrain_budget, "train_wall_s": pretrain.wall_s,
             **fold_facts(pretrain_fold)}
-
-
-def fold_facts(fold: Path) -> dict:
-    """Iterations and precision of a finished fold, from its training.log (both arms must match)."""
-    text = (fold / "training.log").read_text()
-    done = re.findall(r"training done: .* \((\d+) iterations\)", text)
-    precision = re.findall(r"precision (\w+):", text)
-    return {"iterations": int(done[-1]) if done else None, "precision": precision[-1] if precision else None}
 
 
 if __name__ == "__main__":

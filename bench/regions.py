@@ -17,19 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
-import shutil
 import sys
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent / "data")]
-from common import machine_info, markdown_table, measure, run_untimed, write_json  # noqa: E402
+from common import machine_info, markdown_table, run_untimed, write_json  # noqa: E402
+from steps import fold_facts, fold_folder, predict_and_evaluate, train_fold  # noqa: E402
 import make_regions  # noqa: E402
 
 log = logging.getLogger("bench.regions")
 ARMS = ((205, "LesionRegions", False), (206, "LesionLabels", True))
 REGION_NAMES = {"1": "whole tumour", "2": "tumour core", "3": "enhancing"}
-ITERATIONS_RE = re.compile(r"training done: .* \((\d+) iterations\)")
 
 
 def run_arm(root: Path, source: Path, dataset_id: int, name: str, as_labels: bool, budget: str, autoseg: str,
@@ -41,23 +39,17 @@ def run_arm(root: Path, source: Path, dataset_id: int, name: str, as_labels: boo
     logs = out / f"logs_{dataset_id}"
     run_untimed([autoseg, "plan_and_preprocess", *ident, "-c", "3d_fullres", "--time-budget", budget],
                 log_path=logs / "plan_and_preprocess.log", timeout_s=3600)
-    fold = root / "results" / raw.name / "3d_fullres" / "default" / "fold_0"
-    shutil.rmtree(fold, ignore_errors=True)
-    train = measure([autoseg, "train", "3d_fullres", "0", *ident, "--time-budget", budget],
-                    log_path=logs / "train.log", timeout_s=7200)
-    done = ITERATIONS_RE.findall((fold / "training.log").read_text()) if (fold / "training.log").is_file() else []
+    fold = fold_folder(root, raw.name, "3d_fullres", 0)
+    train = train_fold(autoseg, ident, "3d_fullres", 0, budget, fold, logs)
     pred = out / f"pred_{dataset_id}"
-    shutil.rmtree(pred, ignore_errors=True)
-    predict = measure([autoseg, "predict", "-i", raw / "imagesTs", "-o", pred, *ident, "-c", "3d_fullres", "-f", "0"],
-                      log_path=logs / "predict.log", timeout_s=3600)
-    run_untimed([autoseg, "evaluate", "-ref", raw / "labelsTs", "-pred", pred, "-d", str(ARMS[0][0]), "--root",
-                 str(root), "-o", pred / "summary_regions.json"], log_path=logs / "evaluate.log", timeout_s=1800)
-    summary = json.loads((pred / "summary_regions.json").read_text())
+    predict, summary = predict_and_evaluate(autoseg, raw, pred, ident, "3d_fullres", 0, logs,
+                                            evaluate_ident=["-d", str(ARMS[0][0]), "--root", str(root)],
+                                            summary_name="summary_regions.json")
     if set(summary.get("regions", {})) != set(REGION_NAMES):
         raise SystemExit(f"{pred}/summary_regions.json is not scored on the three regions")
     validation = json.loads((fold / "validation" / "summary.json").read_text())
     return {"dataset": raw.name, "as_labels": as_labels, "train_wall_s": train.wall_s,
-            "iterations": int(done[-1]) if done else None,
+            **fold_facts(fold),
             "validation_dice_own_classes": validation["foreground_mean"]["dice"],
             "held_out_cases": summary["num_cases"],
             "held_out_dice": {k: summary["mean"][k]["dice"] for k in REGION_NAMES},

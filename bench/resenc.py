@@ -15,17 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
-import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, markdown_table, measure, run_untimed, write_json  # noqa: E402
+from common import machine_info, markdown_table, run_untimed, write_json  # noqa: E402
+from steps import fold_facts, fold_folder, predict_and_evaluate, train_fold  # noqa: E402
 
 log = logging.getLogger("bench.resenc")
 NETWORKS = ("plain", "resenc")
-ITERATIONS_RE = re.compile(r"training done: .* \((\d+) iterations\)")
 
 
 def run(autoseg: str, root: Path, raw_root: Path, dataset_id: int, network: str, budget: str) -> dict:
@@ -39,20 +37,12 @@ def run(autoseg: str, root: Path, raw_root: Path, dataset_id: int, network: str,
     run_untimed([autoseg, "plan_and_preprocess", *ident, "-c", "3d_fullres", "--network", network,
                  "--time-budget", budget], log_path=logs / "plan_and_preprocess.log", timeout_s=3600)
     plans = json.loads((ws / "preprocessed" / raw.name / "plans.json").read_text())["configurations"]["3d_fullres"]
-    fold = ws / "results" / raw.name / "3d_fullres" / "default" / "fold_0"
-    shutil.rmtree(fold, ignore_errors=True)
-    train = measure([autoseg, "train", "3d_fullres", "0", *ident, "--time-budget", budget],
-                    log_path=logs / "train.log", timeout_s=7200)
-    done = ITERATIONS_RE.findall((fold / "training.log").read_text())
-    pred = root / "pred" / f"{dataset_id}_{network}"
-    shutil.rmtree(pred, ignore_errors=True)
-    measure([autoseg, "predict", "-i", raw / "imagesTs", "-o", pred, *ident, "-c", "3d_fullres", "-f", "0"],
-            log_path=logs / "predict.log", timeout_s=3600)
-    run_untimed([autoseg, "evaluate", "-ref", raw / "labelsTs", "-pred", pred, *ident],
-                log_path=logs / "evaluate.log", timeout_s=1800)
-    summary = json.loads((pred / "summary.json").read_text())
+    fold = fold_folder(ws, raw.name, "3d_fullres", 0)
+    train = train_fold(autoseg, ident, "3d_fullres", 0, budget, fold, logs)
+    _, summary = predict_and_evaluate(autoseg, raw, root / "pred" / f"{dataset_id}_{network}", ident, "3d_fullres",
+                                      0, logs)
     return {"dataset": raw.name, "network": network, "width": plans["network"]["features_per_stage"][0],
-            "patch": plans["patch_size"], "iterations": int(done[-1]) if done else None,
+            "patch": plans["patch_size"], **fold_facts(fold),
             "train_wall_s": train.wall_s, "held_out_dice": summary["foreground_mean"]["dice"],
             "per_class": {k: v["dice"] for k, v in summary["mean"].items()}}
 

@@ -19,9 +19,9 @@ from autoseg.imageio import NATURAL_2D_ENDINGS
 from autoseg.plans import PLANS_SCHEMA_VERSION, ConfigurationPlan, NetworkPlan, Plans
 from autoseg.registry import Registry
 from autoseg.planners.classes import class_sizes, flag_small_classes
-from autoseg.planners.throughput import (DEFAULT_FOLD_BUDGET_S, QUIET_PARALLEL_SHARE, CappedStepTimer,
-                                         adapt_to_throughput, detect_profile, precisions_to_time,
-                                         step_cap_seconds)
+from autoseg.planners.step_probe import CappedStepTimer
+from autoseg.planners.throughput import (DEFAULT_FOLD_BUDGET_S, QUIET_PARALLEL_SHARE, adapt_to_throughput,
+                                         detect_profile, precisions_to_time, step_cap_seconds)
 from autoseg.planners.topology import estimate_memory_bytes, fit_topology
 from autoseg.units import parse_duration
 

@@ -85,7 +85,8 @@ def fake_step_rounds(network, patch, batch, in_channels, num_classes, combos, ro
 
 
 def test_the_step_timer_abandons_a_combination_that_overruns_and_times_the_others():
-    from autoseg.planners.throughput import MIN_BF16_CAP_S, CappedStepTimer
+    from autoseg.planners.step_probe import CappedStepTimer
+    from autoseg.planners.throughput import MIN_BF16_CAP_S
     from autoseg.plans import NetworkPlan
 
     net = NetworkPlan(dim=3, features_per_stage=(8, 16), kernel_sizes=((1, 3, 3),) * 2,
@@ -122,7 +123,7 @@ def crashing_step_rounds(network, patch, batch, in_channels, num_classes, combos
 
 
 def test_a_step_that_crashes_the_probe_is_abandoned_and_the_others_are_timed():
-    from autoseg.planners.throughput import CappedStepTimer
+    from autoseg.planners.step_probe import CappedStepTimer
     from autoseg.plans import NetworkPlan
 
     net = NetworkPlan(dim=3, features_per_stage=(8, 16), kernel_sizes=((1, 3, 3),) * 2,

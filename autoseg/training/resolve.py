@@ -112,11 +112,11 @@ def needs_timing_now(cfg: TrainConfig, dev, state: dict | None, throughput: dict
 def time_network_now(plans, configuration: str, cfg: TrainConfig) -> tuple[str, str, float, str]:
     """(precision, memory layout, seconds per step, a line for the log) from this run's network and
     batch timed in fp32 and bf16 in both layouts, in a probe process under a cap
-    (``planners.throughput.CappedStepTimer``); fp32 where nothing in bf16 finished or won by the
+    (``planners.step_probe.CappedStepTimer``); fp32 where nothing in bf16 finished or won by the
     margin (``pick_precision``)."""
     from autoseg.device import usable_cpus
-    from autoseg.planners.throughput import (DEFAULT_FOLD_BUDGET_S, TIMED_MEMORY_FORMATS, CappedStepTimer,
-                                             pick_precision, step_cap_seconds)
+    from autoseg.planners.step_probe import CappedStepTimer
+    from autoseg.planners.throughput import DEFAULT_FOLD_BUDGET_S, TIMED_MEMORY_FORMATS, pick_precision, step_cap_seconds
     from autoseg.preprocess.previous_stage import num_input_channels
 
     cp = plans.configuration(configuration)

@@ -8,7 +8,8 @@ import pytest
 from autoseg.cli import main
 from autoseg.fingerprint_types import load_fingerprint
 from autoseg.planners.experiment import plan_experiment
-from autoseg.planners.throughput import (MIN_ITERATIONS, STEP_OVERHEAD, CappedStepTimer, StepTiming,
+from autoseg.planners.step_probe import CappedStepTimer
+from autoseg.planners.throughput import (MIN_ITERATIONS, STEP_OVERHEAD, StepTiming,
                                          adapt_to_throughput, choose_width, fit_width_to_training_budget,
                                          memory_format_for, pick_precision, width_for_budget)
 from autoseg.plans import NetworkPlan
