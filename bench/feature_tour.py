@@ -48,8 +48,10 @@ def demo_paths(root: Path) -> dict:
             "fold": root / "results" / DEMO_DATASET / "3d_fullres" / "default" / "fold_0"}
 
 
-def autoseg(args: argparse.Namespace, part: str, *argv) -> None:
-    run_untimed([args.autoseg, *map(str, argv), "--root", str(args.root)],
+def autoseg(args: argparse.Namespace, part: str, *argv, workspace: bool = True) -> None:
+    """``autoseg ARGV`` (with ``--root`` where the command reads the workspace), its output in the part's log."""
+    root = ["--root", str(args.root)] if workspace else []
+    run_untimed([args.autoseg, *map(str, argv), *root],
                 log_path=args.root / "feature_tour_logs" / f"{part}.log", timeout_s=TIMEOUT_S)
 
 
@@ -69,7 +71,7 @@ def report(args, demo) -> dict:
     pngs = args.root / "tour_overlays"
     shutil.rmtree(pngs, ignore_errors=True)
     autoseg(args, "report", "overlay", "-i", demo["raw"] / "imagesTs", "-s", demo["pred"], "-o", pngs,
-            "--reference", demo["task"] / "labelsTs")
+            "--reference", demo["task"] / "labelsTs", workspace=False)
     predicted = sorted(p.name for p in demo["pred"].glob("*.nii.gz"))
     check(len(list(pngs.glob("*.png"))) == len(predicted), f"{len(predicted)} predictions but overlays: "
           f"{sorted(p.name for p in pngs.glob('*.png'))}")
