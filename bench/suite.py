@@ -98,8 +98,8 @@ from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (CommandFailed, Measurement, add_task_option, machine_info, markdown_table,  # noqa: E402
-                    measure, ratio, require_folder, run_untimed, write_json)
+from common import (CommandFailed, Measurement, add_task_option, git_commit, machine_info,  # noqa: E402
+                    markdown_table, measure, ratio, require_folder, run_untimed, write_json)
 
 log = logging.getLogger("bench.suite")
 
@@ -641,17 +641,6 @@ def _first_lines(text: str, width: int = 400) -> str:
     if len(lines) > 1:
         brief += f" ... {lines[-1]}"
     return brief if len(brief) <= width else brief[:width] + " ..."
-
-
-def git_commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              timeout=30).stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return head + (" (with uncommitted changes)" if dirty else "")
 
 
 def markdown_report(results: list[dict], machine: dict, commit: str, command: str, started: str) -> str:
