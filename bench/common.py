@@ -375,6 +375,20 @@ def machine_info() -> dict:
             "python": sys.version.split()[0], **cpu_flags()}
 
 
+def git_commit() -> str:
+    """This repository's commit (short), "(with uncommitted changes)" added where tracked files
+    differ from it; "unknown" without git or outside a clone (a copied tree)."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
+                              timeout=30).stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return head + (" (with uncommitted changes)" if dirty and head != "unknown" else "")
+
+
 BF16_FLAGS = ("amx_tile", "avx512_bf16")  # the CPU features autoseg's bf16 choice depends on
 
 

@@ -33,9 +33,20 @@ iteration: left = 508 s -> 29 epochs x 1 iteration (+1), 17.3 s each. The optimi
 ``PolyLRScheduler`` are rebuilt for the fitted number of epochs and ``run_training()`` runs
 them unchanged (no re-fitting during training: nnU-Net's schedule is fixed once started).
 
+Device: ``--device cpu`` (the default) or ``cuda`` (bench/gpu.py). On CUDA, as nnU-Net's own
+``nnUNetv2_train``: torch on 1 thread (``--threads`` changes it), autocast to fp16 with a gradient
+scaler (nnU-Net's ``train_step``), and ``torch.compile`` unless ``nnUNet_compile`` says otherwise
+(nnU-Net's default; ``compiled`` in the result says which).
+
 The result JSON holds the plans used (patch, batch, features), the fitted schedule, the
 warm-up step times, iterations done, ``training_wall_s`` (after the imports to the end of ``run_training``),
-``validation_wall_s`` and nnU-Net's own validation summary (foreground mean Dice).
+``validation_wall_s`` and nnU-Net's own validation summary (foreground mean Dice). Also: the time
+of every training step (``step_s``, warm-up first: the trainer's own ``train_step`` timed, the
+batch already drawn, ended by a device synchronisation on CUDA; ``step_start_s``: when each
+started, seconds after the imports), the peak GPU memory torch allocated during training and up
+to the end of the validation (``peak_gpu_mb_training``, ``peak_gpu_mb``; None on the CPU), and
+each epoch's end (seconds after the imports) with its pseudo-Dice and EMA (``epochs``: nnU-Net's
+``mean_fg_dice`` and ``ema_fg_dice`` from its patch validation).
 """
 from __future__ import annotations
 
@@ -83,6 +94,39 @@ def edit_plans_for_cpu(plans: dict, configuration: str, batch_size: int = 2, wid
     return plans
 
 
+def _timed_step(step, device, started: float, durations: list, starts: list):
+    """``step`` (the trainer's bound ``train_step``) timing each call into ``durations`` (seconds,
+    ended by a device synchronisation on CUDA) and its start into ``starts`` (seconds after ``started``)."""
+    import torch
+
+    def timed(batch):
+        t = time.perf_counter()
+        out = step(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        durations.append(time.perf_counter() - t)
+        starts.append(t - started)
+        return out
+
+    return timed
+
+
+def _peak_gpu_mb(device) -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else None
+
+
+def _epochs(trainer, wall_started: float) -> list[dict]:
+    """Each finished epoch: its end (seconds after ``wall_started``, a ``time.time()``) and nnU-Net's
+    pseudo-Dice of its patch validation (``mean_fg_dice``) and that value's moving average."""
+    ends = trainer.logger.get_value("epoch_end_timestamps", step=None)
+    dice = trainer.logger.get_value("mean_fg_dice", step=None)
+    ema = trainer.logger.get_value("ema_fg_dice", step=None)
+    return [{"end_s": end - wall_started, "pseudo_dice": float(d), "ema_pseudo_dice": float(e)}
+            for end, d, e in zip(ends, dice, ema)]
+
+
 def _finish(*loaders) -> None:
     for dl in loaders:
         if hasattr(dl, "_finish"):
@@ -98,7 +142,9 @@ def main() -> int:
     p.add_argument("--plans", choices=("default", "cpu"), default="default")
     p.add_argument("--epochs", type=int, default=20, help="target number of epochs of the fitted schedule")
     p.add_argument("--warmup", type=int, default=5, help="warm-up iterations (the first is not timed)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: 2 on the CPU; 1 on CUDA, as nnUNetv2_train sets)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--result", required=True, help="JSON file to write")
     args = p.parse_args()
 
@@ -106,7 +152,15 @@ def main() -> int:
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     started = time.perf_counter()
-    torch.set_num_threads(args.threads)
+    wall_started = time.time()  # nnU-Net's epoch timestamps are time.time()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for, but this Python's torch sees no CUDA GPU")
+    torch.set_num_threads(args.threads or (1 if args.device == "cuda" else 2))
+    if args.device == "cuda":
+        try:
+            torch.set_num_interop_threads(1)  # as nnUNetv2_train; refused once parallel work has run
+        except RuntimeError:
+            pass
     pre = os.path.join(os.environ["nnUNet_preprocessed"], args.dataset)
     if not os.path.isfile(os.path.join(pre, "splits_final.json")):
         raise SystemExit(f"{pre}/splits_final.json is missing; write the fixed split there first")
@@ -119,17 +173,18 @@ def main() -> int:
     cfg = plans["configurations"][args.configuration]
     plans["continue_training"] = False  # nnU-Net's run_training.py sets this key; the trainer pops it
 
-    trainer = nnUNetTrainer(plans, args.configuration, args.fold, dataset_json, device=torch.device("cpu"))
+    device = torch.device(args.device)
+    trainer = nnUNetTrainer(plans, args.configuration, args.fold, dataset_json, device=device)
     trainer.initialize()
+    step_s, step_start_s = [], []
+    trainer.train_step = _timed_step(trainer.train_step, device, started, step_s, step_start_s)
     dl_tr, dl_val = trainer.get_dataloaders()
     trainer.network.train()
     for g in trainer.optimizer.param_groups:
         g["lr"] = trainer.initial_lr
-    step_s = []
     for _ in range(max(2, args.warmup)):
-        t = time.perf_counter()
         trainer.train_step(next(dl_tr))
-        step_s.append(time.perf_counter() - t)
+    warmup_steps = len(step_s)
     _finish(dl_tr, dl_val)  # run_training makes its own loaders
     s_per_it = statistics.median(step_s[1:])
     warmup_end_s = time.perf_counter() - started
@@ -145,6 +200,7 @@ def main() -> int:
 
     trainer.run_training()
     training_wall_s = time.perf_counter() - started
+    peak_training = _peak_gpu_mb(device)
     t = time.perf_counter()
     trainer.perform_actual_validation()
     validation_wall_s = time.perf_counter() - t
@@ -162,9 +218,13 @@ def main() -> int:
         "features_per_stage": cfg["architecture"]["arch_kwargs"]["features_per_stage"],
         "budget_s": args.budget_s, "threads": torch.get_num_threads(), "torch": torch.__version__,
         "n_proc_DA": os.environ.get("nnUNet_n_proc_DA"),
-        "warmup_step_s": step_s, "s_per_it_warmup": s_per_it, "warmup_end_s": warmup_end_s,
-        "schedule": sched, "epochs_done": len(epoch_s), "epoch_s": epoch_s,
-        "iterations_done": len(step_s) + len(epoch_s) * sched["num_iterations_per_epoch"],
+        "device": args.device, "compiled": bool(getattr(trainer, "_do_i_compile", lambda: False)()),
+        "precision": "fp16 autocast" if args.device == "cuda" else "fp32",
+        "warmup_step_s": step_s[:warmup_steps], "s_per_it_warmup": s_per_it, "warmup_end_s": warmup_end_s,
+        "step_s": step_s, "step_start_s": step_start_s,
+        "schedule": sched, "epochs_done": len(epoch_s), "epoch_s": epoch_s, "epochs": _epochs(trainer, wall_started),
+        "iterations_done": len(step_s),
+        "peak_gpu_mb_training": peak_training, "peak_gpu_mb": _peak_gpu_mb(device),
         "training_wall_s": training_wall_s, "validation_wall_s": validation_wall_s,
         "validation_folder": val_dir, "nnunet_own_foreground_mean": own,
     }

@@ -96,11 +96,11 @@ from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (CommandFailed, Measurement, add_task_option, machine_info, measure,  # noqa: E402
+from common import (CommandFailed, Measurement, add_task_option, git_commit, machine_info, measure,  # noqa: E402
                     require_folder, run_untimed, write_json)
 from suite_datasets import (DATASETS, FOLD, ITERATIONS_RE, VARIANT, Context, DatasetDef, Skipped,  # noqa: E402
                             StepFailed, raw_folder)
-from suite_report import git_commit, markdown_report  # noqa: E402
+from suite_report import markdown_report  # noqa: E402
 
 log = logging.getLogger("bench.suite")
 

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import math
-import subprocess
 
 from common import markdown_table, ratio
-from suite_datasets import REPO
 
 HEADERS = ["dataset", "id", "status", "plan_and_preprocess s", "peak RSS MB", "nnU-Net p&p s", "nnU-Net / autoseg",
            "nnU-Net peak RSS MB",
@@ -65,17 +63,6 @@ def _first_lines(text: str, width: int = 400) -> str:
     if len(lines) > 1:
         brief += f" ... {lines[-1]}"
     return brief if len(brief) <= width else brief[:width] + " ..."
-
-
-def git_commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              timeout=30).stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return head + (" (with uncommitted changes)" if dirty else "")
 
 
 def markdown_report(results: list[dict], machine: dict, commit: str, command: str, started: str) -> str:
