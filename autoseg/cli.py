@@ -97,7 +97,8 @@ def _training(p: argparse.ArgumentParser) -> None:
     _root(p)
     p.add_argument("--variant", default=None, help="named TrainConfig variant (default: 'default')")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a TrainConfig field, e.g. --set num_epochs=50 (repeatable)")
+                   help="override a TrainConfig setting by its section and field, e.g. --set schedule.num_epochs=50 "
+                        "(repeatable; the flat names of older versions, e.g. num_epochs, still work)")
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda", "mps"))
     workers = number_in(int, 0)
     p.add_argument("-nw", "--num-workers", type=workers, default=None,

@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 DEMO_TASK = Path(__file__).resolve().parent / "demo_data" / "Task04_Hippocampus"
 DEMO_DATASET = "Dataset004_Hippocampus"
 # A short schedule that finishes in a few minutes on a 2-core CPU.
-DEMO_TRAIN_OVERRIDES = ("num_epochs=10", "num_iterations_per_epoch=40", "num_val_iterations_per_epoch=5")
+DEMO_TRAIN_OVERRIDES = ("schedule.num_epochs=10", "schedule.num_iterations_per_epoch=40",
+                        "schedule.num_val_iterations_per_epoch=5")
 
 
 def cli_demo(args: argparse.Namespace) -> int:

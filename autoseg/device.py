@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, get_args
 
 from autoseg.errors import UserFacingError
 
@@ -48,7 +48,8 @@ def pick_device(name: str | None) -> torch.device:
     return torch.device(name)
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+Precision = Literal["auto", "fp32", "bf16", "fp16"]  # the type of TrainConfig.runtime.precision
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 BF16_MIN_SPEEDUP = 1.3
 
 
@@ -90,7 +91,8 @@ def cpu_identity() -> str:
     return platform.processor().strip()
 
 
-MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
+MemoryFormat = Literal["auto", "contiguous", "channels_last"]  # the type of TrainConfig.runtime.memory_format
+MEMORY_FORMATS: tuple[str, ...] = get_args(MemoryFormat)
 
 
 def torch_memory_format(memory_format: str, dim: int) -> torch.memory_format:

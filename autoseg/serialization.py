@@ -6,11 +6,17 @@ field, so a hand-edited or truncated file fails with the field's path in the mes
 ``save_json`` writes atomically and always valid JSON: a non-finite float (NaN, an
 undefined metric) is written as ``null``, and ``null`` in a ``float`` field reads back as NaN.
 A dataclass may list the keys an older version wrote in a ``RETIRED`` class attribute (key -> what
-replaced it): loading skips them with a logged note instead of failing (``TrainConfig.RETIRED``).
+replaced it): loading skips them with a logged note instead of failing (``TrainConfig.RETIRED``); and
+it may read an older layout with an ``upgrade_jsonable(data, where)`` class method, which loading calls
+on the object before reading it (``TrainConfig``: the flat keys written before its sections).
+``check_choices`` checks a dataclass's ``Literal[...]`` fields against their types, so a setting's
+choices are written once, in its type.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import json
 import logging
 import math
@@ -38,6 +44,39 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None  # NaN is not JSON; null reads back as NaN into float fields
     return obj
+
+
+def choice_message(name: str, choices: tuple, found: Any) -> str:
+    """``"optim.optimizer must be one of auto, sgd, adamw, found 'adam'; did you mean 'adamw'?"``"""
+    close = difflib.get_close_matches(found, [str(c) for c in choices], n=1) if isinstance(found, str) else []
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"{name} must be one of {', '.join(map(str, choices))}, found {found!r}{hint}"
+
+
+@functools.lru_cache(maxsize=None)
+def _literal_fields(cls: type) -> tuple[tuple[str, tuple, bool], ...]:
+    """(name, choices, None allowed) of each ``Literal`` or ``Optional[Literal]`` field of ``cls``."""
+    found = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, optional = hints[f.name], False
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            optional = len(args) < len(typing.get_args(tp))
+            tp = args[0] if len(args) == 1 else tp
+        if typing.get_origin(tp) is typing.Literal:
+            found.append((f.name, typing.get_args(tp), optional))
+    return tuple(found)
+
+
+def check_choices(obj: Any, prefix: str = "") -> None:
+    """Raise ``ValueError`` naming the field and its choices where a ``Literal[...]`` field of the
+    dataclass ``obj`` holds another value (None passes where the type is ``Optional``); ``prefix``
+    is put before the field's name in the message (``"optim."``)."""
+    for name, choices, optional in _literal_fields(type(obj)):
+        value = getattr(obj, name)
+        if not (value in choices or (optional and value is None)):
+            raise ValueError(choice_message(prefix + name, choices, value))
 
 
 def from_jsonable(cls: type[T], data: Any, where: str = "") -> T:
@@ -68,6 +107,9 @@ def _convert(tp: Any, data: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(data, dict):
             raise SchemaError(f"{where}: expected an object, found {type(data).__name__}")
+        upgrade = getattr(tp, "upgrade_jsonable", None)
+        if upgrade is not None:
+            data = upgrade(data, where)
         hints = typing.get_type_hints(tp)
         kwargs = {}
         for f in dataclasses.fields(tp):
@@ -110,7 +152,7 @@ def _convert(tp: Any, data: Any, where: str) -> Any:
         return out
     if origin is typing.Literal:
         if data not in args:
-            raise SchemaError(f"{where}: expected one of {args}, found {data!r}")
+            raise SchemaError(choice_message(where, args, data))
         return data
     if tp is float:
         if data is None:  # written for NaN by to_jsonable

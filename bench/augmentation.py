@@ -55,7 +55,7 @@ def measure(preprocessed: Path, configuration: str, overrides: dict[str, str], a
     from autoseg.plans import load_plans
     from autoseg.preprocess.storage import list_cases
     from autoseg.training.augmentation import build_transforms
-    from autoseg.training.dataloader import BatchSource
+    from autoseg.training.dataloader import BatchSampling, BatchSource
     from autoseg.training.network import deep_supervision_scales
 
     torch.set_num_threads(threads)
@@ -64,8 +64,9 @@ def measure(preprocessed: Path, configuration: str, overrides: dict[str, str], a
     folder = preprocessed / cp.preprocessed_name
     scales = deep_supervision_scales(cp)
     cases = list_cases(folder)
-    plain = BatchSource(folder, cases, cp, cp.batch_size, 0.33, None, scales, seed)
-    augmented = BatchSource(folder, cases, cp, cp.batch_size, 0.33, aug, scales, seed)
+    sampling = BatchSampling(cp.batch_size, 0.33, seed)
+    plain = BatchSource(folder, cases, cp, sampling, None, scales)
+    augmented = BatchSource(folder, cases, cp, sampling, aug, scales)
 
     def per_batch(source) -> float:
         source.batch(0)  # loads lazily-built state (transforms) untimed
@@ -80,7 +81,7 @@ def measure(preprocessed: Path, configuration: str, overrides: dict[str, str], a
     costs = {type(t).__name__ + (f"[{k}]" if sum(type(u) is type(t) for u in transforms) > 1 else ""): 0.0
              for k, t in enumerate(transforms)}
     names = list(costs)
-    sampler = BatchSource(folder, cases, cp, cp.batch_size, 0.33, None, None, seed)
+    sampler = BatchSource(folder, cases, cp, sampling)
     sampler.sample_size = augmented.sample_size
     for i in range(1, batches + 1):
         raw = sampler.batch(i)

@@ -49,10 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     from autoseg.plans import load_plans
     from autoseg.preprocess.storage import list_cases
     from autoseg.training.augmentation import AugmentationConfig, resolve_order_data
-    from autoseg.training.dataloader import BatchSource, iterate
+    from autoseg.training.dataloader import BatchSampling, BatchSource, iterate
     from autoseg.training.loss import build_loss
     from autoseg.training.network import build_network, deep_supervision_scales
-    from autoseg.training.trainer import _train_step
+    from autoseg.training.steps import train_step
 
     torch.set_num_threads(args.threads)
     plans = load_plans(args.preprocessed / "plans.json")
@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     loss_fn = build_loss("dice_ce", cp.batch_dice, 1.0, 1.0, len(scales))
     opt = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.99, nesterov=True)
     dev = torch.device("cpu")
-    sources = {b: BatchSource(folder, cases, cp, cp.batch_size, 0.33,
-                              resolve_order_data(AugmentationConfig(backend=b), "cpu"), scales, 7)
+    sources = {b: BatchSource(folder, cases, cp, BatchSampling(cp.batch_size, 0.33, 7),
+                              resolve_order_data(AugmentationConfig(backend=b), "cpu"), scales)
                for b in BACKENDS}
     times = {b: {"batch": [], "step": []} for b in BACKENDS}
     rounds, iteration = [], 0
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 started = time.perf_counter()
                 batch = next(iterate(source, iteration, 1, 0))
                 built = time.perf_counter()
-                _train_step(net, loss_fn, opt, None, batch, dev, 12.0, None, layout)
+                train_step(net, loss_fn, opt, None, batch, dev, 12.0, None, layout)
                 iteration += 1
                 if k >= args.skip:
                     batch_s.append(built - started)

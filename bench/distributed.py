@@ -59,8 +59,9 @@ def scratch_workspace(root: Path, into: Path) -> Path:
 def train_command(ws: Path, args: argparse.Namespace, processes: int) -> list[str]:
     cmd = [sys.executable, "-m", "autoseg.cli", "train", args.configuration, str(args.fold), "-d", args.dataset,
            "--root", str(ws), "--device", "cpu", "-np", "0",
-           "--set", f"num_epochs={args.epochs}", "--set", f"num_iterations_per_epoch={args.iterations}",
-           "--set", f"num_val_iterations_per_epoch={args.val_iterations}", "--set", "precision=fp32"]
+           "--set", f"schedule.num_epochs={args.epochs}",
+           "--set", f"schedule.num_iterations_per_epoch={args.iterations}",
+           "--set", f"schedule.num_val_iterations_per_epoch={args.val_iterations}", "--set", "runtime.precision=fp32"]
     return cmd + (["--num-gpus", str(processes)] if processes > 1 else [])
 
 

@@ -86,14 +86,16 @@ def main() -> int:
 
     results = ws / "results" / raw.name
     selection = json.loads((results / "selection.json").read_text())
+    from autoseg.training.train_config import load_train_config  # either layout of train_config.json
+
     folds = {}
     for cfg in ("3d_fullres", "2d"):
         for k in range(5):
             fold = results / cfg / "default" / f"fold_{k}"
-            tc = json.loads((fold / "train_config.json").read_text())
+            tc = load_train_config(fold / "train_config.json").schedule
             summ = json.loads((fold / "validation" / "summary.json").read_text())
-            folds[f"{cfg}/{k}"] = {"iterations": tc["num_epochs"] * tc["num_iterations_per_epoch"],
-                                   "budget_s": tc["time_budget_s"], "val_dice": summ["foreground_mean"]["dice"]}
+            folds[f"{cfg}/{k}"] = {"iterations": tc.num_epochs * tc.num_iterations_per_epoch,
+                                   "budget_s": tc.time_budget_s, "val_dice": summ["foreground_mean"]["dice"]}
     held_summary = json.loads((pred / "summary.json").read_text())
     report = {"budget": args.budget, "held_out": held, "times_s": times, "folds": folds, "selection": selection,
               "held_out_dice": {k: v["dice"] for k, v in held_summary["mean"].items()},

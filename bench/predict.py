@@ -17,8 +17,9 @@ bench/plan_and_preprocess.py (first ``--subset`` training cases, default all):
   over all three axes.
 - autoseg: ``autoseg plan_and_preprocess -c 3d_fullres`` (default gpu-8gb profile: the same U-Net
   as nnU-Net's plan, patch 40x56x40, features 32..256), then ``autoseg train 3d_fullres 0 --set
-  num_epochs=1 --set num_iterations_per_epoch=1 --set num_val_iterations_per_epoch=1`` (one
-  iteration: a practically untrained network of the planned architecture).
+  schedule.num_epochs=1 --set schedule.num_iterations_per_epoch=1 --set
+  schedule.num_val_iterations_per_epoch=1`` (one iteration: a practically untrained network of the
+  planned architecture).
 - Input images: the LAST ``-n`` cases of the source dataset.json's training list (so they are not
   in a small ``--subset``), linked as ``{case}_0000.nii.gz`` into an N-image and a 1-image folder.
 
@@ -93,8 +94,8 @@ def make_nnunet_checkpoint(base: Path) -> None:
 
 def train_autoseg_one_iteration(root: Path) -> None:
     run_untimed([autoseg_executable(), "train", CONFIGURATION, "0", "-d", str(DATASET_ID), "--root", root,
-                 "--set", "num_epochs=1", "--set", "num_iterations_per_epoch=1",
-                 "--set", "num_val_iterations_per_epoch=1", "--device", "cpu"],
+                 "--set", "schedule.num_epochs=1", "--set", "schedule.num_iterations_per_epoch=1",
+                 "--set", "schedule.num_val_iterations_per_epoch=1", "--device", "cpu"],
                 log_path=root / "logs" / "autoseg_train.log")
 
 

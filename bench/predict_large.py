@@ -91,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         run_untimed(autoseg + ["plan_and_preprocess", "-d", str(DATASET_ID), "--root", str(root), "-c", "3d_fullres",
                                "--device-profile", "gpu-8gb", "-np", "2"], log_path=logs / "plan.log")
         run_untimed(autoseg + ["train", "3d_fullres", "0", "-d", str(DATASET_ID), "--root", str(root),
-                               "--set", "num_epochs=1", "--set", "num_iterations_per_epoch=1",
-                               "--set", "num_val_iterations_per_epoch=1", "--set", "validation_mirroring=false"],
+                               "--set", "schedule.num_epochs=1", "--set", "schedule.num_iterations_per_epoch=1",
+                               "--set", "schedule.num_val_iterations_per_epoch=1",
+                               "--set", "validation.mirroring=false"],
                     log_path=logs / "train.log")
 
     shape, spacing = tuple(args.shape), tuple(args.spacing)

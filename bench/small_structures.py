@@ -213,16 +213,16 @@ def main(argv: list[str] | None = None) -> int:
 
     train_opts = list(args.overrides)
     if args.iterations:
-        train_opts = [*train_opts, "num_epochs=1", f"num_iterations_per_epoch={args.iterations}",
-                      "num_val_iterations_per_epoch=1"]
+        train_opts = [*train_opts, "schedule.num_epochs=1", f"schedule.num_iterations_per_epoch={args.iterations}",
+                      "schedule.num_val_iterations_per_epoch=1"]
     if args.width:  # the network of the plans, not one re-chosen from a time budget
-        train_opts = [*train_opts, "fit_width_to_budget=false"]
+        train_opts = [*train_opts, "schedule.fit_width_to_budget=false"]
     if schedule:
         epochs, per_epoch = schedule
         from autoseg.training.budget import validation_iterations  # as a time-budgeted schedule has it
 
-        train_opts = [*train_opts, f"num_epochs={epochs}", f"num_iterations_per_epoch={per_epoch}",
-                      f"num_val_iterations_per_epoch={validation_iterations(per_epoch)}"]
+        train_opts = [*train_opts, f"schedule.num_epochs={epochs}", f"schedule.num_iterations_per_epoch={per_epoch}",
+                      f"schedule.num_val_iterations_per_epoch={validation_iterations(per_epoch)}"]
     device = ["--device", args.device] if args.device else []
     results = {"dataset": raw.name, "configuration": args.configuration, "folds": args.folds,
                "budget": args.time_budget or args.schedule or f"1 x {args.iterations}", "overrides": args.overrides,
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         active = [("small classes (" in p.read_text()) if p.is_file() else False for p in handled]
         if arm == "small" and not all(active):
             log.warning("the training logs of the 'small' arm do not mention its small classes: the trainer does "
-                        "not apply TrainConfig.small_* (is the trainer hook merged?); both arms trained alike")
+                        "not apply TrainConfig.small_classes (is the trainer hook merged?); both arms trained alike")
         results["arms"][arm] = {
             "variant": variant, "train_s": train_s, "small_class_handling_logged": all(active),
             "train_config": json.loads((fold_root / f"fold_{args.folds[0]}" / "train_config.json").read_text()),

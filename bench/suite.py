@@ -185,16 +185,20 @@ def fold_directory(ctx: Context, folder: str, configuration: str) -> Path:
 def trained_plan(fold_dir: Path, configuration: str) -> dict:
     """What the fold trained: patch, spacing, batch, width and precision from its own files."""
     plans = _read_json(fold_dir / "plans.json")
+    from autoseg.training.train_config import saved_setting  # either layout of train_config.json
+
     cfg = _read_json(fold_dir / "train_config.json") or {}
     if not plans or configuration not in plans.get("configurations", {}):
         raise StepFailed("train", f"{fold_dir}/plans.json is missing or has no '{configuration}'")
     c = plans["configurations"][configuration]
     return {"configuration": configuration, "patch_size": c["patch_size"], "spacing": c["spacing"],
-            "batch_size": cfg.get("batch_size") or c["batch_size"],
+            "batch_size": saved_setting(cfg, "sampling.batch_size") or c["batch_size"],
             "features_per_stage": c["network"]["features_per_stage"],
-            "width": c["network"]["features_per_stage"][0], "precision": cfg.get("precision"),
-            "memory_format": cfg.get("memory_format"), "optimizer": cfg.get("optimizer"),
-            "time_budget_s": cfg.get("time_budget_s"), "device_profile": plans.get("device_profile")}
+            "width": c["network"]["features_per_stage"][0], "precision": saved_setting(cfg, "runtime.precision"),
+            "memory_format": saved_setting(cfg, "runtime.memory_format"),
+            "optimizer": saved_setting(cfg, "optim.optimizer"),
+            "time_budget_s": saved_setting(cfg, "schedule.time_budget_s"),
+            "device_profile": plans.get("device_profile")}
 
 
 def iterations_trained(ctx: Context, fold_dir: Path) -> int | None:

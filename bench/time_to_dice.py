@@ -240,11 +240,13 @@ def run_autoseg_method(budget: str, budget_s: float, setup: dict, work: Path, au
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     m = measure(cmd, env=env, log_path=work / "logs" / f"c_{budget}.log")
     fold = root / "results" / NNUNET_DATASET / CONFIGURATION / "default" / f"fold_{FOLD}"
-    tc = json.loads((fold / "train_config.json").read_text())
+    from autoseg.training.train_config import load_train_config  # either layout of train_config.json
+
+    tc = load_train_config(fold / "train_config.json")
     parsed = parse_autoseg_log(fold / "training.log")
     own = json.loads((fold / "validation" / "summary.json").read_text())
     plans = json.loads((fold / "plans.json").read_text())["configurations"][CONFIGURATION]
-    workers = tc.get("num_workers")
+    workers = tc.sampling.num_workers
     if workers is None:
         from autoseg.training.dataloader import default_num_workers  # what the trainer used (0: inline)
 
@@ -254,9 +256,9 @@ def run_autoseg_method(budget: str, budget_s: float, setup: dict, work: Path, au
         "plans": {"patch_size": plans["patch_size"], "batch_size": plans["batch_size"],
                   "features_per_stage": plans["network"]["features_per_stage"]},
         "s_per_it_warmup": parsed.get("s_per_it_warmup"), "iterations": parsed.get("iterations"),
-        "schedule": {k: tc.get(k) for k in ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch",
-                                            "num_iterations")},
-        "time_budget_s": tc.get("time_budget_s"), "epochs_done": parsed.get("epochs_done"),
+        "schedule": {k: getattr(tc.schedule, k) for k in ("num_epochs", "num_iterations_per_epoch",
+                                                          "num_val_iterations_per_epoch", "num_iterations")},
+        "time_budget_s": tc.schedule.time_budget_s, "epochs_done": parsed.get("epochs_done"),
         "training_wall_s": total - parsed.get("validation_wall_s", 0.0),
         "validation_wall_s": parsed.get("validation_wall_s"),
         "validation_estimate_s": parsed.get("validation_estimate_s"),

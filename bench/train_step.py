@@ -159,28 +159,30 @@ def autoseg_train_step(preprocessed: Path, iterations: int, warmup: int, threads
     from autoseg.device import autocast_dtype, resolve_precision, torch_memory_format
     from autoseg.plans import load_plans
     from autoseg.preprocess.storage import list_cases
-    from autoseg.training.dataloader import BatchSource, downsample_seg, iterate
+    from autoseg.training.dataloader import BatchSampling, BatchSource, downsample_seg, iterate
     from autoseg.training.loss import build_loss
     from autoseg.training.network import build_network, deep_supervision_scales
     from autoseg.training.train_config import TrainConfig
-    from autoseg.training.trainer import _train_step  # the exact step the trainer runs
+    from autoseg.training.steps import train_step  # the exact step the trainer runs
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    cfg = TrainConfig(optimizer="sgd", initial_lr=1e-2)  # nnU-Net's optimizer, as in the step compared
+    cfg = TrainConfig().with_(optim=dict(optimizer="sgd", initial_lr=1e-2))  # nnU-Net's, as in the step compared
     plans = load_plans(preprocessed / "plans.json")
     cp = plans.configuration(CONFIGURATION)
     scales = deep_supervision_scales(cp)
     layout = torch_memory_format(memory_format, cp.network.dim)
     net = build_network(plans, CONFIGURATION, deep_supervision=True).to(memory_format=layout)
     net.train()
-    loss_fn = build_loss(cfg.loss, cp.batch_dice, cfg.ce_weight, cfg.dice_weight, len(scales))
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.initial_lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                          weight_decay=cfg.weight_decay)
+    loss_fn = build_loss(cfg.loss.name, cp.batch_dice, cfg.loss.ce_weight, cfg.loss.dice_weight, len(scales))
+    optim = cfg.optim
+    opt = torch.optim.SGD(net.parameters(), lr=optim.initial_lr, momentum=optim.momentum, nesterov=optim.nesterov,
+                          weight_decay=optim.weight_decay)
     batch = batch_size or cp.batch_size
     folder = preprocessed / cp.preprocessed_name
-    source = BatchSource(folder, list_cases(folder), cp, batch, cfg.oversample_foreground_percent,
-                         cfg.augmentation, scales, cfg.seed)
+    source = BatchSource(folder, list_cases(folder), cp,
+                         BatchSampling(batch, cfg.sampling.oversample_foreground_percent, cfg.seed), cfg.augmentation,
+                         scales)
     rng = np.random.default_rng(0)
     shape = (batch, len(plans.channel_names), *cp.patch_size)
     labels = rng.integers(0, plans.num_classes, (batch, 1, *cp.patch_size)).astype(np.int16)
@@ -196,10 +198,10 @@ def autoseg_train_step(preprocessed: Path, iterations: int, warmup: int, threads
 
     def timed(get_batch) -> float:
         for _ in range(warmup):
-            _train_step(net, loss_fn, opt, None, get_batch(), device, cfg.grad_clip, amp, layout)
+            train_step(net, loss_fn, opt, None, get_batch(), device, optim.grad_clip, amp, layout)
         started = time.perf_counter()
         for _ in range(iterations):
-            _train_step(net, loss_fn, opt, None, get_batch(), device, cfg.grad_clip, amp, layout)
+            train_step(net, loss_fn, opt, None, get_batch(), device, optim.grad_clip, amp, layout)
         return (time.perf_counter() - started) / iterations
 
     raw_s = timed(lambda: fixed)

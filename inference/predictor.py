@@ -61,14 +61,13 @@ class Predictor:
     def _from_onnx(cls, fold_dirs: list[Path], checkpoint: str, step_size: float, mirror: bool) -> "Predictor":
         from autoseg.inference.onnx_backend import load_onnx_network
         from autoseg.plans import load_plans
-        from autoseg.serialization import load_json_as
-        from autoseg.training.train_config import TrainConfig
+        from autoseg.training.train_config import load_train_config
 
         loaded = [load_onnx_network(Path(d), checkpoint) for d in fold_dirs]
         first = Path(fold_dirs[0])
         plans = load_plans(first / "plans.json")
         configuration = plans.configuration(loaded[0][1]["configuration"])
-        train_config = load_json_as(TrainConfig, first / "train_config.json")
+        train_config = load_train_config(first / "train_config.json")
         return cls([net for net, _ in loaded], plans, configuration, "cpu", step_size, mirror, train_config,
                    precision="fp32", backend="onnx", onnx_records=[info for _, info in loaded])
 

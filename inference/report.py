@@ -35,6 +35,7 @@ from autoseg.labels import Regions, class_mask, label_names, regions_of
 from autoseg.paths import Workspace
 from autoseg.plans import CONFIGURATIONS
 from autoseg.report_html import data_uri_img, esc, fmt, line_chart, missing, page, table
+from autoseg.training.train_config import saved_setting
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def _read_fold(folder: Path) -> Fold:
                 fold.problem = f"{path.name} cannot be read: {str(exc).splitlines()[0] if str(exc) else exc!r}"
                 continue
             fold.history, fold.checkpoint = state.get("history"), checkpoint
-            fold.precision = (state.get("train_config") or {}).get("precision")
+            fold.precision = saved_setting(state.get("train_config"), "runtime.precision")
             break
     fold.summary = _json(folder / "validation" / "summary.json")
     return fold

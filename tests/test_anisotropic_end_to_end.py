@@ -37,7 +37,7 @@ def test_a_shallow_thick_slice_dataset_end_to_end(tmp_path):
     log = (fold / "training.log").read_text()
     assert "final validation mirrors" in log and (fold / "validation" / "summary.json").is_file()
     saved = json.loads((fold / "train_config.json").read_text())
-    assert saved["validation_mirror_axes"] in (None, [1, 2], [])  # every axis, the in-plane ones, or none
+    assert saved["validation"]["mirror_axes"] in (None, [1, 2], [])  # every axis, the in-plane ones, or none
 
     out = tmp_path / "pred"
     assert main(["predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", "130", "-c", "3d_fullres", "-f", "0",

@@ -20,7 +20,7 @@ EXCEPTIONS = {
     ("autoseg.planners.step_timing", "autoseg.training.loss"),
     ("autoseg.planners.step_timing", "autoseg.training.network"),
     ("autoseg.training.schedule", "autoseg.inference.fast_forward"),
-    ("autoseg.training.trainer", "autoseg.inference.fast_forward"),
+    ("autoseg.training.steps", "autoseg.inference.fast_forward"),
     ("autoseg.training.trainer", "autoseg.inference.validation"),
 }
 

@@ -12,9 +12,13 @@ import dataclasses
 import functools
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
+
+from autoseg.serialization import check_choices
+
+Backend = Literal["auto", "batchgenerators"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,7 @@ class AugmentationConfig:
     # "auto": rotation/scaling with linear image interpolation and the simulated low resolution run in
     # autoseg's faster versions (autoseg/training/spatial.py, low_resolution.py: the same random draws
     # and the same patches as batchgenerators'); "batchgenerators": its own transforms
-    backend: str = "auto"
+    backend: Backend = "auto"
     # Cascade only (3d_cascade_fullres): the previous stage's one-hot mask channels are imperfect
     # at test time, so each sample's are perturbed (autoseg.training.cascade.augment_previous_stage).
     p_previous_stage_morphology: float = 0.4  # per sample: each label's mask dilated/eroded/opened/closed
@@ -57,8 +61,7 @@ class AugmentationConfig:
     previous_stage_max_component_fraction: float = 0.15  # only components under this fraction of the patch
 
     def __post_init__(self):
-        if self.backend not in ("auto", "batchgenerators"):
-            raise ValueError(f"augmentation.backend must be 'auto' or 'batchgenerators', found {self.backend!r}")
+        check_choices(self, "augmentation.")
         for name, order in (("order_data", 3 if self.order_data is None else self.order_data),
                             ("low_resolution_order_upsample", self.low_resolution_order_upsample)):
             if order not in range(6):

@@ -47,7 +47,7 @@ from autoseg.plans import Plans
 from autoseg.preprocess.previous_stage import one_hot, previous_stage_labels, previous_stage_to_grid
 from autoseg.serialization import save_json
 from autoseg.training.augmentation import AugmentationConfig
-from autoseg.training.dataloader import BatchSource, downsample_seg
+from autoseg.training.dataloader import BatchSampling, BatchSource, downsample_seg
 from autoseg.training.splits import get_split
 
 log = logging.getLogger(__name__)
@@ -230,14 +230,13 @@ class CascadeBatchSource(BatchSource):
     intensity transforms), then becomes one-hot channels after the image channels.
     """
 
-    def __init__(self, folder, case_ids, cfg, batch_size, oversample, augmentation, ds_scales, seed,
-                 class_shares=None, *, previous: PreviousStage, **small_class_options):
+    def __init__(self, folder, case_ids, cfg, sampling: BatchSampling, augmentation=None, ds_scales=None, *,
+                 previous: PreviousStage):
         self.previous = previous
         self.cascade_scales = ds_scales
         spacing = np.asarray(cfg.spacing[-cfg.network.dim:], float)
         self.voxel_size = tuple(spacing / spacing.min())
-        super().__init__(folder, case_ids, cfg, batch_size, oversample, augmentation, None, seed, class_shares,
-                         **small_class_options)
+        super().__init__(folder, case_ids, cfg, sampling, augmentation, None)
 
     def _load(self, case_id: str):
         case = super()._load(case_id)

@@ -18,10 +18,9 @@ import torch
 
 from autoseg.errors import MissingFileError, UserFacingError
 from autoseg.plans import ConfigurationPlan, Plans, load_plans
-from autoseg.serialization import load_json_as
 from autoseg.training.health import refuse_failed
 from autoseg.training.network import UNet, build_network
-from autoseg.training.train_config import TrainConfig
+from autoseg.training.train_config import TrainConfig, load_train_config
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
@@ -60,7 +59,7 @@ def load_trained_model(fold_dir: str | Path, checkpoint: str = "checkpoint_final
     fold_dir = Path(fold_dir)
     refuse_failed(fold_dir)
     plans = load_plans(fold_dir / "plans.json")
-    cfg = load_json_as(TrainConfig, fold_dir / "train_config.json")
+    cfg = load_train_config(fold_dir / "train_config.json")
     state = load_checkpoint(fold_dir / f"{checkpoint}.pth", device)
     configuration = state["configuration"]
     net = build_network(plans, configuration, deep_supervision=False, in_channels=state.get("in_channels"))

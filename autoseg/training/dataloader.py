@@ -37,7 +37,7 @@ import logging
 import os
 import random
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -134,30 +134,50 @@ def choose_lower_corner_containing(shape: tuple[int, ...], size: tuple[int, ...]
     return centre - size // 2
 
 
-class BatchSource:
-    """Builds batch ``i`` from preprocessed cases; picklable, used inside worker processes."""
+@dataclass(frozen=True)
+class BatchSampling:
+    """How the samples of each batch are drawn (the module docstring says how): ``batch_size``
+    samples, a share ``oversample`` of them forced to hold foreground (``num_forced``), every draw
+    seeded with ``seed`` and the batch's iteration. Small classes (resolved by
+    ``small_classes.resolve_small_classes``): ``class_shares``, per class the share of the samples
+    placed to hold one of its components; ``paste_shares``, per class the probability that a
+    sample gets one of its components pasted in (``paste.py``). Empty: plain sampling."""
+    batch_size: int
+    oversample: float
+    seed: int
+    class_shares: dict[int, float] = field(default_factory=dict)
+    paste_shares: dict[int, float] = field(default_factory=dict)
 
-    def __init__(self, folder: str | Path, case_ids: list[str], cfg: ConfigurationPlan, batch_size: int,
-                 oversample: float, augmentation: AugmentationConfig | None,
-                 ds_scales: list[tuple[float, ...]] | None, seed: int, class_shares: dict[int, float] | None = None,
-                 paste_shares: dict[int, float] | None = None):
+    def plain(self, seed: int) -> BatchSampling:
+        """The same batches' sampling without the small classes, seeded with ``seed`` (the patch
+        validation's)."""
+        return BatchSampling(self.batch_size, self.oversample, seed)
+
+
+class BatchSource:
+    """Builds batch ``i`` from preprocessed cases, drawn as ``sampling`` says, then augmented
+    (``augmentation``; None: as drawn) and with a target per deep-supervision scale (``ds_scales``;
+    None: one target); picklable, used inside worker processes."""
+
+    def __init__(self, folder: str | Path, case_ids: list[str], cfg: ConfigurationPlan, sampling: BatchSampling,
+                 augmentation: AugmentationConfig | None = None, ds_scales: list[tuple[float, ...]] | None = None):
         self.folder, self.case_ids = Path(folder), list(case_ids)
         self.dim = cfg.network.dim
         self.patch = tuple(cfg.patch_size)
-        self.batch_size, self.oversample = batch_size, oversample
+        self.batch_size, self.oversample, self.seed = sampling.batch_size, sampling.oversample, sampling.seed
         self.augmentation = augmentation
-        self.ds_scales, self.seed = ds_scales, seed
+        self.ds_scales = ds_scales
         self.sample_size = sampling_patch_size(self.patch, augmentation) if augmentation else self.patch
         self._transforms = None
         size = sum(p.stat().st_size for p in self.folder.glob("*.data.b2")) * 4  # ~compression ratio
         self._cases = {cid: self._load(cid) for cid in self.case_ids} if size < IN_MEMORY_LIMIT_BYTES else None
         # per small class (sampled or pasted), the cases that hold it: one scan of the locations
-        self._cases_with = self._cases_holding([*(class_shares or {}), *(paste_shares or {})])
-        self.class_shares = self._held(class_shares or {})
+        self._cases_with = self._cases_holding([*sampling.class_shares, *sampling.paste_shares])
+        self.class_shares = self._held(sampling.class_shares)
         self._components: dict[tuple[str, int], list[np.ndarray]] = {}
-        # copy-paste (TrainConfig.small_class_paste, autoseg/training/paste.py): per sample, the
+        # copy-paste (TrainConfig.small_classes.paste, autoseg/training/paste.py): per sample, the
         # probability that a component of each class is pasted into it; classes in no case dropped
-        self.paste_shares = self._held(paste_shares or {})
+        self.paste_shares = self._held(sampling.paste_shares)
         self._pieces: dict[tuple[str, int], list[Piece]] = {}
 
     def _cases_holding(self, classes: list[int]) -> dict[int, list[str]]:
@@ -384,7 +404,7 @@ def _worker_init(_):
 
 
 def default_num_workers() -> int:
-    """Augmentation processes when ``TrainConfig.num_workers`` is None: one per two cores (the rest
+    """Augmentation processes when ``TrainConfig.sampling.num_workers`` is None: one per two cores (the rest
     run the network), at most 8; none on a machine with two cores or fewer, where each batch is
     built between training steps. There a worker process runs beside torch's two threads on the
     same two cores, and the threads' stalls cost more than building the batch inline (measured in

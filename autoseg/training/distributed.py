@@ -17,15 +17,15 @@ NCCL on CUDA (rank ``r`` on GPU ``LOCAL_RANK``), gloo on a CPU.
 - The planned (global) batch is split as evenly as it goes (``batch_shares``: 5 on 2 ranks is
   3 + 2); with unequal shares each rank's loss is weighted by ``share x ranks / batch`` so that
   the averaged gradient is that of the global batch's mean loss. Fewer samples than ranks is
-  refused. A Dice pooled over the batch (``batch_dice``, and the small classes'
-  ``small_class_batch_dice``) is pooled over the global batch (``Ranks.pool``).
+  refused. A Dice pooled over the batch (``loss.batch_dice``, and the small classes'
+  ``small_classes.batch_dice``) is pooled over the global batch (``Ranks.pool``).
 - Reduced across ranks: the training loss of every step, the patch validation's loss and its
   TP/FP/FN counts (so the logged numbers are those of the global batch); gradients by DDP.
 - Rank 0 alone writes (plans, train_config, checkpoints, training.log, progress.png) and runs the
   final validation; the other ranks log warnings only. Rank 0 decides the time budget's schedule
   and when the time is up, and the others follow (``Ranks.from_main``, ``StepSync``), so every
   rank stops at the same iteration; a stop request (SIGTERM) on any rank stops all of them there.
-- A rank that dies or hangs: every collective has the run's ``collective_timeout_s`` (and gloo
+- A rank that dies or hangs: every collective has the run's ``runtime.collective_timeout_s`` (and gloo
   notices a closed connection at once); the ranks left raise ``RankLost``, whose message says
   what to do, and torchrun's agent stops the others. On NCCL a collective that times out is
   ended by NCCL's watchdog, which aborts the process with its own message (torch's default
@@ -64,7 +64,7 @@ def batch_shares(batch_size: int, world: int) -> list[int]:
         raise UserFacingError(
             f"the global batch of {batch_size} sample(s) cannot be split across {world} ranks (each needs at least "
             f"one): use at most {batch_size} processes (--num-gpus {batch_size}) or a larger batch "
-            f"(--set batch_size={world})")
+            f"(--set sampling.batch_size={world})")
     return [batch_size // world + (r < batch_size % world) for r in range(world)]
 
 

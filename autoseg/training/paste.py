@@ -1,4 +1,4 @@
-"""Copy-paste of small-class components into training samples (``TrainConfig.small_class_paste``).
+"""Copy-paste of small-class components into training samples (``TrainConfig.small_classes.paste``).
 
 A component of a small class (a lesion) is cut from a training case with a one-voxel shell around
 it and pasted into another sample at a random position whose surroundings look like the ones it
@@ -13,7 +13,7 @@ matches (e.g. a structure with no room of its host in the patch), the batch sour
 patch that holds the component in its own case, as the sampler does, so the class is not shown
 less for it.
 
-Why: the sampler (``small_class_oversample``) shows the network lesions by drawing the cases that
+Why: the sampler (``small_classes.oversample``) shows the network lesions by drawing the cases that
 hold them more often, which also shifts how often each case's anatomy is seen (on the implanted
 Hippocampus data the anatomy cost fell on the cases without lesions,
 docs/experiments/small_class_sampler_cost.md). A pasted

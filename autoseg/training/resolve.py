@@ -6,7 +6,7 @@ import dataclasses
 from typing import Optional
 
 from autoseg.device import cpu_identity, resolve_precision
-from autoseg.training.train_config import TrainConfig
+from autoseg.training.train_config import TrainConfig, saved_setting
 
 
 def planned_on_this_cpu(throughput: dict | None, dev) -> bool:
@@ -28,7 +28,7 @@ def auto_precision(precision: str, dev, state: dict | None, throughput: dict | N
     its layout was not timed in. Anything else: ``resolve_precision`` decides here."""
     if precision != "auto":
         return resolve_precision(precision, dev), None
-    saved = (state or {}).get("train_config", {}).get("precision")
+    saved = saved_setting((state or {}).get("train_config"), "runtime.precision")
     if saved in ("fp32", "bf16") or (saved == "fp16" and dev.type == "cuda"):
         return resolve_precision(saved, dev), f"precision {saved}, as the run started"
     if planned_on_this_cpu(throughput, dev):
@@ -57,42 +57,44 @@ def resolve_settings(cfg: TrainConfig, plans, configuration: str, dev, state: di
                      throughput: dict | None, fold_plans=None, width: Optional[int] = None) -> Resolved:
     """``cfg`` with its precision and memory layout resolved, the plans to train (a resumed run's own
     ``fold_plans``; else ``plans`` at ``width`` when given, else with the width fitted to
-    ``cfg.time_budget_s``), and lines for the log. Where the planning timed this configuration on this
-    CPU and the precision is ``auto``, the width is fitted first (each width with its own precision)
-    and the precision is then the fitted width's; otherwise the precision is decided first and the
-    width fitted in it. On a CPU with bf16 instructions, a new run in ``auto`` whose network the
+    ``cfg.schedule.time_budget_s``), and lines for the log. Where the planning timed this
+    configuration on this CPU and the precision is ``auto``, the width is fitted first (each width
+    with its own precision) and the precision is then the fitted width's; otherwise the precision
+    is decided first and the width fitted in it. On a CPU with bf16 instructions, a new run in ``auto`` whose network the
     planning did not time on this CPU times it now (``time_network_now``), so that no run trains in
     a precision slower than fp32, nor in one whose kernels never finish."""
     from autoseg.planners.throughput import with_width
 
     notes = []
-    fit = (fold_plans is None and width is None and cfg.time_budget_s and cfg.fit_width_to_budget
+    fit = (fold_plans is None and width is None and cfg.schedule.time_budget_s and cfg.schedule.fit_width_to_budget
            and throughput is not None)
-    width_first = cfg.precision == "auto" and state is None and planned_on_this_cpu(throughput, dev)
+    width_first = cfg.runtime.precision == "auto" and state is None and planned_on_this_cpu(throughput, dev)
     if fold_plans is not None:
         plans = fold_plans  # the network this fold started with
     elif width is not None:
         plans = with_width(plans, configuration, width)
     if fit and width_first:
-        plans, note = fit_width(plans, configuration, throughput, cfg.time_budget_s, "auto")
+        plans, note = fit_width(plans, configuration, throughput, cfg.schedule.time_budget_s, "auto")
         notes.append(note)
-    precision, note = auto_precision(cfg.precision, dev, state, throughput, plans, configuration)
+    precision, note = auto_precision(cfg.runtime.precision, dev, state, throughput, plans, configuration)
     notes.append(note)
     if fit and not width_first:
-        plans, note = fit_width(plans, configuration, throughput, cfg.time_budget_s, precision)
+        plans, note = fit_width(plans, configuration, throughput, cfg.schedule.time_budget_s, precision)
         notes.append(note)
     expected = None
     if needs_timing_now(cfg, dev, state, throughput, plans, configuration):
         precision, layout, expected, note = time_network_now(plans, configuration, cfg)
         notes.append(note)
-        cfg = dataclasses.replace(cfg, memory_format=layout if cfg.memory_format == "auto" else cfg.memory_format)
-    cfg = dataclasses.replace(cfg, precision=precision)
+        if cfg.runtime.memory_format == "auto":
+            cfg = cfg.with_(**{"runtime.memory_format": layout})
+    cfg = cfg.with_(**{"runtime.precision": precision})
     cfg, note = resolve_memory_format(cfg, plans, configuration, throughput, dev)
     notes.append(note)
     if expected is None and planned_on_this_cpu(throughput, dev):
         from autoseg.planners.throughput import planned_step_seconds
 
-        expected = planned_step_seconds(throughput, plans, configuration, cfg.precision, cfg.memory_format)
+        expected = planned_step_seconds(throughput, plans, configuration, cfg.runtime.precision,
+                                        cfg.runtime.memory_format)
     return Resolved(cfg, plans, [n for n in notes if n], expected)
 
 
@@ -100,7 +102,7 @@ def needs_timing_now(cfg: TrainConfig, dev, state: dict | None, throughput: dict
                      configuration: str) -> bool:
     """A new run in precision ``auto`` on a CPU that has bf16 instructions, whose network's width the
     planning did not time on this CPU (no ``throughput.json``, another CPU, another profile)."""
-    if dev.type != "cpu" or cfg.precision != "auto" or state is not None:
+    if dev.type != "cpu" or cfg.runtime.precision != "auto" or state is not None:
         return False
     from autoseg.planners.throughput import planned_precision, precisions_to_time
 
@@ -120,10 +122,10 @@ def time_network_now(plans, configuration: str, cfg: TrainConfig) -> tuple[str, 
     from autoseg.preprocess.previous_stage import num_input_channels
 
     cp = plans.configuration(configuration)
-    cap = step_cap_seconds(cfg.time_budget_s or DEFAULT_FOLD_BUDGET_S)
+    cap = step_cap_seconds(cfg.schedule.time_budget_s or DEFAULT_FOLD_BUDGET_S)
     timer = CappedStepTimer(num_input_channels(plans, configuration), plans.num_classes, cap, usable_cpus())
     try:
-        timed = timer(cp.network, tuple(cp.patch_size), cfg.batch_size or cp.batch_size,
+        timed = timer(cp.network, tuple(cp.patch_size), cfg.sampling.batch_size or cp.batch_size,
                       tuple((p, f) for p in ("fp32", "bf16") for f in TIMED_MEMORY_FORMATS))
     finally:
         timer.close()
@@ -162,13 +164,13 @@ def resolve_memory_format(cfg: TrainConfig, plans, configuration: str, throughpu
     planning for this network width and precision, by ``throughput`` (throughput.json, None when
     there is none), else contiguous), and a line for the log saying why (None when ``cfg`` named
     the layout)."""
-    if cfg.memory_format != "auto":
+    if cfg.runtime.memory_format != "auto":
         return cfg, None
     chosen, why = "contiguous", f"no timings of both layouts on {dev.type}"
     if dev.type == "cpu" and throughput is not None:
         from autoseg.planners.throughput import memory_format_for
 
-        timed, why = memory_format_for(throughput, plans, configuration, cfg.precision)
+        timed, why = memory_format_for(throughput, plans, configuration, cfg.runtime.precision)
         if timed is not None:
             chosen, why = timed, "its training step was the faster one at planning (throughput.json)"
-    return dataclasses.replace(cfg, memory_format=chosen), f"memory format {chosen}: {why}"
+    return cfg.with_(**{"runtime.memory_format": chosen}), f"memory format {chosen}: {why}"

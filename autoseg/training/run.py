@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 
@@ -23,18 +22,16 @@ def _check_fold(fold: str) -> str:
 
 
 def _resolve(args: argparse.Namespace):
-    from autoseg.training.loss import LOSSES
     from autoseg.units import parse_duration
     from autoseg.training.train_config import resolve_train_config
 
     cfg = resolve_train_config(args.variant or "default", args.overrides)
-    LOSSES.get(cfg.loss)  # an unknown name is refused before any fold folder is written
     if args.num_workers is not None:
-        cfg = dataclasses.replace(cfg, num_workers=args.num_workers)
+        cfg = cfg.with_(**{"sampling.num_workers": args.num_workers})
     if getattr(args, "pretrained", None):
         from autoseg.training.pretrained import pretrained_checkpoint
 
-        cfg = dataclasses.replace(cfg, pretrained=str(pretrained_checkpoint(args.pretrained).resolve()))
+        cfg = cfg.with_(pretrained=str(pretrained_checkpoint(args.pretrained).resolve()))
     budget = parse_duration(args.time_budget) if args.time_budget else None
     return cfg, budget
 
@@ -104,7 +101,8 @@ def _train_on_ranks(args: argparse.Namespace, ranks, ws: Workspace, folds: list[
     if args.num_gpus > 1 and args.num_gpus != ranks.local_world:
         log.info("--num-gpus %d ignored: torchrun started %d processes on this node", args.num_gpus,
                  ranks.local_world)
-    with distributed.process_group(ranks, pick_device(args.device), cfg.collective_timeout_s) as (ranks, dev):
+    timeout_s = cfg.runtime.collective_timeout_s
+    with distributed.process_group(ranks, pick_device(args.device), timeout_s) as (ranks, dev):
         train_runs(ws, args.dataset, [(args.configuration, f) for f in folds], cfg, budget, variant, str(dev),
                    args.resume, ranks)
 

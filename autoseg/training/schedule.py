@@ -3,7 +3,6 @@ warm-up and re-fitted every epoch (the arithmetic is in ``budget``; this is the 
 it during a run, and what the checkpoint keeps of it)."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -22,12 +21,12 @@ log = logging.getLogger("autoseg.training.trainer")  # its lines belong in the f
 
 
 class Budget:
-    """The schedule of one fold: fixed by the config, or fitted to ``cfg.time_budget_s``."""
+    """The schedule of one fold: fixed by the config, or fitted to ``cfg.schedule.time_budget_s``."""
 
     def __init__(self, cfg: TrainConfig, started_at: float, data_dir: Path, val_ids: list[str], configuration_plan,
                  fitted: bool):
         self.cfg, self.started_at, self.fitted = cfg, started_at, fitted
-        self.active = cfg.time_budget_s is not None
+        self.active = cfg.schedule.time_budget_s is not None
         self.val_shapes = [load_properties(data_dir, c).shape_after_resample for c in val_ids] if self.active else []
         self.patch = tuple(configuration_plan.patch_size)
         first_kernel = configuration_plan.network.kernel_sizes[0]
@@ -37,31 +36,32 @@ class Budget:
         self.forward_readings: list[float] = []  # per epoch: seconds per forward pass in its patch validation
         self.step_times: list[float] = []  # seconds per iteration during the warm-up, data wait included
         if self.active and not fitted:  # until the warm-up has measured the speed: one short epoch
-            self.cfg = dataclasses.replace(cfg, num_epochs=1, num_iterations_per_epoch=WARMUP_ITERATIONS,
-                                           num_val_iterations_per_epoch=1)
+            self.cfg = cfg.with_(schedule=dict(num_epochs=1, num_iterations_per_epoch=WARMUP_ITERATIONS,
+                                               num_val_iterations_per_epoch=1))
 
     def _estimate_validation(self, per_forward: float) -> None:
         """``validation_s`` from ``per_forward`` (seconds per patch), with the mirror axes chosen so
         that the final validation stays a small share of the budget (``choose_validation_mirroring``;
-        the choice goes to ``cfg.validation_mirror_axes``)."""
+        the choice goes to ``cfg.validation.mirror_axes``)."""
         def estimate(axes: tuple[int, ...]) -> float:
             return VALIDATION_SAFETY * estimate_validation_seconds(
-                self.val_shapes, self.patch, self.cfg.validation_mirroring, self.cfg.validation_step_size,
+                self.val_shapes, self.patch, self.cfg.validation.mirroring, self.cfg.validation.step_size,
                 per_forward, mirror_axes=axes)
 
-        if not self.cfg.validation_mirroring:
+        if not self.cfg.validation.mirroring:
             self.validation_s = estimate(())
             return
-        axes, self.validation_s = choose_validation_mirroring(self.cfg.time_budget_s, estimate, self.mirror_options)
+        axes, self.validation_s = choose_validation_mirroring(self.cfg.schedule.time_budget_s, estimate,
+                                                              self.mirror_options)
         every = self.mirror_options[0]
-        before = every if self.cfg.validation_mirror_axes is None else tuple(self.cfg.validation_mirror_axes)
+        before = every if self.cfg.validation.mirror_axes is None else tuple(self.cfg.validation.mirror_axes)
         if axes != before or not self.mirroring_logged:
             self.mirroring_logged = True
             log.info("final validation mirrors %s (~%.0f s%s)", f"axes {list(axes)}" if axes else "no axis",
                      self.validation_s, "" if axes == every else
                      f"; every axis would take ~{estimate(every):.0f} s, over {100 * VALIDATION_SHARE:.0f}% of the "
                      "budget")
-            self.cfg = dataclasses.replace(self.cfg, validation_mirror_axes=None if axes == every else axes)
+            self.cfg = self.cfg.with_(**{"validation.mirror_axes": None if axes == every else axes})
 
     @property
     def total_iterations(self) -> int:
@@ -83,7 +83,7 @@ class Budget:
         steps = self.step_times[1:] or [self.elapsed() / max(1, iteration)]
         per_it = float(np.median(steps))
         net.eval()
-        forward = inference_forward(net, self.cfg.precision, dev)
+        forward = inference_forward(net, self.cfg.runtime.precision, dev)
         with torch.no_grad():
             x = data[:1].to(dev)
             forward(x)
@@ -92,13 +92,13 @@ class Budget:
             per_forward = time.perf_counter() - t
         net.train()
         self._estimate_validation(per_forward)
-        sched = fit_schedule(self.cfg.time_budget_s, self.elapsed(), per_it, self.validation_s, iteration)
-        self.cfg = dataclasses.replace(self.cfg, num_epochs=sched.num_epochs, num_iterations=sched.num_iterations,
-                                       num_iterations_per_epoch=sched.num_iterations_per_epoch,
-                                       num_val_iterations_per_epoch=sched.num_val_iterations_per_epoch)
+        sched = fit_schedule(self.cfg.schedule.time_budget_s, self.elapsed(), per_it, self.validation_s, iteration)
+        self.cfg = self.cfg.with_(schedule=dict(num_epochs=sched.num_epochs, num_iterations=sched.num_iterations,
+                                                num_iterations_per_epoch=sched.num_iterations_per_epoch,
+                                                num_val_iterations_per_epoch=sched.num_val_iterations_per_epoch))
         self.fitted = True
         log.info("time budget %.0f s: %.2f s per iteration, %.3f s per forward pass, final validation ~%.0f s "
-                 "-> %d epochs x %d iterations (%d in all)", self.cfg.time_budget_s, per_it, per_forward,
+                 "-> %d epochs x %d iterations (%d in all)", self.cfg.schedule.time_budget_s, per_it, per_forward,
                  self.validation_s, sched.num_epochs, sched.num_iterations_per_epoch, sched.total_iterations)
 
     def refit(self, done_iterations: int, epoch_times: list[float], epoch_iterations: list[int],
@@ -117,13 +117,13 @@ class Budget:
         k = min(3, len(epoch_iterations), max(1, len(epoch_times) - 1))
         recent, recent_its = epoch_times[len(epoch_times) - k:], epoch_iterations[len(epoch_iterations) - k:]
         before = self.total_iterations
-        total = refit_iterations(self.cfg.time_budget_s, self.elapsed(), done_iterations, recent, recent_its,
-                                 self.validation_s, before)
+        total = refit_iterations(self.cfg.schedule.time_budget_s, self.elapsed(), done_iterations, recent,
+                                 recent_its, self.validation_s, before)
         if total != before:
-            epochs = epochs_holding(total, self.cfg.num_iterations_per_epoch)
+            epochs = epochs_holding(total, self.cfg.schedule.num_iterations_per_epoch)
             log.info("time budget: %d iterations in %d epochs instead of %d (%.0f s left)", total, epochs, before,
-                     self.cfg.time_budget_s - self.elapsed())
-            self.cfg = dataclasses.replace(self.cfg, num_epochs=epochs, num_iterations=total)
+                     self.cfg.schedule.time_budget_s - self.elapsed())
+            self.cfg = self.cfg.with_(schedule=dict(num_epochs=epochs, num_iterations=total))
 
     def out_of_time(self, iteration: int) -> bool:
         """Whether a fitted budget has no time left for another iteration: what is left after the
@@ -132,7 +132,7 @@ class Budget:
         starting) cannot run the training past its budget; the schedule then ends at ``iteration``."""
         if not (self.active and self.fitted):
             return False
-        left = self.cfg.time_budget_s * (1 - MARGIN_FRACTION) - self.elapsed() - self.validation_s
+        left = self.cfg.schedule.time_budget_s * (1 - MARGIN_FRACTION) - self.elapsed() - self.validation_s
         if left >= self.elapsed() / max(iteration, 1):
             return False
         self.end_at(iteration)
@@ -144,15 +144,15 @@ class Budget:
         if self.cfg.total_iterations > iteration:
             log.info("time budget: the time is up after %d iterations (%d were planned; %.0f s left for the "
                      "final validation, estimated %.0f s)", iteration, self.cfg.total_iterations,
-                     self.cfg.time_budget_s - self.elapsed(), self.validation_s)
-            self.cfg = dataclasses.replace(self.cfg, num_epochs=epochs_holding(iteration,
-                                                                               self.cfg.num_iterations_per_epoch),
-                                           num_iterations=iteration)
+                     self.cfg.schedule.time_budget_s - self.elapsed(), self.validation_s)
+            epochs = epochs_holding(iteration, self.cfg.schedule.num_iterations_per_epoch)
+            self.cfg = self.cfg.with_(schedule=dict(num_epochs=epochs, num_iterations=iteration))
 
     def state(self) -> dict:
         if not self.active:
             return {}
-        return {"fitted": self.fitted, "num_epochs": self.cfg.num_epochs, "num_iterations": self.cfg.num_iterations,
-                "num_iterations_per_epoch": self.cfg.num_iterations_per_epoch,
-                "num_val_iterations_per_epoch": self.cfg.num_val_iterations_per_epoch,
+        s = self.cfg.schedule
+        return {"fitted": self.fitted, "num_epochs": s.num_epochs, "num_iterations": s.num_iterations,
+                "num_iterations_per_epoch": s.num_iterations_per_epoch,
+                "num_val_iterations_per_epoch": s.num_val_iterations_per_epoch,
                 "elapsed_s": self.elapsed(), "validation_s": self.validation_s}

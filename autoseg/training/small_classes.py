@@ -1,18 +1,18 @@
 """Training settings for small/rare classes, resolved from ``TrainConfig`` and the plans.
 
 The planner flags classes per configuration (``ConfigurationPlan.small_classes``,
-``planners/classes.py``); ``TrainConfig.small_classes`` overrides that list (``()`` turns the
+``planners/classes.py``); ``TrainConfig.small_classes.classes`` overrides that list (``()`` turns the
 handling off). For the resolved classes:
 
-- **copy-paste** (``paste``): with probability ``small_class_paste`` (default 1: every sample) a
+- **copy-paste** (``paste``): with probability ``small_classes.paste`` (default 1: every sample) a
   sample drawn as in plain training gets a component of a small class, cut from a training case
   that holds one, pasted in where its surroundings match, the classes in proportion to
-  ``small_class_shares`` (equal by default);
-- **sampling** (``dataloader.BatchSource``, off by default): a share ``small_class_oversample`` of
+  ``small_classes.shares`` (equal by default);
+- **sampling** (``dataloader.BatchSource``, off by default): a share ``small_classes.oversample`` of
   the samples is placed to hold a connected component of a small class, drawn among the training
   cases that contain it (same split among classes);
-- **loss** (``loss.DiceCELoss``, plain by default): cross-entropy weight ``small_class_ce_weight``
-  for those classes (others 1), and their soft Dice pooled over the batch (``small_class_batch_dice``).
+- **loss** (``loss.DiceCELoss``, plain by default): cross-entropy weight ``small_classes.ce_weight``
+  for those classes (others 1), and their soft Dice pooled over the batch (``small_classes.batch_dice``).
 
 Why these defaults (numbers in docs/small_structures.md and
 docs/experiments/small_class_copy_paste.md): the soft-Dice term
@@ -66,30 +66,32 @@ def resolve_small_classes(cfg: TrainConfig, plan: ConfigurationPlan, num_classes
     Example: plans flag (3,), defaults -> paste {3: 1.0}, shares {3: 0.0}, no CE weights, no batch Dice;
     ``--variant small_class_sampler`` -> shares {3: 0.33}, CE weights (1, 1, 1, 3), batch Dice for (3,).
     """
-    classes = plan.small_classes if cfg.small_classes is None else cfg.small_classes
+    small = cfg.small_classes
+    classes = plan.small_classes if small.classes is None else small.classes
     classes = tuple(int(c) for c in classes)
     if region_based and classes:
         raise UserFacingError(f"small_classes {classes} were asked for, but this dataset is region-based: the "
                               "small-class sampling and loss weights act on softmax classes, not on regions; "
-                              "drop --set small_classes")
+                              "drop --set small_classes.classes")
     bad = [c for c in classes if not 1 <= c < num_classes]
     if bad:
-        raise UserFacingError(f"small_classes {bad} are not foreground labels of this dataset (1..{num_classes - 1}); "
-                              f"set e.g. --set small_classes={','.join(str(c) for c in range(1, num_classes))}")
+        raise UserFacingError(f"small_classes {bad} are not foreground labels of this dataset "
+                              f"(1..{num_classes - 1}); set e.g. --set small_classes.classes={','.join(str(c) for c in range(1, num_classes))}")
     if not classes:
         return SmallClassSetup((), {}, None, (), {})
-    weights = cfg.small_class_shares if cfg.small_class_shares is not None else (1.0,) * len(classes)
+    weights = small.shares if small.shares is not None else (1.0,) * len(classes)
     if len(weights) != len(classes):
-        raise UserFacingError(f"small_class_shares has {len(weights)} entries but the small classes are {classes}; "
-                              f"give one per class, e.g. --set small_class_shares={','.join('1' for _ in classes)}")
+        raise UserFacingError(f"small_classes.shares has {len(weights)} entries but the small classes are "
+                              f"{classes}; give one per class, e.g. --set small_classes.shares="
+                              f"{','.join('1' for _ in classes)}")
     total = float(sum(weights))
-    shares = {c: cfg.small_class_oversample * w / total for c, w in zip(classes, weights)}
-    ce = tuple(cfg.small_class_ce_weight if k in classes else 1.0 for k in range(num_classes))
+    shares = {c: small.oversample * w / total for c, w in zip(classes, weights)}
+    ce = tuple(small.ce_weight if k in classes else 1.0 for k in range(num_classes))
     return SmallClassSetup(
         classes=classes, shares=shares,
         ce_weights=None if all(w == 1.0 for w in ce) else ce,
-        batch_dice_classes=classes if cfg.small_class_batch_dice else (),
-        paste={c: cfg.small_class_paste * w / total for c, w in zip(classes, weights)} if cfg.small_class_paste else {},
+        batch_dice_classes=classes if small.batch_dice else (),
+        paste={c: small.paste * w / total for c, w in zip(classes, weights)} if small.paste else {},
     )
 
 
@@ -113,5 +115,5 @@ def unlearned_classes(summary: dict, classes: tuple[int, ...]) -> dict[int, int]
 
 def unlearned_message(cls: int, n_ref: int, where: str) -> str:
     return (f"small class {cls} was never predicted on {where}, which hold {n_ref} of its lesions: the "
-            f"network did not learn it. Train longer (--time-budget or --set num_epochs=N) or with another "
-            f"seed (--set seed=N); see docs/small_structures.md, 'When a small class is not learned'")
+            f"network did not learn it. Train longer (--time-budget or --set schedule.num_epochs=N) or with "
+            f"another seed (--set seed=N); see docs/small_structures.md, 'When a small class is not learned'")

@@ -105,7 +105,7 @@ def warm_up_verdict(warm: list[tuple[float, float]], expected_step_s: Optional[f
     wait_share = sum(w for _, w in warm[1:]) / max(sum(steps), 1e-9)
 
     def rechoose(scale: float):
-        left = budget.cfg.time_budget_s - budget.elapsed()
+        left = budget.cfg.schedule.time_budget_s - budget.elapsed()
         return recheck_width(throughput, plans, configuration, left, scale, precision)
 
     report = check_speed(per_iteration, wait_share, expected_step_s, STEP_OVERHEAD,
@@ -167,7 +167,7 @@ class StepWatchdog:
     minimums alone count). ``limits`` replaces the two (minimum, factor) pairs (tests); ``logger``
     takes the messages (the trainer's, which writes training.log)."""
 
-    TRAINING_ADVICE = ("The run is ended; its last checkpoint is kept. Train in fp32 (--set precision=fp32), or "
+    TRAINING_ADVICE = ("The run is ended; its last checkpoint is kept. Train in fp32 (--set runtime.precision=fp32), or "
                        "run 'autoseg plan_and_preprocess' on this machine so that the precision is chosen from "
                        "timed steps, then resume with --continue.")
     PREDICT_ADVICE = "Prediction is ended. Predict in fp32 (--precision fp32)."

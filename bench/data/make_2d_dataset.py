@@ -19,8 +19,8 @@ Full run (from the repository root; WS is any empty folder; 192 x 256 scans)::
 
 Smoke test of the same chain (about 2 minutes of CPU time): make the dataset with
 ``--num-train 10 --num-test 4``, replace ``train_all`` by
-``autoseg train 2d 0 -d 120 --root WS --set num_epochs=2 --set num_iterations_per_epoch=5
---set num_val_iterations_per_epoch=2`` and run ``find_best_config`` with ``-f 0``.
+``autoseg train 2d 0 -d 120 --root WS --set schedule.num_epochs=2 --set schedule.num_iterations_per_epoch=5
+--set schedule.num_val_iterations_per_epoch=2`` and run ``find_best_config`` with ``-f 0``.
 ``--rgb`` writes pseudo-colour RGB scans (one 3-channel file per case; dataset.json declares
 R, G, B) to exercise the RGB path; ``--file-ending .tif`` or ``.bmp`` the other 2D formats.
 Label distances (HD95, NSD) of natural 2D images are in pixels: their spacing is 1.

@@ -70,7 +70,7 @@ def main() -> int:
     data_dir = ws.preprocessed / name / cfg.preprocessed_name
     gt_dir = ws.preprocessed / name / "gt_segmentations"
     labels = sorted(v for v in plans.labels.values() if v)
-    forward = inference_forward(model.network, model.train_config.precision, torch.device("cpu"))
+    forward = inference_forward(model.network, model.train_config.runtime.precision, torch.device("cpu"))
     kernels0, stride = cfg.network.kernel_sizes[0], cfg.network.total_stride
     dim = cfg.network.dim
     in_plane = tuple(a for a in range(dim) if kernels0[a] == 3)
@@ -108,7 +108,7 @@ def main() -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"fold": str(fold_dir), "patch": list(cfg.patch_size),
-                                               "precision": model.train_config.precision, "results": results},
+                                               "precision": model.train_config.runtime.precision, "results": results},
                                               indent=2))
     return 0
 

@@ -1,5 +1,4 @@
 """Time-budgeted training: the arithmetic by hand, and a real tiny run that ends on time."""
-import dataclasses
 import json
 from pathlib import Path
 
@@ -13,6 +12,10 @@ from autoseg.training.budget import (MARGIN_FRACTION, count_tiles, estimate_vali
                                      refit_iterations, split_budget)
 from autoseg.training.checkpoint import load_checkpoint, load_trained_model
 from autoseg.training.train_config import TrainConfig
+
+
+def budgeted(time_budget_s: float, **sampling) -> TrainConfig:
+    return TrainConfig().with_(**{"schedule.time_budget_s": time_budget_s}, sampling=sampling)
 
 
 def test_split_budget_gives_unused_time_to_later_runs():
@@ -80,10 +83,10 @@ class SimulatedClock:
 
 def test_budget_is_respected_on_a_simulated_clock(prepared, monkeypatch):
     from autoseg.training import budget as budget_module
-    from autoseg.training import trainer
+    from autoseg.training import fold_run, trainer
 
     clock = SimulatedClock(step_s=2.0, case_s=0.4)
-    real_step, real_validation = trainer._train_step, trainer.run_validation
+    real_step, real_validation = fold_run.train_step, trainer.run_validation
 
     def step(*args):
         clock.now += clock.step_s
@@ -94,30 +97,32 @@ def test_budget_is_respected_on_a_simulated_clock(prepared, monkeypatch):
         return real_validation(fold_dir, ws, dataset, val_ids, dev, cfg)
 
     monkeypatch.setattr(trainer.time, "perf_counter", clock)
-    monkeypatch.setattr(trainer, "_train_step", step)
+    monkeypatch.setattr(fold_run, "train_step", step)
     monkeypatch.setattr(trainer, "run_validation", validation)
     budget = 200.0
-    cfg = TrainConfig(time_budget_s=budget, num_workers=0, batch_size=2)
+    cfg = budgeted(budget, num_workers=0, batch_size=2)
     fold_dir = trainer.train_fold(prepared, "901", "3d_fullres", 0, cfg)
     used = clock.now
     # never over; under by the 2% margin, the final validation's safety factor and less than a step
     assert budget * 0.9 <= used <= budget, used
     saved = json.loads((fold_dir / "train_config.json").read_text())
     state = load_checkpoint(fold_dir / "checkpoint_final.pth")
-    assert saved["time_budget_s"] == budget
+    schedule = saved["schedule"]
+    assert schedule["time_budget_s"] == budget
     assert saved["augmentation"]["order_data"] == 1  # resolved for the cpu and saved
-    assert (saved["optimizer"], saved["initial_lr"]) == ("adamw", 1e-3)  # "auto" with a time budget
+    assert (saved["optim"]["optimizer"], saved["optim"]["initial_lr"]) == ("adamw", 1e-3)  # "auto" with a budget
     assert all("exp_avg" in s for s in state["optimizer"]["state"].values())
-    assert state["iteration"] == saved["num_iterations"] <= saved["num_epochs"] * saved["num_iterations_per_epoch"]
+    assert state["iteration"] == schedule["num_iterations"] <= (schedule["num_epochs"]
+                                                                * schedule["num_iterations_per_epoch"])
     # 200 s at 2 s per step, less validation and margin: about 90 iterations, not the default 250,000
     assert 80 <= state["iteration"] <= 100
-    assert budget_module.WARMUP_ITERATIONS <= saved["num_iterations_per_epoch"] <= 250
+    assert budget_module.WARMUP_ITERATIONS <= schedule["num_iterations_per_epoch"] <= 250
 
 
 def test_several_folds_share_one_budget(prepared, monkeypatch):
     budgets = []
     monkeypatch.setattr("autoseg.training.trainer.train_fold",
-                        lambda ws, ds, c, fold, cfg, *a, **k: budgets.append((fold, cfg.time_budget_s)))
+                        lambda ws, ds, c, fold, cfg, *a, **k: budgets.append((fold, cfg.schedule.time_budget_s)))
     assert main(["train", "3d_fullres", "0", "1", "-d", "901", "--root", str(prepared.root),
                  "--time-budget", "10m"]) == 0
     assert [f for f, _ in budgets] == ["0", "1"]
@@ -140,7 +145,7 @@ def test_a_spent_budget_never_falls_back_to_the_default_schedule(prepared, monke
     budgets = []
 
     def slow_fold(ws, ds, c, fold, cfg, *a, **k):
-        budgets.append(cfg.time_budget_s)
+        budgets.append(cfg.schedule.time_budget_s)
         clock[0] += 1000  # the first fold overruns the whole budget
 
     clock = [0.0]
@@ -155,7 +160,7 @@ def test_a_time_budget_trains_the_width_the_planning_timings_give_it(prepared, m
     """throughput.json gives one width 0.02 s per step and the others 10 s: a 200 s budget affords
     2,500 iterations of only that one (200 / (0.02 * 1.15) = 8,695; 200 / (10 * 1.15) = 17)."""
     from autoseg.device import resolve_precision
-    from autoseg.training import trainer
+    from autoseg.training import fold_run, trainer
 
     pre = prepared.preprocessed / "Dataset901_Synth"
     planned = json.loads((pre / "plans.json").read_text())
@@ -166,16 +171,15 @@ def test_a_time_budget_trains_the_width_the_planning_timings_give_it(prepared, m
         "candidates": [{"base_features": w, "seconds_per_step": 0.02 if w == target else 10.0}
                        for w in (8, 16, 24, 32)]}}}))
     clock = SimulatedClock(step_s=20.0, case_s=0.1)  # about 10 iterations
-    real_step = trainer._train_step
+    real_step = fold_run.train_step
 
     def step(*args):
         clock.now += clock.step_s
         return real_step(*args)
 
     monkeypatch.setattr(trainer.time, "perf_counter", clock)
-    monkeypatch.setattr(trainer, "_train_step", step)
-    fold_dir = trainer.train_fold(prepared, "901", "3d_fullres", 0, TrainConfig(time_budget_s=200, num_workers=0,
-                                                                                batch_size=2))
+    monkeypatch.setattr(fold_run, "train_step", step)
+    fold_dir = trainer.train_fold(prepared, "901", "3d_fullres", 0, budgeted(200, num_workers=0, batch_size=2))
     fold_net = json.loads((fold_dir / "plans.json").read_text())["configurations"]["3d_fullres"]["network"]
     assert fold_net["features_per_stage"][0] == target
     # the dataset's plans are untouched; the trained model is rebuilt from the fold's own plans
@@ -183,8 +187,8 @@ def test_a_time_budget_trains_the_width_the_planning_timings_give_it(prepared, m
     assert load_trained_model(fold_dir).network.heads[-1].in_channels == target
     assert (fold_dir / "validation" / "summary.json").is_file()
     # switched off, the planned width stays
-    off = trainer.train_fold(prepared, "901", "3d_fullres", 1, TrainConfig(
-        time_budget_s=200, num_workers=0, batch_size=2, fit_width_to_budget=False), validate=False)
+    off = trainer.train_fold(prepared, "901", "3d_fullres", 1, budgeted(200, num_workers=0, batch_size=2).with_(
+        **{"schedule.fit_width_to_budget": False}), validate=False)
     assert (json.loads((off / "plans.json").read_text())["configurations"]["3d_fullres"]["network"]
             == planned["configurations"]["3d_fullres"]["network"])
 
@@ -197,7 +201,7 @@ def test_final_validation_estimate_ignores_one_slow_epoch_but_follows_a_lasting_
     # the estimate is proportional to the forward time it is given: 1000 passes
     monkeypatch.setattr(schedule, "estimate_validation_seconds",
                         lambda shapes, patch, mirror, step, fwd, mirror_axes: 1000 * fwd)
-    cfg = TrainConfig(time_budget_s=10_000.0)
+    cfg = budgeted(10_000.0)
     budget = schedule.Budget(cfg, schedule.time.perf_counter(), Path("unused"), [], _plan((8, 8, 8)), fitted=True)
     safety = schedule.VALIDATION_SAFETY
     for forward_s, expected in ((0.1, 100), (0.1, 100), (0.5, 100), (0.5, 500), (0.1, 500), (0.1, 100)):
@@ -233,13 +237,12 @@ def test_the_width_is_rechecked_from_the_warm_up_and_the_run_restarts_once(prepa
         return 16
 
     monkeypatch.setattr("autoseg.planners.throughput.recheck_width", recheck)
-    fold = trainer.train_fold(prepared, "901", "3d_fullres", 0, TrainConfig(time_budget_s=60, num_workers=0),
-                              validate=False)
+    fold = trainer.train_fold(prepared, "901", "3d_fullres", 0, budgeted(60, num_workers=0), validate=False)
     # the budget affords none of the timed widths: the fold starts at the narrowest
     assert len(asked) == 1 and asked[0][0] == 8 and asked[0][1] < 0.1 and asked[0][2] == "auto"
     assert json.loads((fold / "plans.json").read_text())["configurations"]["3d_fullres"]["network"][
         "features_per_stage"][0] == 16
-    assert load_checkpoint(fold / "checkpoint_final.pth")["train_config"]["precision"] == "fp32"
+    assert load_checkpoint(fold / "checkpoint_final.pth")["train_config"]["runtime"]["precision"] == "fp32"
     log = (fold / "training.log").read_text()
     assert "training restarts with width 16" in log and log.count("training Dataset901_Synth 3d_fullres") == 2
 
@@ -263,7 +266,8 @@ def test_the_budget_ends_the_schedule_inside_an_epoch_when_the_time_is_up():
 
     from autoseg.training import schedule
 
-    cfg = TrainConfig(time_budget_s=100.0, num_epochs=4, num_iterations_per_epoch=50, num_iterations=200)
+    cfg = TrainConfig().with_(schedule=dict(time_budget_s=100.0, num_epochs=4, num_iterations_per_epoch=50,
+                                            num_iterations=200))
     now = schedule.time.perf_counter()
     budget = schedule.Budget(cfg, now - 50.0, Path("unused"), [], _plan((8, 8, 8)), fitted=True)
     budget.validation_s = 10.0
@@ -271,7 +275,7 @@ def test_the_budget_ends_the_schedule_inside_an_epoch_when_the_time_is_up():
     assert not budget.out_of_time(10) and budget.total_iterations == 200
     budget.started_at = now - 85.0  # a slow spell: 3 s left, less than an iteration (8.5 s)
     assert budget.out_of_time(10)
-    assert budget.total_iterations == 10 and budget.cfg.num_epochs == 1
+    assert budget.total_iterations == 10 and budget.cfg.schedule.num_epochs == 1
     unfitted = schedule.Budget(cfg, now - 500.0, Path("unused"), [], _plan((8, 8, 8)), fitted=False)
     assert not unfitted.out_of_time(5)  # the warm-up is never cut
 
@@ -299,10 +303,10 @@ def test_the_final_validation_mirrors_fewer_axes_where_every_axis_would_take_too
     # in the schedule: a thick-slice plan with a 400 s budget validates in-plane; the choice is in its config
     monkeypatch.setattr(schedule, "estimate_validation_seconds",
                         lambda shapes, patch, mirror, step, fwd, mirror_axes: fwd * 2 ** len(mirror_axes))
-    budget = schedule.Budget(TrainConfig(time_budget_s=400.0), schedule.time.perf_counter(), Path("unused"), [],
+    budget = schedule.Budget(budgeted(400.0), schedule.time.perf_counter(), Path("unused"), [],
                              _plan((12, 128, 160), (1, 3, 3)), fitted=True)
     budget._estimate_validation(10.0 / schedule.VALIDATION_SAFETY)
-    assert budget.cfg.validation_mirror_axes == (1, 2) and budget.validation_s == pytest.approx(40.0)
-    budget.cfg = dataclasses.replace(budget.cfg, time_budget_s=600.0)
+    assert budget.cfg.validation.mirror_axes == (1, 2) and budget.validation_s == pytest.approx(40.0)
+    budget.cfg = budget.cfg.with_(**{"schedule.time_budget_s": 600.0})
     budget._estimate_validation(10.0 / schedule.VALIDATION_SAFETY)
-    assert budget.cfg.validation_mirror_axes is None  # every axis fits again
+    assert budget.cfg.validation.mirror_axes is None  # every axis fits again

@@ -18,6 +18,7 @@ from autoseg.preprocess.storage import CaseProperties, load_case
 from autoseg.training.augmentation import AugmentationConfig
 from autoseg.training.cascade import (CascadeBatchSource, _morphology, augment_previous_stage,
                                       find_previous_stage_segmentations, heldout_folds, prepare_previous_stage)
+from autoseg.training.dataloader import BatchSampling
 from autoseg.training.network import build_network
 from synthetic import plan_and_preprocess_cpu
 
@@ -63,8 +64,8 @@ def test_each_case_gets_the_mask_of_the_fold_that_held_it_out(cascade_ws):
     data_dir = ws.preprocessed / NAME / "3d_fullres"
     for c, expected in zip(CASES, [1, 1, 1, 2, 2, 2]):
         case = load_case(data_dir, c)
-        source = CascadeBatchSource(data_dir, [c], plans.configuration("3d_cascade_fullres"), 1, 0.0, None, None,
-                                    0, previous=prev)
+        source = CascadeBatchSource(data_dir, [c], plans.configuration("3d_cascade_fullres"), BatchSampling(1, 0.0, 0),
+                                    previous=prev)
         mask = source._case(c).seg[1]
         assert mask.shape == case.seg.shape[1:] and np.all(mask == expected), c
         # the batch: image channel, then one channel per foreground label; padding outside the image is 0
@@ -74,8 +75,8 @@ def test_each_case_gets_the_mask_of_the_fold_that_held_it_out(cascade_ws):
         assert np.array_equal(b["data"][0, expected], inside.astype(np.float32))
         assert not b["data"][0, 3 - expected].any()
         # copy-paste (the small-class default) writes image and target only, never the mask channels
-        pasted = CascadeBatchSource(data_dir, [c], plans.configuration("3d_cascade_fullres"), 1, 0.0, None, None,
-                                    0, previous=prev, paste_shares={1: 1.0}).batch(0)
+        pasted = CascadeBatchSource(data_dir, [c], plans.configuration("3d_cascade_fullres"),
+                                    BatchSampling(1, 0.0, 0, paste_shares={1: 1.0}), previous=prev).batch(0)
         assert (pasted["target"] == 1).any()
         inside = pasted["data"][0, 0] != 0
         assert np.array_equal(pasted["data"][0, expected], inside.astype(np.float32))
@@ -85,8 +86,8 @@ def test_each_case_gets_the_mask_of_the_fold_that_held_it_out(cascade_ws):
     before = (prev.folder / "case_004.seg.b2").stat().st_mtime_ns
     fake_lowres_fold(ws, 0, label=2, cases=CASES[:1])
     prepare_previous_stage(ws, NAME, plans, "3d_cascade_fullres", "default", CASES, 0)
-    source = CascadeBatchSource(data_dir, CASES[:1], plans.configuration("3d_cascade_fullres"), 1, 0.0, None, None,
-                                0, previous=prev)
+    source = CascadeBatchSource(data_dir, CASES[:1], plans.configuration("3d_cascade_fullres"),
+                                BatchSampling(1, 0.0, 0), previous=prev)
     assert np.all(source._case(CASES[0]).seg[1] == 2)
     assert (prev.folder / "case_004.seg.b2").stat().st_mtime_ns == before
 

@@ -7,7 +7,8 @@ from autoseg.errors import UserFacingError
 from autoseg.plans import ConfigurationPlan, NetworkPlan
 from autoseg.preprocess.storage import CaseProperties, sample_class_locations, save_case
 from autoseg.training.augmentation import AugmentationConfig
-from autoseg.training.dataloader import BatchSource, class_frequencies, crop_with_padding, iterate, num_forced
+from autoseg.training.dataloader import (BatchSampling, BatchSource, class_frequencies, crop_with_padding, iterate,
+                                         num_forced)
 from autoseg.training.splits import get_split, make_splits
 
 
@@ -69,7 +70,7 @@ def plan(dim=3, patch=(8, 8, 8)):
 
 def test_oversampling_forces_the_expected_fraction(tmp_path):
     ids = tiny_cases(tmp_path)
-    src = BatchSource(tmp_path, ids, plan(), 3, 0.33, None, None, seed=3)  # 1 of 3 forced
+    src = BatchSource(tmp_path, ids, plan(), BatchSampling(3, 0.33, 3))  # 1 of 3 forced
     hits = np.zeros(3)
     for i in range(60):
         seg = src.batch(i)["target"]
@@ -80,7 +81,7 @@ def test_oversampling_forces_the_expected_fraction(tmp_path):
 
 def test_class_frequencies_count_the_sampled_patches(tmp_path):
     ids = tiny_cases(tmp_path)
-    src = BatchSource(tmp_path, ids, plan(), 3, 0.33, None, None, seed=3)
+    src = BatchSource(tmp_path, ids, plan(), BatchSampling(3, 0.33, 3))
     seen = np.zeros(3)
     for i in range(4):
         seen += np.bincount(src.batch(i)["target"].ravel(), minlength=3)
@@ -92,7 +93,8 @@ def test_class_frequencies_count_the_sampled_patches(tmp_path):
 
 def test_2d_sampling_and_deep_supervision_targets(tmp_path):
     ids = tiny_cases(tmp_path)
-    src = BatchSource(tmp_path, ids, plan(2, (8, 12)), 3, 0.5, AugmentationConfig(), [(1.0, 1.0), (0.5, 0.5)], 0)
+    src = BatchSource(tmp_path, ids, plan(2, (8, 12)), BatchSampling(3, 0.5, 0), AugmentationConfig(),
+                      [(1.0, 1.0), (0.5, 0.5)])
     b = src.batch(5)
     assert b["data"].shape == (3, 1, 8, 12)
     assert [t.shape for t in b["target"]] == [(3, 1, 8, 12), (3, 1, 4, 6)]
@@ -100,7 +102,7 @@ def test_2d_sampling_and_deep_supervision_targets(tmp_path):
 
 def test_batches_depend_only_on_seed_and_iteration(tmp_path):
     ids = tiny_cases(tmp_path)
-    src = BatchSource(tmp_path, ids, plan(), 2, 0.33, AugmentationConfig(), [(1.0,) * 3, (0.5,) * 3], 11)
+    src = BatchSource(tmp_path, ids, plan(), BatchSampling(2, 0.33, 11), AugmentationConfig(), [(1.0,) * 3, (0.5,) * 3])
     inline = [b["data"] for b in iterate(src, 0, 5, num_workers=0)]
     workers = [b["data"] for b in iterate(src, 0, 5, num_workers=2)]
     resumed = [b["data"] for b in iterate(src, 3, 2, num_workers=1)]

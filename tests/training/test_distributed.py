@@ -22,14 +22,14 @@ import torch
 from autoseg.cli import main
 from autoseg.errors import UserFacingError
 from autoseg.paths import Workspace
-from autoseg.training import distributed, trainer
+from autoseg.training import distributed, fold_run, trainer
 from autoseg.training.checkpoint import load_checkpoint
 from autoseg.training.dataloader import RankShare
 from autoseg.training.train_config import TrainConfig
 from synthetic import make_dataset
 
 LIMIT_S = 60  # a run of two ranks that has not ended by then is a hang
-REAL_STEP = trainer._train_step
+REAL_STEP = fold_run.train_step
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +50,12 @@ def ws(tmp_path_factory) -> Workspace:
 
 
 def small_config(epochs: int = 2, **changes) -> TrainConfig:
-    settings = dict(num_epochs=epochs, num_iterations_per_epoch=3, num_val_iterations_per_epoch=1, num_workers=0,
-                    batch_size=2, precision="fp32", collective_timeout_s=20.0)
-    return TrainConfig(**{**settings, **changes})
+    """``changes``: settings by their dotted paths (``**{"loss.batch_dice": True}``)."""
+    small = TrainConfig().with_(schedule=dict(num_epochs=epochs, num_iterations_per_epoch=3,
+                                              num_val_iterations_per_epoch=1),
+                                sampling=dict(num_workers=0, batch_size=2),
+                                runtime=dict(precision="fp32", collective_timeout_s=20.0))
+    return small.with_(**changes)
 
 
 def free_port() -> int:
@@ -108,7 +111,7 @@ def fold_dir(ws: Workspace, variant: str):
 
 
 def recording_steps(monkeypatch, folder, on_step=None):
-    """``_train_step`` saving each rank's weights after each step as rank{r}_step{n}.pt in
+    """``steps.train_step`` saving each rank's weights after each step as rank{r}_step{n}.pt in
     ``folder``; ``on_step(rank, n)`` runs before step n (1-based)."""
     count = {"n": 0}
 
@@ -122,7 +125,7 @@ def recording_steps(monkeypatch, folder, on_step=None):
         torch.save(module.state_dict(), folder / f"rank{rank}_step{count['n']}.pt")
         return out
 
-    monkeypatch.setattr(trainer, "_train_step", step)
+    monkeypatch.setattr(fold_run, "train_step", step)
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +171,7 @@ def test_an_uneven_split_and_a_batch_dice_follow_one_process(ws, batch, batch_di
     Training losses within 1e-4 (2e-5 measured); without the weights 4e-3 apart, without the pooling 2e-4.
     The validation losses within 1e-3: AdamW's first steps move a weight whose gradient is float noise by
     about the learning rate either way."""
-    cfg = small_config(1, batch_size=batch, batch_dice=batch_dice)
+    cfg = small_config(1, **{"sampling.batch_size": batch, "loss.batch_dice": batch_dice})
     variant = f"b{batch}_{batch_dice}"
     assert run_ranks(train, ws, variant, cfg) == {0: "ok", 1: "ok"}
     one = trainer.train_fold(ws, "901", "3d_fullres", 0, cfg, variant=variant + "_one", validate=False)
@@ -225,7 +228,7 @@ def test_the_budget_stops_every_rank_at_rank_zeros_iteration(ws, tmp_path, monke
         clock.now += 2.0 if rank == 0 else 0.1
 
     recording_steps(monkeypatch, tmp_path, tick)
-    cfg = small_config(time_budget_s=60.0, fit_width_to_budget=False)
+    cfg = small_config(**{"schedule.time_budget_s": 60.0, "schedule.fit_width_to_budget": False})
     assert run_ranks(train, ws, "budget", cfg) == {0: "ok", 1: "ok"}
     iteration = load_checkpoint(fold_dir(ws, "budget") / "checkpoint_final.pth")["iteration"]
     last = {r: max(int(p.stem.split("step")[1]) for p in tmp_path.glob(f"rank{r}_step*.pt")) for r in (0, 1)}

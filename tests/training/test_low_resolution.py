@@ -55,5 +55,5 @@ def test_augmentation_uses_it_unless_batchgenerators_is_asked_for():
     theirs = build_transforms(AugmentationConfig(order_data=1, backend="batchgenerators"), (12, 12, 12)).transforms
     assert any(isinstance(t, SimulateLowResolutionTransform) for t in theirs)
     assert type(theirs[0]).__name__ == "SpatialTransform"
-    with pytest.raises(ValueError, match="augmentation.backend must be 'auto' or 'batchgenerators', found 'scipy'"):
+    with pytest.raises(ValueError, match="augmentation.backend must be one of auto, batchgenerators, found 'scipy'"):
         AugmentationConfig(backend="scipy")

@@ -6,7 +6,7 @@ import torch
 from autoseg.plans import ConfigurationPlan, NetworkPlan
 from autoseg.training.loss import DiceCELoss, build_loss, deep_supervision_weights, soft_dice
 from autoseg.training.network import UNet, deep_supervision_scales, init_output_bias
-from autoseg.training.trainer import poly_lr
+from autoseg.training.steps import poly_lr
 
 
 def test_3d_output_shapes_with_and_without_deep_supervision():

@@ -7,7 +7,7 @@ import pytest
 from autoseg.errors import UserFacingError
 from autoseg.plans import ConfigurationPlan, NetworkPlan
 from autoseg.training import dataloader
-from autoseg.training.dataloader import BatchSource
+from autoseg.training.dataloader import BatchSampling, BatchSource
 from autoseg.training.paste import SHELL_SIGMA, Piece, cut_pieces, paste_piece
 from autoseg.training.small_classes import resolve_small_classes
 from autoseg.training.train_config import TrainConfig, apply_overrides
@@ -124,8 +124,8 @@ def test_a_pasted_sample_is_the_plain_sample_with_a_lesion_added(tmp_path):
     """Batch size 1: the case and the patch are drawn before the paste, so the sample is plain
     training's except on the pasted piece, and only background turns into the lesion."""
     ids = lesion_cases(tmp_path)
-    plain = BatchSource(tmp_path, ids, plan(), 1, 0.0, None, None, seed=3)
-    pasted = BatchSource(tmp_path, ids, plan(), 1, 0.0, None, None, seed=3, paste_shares={3: 1.0})
+    plain = BatchSource(tmp_path, ids, plan(), BatchSampling(1, 0.0, 3))
+    pasted = BatchSource(tmp_path, ids, plan(), BatchSampling(1, 0.0, 3, paste_shares={3: 1.0}))
     added = 0
     for i in range(60):
         a, b = plain.batch(i), pasted.batch(i)
@@ -144,15 +144,15 @@ def test_a_pasted_sample_is_the_plain_sample_with_a_lesion_added(tmp_path):
 def test_where_no_place_matches_the_sample_holds_a_component_of_its_own_case(tmp_path, monkeypatch):
     ids = lesion_cases(tmp_path)
     monkeypatch.setattr(dataloader, "paste_piece", lambda *args, **kwargs: False)
-    src = BatchSource(tmp_path, ids, plan(), 2, 0.0, None, None, seed=2, paste_shares={3: 1.0})
+    src = BatchSource(tmp_path, ids, plan(), BatchSampling(2, 0.0, 2, paste_shares={3: 1.0}))
     assert all((src.batch(i)["target"][j] == 3).any() for i in range(30) for j in range(2))
 
 
 def test_paste_rate_over_many_samples(tmp_path):
     ids = lesion_cases(tmp_path)
     rate = 0.4
-    plain = BatchSource(tmp_path, ids, plan(), 2, 0.0, None, None, seed=7)
-    pasted = BatchSource(tmp_path, ids, plan(), 2, 0.0, None, None, seed=7, paste_shares={3: rate})
+    plain = BatchSource(tmp_path, ids, plan(), BatchSampling(2, 0.0, 7))
+    pasted = BatchSource(tmp_path, ids, plan(), BatchSampling(2, 0.0, 7, paste_shares={3: rate}))
     n = 300
 
     def with_lesion(src):
@@ -168,8 +168,8 @@ def test_paste_in_a_2d_configuration_uses_a_section_of_the_lesion(tmp_path):
     net = NetworkPlan(2, (4, 8), ((3, 3),) * 2, ((1, 1), (2, 2)))
     cfg2d = ConfigurationPlan("2d", (1.0,) * 3, (8, 8), 4, (20, 20, 20), net, ("zscore",), (False,), False, "x",
                               small_classes=(3,))
-    plain = BatchSource(tmp_path, ids, cfg2d, 1, 0.0, None, None, seed=1)
-    pasted = BatchSource(tmp_path, ids, cfg2d, 1, 0.0, None, None, seed=1, paste_shares={3: 1.0})
+    plain = BatchSource(tmp_path, ids, cfg2d, BatchSampling(1, 0.0, 1))
+    pasted = BatchSource(tmp_path, ids, cfg2d, BatchSampling(1, 0.0, 1, paste_shares={3: 1.0}))
     assert pasted.batch(0)["target"].shape == (1, 1, 8, 8)
     added = []
     for i in range(80):
@@ -183,19 +183,20 @@ def test_paste_in_a_2d_configuration_uses_a_section_of_the_lesion(tmp_path):
 
 def test_without_paste_batches_are_unchanged(tmp_path):
     ids = lesion_cases(tmp_path)
-    plain = BatchSource(tmp_path, ids, plan(), 2, 0.33, None, None, seed=4)
+    plain = BatchSource(tmp_path, ids, plan(), BatchSampling(2, 0.33, 4))
     for shares in ({}, {3: 0.0}, {2: 0.5}):  # none, rate 0, a class in no case
-        other = BatchSource(tmp_path, ids, plan(), 2, 0.33, None, None, seed=4, paste_shares=shares)
+        other = BatchSource(tmp_path, ids, plan(), BatchSampling(2, 0.33, 4, paste_shares=shares))
         assert other.paste_shares == {}
         for i in range(4):
             assert np.array_equal(plain.batch(i)["data"], other.batch(i)["data"])
 
 
 def test_paste_setting_is_resolved_per_class_and_checked():
-    cfg = apply_overrides(TrainConfig(), ["small_classes=1,3", "small_class_shares=1,3", "small_class_paste=0.4"])
+    cfg = apply_overrides(TrainConfig(), ["small_classes.classes=1,3", "small_classes.shares=1,3",
+                                          "small_classes.paste=0.4"])
     setup = resolve_small_classes(cfg, plan((3,)), 4)
     assert setup.paste == {1: pytest.approx(0.1), 3: pytest.approx(0.3)}
     assert "pasted into 1: 0.10, 3: 0.30 of the samples" in setup.describe()
-    assert resolve_small_classes(apply_overrides(TrainConfig(), ["small_class_paste=0"]), plan((3,)), 4).paste == {}
-    with pytest.raises(UserFacingError, match=r"small_class_paste must be in \[0, 1\], found 1.5"):
-        apply_overrides(TrainConfig(), ["small_class_paste=1.5"])
+    assert resolve_small_classes(apply_overrides(TrainConfig(), ["small_classes.paste=0"]), plan((3,)), 4).paste == {}
+    with pytest.raises(UserFacingError, match=r"small_classes.paste must be in \[0, 1\], found 1.5"):
+        apply_overrides(TrainConfig(), ["small_classes.paste=1.5"])

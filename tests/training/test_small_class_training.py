@@ -9,7 +9,7 @@ from autoseg.errors import UserFacingError
 from autoseg.plans import ConfigurationPlan, NetworkPlan
 from autoseg.preprocess.storage import CaseProperties, sample_class_locations, save_case
 from autoseg.training import dataloader
-from autoseg.training.dataloader import BatchSource
+from autoseg.training.dataloader import BatchSampling, BatchSource
 from autoseg.training.loss import DiceCELoss, build_loss, soft_dice
 from autoseg.training.small_classes import resolve_small_classes, unlearned_classes, unlearned_message
 from autoseg.training.train_config import TrainConfig, apply_overrides, resolve_train_config
@@ -76,30 +76,33 @@ def test_defaults_come_from_the_plans():
 
 
 def test_overrides_and_variant():
-    cfg = apply_overrides(TrainConfig(), ["small_classes=1,3", "small_class_shares=1,3", "small_class_oversample=0.5",
-                                          "small_class_ce_weight=5", "small_class_batch_dice=false"])
+    cfg = apply_overrides(TrainConfig(), ["small_classes.classes=1,3", "small_classes.shares=1,3",
+                                          "small_classes.oversample=0.5", "small_classes.ce_weight=5",
+                                          "small_classes.batch_dice=false"])
     setup = resolve_small_classes(cfg, plan((3,)), 4)
     assert setup.classes == (1, 3) and setup.shares == {1: pytest.approx(0.125), 3: pytest.approx(0.375)}
     assert setup.ce_weights == (1.0, 5.0, 1.0, 5.0) and setup.batch_dice_classes == ()
     off = resolve_train_config("no_small_classes")
-    assert off.small_classes == () and not resolve_small_classes(off, plan((3,)), 4).active
-    assert apply_overrides(TrainConfig(), ["small_classes=()"]).small_classes == ()
-    assert apply_overrides(off, ["small_classes=none"]).small_classes is None
-    assert resolve_small_classes(apply_overrides(TrainConfig(), ["small_class_ce_weight=1"]), plan(), 4).ce_weights is None
+    assert off.small_classes.classes == () and not resolve_small_classes(off, plan((3,)), 4).active
+    assert apply_overrides(TrainConfig(), ["small_classes.classes=()"]).small_classes.classes == ()
+    assert apply_overrides(off, ["small_classes.classes=none"]).small_classes.classes is None
+    assert apply_overrides(off, ["small_classes=none"]).small_classes.classes is None  # the flat name
+    weighted = apply_overrides(TrainConfig(), ["small_classes.ce_weight=1"])
+    assert resolve_small_classes(weighted, plan(), 4).ce_weights is None
 
 
 def test_override_errors():
     for key in ("small_class_placement=centre", "small_class_slots=random", "small_class_balance_cases=true"):
         with pytest.raises(UserFacingError, match=f"'{key.split('=')[0]}' was retired: .*docs/experiments/"):
             apply_overrides(TrainConfig(), [key])
-    with pytest.raises(UserFacingError, match=r"small_class_oversample must be in \[0, 1\]"):
-        apply_overrides(TrainConfig(), ["small_class_oversample=1.5"])
+    with pytest.raises(UserFacingError, match=r"small_classes.oversample must be in \[0, 1\]"):
+        apply_overrides(TrainConfig(), ["small_classes.oversample=1.5"])
     with pytest.raises(UserFacingError, match="one entry per small class"):
-        apply_overrides(TrainConfig(), ["small_classes=1,3", "small_class_shares=1"])
-    with pytest.raises(UserFacingError, match="small_class_shares has 2 entries but the small classes are"):
-        resolve_small_classes(apply_overrides(TrainConfig(), ["small_class_shares=1,1"]), plan((3,)), 4)
+        apply_overrides(TrainConfig(), ["small_classes.classes=1,3", "small_classes.shares=1"])
+    with pytest.raises(UserFacingError, match="small_classes.shares has 2 entries but the small classes are"):
+        resolve_small_classes(apply_overrides(TrainConfig(), ["small_classes.shares=1,1"]), plan((3,)), 4)
     with pytest.raises(UserFacingError, match=r"small_classes \[7\] are not foreground labels"):
-        resolve_small_classes(apply_overrides(TrainConfig(), ["small_classes=7"]), plan((3,)), 4)
+        resolve_small_classes(apply_overrides(TrainConfig(), ["small_classes.classes=7"]), plan((3,)), 4)
 
 
 def test_a_class_predicted_nowhere_is_reported_as_not_learned():
@@ -119,7 +122,7 @@ def test_per_class_shares_over_many_batches(tmp_path):
     ids = lesion_cases(tmp_path)
     # shares 0.5 (class 3) + 0.25 (class 1) of a batch of 4: 4 x 0.75 = 3 slots per batch (the last
     # three), each class 3 with probability 2/3 and class 1 with 1/3, so 2 and 1 samples per batch
-    src = BatchSource(tmp_path, ids, plan(), 4, 0.0, None, None, seed=5, class_shares={3: 0.5, 1: 0.25})
+    src = BatchSource(tmp_path, ids, plan(), BatchSampling(4, 0.0, 5, class_shares={3: 0.5, 1: 0.25}))
     n = 300
     given = slots(src, n)  # (n, 4)
     assert (given[:, 0] == 0).all()  # the first sample keeps the usual sampling
@@ -142,7 +145,7 @@ def test_small_class_count_rounds_at_random_to_the_share():
 
 def test_a_batch_of_two_gives_a_third_of_its_samples_to_the_small_class(tmp_path):
     ids = lesion_cases(tmp_path)
-    src = BatchSource(tmp_path, ids, plan(), 2, 0.0, None, None, seed=7, class_shares={3: 0.33})
+    src = BatchSource(tmp_path, ids, plan(), BatchSampling(2, 0.0, 7, class_shares={3: 0.33}))
     n = 400
     given = slots(src, n)  # (n, 2)
     # the slot is the second sample (the foreground-forced place); the first keeps the usual sampling
@@ -157,8 +160,8 @@ def test_small_class_samples_take_the_foreground_forced_place_first(tmp_path):
     ids = lesion_cases(tmp_path)
     # B=2, oversample 0.5: the second sample is forced onto foreground, the first placed at random.
     # Share 0.5: one small-class sample in every batch (2 x 0.5 = 1, no draw), in the forced place.
-    plain = BatchSource(tmp_path, ids, plan(), 2, 0.5, None, None, seed=3)
-    small = BatchSource(tmp_path, ids, plan(), 2, 0.5, None, None, seed=3, class_shares={3: 0.5})
+    plain = BatchSource(tmp_path, ids, plan(), BatchSampling(2, 0.5, 3))
+    small = BatchSource(tmp_path, ids, plan(), BatchSampling(2, 0.5, 3, class_shares={3: 0.5}))
     n = 200
     plain_centres = np.stack([centre_labels(plain.batch(i)) for i in range(n)])
     small_centres = np.stack([centre_labels(small.batch(i)) for i in range(n)])
@@ -168,7 +171,7 @@ def test_small_class_samples_take_the_foreground_forced_place_first(tmp_path):
     # the first sample stays random in both: seldom on the 27-voxel cube or a lesion (35 of 8,000 voxels)
     assert (plain_centres[:, 0] > 0).mean() < 0.05 and (small_centres[:, 0] > 0).mean() < 0.05
     # with a share above the forced places the random one is taken too
-    both = BatchSource(tmp_path, ids, plan(), 2, 0.5, None, None, seed=3, class_shares={3: 1.0})
+    both = BatchSource(tmp_path, ids, plan(), BatchSampling(2, 0.5, 3, class_shares={3: 1.0}))
     assert (slots(both, 20) == 3).all() and all(holds(both.batch(i), 3).all() for i in range(20))
 
 
@@ -197,7 +200,7 @@ def test_a_containing_placement_is_a_random_one_that_holds_the_voxel():
 
 def test_contained_small_class_samples_hold_the_lesion_off_centre(tmp_path):
     ids = lesion_cases(tmp_path)
-    src = BatchSource(tmp_path, ids, plan(), 2, 0.0, None, None, seed=5, class_shares={3: 0.5})
+    src = BatchSource(tmp_path, ids, plan(), BatchSampling(2, 0.0, 5, class_shares={3: 0.5}))
     targets = [src.batch(i)["target"][1, 0] for i in range(200)]  # the second sample is the lesion's
     assert all((t == 3).any() for t in targets)
     at_centre = np.mean([t[4, 4, 4] == 3 for t in targets])
@@ -206,7 +209,7 @@ def test_contained_small_class_samples_hold_the_lesion_off_centre(tmp_path):
 
 def test_components_are_drawn_uniformly_among_cases_that_contain_the_class(tmp_path):
     ids = lesion_cases(tmp_path)
-    src = BatchSource(tmp_path, ids, plan(), 2, 0.0, None, None, seed=1, class_shares={3: 0.5})
+    src = BatchSource(tmp_path, ids, plan(), BatchSampling(2, 0.0, 1, class_shares={3: 0.5}))
     assert src._cases_with[3] == ["c0", "c3"]
     rng = np.random.default_rng(0)
     single = 0
@@ -224,9 +227,9 @@ def test_components_are_drawn_uniformly_among_cases_that_contain_the_class(tmp_p
 def test_lazy_loading_gives_the_same_batches(tmp_path, monkeypatch):
     ids = lesion_cases(tmp_path)
     shares = {3: 0.33}
-    memory = BatchSource(tmp_path, ids, plan(), 3, 0.33, None, None, seed=2, class_shares=shares)
+    memory = BatchSource(tmp_path, ids, plan(), BatchSampling(3, 0.33, 2, class_shares=shares))
     monkeypatch.setattr(dataloader, "IN_MEMORY_LIMIT_BYTES", 0)
-    lazy = BatchSource(tmp_path, ids, plan(), 3, 0.33, None, None, seed=2, class_shares=shares)
+    lazy = BatchSource(tmp_path, ids, plan(), BatchSampling(3, 0.33, 2, class_shares=shares))
     assert lazy._cases is None and lazy._cases_with == memory._cases_with
     for i in range(5):
         assert np.array_equal(lazy.batch(i)["data"], memory.batch(i)["data"])
@@ -234,9 +237,9 @@ def test_lazy_loading_gives_the_same_batches(tmp_path, monkeypatch):
 
 def test_without_small_classes_batches_are_unchanged(tmp_path):
     ids = lesion_cases(tmp_path)
-    plain = BatchSource(tmp_path, ids, plan(), 3, 0.33, None, None, seed=4)
-    empty = BatchSource(tmp_path, ids, plan(), 3, 0.33, None, None, seed=4, class_shares={})
-    absent = BatchSource(tmp_path, ids, plan(), 3, 0.33, None, None, seed=4, class_shares={2: 0.5})  # in no case
+    plain = BatchSource(tmp_path, ids, plan(), BatchSampling(3, 0.33, 4))
+    empty = BatchSource(tmp_path, ids, plan(), BatchSampling(3, 0.33, 4, class_shares={}))
+    absent = BatchSource(tmp_path, ids, plan(), BatchSampling(3, 0.33, 4, class_shares={2: 0.5}))  # in no case
     assert absent.class_shares == {}
     for i in range(4):
         assert np.array_equal(plain.batch(i)["data"], empty.batch(i)["data"])

@@ -71,7 +71,7 @@ def test_the_watchdog_warns_then_ends_a_step_that_never_returns(caplog):
             assert done.wait(5)
             waited = time.perf_counter() - started
     assert 0.6 <= waited < 2.0
-    assert "training step 4 has run for" in stuck[0] and "--set precision=fp32" in stuck[0]
+    assert "training step 4 has run for" in stuck[0] and "--set runtime.precision=fp32" in stuck[0]
     assert any("it is ended at 1 s" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
 
 

@@ -1,5 +1,4 @@
 """Real (tiny) training runs on CPU: resume exactness and the CLI end to end."""
-import dataclasses
 import json
 
 import pytest
@@ -8,7 +7,8 @@ import torch
 from autoseg import device as device_module
 from autoseg.cli import main
 from autoseg.paths import Workspace
-from autoseg.training import resolve, trainer
+from autoseg.plans import load_plans
+from autoseg.training import fold_run, resolve, steps, trainer
 from autoseg.training.checkpoint import load_checkpoint, load_trained_model
 from autoseg.training.train_config import TrainConfig
 
@@ -21,8 +21,9 @@ def prepared(synth_dataset, workspace):
 
 
 def small_config(epochs: int) -> TrainConfig:
-    return TrainConfig(num_epochs=epochs, num_iterations_per_epoch=3, num_val_iterations_per_epoch=1,
-                       num_workers=0, batch_size=2)
+    return TrainConfig().with_(schedule=dict(num_epochs=epochs, num_iterations_per_epoch=3,
+                                             num_val_iterations_per_epoch=1),
+                               sampling=dict(num_workers=0, batch_size=2))
 
 
 def weights(fold_dir, name="checkpoint_final"):
@@ -39,7 +40,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(prepared, monkeypatch):
     ws = prepared
     straight = trainer.train_fold(ws, "901", "3d_fullres", 0, small_config(2), variant="a", validate=False)
 
-    real_step, calls = trainer._train_step, {"n": 0}
+    real_step, calls = fold_run.train_step, {"n": 0}
 
     def failing_step(*args):
         calls["n"] += 1
@@ -47,12 +48,12 @@ def test_interrupted_then_resumed_equals_uninterrupted(prepared, monkeypatch):
             raise KeyboardInterrupt
         return real_step(*args)
 
-    monkeypatch.setattr(trainer, "_train_step", failing_step)
+    monkeypatch.setattr(fold_run, "train_step", failing_step)
     with pytest.raises(KeyboardInterrupt):
         trainer.train_fold(ws, "901", "3d_fullres", 0, small_config(2), variant="b", validate=False)
     fold_b = straight.parent.parent / "b" / "fold_0"
     assert load_checkpoint(fold_b / "checkpoint_latest.pth")["iteration"] == 4
-    monkeypatch.setattr(trainer, "_train_step", real_step)
+    monkeypatch.setattr(fold_run, "train_step", real_step)
     trainer.train_fold(ws, "901", "3d_fullres", 0, small_config(2), variant="b", resume=True, validate=False)
     assert_same(weights(straight), weights(fold_b))
 
@@ -72,25 +73,25 @@ def test_extending_a_finished_run(prepared):
 
 def test_progress_plot_is_throttled_and_drawn_at_the_end(prepared, monkeypatch):
     drawn = []
-    monkeypatch.setattr(trainer, "plot_progress", lambda history, path: drawn.append(len(history["train_loss"])))
-    monkeypatch.setattr(trainer, "PLOT_EVERY_S", 1e9)  # never during training: once, after the last epoch
+    monkeypatch.setattr(fold_run, "plot_progress", lambda history, path: drawn.append(len(history["train_loss"])))
+    monkeypatch.setattr(fold_run, "PLOT_EVERY_S", 1e9)  # never during training: once, after the last epoch
     trainer.train_fold(prepared, "901", "3d_fullres", 0, small_config(3), variant="p", validate=False)
     assert drawn == [3]
     drawn.clear()
-    monkeypatch.setattr(trainer, "PLOT_EVERY_S", 0.0)  # after every epoch, and once more at the end
+    monkeypatch.setattr(fold_run, "PLOT_EVERY_S", 0.0)  # after every epoch, and once more at the end
     trainer.train_fold(prepared, "901", "3d_fullres", 0, small_config(2), variant="q", validate=False)
     assert drawn == [1, 2, 2]
 
 
 def test_resuming_goes_on_with_the_optimizer_the_run_started_with(prepared):
-    started = dataclasses.replace(small_config(1), optimizer="sgd")
+    started = small_config(1).with_(**{"optim.optimizer": "sgd"})
     fold = trainer.train_fold(prepared, "901", "3d_fullres", 0, started, variant="o", validate=False)
     # extended with the default "auto", which for a new run this short would start AdamW
     trainer.train_fold(prepared, "901", "3d_fullres", 0, small_config(2), variant="o", resume=True, validate=False)
     state = load_checkpoint(fold / "checkpoint_final.pth")
     assert state["iteration"] == 6 and all("momentum_buffer" in s for s in state["optimizer"]["state"].values())
     saved = json.loads((fold / "train_config.json").read_text())
-    assert (saved["optimizer"], saved["initial_lr"]) == ("sgd", 1e-2)
+    assert (saved["optim"]["optimizer"], saved["optim"]["initial_lr"]) == ("sgd", 1e-2)
 
 
 def test_cli_train_writes_every_artifact_and_validation(prepared):
@@ -103,7 +104,7 @@ def test_cli_train_writes_every_artifact_and_validation(prepared):
     for name in ("checkpoint_final.pth", "checkpoint_best.pth", "checkpoint_latest.pth", "train_config.json",
                  "plans.json", "training.log", "progress.png"):
         assert (fold / name).is_file(), name
-    assert json.loads((fold / "train_config.json").read_text())["num_epochs"] == 2
+    assert json.loads((fold / "train_config.json").read_text())["schedule"]["num_epochs"] == 2
     assert sum("epoch" in line and "pseudo_dice" in line for line in (fold / "training.log").read_text().splitlines()) == 2
     summary = json.loads((fold / "validation" / "summary.json").read_text())
     splits = json.loads((prepared.preprocessed / "Dataset901_Synth" / "splits.json").read_text())
@@ -118,10 +119,10 @@ def test_cli_train_writes_every_artifact_and_validation(prepared):
 
 def test_small_class_settings_reach_the_sampler_and_loss(prepared, monkeypatch):
     seen = {}
-    real_source, real_loss = trainer.BatchSource, trainer.build_loss
+    real_source, real_loss = fold_run.BatchSource, fold_run.build_loss
 
     def source(*args, **kwargs):
-        seen.setdefault("shares", []).append(args[8] if len(args) > 8 else kwargs.get("class_shares"))
+        seen.setdefault("shares", []).append(args[3].class_shares)
         seen.setdefault("sources", []).append(real_source(*args, **kwargs))
         return seen["sources"][-1]
 
@@ -129,10 +130,9 @@ def test_small_class_settings_reach_the_sampler_and_loss(prepared, monkeypatch):
         seen["loss_args"] = args
         return real_loss(*args)
 
-    monkeypatch.setattr(trainer, "BatchSource", source)
-    monkeypatch.setattr(trainer, "build_loss", loss)
-    cfg = dataclasses.replace(small_config(1), small_classes=(1,), small_class_ce_weight=3.0,
-                              small_class_oversample=0.33, small_class_batch_dice=True)
+    monkeypatch.setattr(fold_run, "BatchSource", source)
+    monkeypatch.setattr(fold_run, "build_loss", loss)
+    cfg = small_config(1).with_(small_classes=dict(classes=(1,), ce_weight=3.0, oversample=0.33, batch_dice=True))
     # a validation that found none of the 5 reference lesions of class 1: the log says it was not learned
     from autoseg.inference import validation
 
@@ -141,7 +141,7 @@ def test_small_class_settings_reach_the_sampler_and_loss(prepared, monkeypatch):
     fold = trainer.train_fold(prepared, "901", "3d_fullres", 0, cfg, variant="s")
     assert "small class 1 was never predicted on the 2 validation cases of fold_0, which hold 5" in \
         (fold / "training.log").read_text()
-    assert seen["shares"][0] == {1: pytest.approx(cfg.small_class_oversample)}  # training batches
+    assert seen["shares"][0] == {1: pytest.approx(cfg.small_classes.oversample)}  # the prior's and training's
     with_shares = [s for s, shares in zip(seen["sources"], seen["shares"]) if shares]  # priors', training's
     assert len(with_shares) == 2
     num_classes = len(seen["loss_args"][5])
@@ -165,8 +165,8 @@ def test_train_step_reports_the_norm_before_clipping():
 
     net = Dot()
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    loss, norm = trainer._train_step(net, lambda out, target: out, opt, None, {"data": x, "target": x},
-                                     torch.device("cpu"), grad_clip=1.0)
+    loss, norm = steps.train_step(net, lambda out, target: out, opt, None, {"data": x, "target": x},
+                                  torch.device("cpu"), grad_clip=1.0)
     assert loss == 0.0
     assert norm == pytest.approx(5.0)
     assert w.detach().tolist() == pytest.approx([-0.1 * 3 / 5, -0.1 * 4 / 5])
@@ -205,19 +205,19 @@ def test_training_runs_in_the_layout_timed_faster_at_planning(prepared, monkeypa
     monkeypatch.setattr(device_module, "cpu_bf16_is_faster", lambda: True)
     fold = trainer.train_fold(prepared, "901", "3d_fullres", 0, small_config(1), variant="cl")
     saved = json.loads((fold / "train_config.json").read_text())
-    assert saved["precision"] == "fp32" and saved["memory_format"] == "channels_last"
+    assert saved["runtime"]["precision"] == "fp32" and saved["runtime"]["memory_format"] == "channels_last"
     log = (fold / "training.log").read_text()
     assert "precision fp32: chosen when planning on this CPU (throughput.json)" in log
     assert "memory format channels_last: its training step was the faster one" in log
-    fp32 = dataclasses.replace(small_config(1), precision="fp32")
+    fp32 = small_config(1).with_(**{"runtime.precision": "fp32"})
     conv = weights(fold)["encoder.0.3.weight"]  # (out, in, 3, 3, 3): saved as trained, channels-last
     assert conv.is_contiguous(memory_format=torch.channels_last_3d) and not conv.is_contiguous()
     assert (fold / "validation" / "summary.json").is_file()  # the sliding-window validation ran on it
     # a layout named on the command line wins over the timings
     fold = trainer.train_fold(prepared, "901", "3d_fullres", 0,
-                              dataclasses.replace(fp32, memory_format="contiguous"),
+                              fp32.with_(**{"runtime.memory_format": "contiguous"}),
                               variant="contig", validate=False)
-    assert json.loads((fold / "train_config.json").read_text())["memory_format"] == "contiguous"
+    assert json.loads((fold / "train_config.json").read_text())["runtime"]["memory_format"] == "contiguous"
     assert weights(fold)["encoder.0.3.weight"].is_contiguous()
 
 
@@ -241,16 +241,16 @@ def test_precision_auto_is_decided_once(monkeypatch):
 
 def test_layout_timings_of_another_precision_are_not_used(prepared):
     _set_timed_layouts(prepared, "channels_last", precision="bf16")
-    plans = trainer.load_plans(prepared.preprocessed / "Dataset901_Synth" / "plans.json")
+    plans = load_plans(prepared.preprocessed / "Dataset901_Synth" / "plans.json")
     throughput = json.loads((prepared.preprocessed / "Dataset901_Synth" / "throughput.json").read_text())
-    cpu, cfg = torch.device("cpu"), dataclasses.replace(small_config(1), precision="fp32")
+    cpu, cfg = torch.device("cpu"), small_config(1).with_(**{"runtime.precision": "fp32"})
     resolved, note = resolve.resolve_memory_format(cfg, plans, "3d_fullres", throughput, cpu)
-    assert resolved.memory_format == "contiguous" and "timed in bf16, training runs in fp32" in note
-    resolved, _ = resolve.resolve_memory_format(dataclasses.replace(cfg, precision="bf16"), plans, "3d_fullres",
+    assert resolved.runtime.memory_format == "contiguous" and "timed in bf16, training runs in fp32" in note
+    resolved, _ = resolve.resolve_memory_format(cfg.with_(**{"runtime.precision": "bf16"}), plans, "3d_fullres",
                                                  throughput, cpu)
-    assert resolved.memory_format == "channels_last"
+    assert resolved.runtime.memory_format == "channels_last"
     resolved, note = resolve.resolve_memory_format(cfg, plans, "3d_fullres", None, cpu)  # no throughput.json
-    assert resolved.memory_format == "contiguous" and "no timings" in note
+    assert resolved.runtime.memory_format == "contiguous" and "no timings" in note
 
 
 def test_a_diverged_run_stops_marked_failed_and_its_model_is_refused(prepared, monkeypatch):
@@ -261,24 +261,24 @@ def test_a_diverged_run_stops_marked_failed_and_its_model_is_refused(prepared, m
     from autoseg.training.health import FAILED_MARKER
 
     ws = prepared
-    real_step, calls = trainer._train_step, {"n": 0}
+    real_step, calls = fold_run.train_step, {"n": 0}
 
     def diverging_step(*args):
         calls["n"] += 1
         result = real_step(*args)
         return (float("nan"), float("nan")) if calls["n"] >= 4 else result
 
-    monkeypatch.setattr(trainer, "_train_step", diverging_step)
-    cfg = dataclasses.replace(small_config(20), initial_lr=1e-3)
+    monkeypatch.setattr(fold_run, "train_step", diverging_step)
+    cfg = small_config(20).with_(**{"optim.initial_lr": 1e-3})
     with pytest.raises(UserFacingError, match=r"diverged: .*not finite \(NaN or inf\) for 20 steps in a row.*"
-                                              r"--set initial_lr=0.0001"):
+                                              r"--set optim.initial_lr=0.0001"):
         trainer.train_fold(ws, "901", "3d_fullres", 0, cfg, variant="nan", validate=False)
     fold = ws.results_dataset("901") / "3d_fullres" / "nan" / "fold_0"
     assert not (fold / "checkpoint_final.pth").exists() and (fold / FAILED_MARKER).is_file()
     assert json.loads((fold / FAILED_MARKER).read_text())["iteration"] == 3 + 19
     with pytest.raises(UserFacingError, match="its training failed: the loss or the gradients"):
         load_trained_model(fold, "checkpoint_latest")
-    monkeypatch.setattr(trainer, "_train_step", real_step)
+    monkeypatch.setattr(fold_run, "train_step", real_step)
     trainer.train_fold(ws, "901", "3d_fullres", 0, small_config(1), variant="nan", validate=False)
     assert not (fold / FAILED_MARKER).exists() and load_trained_model(fold).network is not None
 
@@ -288,17 +288,17 @@ def test_a_non_finite_gradient_is_not_applied():
     before = [p.detach().clone() for p in net.parameters()]
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     x = torch.tensor([[float("inf"), 1.0]])
-    loss, norm = trainer._train_step(net, lambda out, target: out.sum(), opt, None, {"data": x, "target": x},
-                                     torch.device("cpu"), 12.0)
+    loss, norm = steps.train_step(net, lambda out, target: out.sum(), opt, None, {"data": x, "target": x},
+                                  torch.device("cpu"), 12.0)
     assert not torch.isfinite(torch.tensor(norm))
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
 
 
 @pytest.mark.parametrize("setting, message", [
-    ("initial_lr=inf", "initial_lr must be a finite number, found inf"),
-    ("weight_decay=nan", "weight_decay must be a finite number, found nan"),
-    ("momentum=1", "momentum must be in [0, 1), found 1.0"),
-    ("grad_clip=0", "grad_clip must be > 0"),
+    ("initial_lr=inf", "optim.initial_lr must be a finite number, found inf"),
+    ("weight_decay=nan", "optim.weight_decay must be a finite number, found nan"),
+    ("optim.momentum=1", "optim.momentum must be in [0, 1), found 1.0"),
+    ("optim.grad_clip=0", "optim.grad_clip must be > 0"),
 ])
 def test_training_numbers_out_of_range_are_refused_when_parsed(workspace, setting, message, capsys):
     assert main(["train", "3d_fullres", "0", "-d", "901", "--root", str(workspace), "--set", setting]) == 2
