@@ -206,6 +206,15 @@ def step_summary(step_s: list[float], step_start_s: list[float], skip: int = WAR
             "steps_timed": len(steady), "steps_left_out": min(skip, len(step_s))}
 
 
+def _saved(train_config: dict, path: str):
+    """One setting of a fold's train_config.json by its section path ("runtime.precision"); a file of
+    the flat layout before sections holds it under its last name."""
+    section, key = path.split(".")
+    if isinstance(train_config.get(section), dict):
+        return train_config[section].get(key)
+    return train_config.get(key)
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     """``a / b`` where both are numbers and ``b`` is not 0 (called as nnU-Net / autoseg)."""
     if a is None or b is None or not b or isinstance(a, str) or isinstance(b, str):
@@ -402,9 +411,10 @@ class Bench:
         plans = json.loads((fold / "plans.json").read_text())["configurations"][CONFIGURATION]
         tc = json.loads((fold / "train_config.json").read_text())
         return self._training_record(run, r, fold / "validation", {
-            "patch_size": plans["patch_size"], "batch_size": tc.get("batch_size") or plans["batch_size"],
-            "features_per_stage": plans["network"]["features_per_stage"], "precision": tc.get("precision"),
-            "validation_in_budget": True, "augmentation_workers": tc.get("num_workers"), "torch": r.get("torch")})
+            "patch_size": plans["patch_size"], "batch_size": _saved(tc, "sampling.batch_size") or plans["batch_size"],
+            "features_per_stage": plans["network"]["features_per_stage"], "precision": _saved(tc, "runtime.precision"),
+            "validation_in_budget": True, "augmentation_workers": _saved(tc, "sampling.num_workers"),
+            "torch": r.get("torch")})
 
     def train_nnunet(self) -> dict:
         args, d = self.args, self.data

@@ -18,7 +18,7 @@ with ``exit_code`` not 0), and exits with the command's code.
 - ``autoseg``: ``autoseg.cli.main(ARGS)``, as the ``autoseg`` command runs it (ending with
   ``os._exit`` as ``autoseg.cli.run`` does), with autoseg imported from this repository where it
   is not installed (``use_repository_autoseg``). For ``train``, it also records every training
-  step (``step_s``: the trainer's own ``_train_step``, the batch already drawn, ended by a
+  step (``step_s``: the trainer's own ``train_step``, the batch already drawn, ended by a
   synchronisation on CUDA; ``step_start_s``: its start, seconds after autoseg's trainer was
   imported), every epoch's end with the patch validation's pseudo-Dice and its moving average
   (``epochs``), the peak GPU memory torch allocated before the final validation
@@ -49,7 +49,8 @@ ENTRY_POINTS = {  # nnU-Net v2's console scripts and the functions they call (it
     "nnUNetv2_predict": "nnunetv2.inference.predict_from_raw_data:predict_entry_point",
 }
 # the parts of autoseg's trainer that ``autoseg`` mode wraps to time the steps and epochs
-TRAINER_HOOKS = ("_train_step", "_FoldRun._end_epoch", "_FoldRun.validate")
+# where the training steps, epoch ends and final validation are looked up, under autoseg.training
+TRAINER_HOOKS = ("fold_run.train_step", "fold_run.FoldRun._end_epoch", "trainer.run_validation")
 
 
 def write_record(record: dict, path: str | Path) -> None:
@@ -125,13 +126,16 @@ class TrainRecorder:
     """Wraps autoseg's trainer (``TRAINER_HOOKS``) to record its steps, epochs and final validation."""
 
     def __init__(self):
-        from autoseg.training import trainer
+        import autoseg.training.fold_run
+        import autoseg.training.trainer
+        from autoseg import training
 
-        missing = [h for h in TRAINER_HOOKS if not _has_path(trainer, h)]
+        missing = [h for h in TRAINER_HOOKS if not _has_path(training, h)]
         if missing:
-            raise SystemExit(f"bench/gpu_worker.py: autoseg.training.trainer has no {', '.join(missing)}; "
+            raise SystemExit(f"bench/gpu_worker.py: autoseg.training has no {', '.join(missing)}; "
                              "the worker's hooks (TRAINER_HOOKS) must follow the trainer")
-        self.trainer, self.started = trainer, time.perf_counter()
+        self.fold_run, self.trainer = autoseg.training.fold_run, autoseg.training.trainer
+        self.started = time.perf_counter()
         self.step_s: list[float] = []
         self.step_start_s: list[float] = []
         self.epochs: list[dict] = []
@@ -139,8 +143,8 @@ class TrainRecorder:
         self.validation_s: float | None = None
 
     def install(self) -> None:
-        t, rec = self.trainer, self
-        step, end_epoch, validate = t._train_step, t._FoldRun._end_epoch, t._FoldRun.validate
+        f, t, rec = self.fold_run, self.trainer, self
+        step, end_epoch, validate = f.train_step, f.FoldRun._end_epoch, t.run_validation
 
         def timed_step(net, loss_fn, opt, scaler, batch, dev, *args, **kwargs):
             started = time.perf_counter()
@@ -161,15 +165,15 @@ class TrainRecorder:
                                "pseudo_dice": sum(dice) / len(dice) if dice else None,
                                "ema_pseudo_dice": h["ema_dice"][-1]})
 
-        def timed_validate(run, *args, **kwargs):
+        def timed_validate(*args, **kwargs):
             rec.peak_gpu_mb_training = peak_gpu_mb()
             started = time.perf_counter()
             try:
-                return validate(run, *args, **kwargs)
+                return validate(*args, **kwargs)
             finally:
                 rec.validation_s = time.perf_counter() - started
 
-        t._train_step, t._FoldRun._end_epoch, t._FoldRun.validate = timed_step, recorded_end_epoch, timed_validate
+        f.train_step, f.FoldRun._end_epoch, t.run_validation = timed_step, recorded_end_epoch, timed_validate
 
     def record(self) -> dict:
         return {"step_s": self.step_s, "step_start_s": self.step_start_s, "epochs": self.epochs,
