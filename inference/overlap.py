@@ -14,8 +14,10 @@ Each case is
 ``predict.segment`` is 1-2-3 in a row. ``run_cases`` runs a folder: serially in the main process
 (no workers), or with ``Workers``: ``prepare`` processes read and preprocess the next cases while
 the network runs (at most that many prepared cases wait in memory) and ``export`` processes
-finish the previous ones (at most that many being finished). The steps compute the same numbers
-wherever they run, so both ways write the same files.
+finish the previous ones (at most that many being finished). The workers are spawned (a fresh
+interpreter, never a fork of a process holding torch's threads or a CUDA context) and run at the
+lowest CPU priority. The steps compute the same numbers wherever they run, so both ways write the
+same files.
 
 Every wait on a worker has a limit (``Workers.timeout_s``, ``--worker-timeout``): a worker that
 dies (killed for memory, a crash in a native library) or that has not answered for one case in
@@ -301,9 +303,14 @@ class _Step:
 
 
 def _worker_started(level: int) -> None:
+    import os
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the main process, which stops the workers
+    if hasattr(os, "nice"):
+        # the lowest CPU priority: where the cores are all taken (a CPU network), the network's threads
+        # are not held back at their barriers by a worker (docs/experiments/threads_under_contention.md)
+        os.nice(19)
     logging.basicConfig(level=level, format="%(message)s")
 
 
