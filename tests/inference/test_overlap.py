@@ -134,3 +134,24 @@ def test_a_worker_that_dies_or_hangs_ends_predict_naming_the_case(trained_root, 
     # what was written is kept; the rest follows with --continue
     assert main(command(trained_root, images, out, "--continue", "-nwp", "0", "-nwe", "0")) == 1
     assert written(out) == [f"{c}.nii.gz" for c in GOOD]
+
+
+def test_auto_turns_workers_on_with_a_gpu_only_and_for_two_cases_or_more(monkeypatch):
+    from types import SimpleNamespace
+
+    import autoseg.device
+    from autoseg.inference.overlap import choose_workers
+
+    def counts(prepare, export, predictors, cases) -> tuple[int, int]:
+        workers, _ = choose_workers(prepare, export, predictors, cases)
+        return workers.prepare, workers.export
+
+    monkeypatch.setattr(autoseg.device, "usable_cpus", lambda: 16)
+    gpu, cpu = [SimpleNamespace(device=SimpleNamespace(type="cuda"))], [SimpleNamespace(device="cpu")]  # onnx: "cpu"
+    workers, why = choose_workers("auto", "auto", gpu, 10, 60)
+    assert (workers.prepare, workers.export, workers.timeout_s, why) == (3, 3, 60.0, "the network runs on a GPU")
+    assert counts("auto", "auto", cpu, 10) == (0, 0)
+    assert counts("auto", "auto", gpu, 1) == (0, 0)  # one case: nothing to overlap
+    assert counts(2, "auto", cpu, 10) == (2, 0) and counts(1, 2, gpu, 10) == (1, 2)  # a number given wins
+    monkeypatch.setattr(autoseg.device, "usable_cpus", lambda: 4)  # (4 - 1) // 2: a core left to the main process
+    assert counts("auto", "auto", gpu, 10) == (1, 1)
