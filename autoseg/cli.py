@@ -52,6 +52,20 @@ def number_in(kind: type, low: float | None = None, high: float | None = None, *
     return parse
 
 
+def auto_or(parse: Callable[[str], float]) -> Callable[[str], float | str]:
+    """An argparse ``type`` that takes ``auto`` or what ``parse`` takes (with ``parse``'s message)."""
+
+    def parse_or_auto(text: str) -> float | str:
+        if text == "auto":
+            return text
+        try:
+            return parse(text)
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(str(exc).replace("expected ", "expected 'auto' or ", 1)) from None
+
+    return parse_or_auto
+
+
 def parse_gpus(text: str) -> list[int]:
     """``--gpus 0,1,3`` -> [0, 1, 3]; refused: anything but distinct whole numbers >= 0."""
     try:
@@ -214,6 +228,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split the sorted cases into K parts, one per machine or process (default 1)")
     p.add_argument("--part-id", type=number_in(int, 0), default=0, metavar="I",
                    help="predict only part I (0-based, in [0, K-1]) of --num-parts K: every K-th case from I")
+    workers = auto_or(number_in(int, 0))
+    p.add_argument("-nwp", "--num-workers-preprocess", type=workers, default="auto", metavar="N",
+                   help="worker processes that read and preprocess the next cases while the network runs (nnU-Net's "
+                        "-npp), >= 0; 0: in the main process; auto (default): 3 at most with the network on a GPU, "
+                        "else 0 (on a CPU the network uses every core)")
+    p.add_argument("-nwe", "--num-workers-export", type=workers, default="auto", metavar="N",
+                   help="worker processes that resample back, postprocess and write the previous cases while the "
+                        "network runs (nnU-Net's -nps), >= 0; 0: in the main process; auto (default): as -nwp")
+    p.add_argument("--worker-timeout", type=number_in(float, 0, low_open=True), default=None, metavar="SECONDS",
+                   help="longest wait for one case's preprocessing or export in a worker; a worker that takes "
+                        "longer, or dies, ends predict naming the case (default 1800)")
 
     p = add("train_all", "autoseg.training.run:cli_train_all",
             "train all 5 folds of every configuration find_best_config compares, within one time budget")

@@ -17,6 +17,7 @@ import numpy as np
 from autoseg.dataset import group_channel_files
 from autoseg.errors import UserFacingError, output_folder
 from autoseg.imageio import FAKE_2D_SPACING, SUPPORTED_ENDINGS
+from autoseg.inference.overlap import DEFAULT_WORKER_TIMEOUT_S
 from autoseg.paths import Workspace
 from autoseg.plans import load_plans
 
@@ -193,16 +194,17 @@ def predict_folder(input_dir, output_dir, ws: Workspace, dataset: str, configura
                    checkpoint: str = "checkpoint_final", variant: str = "default", step_size: float = 0.5,
                    tta: bool = True, save_probabilities: bool = False, resume: bool = False, device="auto",
                    postprocess: bool = True, precision: str = "auto", backend: str = "auto", num_parts: int = 1,
-                   part_id: int = 0) -> int:
+                   part_id: int = 0, num_workers_preprocess="auto", num_workers_export="auto",
+                   worker_timeout: float = DEFAULT_WORKER_TIMEOUT_S) -> int:
     """Predict every case of ``input_dir`` into ``output_dir``; return the number of failed cases.
 
     ``backend``: ``torch``, ``onnx`` or ``auto`` (``onnx_backend.choose_backend``). With
-    ``num_parts`` > 1 only part ``part_id`` of the sorted cases (``case_part``)."""
-    from tqdm import tqdm
-
-    from autoseg.imageio import read_image, write_image
+    ``num_parts`` > 1 only part ``part_id`` of the sorted cases (``case_part``).
+    ``num_workers_preprocess``/``num_workers_export``: worker processes that read and preprocess
+    ahead of the network and finish and write behind it, or ``auto`` (``overlap.choose_workers``);
+    ``worker_timeout``: the longest wait in seconds for one case's step in a worker."""
     from autoseg.inference.onnx_backend import choose_backend
-    from autoseg.inference.validation import save_probabilities as save_probs
+    from autoseg.inference.overlap import CaseJob, choose_workers, finishing_of, run_cases
 
     name = ws.dataset_name(dataset)
     configurations, variant, checkpoint, folds, postprocessing = selected_model(ws, name, configurations, variant,
@@ -228,8 +230,6 @@ def predict_folder(input_dir, output_dir, ws: Workspace, dataset: str, configura
             raise
         log.warning("the ONNX backend could not be loaded (%s); predicting with torch", exc)
         chosen, predictors = "torch", load_all("torch")
-    num_channels = len(predictors[0].plans.channel_names)
-    order = predictors[0].plans.regions_class_order  # region-based model: sigmoid maps -> labels
     if num_parts > 1:
         total = len(cases)
         cases = case_part(cases, num_parts, part_id)
@@ -244,25 +244,15 @@ def predict_folder(input_dir, output_dir, ws: Workspace, dataset: str, configura
             chosen, predictors = "torch", load_all("torch")
     log.info("predicting with the %s backend%s", chosen, f" ({reason})" if reason else "")
     output_folder(out)
-    failed = 0
-    for case in tqdm(cases, desc="predict", unit="case", disable=None):
-        target = out / f"{case.case_id}{case.ending}"
-        if resume and target.is_file():
-            continue
-        try:
-            if case.problem:
-                raise UserFacingError(case.problem)
-            image, geometry = read_image(case.files)
-            if image.shape[0] != num_channels:
-                raise UserFacingError(f"{image.shape[0]} channel(s) found, the model expects {num_channels}")
-            seg, probs = segment(predictors, image, geometry, postprocessing if postprocess else None)
-            if save_probabilities:  # before the segmentation, whose file marks the case done for --continue
-                save_probs(out / case.case_id, probs, geometry, order)
-            write_image(seg, geometry, target)
-        except Exception as exc:  # one bad case must not stop the others
-            failed += 1
-            log.error("case %s failed: %s", case.case_id, exc)
-    return failed
+    jobs = [CaseJob(c.case_id, c.files, out / f"{c.case_id}{c.ending}",
+                    out / c.case_id if save_probabilities else None, c.problem)
+            for c in cases if not (resume and (out / f"{c.case_id}{c.ending}").is_file())]
+    workers, why = choose_workers(num_workers_preprocess, num_workers_export, predictors,
+                                  sum(not j.problem for j in jobs), worker_timeout)
+    if workers.prepare or workers.export:
+        log.info("%d worker process(es) preprocess ahead of the network, %d export behind it (%s)",
+                 workers.prepare, workers.export, why)
+    return run_cases(jobs, predictors, finishing_of(predictors, postprocessing if postprocess else None), workers)
 
 
 def selected_model(ws: Workspace, name: str, configurations, variant: str, folds, checkpoint: str):
@@ -281,18 +271,10 @@ def selected_model(ws: Workspace, name: str, configurations, variant: str, folds
 def segment(predictors: list, image: np.ndarray, geometry, postprocessing=None) -> tuple[np.ndarray, np.ndarray]:
     """One case's label map and probabilities in its own geometry: every predictor (configuration)
     averaged, turned into labels (argmax, or regions at 0.5), then ``postprocessing`` (None: none)."""
-    from autoseg.labels import probabilities_to_labels
-    from autoseg.postprocess.components import apply_postprocessing
+    from autoseg.inference.overlap import finish_case, finishing_of, prepare_case, run_networks, stages_of
 
-    probs = None
-    for p in predictors:
-        _, pr = p.predict_case(image, geometry)
-        probs = pr if probs is None else probs + pr
-    probs /= len(predictors)
-    seg = probabilities_to_labels(probs, predictors[0].plans.regions_class_order)
-    if postprocessing is not None:
-        seg = apply_postprocessing(seg, postprocessing, probs)
-    return seg, probs
+    prepared = prepare_case(image, geometry, stages_of(predictors))
+    return finish_case(run_networks(predictors, prepared), finishing_of(predictors, postprocessing))
 
 
 def _torch_pays_off(predictors: list, cases: list, tta: bool) -> str:
@@ -327,7 +309,9 @@ def cli_predict(args: argparse.Namespace) -> int:
     failed = predict_folder(args.input, args.output, ws, args.dataset, args.configurations, args.folds,
                             args.chk, args.variant or "default", args.step_size, not args.disable_tta,
                             args.save_probabilities, args.resume, args.device or "auto",
-                            not args.no_postprocessing, args.precision, args.backend, args.num_parts, args.part_id)
+                            not args.no_postprocessing, args.precision, args.backend, args.num_parts, args.part_id,
+                            args.num_workers_preprocess, args.num_workers_export,
+                            args.worker_timeout or DEFAULT_WORKER_TIMEOUT_S)
     if failed:
         log.error("%d case(s) failed; see the messages above", failed)
         return 1

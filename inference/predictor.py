@@ -108,18 +108,10 @@ class Predictor:
         A cascade stage first runs ``previous`` on the image and adds its segmentation, put on
         this configuration's grid, as one-hot input channels (as in training).
         """
-        from autoseg.preprocess.preprocessor import export_to_original, preprocess_case
+        from autoseg.inference.overlap import prepare_case, run_networks, stages_of
+        from autoseg.preprocess.preprocessor import export_to_original
 
-        data, _, props = preprocess_case(image, geometry, self.plans, self.configuration.name)
-        if self.configuration.previous_stage:
-            from autoseg.preprocess.previous_stage import one_hot, previous_stage_labels, previous_stage_to_grid
-
-            if self.previous is None:
-                raise ValueError(f"{self.configuration.name} needs its previous stage's predictor (previous=...)")
-            prev_seg, _ = self.previous.predict_case(image, geometry)
-            grid = previous_stage_to_grid(prev_seg, props, self.plans, self.configuration.name)
-            data = np.concatenate([data, one_hot(grid, previous_stage_labels(self.plans))])
-        probs = self.predict_preprocessed(data)
+        [(probs, props)] = run_networks([self], prepare_case(image, geometry, stages_of([self])))
         return export_to_original(probs, props, self.plans, self.configuration.name)
 
 

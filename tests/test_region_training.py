@@ -84,6 +84,15 @@ def test_a_region_based_dataset_end_to_end(tmp_path, sparse):
         assert set(np.unique(seg)) <= {0, 1, 2}  # never the ignore value
         with np.load(out / f"{case}.npz") as z:
             assert z["probabilities"].shape[0] == 2 and z["regions_class_order"].tolist() == [1, 2]
+    # the same files with the steps around the network in worker processes (inference/overlap.py)
+    pooled = tmp_path / "pooled"
+    assert main(["predict", "-i", str(inputs), "-o", str(pooled), "-d", "906", "--root", root,
+                 "--save_probabilities", "-nwp", "1", "-nwe", "1"]) == 0
+    assert sorted(p.name for p in pooled.iterdir()) == sorted(p.name for p in out.iterdir())
+    for case in ("case_000", "case_001"):
+        assert (pooled / f"{case}.nii.gz").read_bytes() == (out / f"{case}.nii.gz").read_bytes()
+        with np.load(out / f"{case}.npz") as a, np.load(pooled / f"{case}.npz") as b:
+            assert np.array_equal(a["probabilities"], b["probabilities"])
     assert main(["evaluate", "-ref", str(dense), "-pred", str(out), "-d", "906", "--root", root]) == 0
     scores = json.loads((out / "summary.json").read_text())
     assert scores["regions"] == {"1": [1, 2], "2": [2]} and scores["num_cases"] == 2
