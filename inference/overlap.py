@@ -217,7 +217,7 @@ def choose_workers(prepare, export, predictors: Sequence, num_cases: int,
     ``export`` are a number of processes (0: in the main process) or ``"auto"``: with the network
     on a GPU, up to 3 of each (leaving a CPU to the main process); on a CPU none, since the
     network's threads already use every core and the overlap was measured to cost there
-    (docs/benchmarks.md, "Overlapped prediction"); none for fewer than 2 cases either."""
+    (docs/benchmarks.md, "Scale-out"); none for fewer than 2 cases either."""
     from autoseg.device import usable_cpus
 
     devices = {getattr(p.device, "type", None) or str(p.device) for p in predictors}
