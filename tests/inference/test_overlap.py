@@ -11,23 +11,10 @@ import pytest
 import SimpleITK as sitk
 
 from autoseg.cli import main
-from synthetic import ellipsoid_case, make_dataset
+from synthetic import ellipsoid_case
 
 TESTS = Path(__file__).resolve().parents[1]
 GOOD = ["good_a", "good_b", "good_c"]
-
-
-@pytest.fixture(scope="module")
-def trained_root(tmp_path_factory) -> str:
-    """A workspace with Dataset901_Synth planned, preprocessed and fold 0 of 3d_fullres trained."""
-    root = tmp_path_factory.mktemp("ws")
-    make_dataset(root / "raw")
-    r = str(root)
-    assert main(["plan_and_preprocess", "-d", "901", "-np", "1", "--device-profile", "cpu", "-c", "3d_fullres",
-                 "--root", r]) == 0
-    assert main(["train", "3d_fullres", "0", "-d", "901", "--root", r, "-nw", "0", "--set", "num_epochs=1",
-                 "--set", "num_iterations_per_epoch=2", "--set", "num_val_iterations_per_epoch=1"]) == 0
-    return r
 
 
 @pytest.fixture(scope="module")
