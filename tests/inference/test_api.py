@@ -9,20 +9,14 @@ import SimpleITK as sitk
 from autoseg.cli import main
 from autoseg.errors import UserFacingError
 from autoseg.inference.api import load_model
-from synthetic import ellipsoid_case, make_dataset
+from synthetic import ellipsoid_case
 
 
 @pytest.fixture(scope="module")
-def selected_root(tmp_path_factory) -> str:
+def selected_root(train_workspace) -> str:
     """Dataset901_Synth with fold 0 of 3d_fullres trained, validated and selected by find_best_config."""
-    root = tmp_path_factory.mktemp("ws")
-    make_dataset(root / "raw")
-    r = str(root)
-    assert main(["plan_and_preprocess", "-d", "901", "-np", "1", "--device-profile", "cpu", "-c", "3d_fullres",
-                 "--root", r]) == 0
-    assert main(["train", "3d_fullres", "0", "-d", "901", "--root", r, "-nw", "0", "--set", "num_epochs=2",
-                 "--set", "num_iterations_per_epoch=3", "--set", "num_val_iterations_per_epoch=1",
-                 "--set", "validation_mirroring=false"]) == 0
+    r = train_workspace("schedule.num_epochs=2", "schedule.num_iterations_per_epoch=3",
+                        "schedule.num_val_iterations_per_epoch=1", "validation.mirroring=false")
     assert main(["find_best_config", "-d", "901", "-f", "0", "--root", r]) == 0
     return r
 
