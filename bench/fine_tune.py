@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, markdown_table, run_untimed, write_json  # noqa: E402
-from raw_datasets import building_folder, raw_cases  # noqa: E402
+from raw_datasets import building_folder, raw_cases, write_derived_meta  # noqa: E402
 from steps import fold_facts, fold_folder, predict_and_evaluate, train_fold  # noqa: E402
 
 log = logging.getLogger("bench.fine_tune")
@@ -62,8 +62,7 @@ def make_datasets(source: Path, root: Path, few: int, seed: int) -> dict[int, Pa
                         _link(path, tmp / f"{kind}{part}" / path.name)
             out_meta = dict(meta, name=name, numTraining=len(training),
                             description=f"{base}: {len(training)} training cases (bench/fine_tune.py --seed {seed})")
-            out_meta.pop("converted_from", None)
-            (tmp / "dataset.json").write_text(json.dumps(out_meta, indent=2) + "\n")
+            write_derived_meta(tmp, out_meta)
     return folders
 
 

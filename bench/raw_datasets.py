@@ -77,6 +77,13 @@ def building_folder(final: str | Path, subfolders: Sequence[str] = ()) -> Iterat
 
 
 
+def write_derived_meta(folder: Path, meta: dict) -> None:
+    """``folder/dataset.json`` of a dataset derived from another: ``meta`` without the source's
+    ``converted_from`` (that record describes the source's conversion, not this dataset)."""
+    meta = {k: v for k, v in meta.items() if k != "converted_from"}
+    (Path(folder) / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
 def derivation_parser(description: str, source: str, dataset_id: int, default_name: str):
     """The command line every derived-dataset script shares: ``--source`` (``source`` says which
     raw dataset folder), ``--root``, ``-d/--dataset-id`` (default ``dataset_id``), ``--seed`` and

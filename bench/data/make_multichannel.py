@@ -26,7 +26,6 @@ The suite (bench/suite.py) builds it as dataset 203 from its Hippocampus split 2
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import sys
@@ -36,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for common
-from raw_datasets import building_folder, derivation_parser, raw_cases, run_derivation  # noqa: E402
+from raw_datasets import building_folder, derivation_parser, raw_cases, run_derivation, write_derived_meta  # noqa: E402
 
 log = logging.getLogger("bench.make_multichannel")
 
@@ -117,8 +116,7 @@ def build(source: Path, root: Path, dataset_id: int = 203, seed: int = 0, noise:
                         description=f"{meta.get('name', source.name)} with a synthetic second contrast (channel 1: "
                                     f"non-monotone transfer curve {np.round(knots, 3).tolist()}, bias field, Rician "
                                     f"noise {noise}); bench/data/make_multichannel.py --seed {seed}")
-        out_meta.pop("converted_from", None)
-        (tmp / "dataset.json").write_text(json.dumps(out_meta, indent=2) + "\n")
+        write_derived_meta(tmp, out_meta)
     log.info("wrote %s: %d training + %d held-out cases, transfer knots %s", final, out_meta["numTraining"],
              len(cases) - out_meta["numTraining"], np.round(knots, 3).tolist())
     return final

@@ -23,7 +23,6 @@ on identical data and both scored per region. Everything is drawn from ``--seed`
 """
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import zlib
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for common
-from raw_datasets import building_folder, derivation_parser, raw_cases, run_derivation  # noqa: E402
+from raw_datasets import building_folder, derivation_parser, raw_cases, run_derivation, write_derived_meta  # noqa: E402
 
 log = logging.getLogger("bench.make_regions")
 
@@ -131,8 +130,7 @@ def build(source: Path, root: Path, dataset_id: int = 205, seed: int = 0, as_lab
                                     + (" --as-labels" if as_labels else ""))
         if not as_labels:
             out_meta["regions_class_order"] = [1, 2, 3]
-        out_meta.pop("converted_from", None)
-        (tmp / "dataset.json").write_text(json.dumps(out_meta, indent=2) + "\n")
+        write_derived_meta(tmp, out_meta)
     share = voxels / voxels.sum()
     log.info("wrote %s: %d cases; voxel shares edema %.2f%%, necrosis %.2f%%, enhancing %.2f%%", final, len(cases),
              100 * share[1], 100 * share[2], 100 * share[3])

@@ -16,7 +16,6 @@ The suite (bench/suite.py) builds it as dataset 204 from its Hippocampus split 2
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for common
-from raw_datasets import building_folder, derivation_parser, raw_cases, run_derivation  # noqa: E402
+from raw_datasets import building_folder, derivation_parser, raw_cases, run_derivation, write_derived_meta  # noqa: E402
 
 log = logging.getLogger("bench.make_sparse_labels")
 
@@ -84,8 +83,7 @@ def build(source: Path, root: Path, dataset_id: int = 204, fraction: float = 0.1
                         description=f"{meta.get('name', source.name)} with {fraction:.0%} of each training label's "
                                     f"slices (first array axis) annotated, the rest 'ignore' ({ignore}); "
                                     f"bench/data/make_sparse_labels.py --fraction {fraction} --seed {seed}")
-        out_meta.pop("converted_from", None)
-        (tmp / "dataset.json").write_text(json.dumps(out_meta, indent=2) + "\n")
+        write_derived_meta(tmp, out_meta)
     log.info("wrote %s: %.1f%% of the training voxels annotated", final, 100 * annotated / max(1, total))
     return final
 

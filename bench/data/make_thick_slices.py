@@ -28,7 +28,6 @@ Channels of a multi-channel case are all re-sliced with the same offset. Same ar
 """
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import zlib
@@ -37,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for common
-from raw_datasets import building_folder, derivation_parser, raw_cases, run_derivation  # noqa: E402
+from raw_datasets import building_folder, derivation_parser, raw_cases, run_derivation, write_derived_meta  # noqa: E402
 
 log = logging.getLogger("bench.make_thick_slices")
 
@@ -130,8 +129,7 @@ def build(source: Path, root: Path, dataset_id: int = 202, factor: int = 4, seed
                         description=f"{meta.get('name', source.name)} re-sliced to {factor}x thicker slices along "
                                     f"the first array axis (block mean; label majority, ties to the lower label); "
                                     f"bench/data/make_thick_slices.py --factor {factor} --seed {seed}")
-        out_meta.pop("converted_from", None)
-        (tmp / "dataset.json").write_text(json.dumps(out_meta, indent=2) + "\n")
+        write_derived_meta(tmp, out_meta)
     log.info("wrote %s: %d training + %d held-out cases, %d-%d thick slices", final,
              out_meta["numTraining"], len(cases) - out_meta["numTraining"], min(depths, default=0),
              max(depths, default=0))
