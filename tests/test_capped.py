@@ -1,6 +1,5 @@
 """A probe in a child process under a wall-clock cap (autoseg/capped.py): answers pass through, a
 probe that overruns is abandoned within its cap, and the child serves the next call afresh."""
-import sys
 import time
 from pathlib import Path
 
@@ -84,21 +83,28 @@ def fake_step_rounds(network, patch, batch, in_channels, num_classes, combos, ro
             yield {"kind": "step", "combo": i, "round": r, "seconds": 0.01 + 0.001 * i}
 
 
-def test_the_step_timer_abandons_a_combination_that_overruns_and_times_the_others():
+def time_fake_steps(target: str, combos: tuple) -> tuple:
+    """(timer, timing) of ``CappedStepTimer`` running the fake probe ``target`` of this file for a
+    small network, 30 s cap, 2 rounds."""
     from autoseg.planners.step_probe import CappedStepTimer
-    from autoseg.planners.throughput import MIN_BF16_CAP_S
     from autoseg.plans import NetworkPlan
 
     net = NetworkPlan(dim=3, features_per_stage=(8, 16), kernel_sizes=((1, 3, 3),) * 2,
                       strides=((1, 1, 1), (1, 2, 2)))
-    timer = CappedStepTimer(1, 4, cap_s=30, child=CappedChild(python_path=[HERE]),
-                            target="test_capped:fake_step_rounds", rounds=2)
-    started = time.perf_counter()
+    timer = CappedStepTimer(1, 4, cap_s=30, child=CappedChild(python_path=[HERE]), target=f"test_capped:{target}",
+                            rounds=2)
     try:
-        timed = timer(net, (4, 128, 112), 2, (("fp32", "contiguous"), ("fp32", "channels_last"),
-                                              ("bf16", "contiguous")))
+        return timer, timer(net, (4, 128, 112), 2, combos)
     finally:
         timer.close()
+
+
+def test_the_step_timer_abandons_a_combination_that_overruns_and_times_the_others():
+    from autoseg.planners.throughput import MIN_BF16_CAP_S
+
+    started = time.perf_counter()
+    timer, timed = time_fake_steps("fake_step_rounds", (("fp32", "contiguous"), ("fp32", "channels_last"),
+                                                        ("bf16", "contiguous")))
     # the bf16 step is capped at max(3 s, 10 x the 0.01 s fp32 warm-up) = 3 s, not the 30 s cap
     assert time.perf_counter() - started < MIN_BF16_CAP_S + 15
     assert timed.seconds == {"fp32": {"contiguous": pytest.approx(0.01), "channels_last": pytest.approx(0.011)}}
@@ -123,17 +129,7 @@ def crashing_step_rounds(network, patch, batch, in_channels, num_classes, combos
 
 
 def test_a_step_that_crashes_the_probe_is_abandoned_and_the_others_are_timed():
-    from autoseg.planners.step_probe import CappedStepTimer
-    from autoseg.plans import NetworkPlan
-
-    net = NetworkPlan(dim=3, features_per_stage=(8, 16), kernel_sizes=((1, 3, 3),) * 2,
-                      strides=((1, 1, 1), (1, 2, 2)))
-    timer = CappedStepTimer(1, 4, cap_s=30, child=CappedChild(python_path=[HERE]),
-                            target="test_capped:crashing_step_rounds", rounds=2)
-    try:
-        timed = timer(net, (4, 128, 112), 2, (("bf16", "contiguous"), ("fp32", "contiguous")))
-    finally:
-        timer.close()
+    _, timed = time_fake_steps("crashing_step_rounds", (("bf16", "contiguous"), ("fp32", "contiguous")))
     assert timed.seconds == {"fp32": {"contiguous": pytest.approx(0.01)}}  # timed again, alone, in a new child
     assert len(timed.abandoned) == 1 and timed.abandoned[0].startswith("bf16 contiguous: the probe process died")
     with CappedChild(python_path=[HERE]) as child:  # a Python error in the probe is still raised
