@@ -207,12 +207,14 @@ def step_summary(step_s: list[float], step_start_s: list[float], skip: int = WAR
 
 
 def _saved(train_config: dict, path: str):
-    """One setting of a fold's train_config.json by its section path ("runtime.precision"); a file of
-    the flat layout before sections holds it under its last name."""
-    section, key = path.split(".")
-    if isinstance(train_config.get(section), dict):
-        return train_config[section].get(key)
-    return train_config.get(key)
+    """One setting of a fold's train_config.json by its section path ("runtime.precision"), in either
+    layout (``saved_setting``; autoseg from this repository where it is not installed)."""
+    from gpu_worker import use_repository_autoseg
+
+    use_repository_autoseg()
+    from autoseg.training.train_config import saved_setting
+
+    return saved_setting(train_config, path)
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
