@@ -55,6 +55,6 @@ def fold_facts(fold_dir: Path) -> dict:
     """Iterations trained and the precision used, from a finished fold's training.log (None where the
     log does not say): two arms compared at equal time must show both."""
     log = Path(fold_dir) / "training.log"
-    text = log.read_text() if log.is_file() else ""
+    text = log.read_text(errors="replace") if log.is_file() else ""
     done, precision = ITERATIONS_RE.findall(text), PRECISION_RE.findall(text)
     return {"iterations": int(done[-1]) if done else None, "precision": precision[-1] if precision else None}

@@ -98,7 +98,8 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (CommandFailed, Measurement, add_task_option, git_commit, machine_info, measure,  # noqa: E402
                     require_folder, run_untimed, write_json)
-from suite_datasets import (DATASETS, FOLD, ITERATIONS_RE, VARIANT, Context, DatasetDef, Skipped,  # noqa: E402
+from steps import fold_facts  # noqa: E402
+from suite_datasets import (DATASETS, FOLD, VARIANT, Context, DatasetDef, Skipped,  # noqa: E402
                             StepFailed, raw_folder)
 from suite_report import markdown_report  # noqa: E402
 
@@ -204,12 +205,9 @@ def trained_plan(fold_dir: Path, configuration: str) -> dict:
 def iterations_trained(ctx: Context, fold_dir: Path) -> int | None:
     """Iterations the fold trained: the last "training done" line of training.log, else the final
     checkpoint's ``iteration`` (read by the autoseg venv's torch in a child process)."""
-    try:
-        found = ITERATIONS_RE.findall((fold_dir / "training.log").read_text(errors="replace"))
-    except OSError:
-        found = []
-    if found:
-        return int(found[-1])
+    logged = fold_facts(fold_dir)["iterations"]
+    if logged is not None:
+        return logged
     ckpt = fold_dir / "checkpoint_final.pth"
     if not ckpt.is_file():
         return None

@@ -6,7 +6,6 @@ Hippocampus set 201). ``Context`` carries the workspace, the tools and the per-s
 """
 from __future__ import annotations
 
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,6 @@ VARIANT = "default"
 # timeouts (s) of each step, before --timeout-factor; training gets its budget plus TRAIN_MARGIN
 TIMEOUTS = {"make": 1800, "plan": 3600, "predict": 3600, "evaluate": 1800, "nnunet": 3600, "query": 120}
 TRAIN_MARGIN = (600.0, 0.5)  # at least 600 s, or half the budget, past the budget
-ITERATIONS_RE = re.compile(r"training done: .* \((\d+) iterations\)")
 
 
 class Skipped(Exception):
